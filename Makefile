@@ -1,0 +1,48 @@
+# fraudstream — the README's two commands are `make demo` and `make test`; both install first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+export FRAUDSTREAM_EMULATOR_DIR ?= $(CURDIR)/.emulators
+
+.PHONY: install test test-fast demo bench lint format emulators-up emulators-down emulators-status clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x "$(UV)" || { $(PYTHON) -m venv .tools && .tools/bin/pip install -q "uv==$(UV_VERSION)"; }
+	$(UV) sync --frozen --extra dev --python $(PYTHON) --compile-bytecode
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv from the lock file (uv), with compiled bytecode
+
+test: install  ## every test, the emulator ones included (they start and stop the emulators)
+	$(BIN)/pytest
+
+test-fast: install  ## the tests that need neither the emulators nor ../shared
+	$(BIN)/pytest -m "not emulator and not reference"
+
+demo: install  ## the engine end to end on the reference data, with a summary
+	$(BIN)/fraudstream demo --json out/demo/summary.json
+
+bench: install  ## benchmarks: bench/results/latest.json and latest.md
+	$(BIN)/python -m bench.run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+emulators-up: install
+	$(BIN)/fraudstream emulators up
+emulators-down: install
+	$(BIN)/fraudstream emulators down
+emulators-status: install
+	$(BIN)/fraudstream emulators status
+
+clean:
+	rm -rf $(VENV) .tools .numba_cache .pytest_cache .ruff_cache .hypothesis out

@@ -1,0 +1,271 @@
+"""Incremental path: per-entity state updated event by event (or a micro-batch at a time).
+
+Semantics (the backfill gives the same float64 values for the same events in time order):
+
+* A transaction's features are computed as of its own time, over the events of its entity that
+  arrived before it, plus itself.
+* Out of order: a transaction older than its entity's newest event but within ``max_lateness``
+  of it is inserted where it belongs: later events see it, and its own features are computed by
+  a scan at its time (equal to the backfill up to float rounding). One older than that is
+  rejected (status ``TOO_LATE``) and changes no state.
+* Labels (transaction id, entity ids, transaction time, fraud) update the buffered transaction
+  they name. For stream == backfill a label must arrive no later than its transaction's time
+  plus the delay (at equal times, deliver labels first). A label for a transaction no longer
+  buffered (older than the state's horizon) is ignored with status ``LABEL_EXPIRED``; one for a
+  transaction the state has not seen with ``LABEL_UNMATCHED``; one for an entity without state
+  with ``LABEL_UNKNOWN_ENTITY``. Until its label arrives a transaction counts as not fraudulent.
+* State per entity holds the events of the last ``horizon + max_lateness`` (horizon = longest
+  window plus its delay) and is compacted when its buffer fills or when it is exported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import IntEnum
+
+import numpy as np
+from numba import njit
+
+from features import kernels
+from features.plan import EntityPlan, fill_derived, lateness_ns
+from features.spec import Entity, FeatureSpec
+
+KIND_TX = kernels.KIND_TX
+KIND_LABEL = kernels.KIND_LABEL
+_KIND_SKIP = 2
+
+
+class Status(IntEnum):
+    """What happened to each event of a batch."""
+
+    OK = kernels.ST_OK
+    LATE = kernels.ST_LATE
+    TOO_LATE = kernels.ST_TOO_LATE
+    LABEL_APPLIED = kernels.ST_LABEL_APPLIED
+    LABEL_EXPIRED = kernels.ST_LABEL_EXPIRED
+    LABEL_UNMATCHED = kernels.ST_LABEL_UNMATCHED
+    LABEL_UNKNOWN_ENTITY = 6
+    LABEL_NOT_USED = 7  # the spec has no label-based feature for this label's entities
+
+
+class EntityStore:
+    """The states of every entity of one type: one int64 row each in a growable arena."""
+
+    def __init__(self, plan: EntityPlan, max_lateness: timedelta, capacity: int = 16) -> None:
+        self.plan = plan
+        self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
+        self.lateness_ns = lateness_ns(max_lateness)
+        self.n_slots = len(plan.win)
+        self.n_cols = max(len(plan.columns), 1)
+        self.cap = capacity
+        self.rows: dict[int, int] = {}
+        self.arena = np.zeros((64, self._width(capacity)), np.int64)
+
+    def _width(self, cap: int) -> int:
+        return kernels.row_width(self.n_slots, self.n_cols, cap)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _new_row(self, key: int) -> int:
+        row = len(self.rows)
+        if row == len(self.arena):
+            self.arena = np.concatenate([self.arena, np.zeros_like(self.arena)])
+        self.arena[row] = 0
+        self.arena[row, 1] = self.cap
+        self.arena[row, 2] = kernels.NO_TIME
+        self.rows[key] = row
+        return row
+
+    def row_of(self, ids: np.ndarray, create: bool) -> np.ndarray:
+        """Arena row of each id (-1 for an unknown id when ``create`` is false)."""
+        rows = self.rows
+        out = np.empty(len(ids), np.int64)
+        for i, key in enumerate(ids.tolist()):
+            row = rows.get(key)
+            if row is None:
+                row = self._new_row(key) if create else -1
+            out[i] = row
+        return out
+
+    def newest(self) -> np.ndarray:
+        """Each row's newest event time (``kernels.NO_TIME`` when none)."""
+        return self.arena[: len(self.rows), 2].copy()
+
+    def _grow(self) -> None:
+        """Double every row's buffer capacity (rare: amortised O(1) per event)."""
+        old, cap, s, c = self.arena, self.cap, self.n_slots, self.n_cols
+        new_cap = 2 * cap
+        head = kernels.HEADER + 2 * s + 2 * s * c
+        new = np.zeros((len(old), self._width(new_cap)), np.int64)
+        new[:, :head] = old[:, :head]
+        new[:, 1] = new_cap
+        for part in (0, 1):  # times, txids
+            src = old[:, head + part * cap : head + (part + 1) * cap]
+            new[:, head + part * new_cap : head + part * new_cap + cap] = src
+        vals_old = old[:, head + 2 * cap :].reshape(len(old), cap, c)
+        vals_new = new[:, head + 2 * new_cap :].reshape(len(old), new_cap, c)
+        assert np.shares_memory(vals_new, new)  # a reshaped view, not a copy
+        vals_new[:, :cap] = vals_old
+        self.arena, self.cap = new, new_cap
+
+    def process(self, kinds: np.ndarray, rows: np.ndarray, times: np.ndarray, txids: np.ndarray,
+                vals: np.ndarray, out: np.ndarray, status: np.ndarray) -> None:  # fmt: skip
+        """Apply events in order; transactions' features go to ``out`` (one row per event)."""
+        p = self.plan
+        first = 0
+        while True:
+            first = kernels.process(
+                self.arena, rows, kinds, times, txids, vals, p.label_cols,
+                p.win, p.dly, p.fslot, p.fcol, p.fop, p.since_prev,
+                self.keep_ns, self.lateness_ns, out, status, first,
+            )  # fmt: skip
+            if first == len(kinds):
+                return
+            self._grow()
+
+    def export(self, key: int) -> bytes:
+        """The compact state of one entity (for Beam state); ``b""`` if it has none."""
+        row = self.rows.get(key)
+        if row is None:
+            return b""
+        r = self.arena[row]
+        if r[2] != kernels.NO_TIME:
+            kernels.compact(r, self.n_slots, self.n_cols, self.cap, r[2] - self.keep_ns)
+        n, s, c, cap = int(r[0]), self.n_slots, self.n_cols, self.cap
+        head = kernels.HEADER + 2 * s + 2 * s * c
+        header = r[:head].copy()
+        header[1] = n
+        vals = r[head + 2 * cap :].reshape(cap, c)[:n].ravel()
+        parts = [header, r[head : head + n], r[head + cap : head + cap + n], vals]
+        return np.concatenate(parts).tobytes()
+
+    def load(self, key: int, blob: bytes) -> None:
+        """Restore one entity's state from :meth:`export`; ``ValueError`` if it does not fit."""
+        words = np.frombuffer(blob, np.int64)
+        s, c = self.n_slots, self.n_cols
+        head = kernels.HEADER + 2 * s + 2 * s * c
+        if len(words) < head or len(words) != kernels.row_width(s, c, int(words[1])):
+            raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
+        n = int(words[0])
+        while n > self.cap:
+            self._grow()
+        row = self.rows.get(key)
+        if row is None:
+            row = self._new_row(key)
+        r, cap = self.arena[row], self.cap
+        r[:] = 0
+        r[:head] = words[:head]
+        r[1] = cap
+        r[head : head + n] = words[head : head + n]
+        r[head + cap : head + cap + n] = words[head + n : head + 2 * n]
+        r[head + 2 * cap :].reshape(cap, c)[:n] = words[head + 2 * n :].reshape(n, c)
+
+
+@njit(cache=True)
+def _reject_too_late(kinds, times, rows, newest, lateness):
+    """Mark transactions too late for any of their entities; ``rows`` index ``newest`` (m, k)."""
+    for j in range(kinds.shape[0]):
+        if kinds[j] != KIND_TX:
+            continue
+        t = times[j]
+        late = False
+        for e in range(rows.shape[1]):
+            nw = newest[rows[j, e]]
+            if nw != kernels.NO_TIME and t < nw and t <= nw - lateness[e]:
+                late = True
+        if late:
+            kinds[j] = _KIND_SKIP
+            continue
+        for e in range(rows.shape[1]):
+            newest[rows[j, e]] = max(newest[rows[j, e]], t)
+
+
+@dataclass
+class Batch:
+    """Events in arrival order as column arrays; labels carry the fraud flag in ``fraud``."""
+
+    kind: np.ndarray  # KIND_TX or KIND_LABEL
+    transaction_id: np.ndarray
+    time_ns: np.ndarray
+    ids: dict[str, np.ndarray]  # entity key column -> ids
+    values: dict[str, np.ndarray]  # numeric columns (TX_AMOUNT, TX_FRAUD, ...)
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+class IncrementalEngine:
+    """All features of a spec, updated one micro-batch at a time; holds every entity's state."""
+
+    def __init__(self, spec: FeatureSpec, max_lateness: timedelta = timedelta(days=1)) -> None:
+        self.spec = spec
+        self.plans = {e: EntityPlan.build(spec, e) for e in spec.entities}
+        self.stores = {e: EntityStore(p, max_lateness) for e, p in self.plans.items()}
+
+    def process(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Apply ``batch`` in order. Returns (features, status).
+
+        ``features`` has one row per event and one column per ``spec.names`` (NaN for labels and
+        rejected transactions); ``status`` holds :class:`Status` codes.
+        """
+        m = len(batch)
+        kinds = batch.kind.astype(np.int64, copy=True)
+        times = batch.time_ns.astype(np.int64, copy=False)
+        txids = batch.transaction_id.astype(np.int64, copy=False)
+        is_tx = kinds == KIND_TX
+        out = np.full((m, len(self.spec.names)), np.nan)
+        status = np.full(m, int(Status.LABEL_NOT_USED), np.int64)
+        entities = list(self.spec.entities)
+        rows = np.empty((m, len(entities)), np.int64)
+        for e, entity in enumerate(entities):
+            ids = batch.ids[entity.key].astype(np.int64, copy=False)
+            rows[is_tx, e] = self.stores[entity].row_of(ids[is_tx], create=True)
+            rows[~is_tx, e] = self.stores[entity].row_of(ids[~is_tx], create=False)
+        offsets = np.cumsum([0] + [len(self.stores[e]) for e in entities])
+        newest = np.concatenate([self.stores[e].newest() for e in entities])
+        lateness = np.array([self.stores[e].lateness_ns for e in entities], np.int64)
+        _reject_too_late(kinds, times, rows[:] + offsets[:-1], newest, lateness)
+        skipped = kinds == _KIND_SKIP
+        tx_status = np.zeros(m, np.int64)
+        label_status = np.full(m, int(Status.LABEL_NOT_USED), np.int64)
+        for e, entity in enumerate(entities):
+            store, plan = self.stores[entity], self.plans[entity]
+            take = is_tx & ~skipped
+            if len(plan.label_cols):
+                unknown = ~is_tx & (rows[:, e] < 0) & (label_status == Status.LABEL_NOT_USED)
+                label_status[unknown] = Status.LABEL_UNKNOWN_ENTITY
+                take |= ~is_tx & (rows[:, e] >= 0)
+            idx = np.flatnonzero(take)
+            if not plan.n_out or not len(idx):
+                continue
+            cols = [batch.values[c][idx] for c in plan.columns] or [np.zeros(len(idx))]
+            vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
+            block = np.full((len(idx), plan.n_out), np.nan)
+            st = np.zeros(len(idx), np.int64)
+            store.process(kinds[idx], rows[idx, e], times[idx], txids[idx], vals, block, st)
+            out[idx, plan.offset : plan.offset + plan.n_out] = block
+            txm = kinds[idx] == KIND_TX
+            tx_status[idx[txm]] = np.maximum(tx_status[idx[txm]], st[txm])
+            lab_idx, lab_st = idx[~txm], st[~txm]
+            prev = label_status[lab_idx]
+            replace = (prev != Status.LABEL_APPLIED) & (
+                (prev == Status.LABEL_NOT_USED) | (lab_st == Status.LABEL_APPLIED)
+            )
+            label_status[lab_idx] = np.where(replace, lab_st, prev)
+        status = np.where(is_tx, tx_status, label_status)
+        status[skipped] = Status.TOO_LATE
+        good = is_tx & ~skipped
+        derived = np.full((int(good.sum()), out.shape[1]), np.nan)
+        derived[:] = out[good]
+        fill_derived(self.spec, derived, times[good], {k: v[good] for k, v in batch.values.items()})
+        out[good] = derived
+        return out, status
+
+    def export(self, entity: Entity, key: int) -> bytes:
+        """Compact state of one entity (see :meth:`EntityStore.export`)."""
+        return self.stores[entity].export(key)
+
+    def load(self, entity: Entity, key: int, blob: bytes) -> None:
+        self.stores[entity].load(key, blob)

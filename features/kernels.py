@@ -1,0 +1,321 @@
+"""Numba kernels shared by the backfill and the incremental (streaming) path.
+
+One entity's history is a buffer of events sorted by (time, arrival): ``times`` (int64 ns),
+``vals`` (float64, one column per source column). Each *slot* is one distinct (window, delay)
+pair and keeps a half-open index range ``[start, end)`` of the events inside
+``(t - delay - window, t - delay]`` plus compensated running sums of every column over it.
+:func:`advance` moves the ranges forward for a new time ``t`` (two pointers, O(1) amortised);
+:func:`emit` turns them into feature values. The backfill calls these two functions over a whole
+sorted history, the incremental path over a bounded buffer kept per entity: the same
+floating-point operations in the same order, hence bit-identical results.
+
+Count, sum and mean come from the running sums; std, min and max scan the slot's range (exact,
+O(events in the window)).
+
+A state *row* (one entity, int64 words; float parts are viewed as float64) is laid out as::
+
+    [n, cap, newest_time, 0, start_0, end_0, ..., start_{S-1}, end_{S-1}]   header, 4 + 2S
+    [sum, compensation] per (slot, column)                                   2 * S * C (float64)
+    times[cap] | txids[cap] | vals[cap * C] (float64)                        buffer
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+OP_COUNT, OP_SUM, OP_MEAN, OP_STD, OP_MIN, OP_MAX = 0, 1, 2, 3, 4, 5
+KIND_TX, KIND_LABEL = 0, 1
+
+# Per-event status codes returned by the incremental kernel.
+ST_OK = 0  # transaction scored in order
+ST_LATE = 1  # transaction older than the entity's newest: inserted, values exact up to rounding
+ST_TOO_LATE = 2  # transaction older than the allowed lateness: rejected, state unchanged
+ST_LABEL_APPLIED = 3  # label matched a buffered transaction
+ST_LABEL_EXPIRED = 4  # label's transaction is older than the buffer: ignored
+ST_LABEL_UNMATCHED = 5  # label for a transaction this state has not seen (yet)
+
+NO_TIME = np.iinfo(np.int64).min
+HEADER = 4
+NS_PER_S = 1e9
+
+
+def row_width(n_slots: int, n_cols: int, cap: int) -> int:
+    """Words (int64) in one state row."""
+    return HEADER + 2 * n_slots + 2 * n_slots * n_cols + cap * (2 + n_cols)
+
+
+@njit(cache=True, inline="always")
+def _kahan_add(acc, i, v):
+    """Neumaier-compensated ``acc[i] += v`` (``acc[i + 1]`` holds the compensation)."""
+    s = acc[i]
+    t = s + v
+    if abs(s) >= abs(v):
+        acc[i + 1] += (s - t) + v
+    else:
+        acc[i + 1] += (v - t) + s
+    acc[i] = t
+
+
+@njit(cache=True, inline="always")
+def advance(times, vals, n, ptr, acc, win, dly, t):
+    """Move every slot's range to the window ending at ``t`` over ``times[:n]``."""
+    n_cols = vals.shape[1]
+    for s in range(win.shape[0]):
+        hi = t - dly[s]
+        lo = hi - win[s]
+        b = ptr[2 * s]
+        e = ptr[2 * s + 1]
+        while b < e and times[b] <= lo:  # leave first, so an emptied window restarts at 0
+            for c in range(n_cols):
+                _kahan_add(acc, 2 * (s * n_cols + c), -vals[b, c])
+            b += 1
+        if b == e:  # empty window: drop accumulated rounding
+            for c in range(n_cols):
+                acc[2 * (s * n_cols + c)] = 0.0
+                acc[2 * (s * n_cols + c) + 1] = 0.0
+        while e < n and times[e] <= hi:
+            if times[e] <= lo:  # entered and already left (a gap longer than the window)
+                b = e + 1
+            else:
+                for c in range(n_cols):
+                    _kahan_add(acc, 2 * (s * n_cols + c), vals[e, c])
+            e += 1
+        ptr[2 * s] = b
+        ptr[2 * s + 1] = e
+
+
+@njit(cache=True, inline="always")
+def emit(vals, ptr, sums, fslot, fcol, fop, out):
+    """Write each feature into ``out``; ``sums[s * C + c]`` is column c's sum over slot s."""
+    n_cols = vals.shape[1]
+    for f in range(fslot.shape[0]):
+        s = fslot[f]
+        c = fcol[f]
+        op = fop[f]
+        b = ptr[2 * s]
+        e = ptr[2 * s + 1]
+        cnt = e - b
+        if op == OP_COUNT:
+            out[f] = cnt
+        elif op == OP_SUM:
+            out[f] = sums[s * n_cols + c] if cnt > 0 else 0.0
+        elif op == OP_MEAN:
+            out[f] = sums[s * n_cols + c] / cnt if cnt > 0 else 0.0
+        elif op == OP_STD:
+            if cnt == 0:
+                out[f] = 0.0
+            else:
+                m = 0.0
+                for i in range(b, e):
+                    m += vals[i, c]
+                m /= cnt
+                ss = 0.0
+                for i in range(b, e):
+                    d = vals[i, c] - m
+                    ss += d * d
+                out[f] = np.sqrt(ss / cnt)
+        else:
+            r = np.nan
+            for i in range(b, e):
+                v = vals[i, c]
+                if r != r or (v < r if op == OP_MIN else v > r):
+                    r = v
+            out[f] = r
+
+
+@njit(cache=True, inline="always")
+def _acc_sums(acc, sums):
+    for i in range(sums.shape[0]):
+        sums[i] = acc[2 * i] + acc[2 * i + 1]
+
+
+@njit(cache=True, parallel=True)
+def backfill_entity(order, starts, times, vals, win, dly, fslot, fcol, fop, since_prev, out, col0):
+    """Features of every event, each as seen at its own time.
+
+    ``order`` lists rows by (entity, time, arrival) and ``starts`` each entity's first position
+    in it, then ``len(order)``. Event ``r``'s aggregates go to ``out[r, col0:]``, followed (if
+    ``since_prev``) by seconds since the entity's previous event. Entities run in parallel.
+    """
+    n = order.shape[0]
+    n_slots = win.shape[0]
+    n_cols = vals.shape[1]
+    n_feat = fslot.shape[0]
+    width = n_feat + (1 if since_prev else 0)
+    tv = np.empty(n, np.int64)
+    vv = np.empty((n, n_cols), np.float64)
+    blk = np.empty((n, width), np.float64)
+    for i in prange(n):  # gather into entity order: each entity's history is contiguous
+        tv[i] = times[order[i]]
+        vv[i] = vals[order[i]]
+    for g in prange(starts.shape[0] - 1):
+        a = starts[g]
+        m = starts[g + 1] - a
+        t = tv[a : a + m]
+        v = vv[a : a + m]
+        ptr = np.zeros(2 * n_slots, np.int64)
+        acc = np.zeros(2 * n_slots * n_cols, np.float64)
+        sums = np.empty(n_slots * n_cols, np.float64)
+        for i in range(m):
+            advance(t, v, i + 1, ptr, acc, win, dly, t[i])
+            _acc_sums(acc, sums)
+            emit(v, ptr, sums, fslot, fcol, fop, blk[a + i])
+            if since_prev:
+                blk[a + i, n_feat] = (t[i] - t[i - 1]) / NS_PER_S if i > 0 else np.nan
+    for i in prange(n):  # scatter back to input order
+        r = order[i]
+        for f in range(width):
+            out[r, col0 + f] = blk[i, f]
+
+
+@njit(cache=True)
+def counting_order(codes, n_groups):
+    """Stable order of rows by ``codes`` (0..n_groups-1) and each group's start, O(n)."""
+    starts = np.zeros(n_groups + 1, np.int64)
+    for c in codes:
+        starts[c + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    fill = starts[:-1].copy()
+    order = np.empty(codes.shape[0], np.int64)
+    for r in range(codes.shape[0]):
+        c = codes[r]
+        order[fill[c]] = r
+        fill[c] += 1
+    return order, starts
+
+
+@njit(cache=True, inline="always")
+def _upper_bound(times, n, t):
+    """First index in ``times[:n]`` whose time is > t."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if times[mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def compact(row, n_slots, n_cols, cap, cutoff):
+    """Drop buffered events with time <= cutoff (they are behind every slot's range)."""
+    n = row[0]
+    off = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    times = row[off : off + cap]
+    txids = row[off + cap : off + 2 * cap]
+    vals = row[off + 2 * cap : off + cap * (2 + n_cols)].view(np.float64).reshape((cap, n_cols))
+    m = _upper_bound(times, n, cutoff)
+    for s in range(n_slots):
+        m = min(m, row[HEADER + 2 * s])
+    if m == 0:
+        return
+    times[: n - m] = times[m:n].copy()
+    txids[: n - m] = txids[m:n].copy()
+    vals[: n - m] = vals[m:n].copy()
+    for i in range(2 * n_slots):
+        row[HEADER + i] -= m
+    row[0] = n - m
+
+
+@njit(cache=True)
+def process(
+    arena, slots, kinds, ev_times, ev_txids, ev_vals, label_cols,
+    win, dly, fslot, fcol, fop, since_prev, keep_ns, lateness_ns, out, status, first,
+):  # fmt: skip
+    """Apply events ``first..`` in order to the states in ``arena`` (one row per entity).
+
+    Transactions write their features to ``out[j]``; labels set ``label_cols`` of a buffered
+    transaction. Returns the index of the first event not applied: ``len(kinds)`` when all were,
+    else an event whose entity's buffer is full (the caller grows the arena and calls again).
+    """
+    n_slots = win.shape[0]
+    n_cols = ev_vals.shape[1]
+    n_feat = fslot.shape[0]
+    sums = np.zeros(n_slots * n_cols, np.float64)
+    for j in range(first, kinds.shape[0]):
+        row = arena[slots[j]]
+        cap = row[1]
+        newest = row[2]
+        t = ev_times[j]
+        acc_off = HEADER + 2 * n_slots
+        buf_off = acc_off + 2 * n_slots * n_cols
+        ptr = row[HEADER:acc_off]
+        acc = row[acc_off:buf_off].view(np.float64)
+        times = row[buf_off : buf_off + cap]
+        txids = row[buf_off + cap : buf_off + 2 * cap]
+        vals = row[buf_off + 2 * cap : buf_off + cap * (2 + n_cols)]
+        vals = vals.view(np.float64).reshape((cap, n_cols))
+        n = row[0]
+        if kinds[j] == KIND_LABEL:
+            k = _upper_bound(times, n, t) - 1
+            while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
+                k -= 1
+            if k < 0 or times[k] != t:
+                status[j] = ST_LABEL_EXPIRED if n == 0 or t < times[0] else ST_LABEL_UNMATCHED
+                continue
+            for c in label_cols:
+                delta = ev_vals[j, c] - vals[k, c]
+                vals[k, c] = ev_vals[j, c]
+                for s in range(n_slots):
+                    if ptr[2 * s] <= k < ptr[2 * s + 1]:
+                        _kahan_add(acc, 2 * (s * n_cols + c), delta)
+            status[j] = ST_LABEL_APPLIED
+            continue
+        late = newest != NO_TIME and t < newest
+        if late and t <= newest - lateness_ns:
+            status[j] = ST_TOO_LATE
+            continue
+        if n == cap and newest != NO_TIME:
+            compact(row, n_slots, n_cols, cap, newest - keep_ns)
+            n = row[0]
+        if n == cap:
+            return j
+        k = _upper_bound(times, n, t) if late else n
+        times[k + 1 : n + 1] = times[k:n].copy()
+        txids[k + 1 : n + 1] = txids[k:n].copy()
+        vals[k + 1 : n + 1] = vals[k:n].copy()
+        times[k] = t
+        txids[k] = ev_txids[j]
+        vals[k] = ev_vals[j]
+        row[0] = n + 1
+        if not late:
+            row[2] = t
+            advance(times, vals, n + 1, ptr, acc, win, dly, t)
+            _acc_sums(acc, sums)
+            emit(vals, ptr, sums, fslot, fcol, fop, out[j])
+            if since_prev:
+                out[j, n_feat] = (t - newest) / NS_PER_S if newest != NO_TIME else np.nan
+            status[j] = ST_OK
+            continue
+        # Late: shift the ranges (windows still end at `newest`), then compute this event's
+        # features at its own time by scanning the buffer up to and including it.
+        for s in range(n_slots):
+            hi = newest - dly[s]
+            lo = hi - win[s]
+            if t <= lo:
+                ptr[2 * s] += 1
+                ptr[2 * s + 1] += 1
+            elif t <= hi:
+                ptr[2 * s + 1] += 1
+                for c in range(n_cols):
+                    _kahan_add(acc, 2 * (s * n_cols + c), vals[k, c])
+        scan_ptr = np.empty(2 * n_slots, np.int64)
+        for s in range(n_slots):
+            hi = t - dly[s]
+            e = min(_upper_bound(times, k + 1, hi), k + 1)
+            b = _upper_bound(times, e, hi - win[s])
+            scan_ptr[2 * s] = b
+            scan_ptr[2 * s + 1] = e
+            for c in range(n_cols):
+                tot = 0.0
+                for i in range(b, e):
+                    tot += vals[i, c]
+                sums[s * n_cols + c] = tot
+        emit(vals, scan_ptr, sums, fslot, fcol, fop, out[j])
+        if since_prev:
+            out[j, n_feat] = (t - times[k - 1]) / NS_PER_S if k > 0 else np.nan
+        status[j] = ST_LATE
+    return kinds.shape[0]

@@ -1,0 +1,112 @@
+"""A spec compiled to the arrays the kernels take, and the vectorised parts (calendar, ratios)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+
+from features import kernels
+from features.spec import Calendar, Entity, FeatureSpec, Op, to_ns
+
+_OP_CODES = {
+    Op.COUNT: kernels.OP_COUNT,
+    Op.SUM: kernels.OP_SUM,
+    Op.MEAN: kernels.OP_MEAN,
+    Op.STD: kernels.OP_STD,
+    Op.MIN: kernels.OP_MIN,
+    Op.MAX: kernels.OP_MAX,
+}
+NS_PER_DAY = 86_400 * 10**9
+NS_PER_HOUR = 3_600 * 10**9
+
+
+@dataclass(frozen=True, eq=False)
+class EntityPlan:
+    """One entity's aggregates as kernel arrays (slots = distinct (window, delay) pairs)."""
+
+    entity: Entity
+    names: list[str]
+    columns: list[str]  # source columns buffered in the state, in ``vals`` order
+    label_cols: np.ndarray  # indices into ``columns`` that are labels
+    win: np.ndarray
+    dly: np.ndarray
+    fslot: np.ndarray
+    fcol: np.ndarray
+    fop: np.ndarray
+    since_prev: bool
+    horizon_ns: int
+    offset: int  # column of this entity's first feature in ``spec.names``
+
+    @classmethod
+    def build(cls, spec: FeatureSpec, entity: Entity) -> EntityPlan:
+        aggs = spec.entity_aggregates(entity)
+        cols = spec.entity_columns(entity)
+        slots: list[tuple[int, int]] = []
+        fslot, fcol, fop = [], [], []
+        for agg in aggs:
+            key = (to_ns(agg.window), to_ns(agg.delay))
+            if key not in slots:
+                slots.append(key)
+            fslot.append(slots.index(key))
+            fcol.append(cols.index(agg.column))
+            fop.append(_OP_CODES[agg.op])
+        return cls(
+            entity=entity,
+            names=spec.entity_names(entity),
+            columns=[c.name for c in cols],
+            label_cols=np.array([i for i, c in enumerate(cols) if c.is_label], np.int64),
+            win=np.array([w for w, _ in slots], np.int64),
+            dly=np.array([d for _, d in slots], np.int64),
+            fslot=np.array(fslot, np.int64),
+            fcol=np.array(fcol, np.int64),
+            fop=np.array(fop, np.int64),
+            since_prev=spec.entity_since_previous(entity),
+            horizon_ns=to_ns(spec.horizon(entity)),
+            offset=spec.names.index(spec.entity_names(entity)[0])
+            if spec.entity_names(entity)
+            else 0,
+        )
+
+    @property
+    def n_out(self) -> int:
+        return len(self.names)
+
+
+def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
+    """Calendar feature of naive event times in int64 ns since the epoch (a Thursday)."""
+    if kind is Calendar.WEEKEND:
+        return (((times_ns // NS_PER_DAY) + 3) % 7 >= 5).astype(np.float64)
+    hour = (times_ns // NS_PER_HOUR) % 24
+    if kind is Calendar.NIGHT:
+        return (hour <= 6).astype(np.float64)
+    return hour.astype(np.float64)
+
+
+def fill_derived(
+    spec: FeatureSpec, out: np.ndarray, times_ns: np.ndarray, raw: dict[str, np.ndarray]
+) -> None:
+    """Fill the raw, calendar and ratio columns of ``out`` (rows = events, columns = spec.names).
+
+    The entity columns must already hold the kernels' output (see ``EntityPlan.offset``): ratios
+    read them. Backfill and streaming both call this, so derived features are identical.
+    """
+    for j, col in enumerate(spec.raw):
+        out[:, j] = raw[col.name]
+    for j, cal in enumerate(spec.calendar, start=len(spec.raw)):
+        out[:, j] = calendar(cal, times_ns)
+    position = {name: i for i, name in enumerate(spec.names)}
+    first = len(spec.names) - len(spec.ratios)
+    for j, ratio in enumerate(spec.ratios, start=first):
+        denom = out[:, position[ratio.aggregate.name(spec.label_delay)]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[:, j] = np.where(denom != 0, raw[ratio.column.name] / denom, np.nan)
+
+
+def lateness_ns(max_lateness: timedelta) -> int:
+    """Allowed lateness in ns; validated to be non-negative."""
+    ns = to_ns(max_lateness)
+    if ns < 0:
+        raise ValueError(f"max_lateness must be >= 0, got {max_lateness}")
+    return ns

@@ -1,0 +1,85 @@
+"""Named feature specs: ``baseline`` (the handbook's 15) and ``default`` (richer, for the model)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from features.spec import (
+    AMOUNT,
+    CUSTOMER,
+    FRAUD,
+    TERMINAL,
+    Aggregate,
+    Calendar,
+    FeatureSpec,
+    Op,
+    Ratio,
+    SincePrevious,
+)
+
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+LABEL_DELAY = 7 * DAY
+_HANDBOOK_WINDOWS = (1 * DAY, 7 * DAY, 30 * DAY)
+
+
+def _handbook_aggregates() -> tuple[Aggregate, ...]:
+    customer = [Aggregate(CUSTOMER, op, w) for w in _HANDBOOK_WINDOWS for op in (Op.COUNT, Op.MEAN)]
+    terminal = [
+        Aggregate(TERMINAL, op, w, column=FRAUD, delay=LABEL_DELAY)
+        for w in _HANDBOOK_WINDOWS
+        for op in (Op.COUNT, Op.MEAN)
+    ]
+    return (*customer, *terminal)
+
+
+BASELINE = FeatureSpec(
+    name="baseline",
+    raw=(AMOUNT,),
+    calendar=(Calendar.WEEKEND, Calendar.NIGHT),
+    aggregates=_handbook_aggregates(),
+    label_delay=LABEL_DELAY,
+)
+
+_CUSTOMER_30D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 30 * DAY)
+_CUSTOMER_7D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 7 * DAY)
+_CUSTOMER_1D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 1 * DAY)
+
+DEFAULT = FeatureSpec(
+    name="default",
+    raw=(AMOUNT,),
+    calendar=(Calendar.WEEKEND, Calendar.NIGHT, Calendar.HOUR),
+    aggregates=(
+        *_handbook_aggregates(),
+        Aggregate(CUSTOMER, Op.COUNT, HOUR),
+        Aggregate(CUSTOMER, Op.SUM, 1 * DAY),
+        Aggregate(CUSTOMER, Op.STD, 7 * DAY),
+        Aggregate(CUSTOMER, Op.STD, 30 * DAY),
+        Aggregate(CUSTOMER, Op.MAX, 1 * DAY),
+        Aggregate(CUSTOMER, Op.MAX, 7 * DAY),
+        Aggregate(CUSTOMER, Op.MAX, 30 * DAY),
+        Aggregate(CUSTOMER, Op.MIN, 7 * DAY),
+        Aggregate(TERMINAL, Op.COUNT, HOUR),
+        Aggregate(TERMINAL, Op.MEAN, 7 * DAY, delay=LABEL_DELAY),
+        Aggregate(TERMINAL, Op.MAX, 7 * DAY, delay=LABEL_DELAY),
+    ),
+    since_previous=(SincePrevious(CUSTOMER), SincePrevious(TERMINAL)),
+    ratios=(
+        Ratio(_CUSTOMER_1D_MEAN, AMOUNT),
+        Ratio(_CUSTOMER_7D_MEAN, AMOUNT),
+        Ratio(_CUSTOMER_30D_MEAN, AMOUNT),
+    ),
+    label_delay=LABEL_DELAY,
+)
+
+PRESETS: dict[str, FeatureSpec] = {s.name: s for s in (BASELINE, DEFAULT)}
+
+
+def get(name: str) -> FeatureSpec:
+    """The preset called ``name``; ``ValueError`` lists the known ones otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown feature preset {name!r}; choose from {sorted(PRESETS)}"
+        ) from None

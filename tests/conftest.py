@@ -1,0 +1,110 @@
+"""Shared fixtures: the real emulators (once per session), unique names, the reference data.
+
+Tests that use an emulator fixture get the ``emulator`` marker automatically, tests that use
+``shared_data`` the ``reference`` marker, so ``-m "not emulator"`` selects the fast suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from streaming import emulators as emu
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by the fixtures they use (the markers are declared in pyproject.toml)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _EMULATOR_FIXTURES:
+            item.add_marker(pytest.mark.emulator)
+        if "shared_data" in fixtures:
+            item.add_marker(pytest.mark.reference)
+
+
+@pytest.fixture(scope="session")
+def emulator_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """State directory (pid files, logs) of this session's emulators."""
+    return tmp_path_factory.mktemp("emulators")
+
+
+def _run_emulator(name: str, state_dir: Path) -> Iterator[emu.EmulatorInfo]:
+    """Start ``name``, point the client libraries at it, stop it and restore os.environ."""
+    reason = emu.gcloud_available((name,))
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        info = emu.start(name, state_dir)
+    except BaseException:
+        emu.stop(name, state_dir)  # start() cleans up after itself; this covers an interrupt
+        raise
+    env = emu.env_for({name: info})
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield info
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        emu.stop(name, state_dir)
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
+    """The Pub/Sub emulator, with PUBSUB_EMULATOR_HOST set for the session."""
+    yield from _run_emulator("pubsub", emulator_state_dir)
+
+
+@pytest.fixture(scope="session")
+def bigtable_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
+    """The Bigtable emulator, with BIGTABLE_EMULATOR_HOST set for the session.
+
+    ``emu.restart("bigtable", emulator_state_dir)`` keeps the port (so the address stays
+    valid) but changes the pid and empties the emulator.
+    """
+    yield from _run_emulator("bigtable", emulator_state_dir)
+
+
+@pytest.fixture(scope="session")
+def emulators(
+    pubsub_emulator: emu.EmulatorInfo, bigtable_emulator: emu.EmulatorInfo
+) -> dict[str, emu.EmulatorInfo]:
+    """Both emulators, by name."""
+    return {"pubsub": pubsub_emulator, "bigtable": bigtable_emulator}
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """A factory of fresh resource names, ``prefix-1a2b3c4d``.
+
+    The Pub/Sub emulator keeps routing a subscription's messages to stale streaming-pull
+    clients even after the subscription is recreated, so never reuse a topic or subscription.
+    """
+
+    def make(prefix: str = "test") -> str:
+        return f"{prefix}-{uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The reference data directory (``../shared/data``, or $FRAUDSTREAM_SHARED_DATA)."""
+    default = REPO_ROOT.parent / "shared" / "data"
+    path = Path(os.environ.get("FRAUDSTREAM_SHARED_DATA") or default).resolve()
+    if not path.is_dir():
+        pytest.skip(f"reference data not found: {path} (set FRAUDSTREAM_SHARED_DATA)")
+    if not (path / "transactions.parquet").is_file():
+        pytest.skip(f"reference data incomplete: {path / 'transactions.parquet'} is missing")
+    return path

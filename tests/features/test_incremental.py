@@ -1,0 +1,149 @@
+"""Semantics of the incremental path beyond in-order parity: late events, labels, state size."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import presets
+from features.backfill import backfill
+from features.incremental import KIND_LABEL, KIND_TX, Batch, IncrementalEngine, Status
+from features.spec import CUSTOMER, TERMINAL
+
+SPEC = presets.BASELINE
+T0 = pd.Timestamp("2018-05-01").value
+DAY = 86_400 * 10**9
+
+
+def batch(*events: tuple) -> Batch:
+    """Events as (kind, txid, day offset, customer, terminal, amount, fraud)."""
+    kind, txid, day, cust, term, amount, fraud = (np.array(c) for c in zip(*events, strict=True))
+    return Batch(
+        kind=kind.astype(np.int64),
+        transaction_id=txid.astype(np.int64),
+        time_ns=(T0 + (day * DAY)).astype(np.int64),
+        ids={"CUSTOMER_ID": cust.astype(np.int64), "TERMINAL_ID": term.astype(np.int64)},
+        values={"TX_AMOUNT": amount.astype(np.float64), "TX_FRAUD": fraud.astype(np.float64)},
+    )
+
+
+def col(feats: np.ndarray, name: str) -> np.ndarray:
+    return feats[:, SPEC.names.index(name)]
+
+
+def test_late_event_is_seen_by_later_events_and_scored_at_its_own_time():
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(days=1))
+    engine.process(batch((KIND_TX, 1, 0.0, 7, 1, 10.0, 0), (KIND_TX, 2, 0.5, 7, 1, 20.0, 0)))
+    f2, s2 = engine.process(batch((KIND_TX, 3, 0.25, 7, 1, 30.0, 0)))  # late by 6 hours
+    f3, s3 = engine.process(batch((KIND_TX, 4, 0.6, 7, 1, 40.0, 0)))
+    assert s2[0] == Status.LATE and s3[0] == Status.OK
+    # at its own time the late event sees the first one (day 0) and itself, not day 0.5
+    assert col(f2, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 2
+    assert col(f2, "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW")[0] == pytest.approx(20.0)
+    assert col(f3, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 4
+    assert col(f3, "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW")[0] == pytest.approx(25.0)
+
+
+def test_late_events_match_the_backfill_of_the_sorted_history():
+    from features.synthetic import transactions
+
+    df = transactions(n=1_500, customers=6, terminals=5, days=20, seed=3)
+    rng = np.random.default_rng(0)
+    times = df["TX_DATETIME"].to_numpy().copy()
+    jitter = rng.integers(0, 6 * 3_600, len(df)).astype("timedelta64[s]")
+    df["TX_DATETIME"] = times - jitter  # arrival order is still TRANSACTION_ID
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(days=1))
+    b = Batch(
+        kind=np.zeros(len(df), np.int64),
+        transaction_id=df["TRANSACTION_ID"].to_numpy(),
+        time_ns=df["TX_DATETIME"].to_numpy("datetime64[ns]").view(np.int64),
+        ids={e.key: df[e.key].to_numpy() for e in SPEC.entities},
+        values={c: df[c].to_numpy(np.float64) for c in SPEC.value_columns},
+    )
+    feats, status = engine.process(b)
+    assert (status == Status.LATE).sum() > 100 and not (status == Status.TOO_LATE).any()
+    expected = backfill(df, SPEC)[SPEC.names].to_numpy()
+    # A customer feature at an event equals the backfill's once no event of that customer
+    # that is older arrives after it (the backfill sees the whole sorted history).
+    cols = [i for i, n in enumerate(SPEC.names) if n.startswith("CUSTOMER")]
+    t, cust = b.time_ns, b.ids["CUSTOMER_ID"]
+    settled = np.array(
+        [not ((t[i + 1 :] <= t[i]) & (cust[i + 1 :] == cust[i])).any() for i in range(len(t))]
+    )
+    assert settled.sum() > 300 and (settled & (status == Status.LATE)).sum() > 50
+    np.testing.assert_allclose(feats[settled][:, cols], expected[settled][:, cols], rtol=1e-9)
+
+
+def test_too_late_event_is_rejected_and_changes_no_state():
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(hours=1))
+    engine.process(batch((KIND_TX, 1, 3.0, 7, 1, 10.0, 0)))
+    feats, status = engine.process(batch((KIND_TX, 2, 2.0, 7, 2, 99.0, 0)))
+    assert status[0] == Status.TOO_LATE and np.isnan(feats[0]).all()
+    # neither entity state saw it: terminal 2 holds no event, customer 7 still counts 1 event
+    assert np.frombuffer(engine.export(TERMINAL, 2), np.int64)[0] == 0
+    f, _ = engine.process(batch((KIND_TX, 3, 3.1, 7, 1, 20.0, 0)))
+    assert col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 2
+
+
+def test_label_counts_only_once_it_is_delay_old():
+    engine = IncrementalEngine(SPEC)
+    engine.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0)))
+    _, st = engine.process(batch((KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1)))
+    assert st[0] == Status.LABEL_APPLIED
+    f, _ = engine.process(batch((KIND_TX, 2, 6.9, 2, 5, 10.0, 0), (KIND_TX, 3, 7.5, 3, 5, 10.0, 0)))
+    assert col(f, "TERMINAL_ID_NB_TX_1DAY_WINDOW").tolist() == [0, 1]
+    assert col(f, "TERMINAL_ID_RISK_1DAY_WINDOW").tolist() == [0, 1]
+
+
+def test_label_after_the_event_entered_the_window_is_applied_to_the_running_sums():
+    engine = IncrementalEngine(SPEC)
+    engine.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0), (KIND_TX, 2, 7.5, 2, 5, 10.0, 0)))
+    _, st = engine.process(batch((KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1)))  # 1.5 days late
+    f, _ = engine.process(batch((KIND_TX, 3, 7.6, 3, 5, 10.0, 0)))
+    assert st[0] == Status.LABEL_APPLIED
+    assert col(f, "TERMINAL_ID_RISK_1DAY_WINDOW")[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([(KIND_LABEL, 9, 0.0, 1, 77, 0.0, 1)], Status.LABEL_UNKNOWN_ENTITY),
+        (
+            [(KIND_TX, 1, 0.0, 1, 5, 1.0, 0), (KIND_LABEL, 9, 0.0, 1, 5, 0.0, 1)],
+            Status.LABEL_UNMATCHED,
+        ),
+        (
+            [(KIND_TX, 1, 0.0, 1, 5, 1.0, 0), (KIND_TX, 2, 90.0, 1, 5, 1.0, 0),
+             (KIND_TX, 3, 91.0, 1, 5, 1.0, 0), (KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1)],
+            Status.LABEL_EXPIRED,
+        ),
+    ],
+)  # fmt: skip
+def test_label_statuses(events, expected):
+    engine = IncrementalEngine(SPEC)
+    for store in engine.stores.values():  # capacity 1 forces compaction of day 0
+        store.__init__(store.plan, timedelta(days=1), capacity=1)
+    _, status = engine.process(batch(*events))
+    assert status[-1] == expected
+
+
+def test_state_is_bounded_by_the_horizon():
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(days=1))
+    days = np.arange(0, 200, 0.5)
+    events = [(KIND_TX, i, d, 1, 1, 5.0, 0) for i, d in enumerate(days)]
+    engine.process(batch(*events))
+    # customer horizon 30 days + 1 day lateness: at most ~62 half-day events kept
+    n_words = len(engine.export(CUSTOMER, 1)) // 8
+    assert n_words < 4 + 2 * 3 + 2 * 3 + 3 * 64
+    assert engine.stores[CUSTOMER].cap <= 128
+
+
+def test_loading_a_state_of_another_spec_fails_clearly():
+    a = IncrementalEngine(presets.BASELINE)
+    a.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0)))
+    b = IncrementalEngine(presets.DEFAULT)
+    with pytest.raises(ValueError, match="does not match"):
+        b.load(CUSTOMER, 1, a.export(CUSTOMER, 1))

@@ -11,44 +11,46 @@ from features.spec import FeatureSpec
 from features.table import event_times_ns
 
 
-def entity_order(
-    ids: np.ndarray, times: np.ndarray, txids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ordered by (entity, time, transaction id) and each entity's start in that order.
-
-    The transaction id is the arrival order. Rows already in (time, id) order, the usual case,
-    take an O(n) counting sort; others a lexsort.
-    """
+def factorize(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense int64 codes of entity ids (a lookup table when their range is small)."""
+    if len(ids) == 0:
+        return np.zeros(0, np.int64), 0
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi - lo < 4 * len(ids) + 65_536:
+        codes = np.empty(len(ids), np.int64)
+        table = np.full(hi - lo + 1, -1, np.int64)
+        return codes, kernels.dense_codes(np.ascontiguousarray(ids, np.int64), lo, table, codes)
     codes, uniques = pd.factorize(ids)
-    in_order = bool(
-        np.all((times[1:] > times[:-1]) | ((times[1:] == times[:-1]) & (txids[1:] > txids[:-1])))
-    )
-    if in_order:
-        return kernels.counting_order(codes.astype(np.int64), len(uniques))
-    order = np.lexsort((txids, times, codes))
-    sorted_codes = codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1], True])
-    return order, starts.astype(np.int64)
+    return codes.astype(np.int64), len(uniques)
 
 
 def compute(spec: FeatureSpec, times: np.ndarray, txids: np.ndarray, ids: dict[str, np.ndarray],
             values: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
-    """Feature matrix (rows = events, columns = ``spec.names``) from column arrays.
+    """Feature matrix (rows = events, columns = ``spec.names``, column-major) from column arrays.
 
-    ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values.
+    ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values. Each
+    entity's events are taken in (time, transaction id) order: the id is the arrival order.
     """
-    out = np.empty((len(times), len(spec.names)), np.float64)
-    for entity in spec.entities:
-        plan = EntityPlan.build(spec, entity)
-        if not plan.n_out:
-            continue
-        cols = [values[c] for c in plan.columns] or [np.zeros(len(times))]
+    n = len(times)
+    out = np.empty((n, len(spec.names)), np.float64, order="F")  # column writes stay sequential
+    plans = [p for p in (EntityPlan.build(spec, e) for e in spec.entities) if p.n_out]
+    step = np.diff(times)
+    in_order = bool(np.all((step > 0) | ((step == 0) & (np.diff(txids) > 0))))
+    order = np.arange(n) if in_order else np.lexsort((txids, times))
+    # scratch shared by the entities (fresh memory is costly: see kernels.backfill_entity)
+    tv, pos = np.empty(n, np.int64), np.empty(n, np.int64)
+    blk = np.empty(n * max((p.n_out for p in plans), default=1))
+    vv_all = np.empty(n * max((max(len(p.columns), 1) for p in plans), default=1))
+    for plan in plans:
+        cols = [values[c] for c in plan.columns] or [np.zeros(n)]
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
-        order, starts = entity_order(ids[entity.key], times, txids)
+        vv = vv_all[: vals.size].reshape(vals.shape)
+        codes, n_groups = factorize(ids[plan.entity.key])
+        starts = kernels.group_rows(codes, n_groups, order, times, vals, tv, vv, pos)
         kernels.backfill_entity(
-            order, starts, times, vals,
+            starts, tv, vv, pos,
             plan.win, plan.dly, plan.fslot, plan.fcol, plan.fop, plan.since_prev,
-            out, plan.offset,
+            blk[: n * plan.n_out].reshape(n, plan.n_out), out, plan.offset,
         )  # fmt: skip
     fill_derived(spec, out, times, values)
     return out

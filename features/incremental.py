@@ -25,7 +25,8 @@ from datetime import timedelta
 from enum import IntEnum
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.typed import Dict
 
 from features import kernels
 from features.plan import EntityPlan, fill_derived, lateness_ns
@@ -33,7 +34,7 @@ from features.spec import Entity, FeatureSpec
 
 KIND_TX = kernels.KIND_TX
 KIND_LABEL = kernels.KIND_LABEL
-_KIND_SKIP = 2
+_KIND_SKIP = kernels.KIND_SKIP
 
 
 class Status(IntEnum):
@@ -45,8 +46,8 @@ class Status(IntEnum):
     LABEL_APPLIED = kernels.ST_LABEL_APPLIED
     LABEL_EXPIRED = kernels.ST_LABEL_EXPIRED
     LABEL_UNMATCHED = kernels.ST_LABEL_UNMATCHED
-    LABEL_UNKNOWN_ENTITY = 6
-    LABEL_NOT_USED = 7  # the spec has no label-based feature for this label's entities
+    LABEL_UNKNOWN_ENTITY = kernels.ST_LABEL_UNKNOWN_ENTITY
+    LABEL_NOT_USED = kernels.ST_LABEL_NOT_USED  # no label-based feature for its entities
 
 
 class EntityStore:
@@ -59,39 +60,37 @@ class EntityStore:
         self.n_slots = len(plan.win)
         self.n_cols = max(len(plan.columns), 1)
         self.cap = capacity
-        self.rows: dict[int, int] = {}
+        self.rows = Dict.empty(types.int64, types.int64)  # entity id -> arena row
+        self.n_rows = 0  # len(self.rows), kept here: len() of a typed dict is slow from Python
         self.arena = np.zeros((64, self._width(capacity)), np.int64)
 
     def _width(self, cap: int) -> int:
         return kernels.row_width(self.n_slots, self.n_cols, cap)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n_rows
 
-    def _new_row(self, key: int) -> int:
-        row = len(self.rows)
-        if row == len(self.arena):
-            self.arena = np.concatenate([self.arena, np.zeros_like(self.arena)])
-        self.arena[row] = 0
-        self.arena[row, 1] = self.cap
-        self.arena[row, 2] = kernels.NO_TIME
-        self.rows[key] = row
-        return row
+    def _ensure_rows(self, n: int) -> None:
+        if n > len(self.arena):
+            grown = np.zeros((max(n, 2 * len(self.arena)), self.arena.shape[1]), np.int64)
+            grown[: len(self.arena)] = self.arena
+            self.arena = grown
+
+    def rows_for(self, ids: np.ndarray, is_tx: np.ndarray) -> np.ndarray:
+        """Arena rows for a batch: transactions create state, labels only look it up."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        self._ensure_rows(self.n_rows + int(is_tx.sum()))
+        rows, self.n_rows = _rows_of(self.rows, ids, is_tx, self.arena, self.cap)
+        return rows
 
     def row_of(self, ids: np.ndarray, create: bool) -> np.ndarray:
         """Arena row of each id (-1 for an unknown id when ``create`` is false)."""
-        rows = self.rows
-        out = np.empty(len(ids), np.int64)
-        for i, key in enumerate(ids.tolist()):
-            row = rows.get(key)
-            if row is None:
-                row = self._new_row(key) if create else -1
-            out[i] = row
-        return out
+        ids = np.ascontiguousarray(ids, np.int64)
+        return self.rows_for(ids, np.full(len(ids), create))
 
     def newest(self) -> np.ndarray:
         """Each row's newest event time (``kernels.NO_TIME`` when none)."""
-        return self.arena[: len(self.rows), 2].copy()
+        return self.arena[: self.n_rows, 2].copy()
 
     def _grow(self) -> None:
         """Double every row's buffer capacity (rare: amortised O(1) per event)."""
@@ -127,8 +126,8 @@ class EntityStore:
 
     def export(self, key: int) -> bytes:
         """The compact state of one entity (for Beam state); ``b""`` if it has none."""
-        row = self.rows.get(key)
-        if row is None:
+        row = self.rows.get(key, -1)
+        if row < 0:
             return b""
         r = self.arena[row]
         if r[2] != kernels.NO_TIME:
@@ -151,9 +150,7 @@ class EntityStore:
         n = int(words[0])
         while n > self.cap:
             self._grow()
-        row = self.rows.get(key)
-        if row is None:
-            row = self._new_row(key)
+        row = int(self.row_of(np.array([key]), create=True)[0])
         r, cap = self.arena[row], self.cap
         r[:] = 0
         r[:head] = words[:head]
@@ -161,6 +158,43 @@ class EntityStore:
         r[head : head + n] = words[head : head + n]
         r[head + cap : head + cap + n] = words[head + n : head + 2 * n]
         r[head + 2 * cap :].reshape(cap, c)[:n] = words[head + 2 * n :].reshape(n, c)
+
+
+@njit(cache=True)
+def _rows_of(rows, ids, create, arena, cap):
+    """Look up each id's arena row, adding an empty state where ``create[i]``; -1 if unknown."""
+    out = np.empty(ids.shape[0], np.int64)
+    for i in range(ids.shape[0]):
+        row = rows.get(ids[i], -1)
+        if row < 0 and create[i]:
+            row = len(rows)
+            rows[ids[i]] = row
+            arena[row, :] = 0
+            arena[row, 1] = cap
+            arena[row, 2] = kernels.NO_TIME
+        out[i] = row
+    return out, len(rows)
+
+
+@njit(cache=True)
+def _merge_status(kinds, per_entity):
+    """One status per event from each entity's: the worst for transactions; for labels,
+    applied if any entity applied it, else the first entity's reason."""
+    out = np.empty(kinds.shape[0], np.int64)
+    for j in range(kinds.shape[0]):
+        if kinds[j] == _KIND_SKIP:
+            out[j] = kernels.ST_TOO_LATE
+        elif kinds[j] == KIND_TX:
+            out[j] = per_entity[j].max()
+        else:
+            out[j] = kernels.ST_LABEL_NOT_USED
+            for st in per_entity[j]:
+                if st == kernels.ST_LABEL_APPLIED:
+                    out[j] = st
+                    break
+                if out[j] == kernels.ST_LABEL_NOT_USED:
+                    out[j] = st
+    return out
 
 
 @njit(cache=True)
@@ -212,55 +246,30 @@ class IncrementalEngine:
         """
         m = len(batch)
         kinds = batch.kind.astype(np.int64, copy=True)
-        times = batch.time_ns.astype(np.int64, copy=False)
-        txids = batch.transaction_id.astype(np.int64, copy=False)
+        times = np.ascontiguousarray(batch.time_ns, np.int64)
+        txids = np.ascontiguousarray(batch.transaction_id, np.int64)
         is_tx = kinds == KIND_TX
         out = np.full((m, len(self.spec.names)), np.nan)
-        status = np.full(m, int(Status.LABEL_NOT_USED), np.int64)
-        entities = list(self.spec.entities)
+        entities = self.spec.entities
         rows = np.empty((m, len(entities)), np.int64)
         for e, entity in enumerate(entities):
-            ids = batch.ids[entity.key].astype(np.int64, copy=False)
-            rows[is_tx, e] = self.stores[entity].row_of(ids[is_tx], create=True)
-            rows[~is_tx, e] = self.stores[entity].row_of(ids[~is_tx], create=False)
-        offsets = np.cumsum([0] + [len(self.stores[e]) for e in entities])
+            rows[:, e] = self.stores[entity].rows_for(batch.ids[entity.key], is_tx)
+        offsets = np.cumsum([0] + [len(self.stores[e]) for e in entities])[:-1]
         newest = np.concatenate([self.stores[e].newest() for e in entities])
         lateness = np.array([self.stores[e].lateness_ns for e in entities], np.int64)
-        _reject_too_late(kinds, times, rows[:] + offsets[:-1], newest, lateness)
-        skipped = kinds == _KIND_SKIP
-        tx_status = np.zeros(m, np.int64)
-        label_status = np.full(m, int(Status.LABEL_NOT_USED), np.int64)
+        _reject_too_late(kinds, times, rows + offsets, newest, lateness)
+        per_entity = np.full((m, len(entities)), int(Status.LABEL_NOT_USED), np.int64)
         for e, entity in enumerate(entities):
-            store, plan = self.stores[entity], self.plans[entity]
-            take = is_tx & ~skipped
-            if len(plan.label_cols):
-                unknown = ~is_tx & (rows[:, e] < 0) & (label_status == Status.LABEL_NOT_USED)
-                label_status[unknown] = Status.LABEL_UNKNOWN_ENTITY
-                take |= ~is_tx & (rows[:, e] >= 0)
-            idx = np.flatnonzero(take)
-            if not plan.n_out or not len(idx):
-                continue
-            cols = [batch.values[c][idx] for c in plan.columns] or [np.zeros(len(idx))]
+            plan = self.plans[entity]
+            cols = [batch.values[c] for c in plan.columns] or [np.zeros(m)]
             vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
-            block = np.full((len(idx), plan.n_out), np.nan)
-            st = np.zeros(len(idx), np.int64)
-            store.process(kinds[idx], rows[idx, e], times[idx], txids[idx], vals, block, st)
-            out[idx, plan.offset : plan.offset + plan.n_out] = block
-            txm = kinds[idx] == KIND_TX
-            tx_status[idx[txm]] = np.maximum(tx_status[idx[txm]], st[txm])
-            lab_idx, lab_st = idx[~txm], st[~txm]
-            prev = label_status[lab_idx]
-            replace = (prev != Status.LABEL_APPLIED) & (
-                (prev == Status.LABEL_NOT_USED) | (lab_st == Status.LABEL_APPLIED)
+            block = out[:, plan.offset : plan.offset + plan.n_out]
+            self.stores[entity].process(
+                kinds, rows[:, e], times, txids, vals, block, per_entity[:, e]
             )
-            label_status[lab_idx] = np.where(replace, lab_st, prev)
-        status = np.where(is_tx, tx_status, label_status)
-        status[skipped] = Status.TOO_LATE
-        good = is_tx & ~skipped
-        derived = np.full((int(good.sum()), out.shape[1]), np.nan)
-        derived[:] = out[good]
-        fill_derived(self.spec, derived, times[good], {k: v[good] for k, v in batch.values.items()})
-        out[good] = derived
+        status = _merge_status(kinds, per_entity)
+        fill_derived(self.spec, out, times, batch.values)
+        out[status > Status.LATE] = np.nan
         return out, status
 
     def export(self, entity: Entity, key: int) -> bytes:

@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 OP_COUNT, OP_SUM, OP_MEAN, OP_STD, OP_MIN, OP_MAX = 0, 1, 2, 3, 4, 5
-KIND_TX, KIND_LABEL = 0, 1
+KIND_TX, KIND_LABEL, KIND_SKIP = 0, 1, 2  # SKIP: leave the event to other entities / callers
 
 # Per-event status codes returned by the incremental kernel.
 ST_OK = 0  # transaction scored in order
@@ -34,6 +34,8 @@ ST_TOO_LATE = 2  # transaction older than the allowed lateness: rejected, state 
 ST_LABEL_APPLIED = 3  # label matched a buffered transaction
 ST_LABEL_EXPIRED = 4  # label's transaction is older than the buffer: ignored
 ST_LABEL_UNMATCHED = 5  # label for a transaction this state has not seen (yet)
+ST_LABEL_UNKNOWN_ENTITY = 6  # label for an entity without state (slot -1)
+ST_LABEL_NOT_USED = 7  # no label-based feature in this entity's plan
 
 NO_TIME = np.iinfo(np.int64).min
 HEADER = 4
@@ -130,25 +132,64 @@ def _acc_sums(acc, sums):
         sums[i] = acc[2 * i] + acc[2 * i + 1]
 
 
+@njit(cache=True)
+def dense_codes(ids, lo, table, codes):
+    """Write codes 0..k-1 of int ids (``table`` spans their range) in order of first appearance.
+
+    Returns k. ``table`` must be filled with -1.
+    """
+    k = 0
+    for r in range(ids.shape[0]):
+        c = table[ids[r] - lo]
+        if c < 0:
+            c = k
+            table[ids[r] - lo] = k
+            k += 1
+        codes[r] = c
+    return k
+
+
+@njit(cache=True)
+def group_rows(codes, n_groups, order, times, vals, tv, vv, pos):
+    """Make each entity's events contiguous, taken in ``order`` (a stable counting sort).
+
+    Fills ``tv``/``vv`` (times, values in entity order) and ``pos[r]`` (where row r went);
+    returns ``starts`` (each group's first position, then n). Reads follow ``order``; writes
+    go to one advancing position per group, so the touched memory stays small.
+    """
+    starts = np.zeros(n_groups + 1, np.int64)
+    for c in codes:
+        starts[c + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    fill = starts[:-1].copy()
+    for i in range(codes.shape[0]):
+        r = order[i]
+        p = fill[codes[r]]
+        fill[codes[r]] = p + 1
+        tv[p] = times[r]
+        vv[p] = vals[r]
+        pos[r] = p
+    return starts
+
+
 @njit(cache=True, parallel=True)
-def backfill_entity(order, starts, times, vals, win, dly, fslot, fcol, fop, since_prev, out, col0):
+def backfill_entity(starts, tv, vv, pos, win, dly, fslot, fcol, fop, since_prev, blk, out, col0):
     """Features of every event, each as seen at its own time.
 
-    ``order`` lists rows by (entity, time, arrival) and ``starts`` each entity's first position
-    in it, then ``len(order)``. Event ``r``'s aggregates go to ``out[r, col0:]``, followed (if
-    ``since_prev``) by seconds since the entity's previous event. Entities run in parallel.
+    ``tv``/``vv`` hold each entity's events contiguously in (time, arrival) order, entity g at
+    ``starts[g]:starts[g + 1]`` (see :func:`group_rows`); row r of the input is at ``pos[r]``.
+    Row r's aggregates go to ``out[r, col0:]``, followed (if ``since_prev``) by seconds since
+    the entity's previous event. ``blk`` is scratch (n x width). Entities run in parallel.
+
+    Large arrays come from the caller: numpy allocates them with huge pages, and first-touch
+    page faults otherwise dominate on virtual machines.
     """
-    n = order.shape[0]
+    n = tv.shape[0]
     n_slots = win.shape[0]
-    n_cols = vals.shape[1]
+    n_cols = vv.shape[1]
     n_feat = fslot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    tv = np.empty(n, np.int64)
-    vv = np.empty((n, n_cols), np.float64)
-    blk = np.empty((n, width), np.float64)
-    for i in prange(n):  # gather into entity order: each entity's history is contiguous
-        tv[i] = times[order[i]]
-        vv[i] = vals[order[i]]
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
@@ -163,27 +204,20 @@ def backfill_entity(order, starts, times, vals, win, dly, fslot, fcol, fop, sinc
             emit(v, ptr, sums, fslot, fcol, fop, blk[a + i])
             if since_prev:
                 blk[a + i, n_feat] = (t[i] - t[i - 1]) / NS_PER_S if i > 0 else np.nan
-    for i in prange(n):  # scatter back to input order
-        r = order[i]
+    for r in prange(n):  # back to input order: sequential writes, per-group sequential reads
+        p = pos[r]
         for f in range(width):
-            out[r, col0 + f] = blk[i, f]
+            out[r, col0 + f] = blk[p, f]
 
 
-@njit(cache=True)
-def counting_order(codes, n_groups):
-    """Stable order of rows by ``codes`` (0..n_groups-1) and each group's start, O(n)."""
-    starts = np.zeros(n_groups + 1, np.int64)
-    for c in codes:
-        starts[c + 1] += 1
-    for g in range(n_groups):
-        starts[g + 1] += starts[g]
-    fill = starts[:-1].copy()
-    order = np.empty(codes.shape[0], np.int64)
-    for r in range(codes.shape[0]):
-        c = codes[r]
-        order[fill[c]] = r
-        fill[c] += 1
-    return order, starts
+@njit(cache=True, parallel=True)
+def calendar_parts(times_ns, day_ns, hour_ns, weekday, hour):
+    """Fill (weekday 0=Monday, hour) of naive epoch times; floor division before 1970."""
+    for i in prange(times_ns.shape[0]):
+        t = times_ns[i]
+        d = t // day_ns
+        weekday[i] = (d + 3) % 7
+        hour[i] = (t - d * day_ns) // hour_ns
 
 
 @njit(cache=True, inline="always")
@@ -212,9 +246,11 @@ def compact(row, n_slots, n_cols, cap, cutoff):
         m = min(m, row[HEADER + 2 * s])
     if m == 0:
         return
-    times[: n - m] = times[m:n].copy()
-    txids[: n - m] = txids[m:n].copy()
-    vals[: n - m] = vals[m:n].copy()
+    for i in range(n - m):
+        times[i] = times[i + m]
+        txids[i] = txids[i + m]
+        for c in range(n_cols):
+            vals[i, c] = vals[i + m, c]
     for i in range(2 * n_slots):
         row[HEADER + i] -= m
     row[0] = n - m
@@ -228,14 +264,21 @@ def process(
     """Apply events ``first..`` in order to the states in ``arena`` (one row per entity).
 
     Transactions write their features to ``out[j]``; labels set ``label_cols`` of a buffered
-    transaction. Returns the index of the first event not applied: ``len(kinds)`` when all were,
-    else an event whose entity's buffer is full (the caller grows the arena and calls again).
+    transaction; ``KIND_SKIP`` events are left alone. ``slots[j]`` is event j's arena row (-1
+    only for a label of an unknown entity). Returns the index of the first event not applied:
+    ``len(kinds)`` when all were, else an event whose entity's buffer is full (the caller grows
+    the arena and calls again).
     """
     n_slots = win.shape[0]
     n_cols = ev_vals.shape[1]
     n_feat = fslot.shape[0]
     sums = np.zeros(n_slots * n_cols, np.float64)
     for j in range(first, kinds.shape[0]):
+        if kinds[j] == KIND_SKIP:
+            continue
+        if slots[j] < 0 or (kinds[j] == KIND_LABEL and label_cols.shape[0] == 0):
+            status[j] = ST_LABEL_NOT_USED if label_cols.shape[0] == 0 else ST_LABEL_UNKNOWN_ENTITY
+            continue
         row = arena[slots[j]]
         cap = row[1]
         newest = row[2]
@@ -274,9 +317,11 @@ def process(
         if n == cap:
             return j
         k = _upper_bound(times, n, t) if late else n
-        times[k + 1 : n + 1] = times[k:n].copy()
-        txids[k + 1 : n + 1] = txids[k:n].copy()
-        vals[k + 1 : n + 1] = vals[k:n].copy()
+        for i in range(n, k, -1):  # make room at k (late events only)
+            times[i] = times[i - 1]
+            txids[i] = txids[i - 1]
+            for c in range(n_cols):
+                vals[i, c] = vals[i - 1, c]
         times[k] = t
         txids[k] = ev_txids[j]
         vals[k] = ev_vals[j]

@@ -76,9 +76,11 @@ class EntityPlan:
 
 def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
     """Calendar feature of naive event times in int64 ns since the epoch (a Thursday)."""
+    weekday, hour = np.empty(len(times_ns), np.int64), np.empty(len(times_ns), np.int64)
+    times_ns = np.ascontiguousarray(times_ns, np.int64)
+    kernels.calendar_parts(times_ns, NS_PER_DAY, NS_PER_HOUR, weekday, hour)
     if kind is Calendar.WEEKEND:
-        return (((times_ns // NS_PER_DAY) + 3) % 7 >= 5).astype(np.float64)
-    hour = (times_ns // NS_PER_HOUR) % 24
+        return (weekday >= 5).astype(np.float64)
     if kind is Calendar.NIGHT:
         return (hour <= 6).astype(np.float64)
     return hour.astype(np.float64)

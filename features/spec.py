@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from functools import cached_property
 
 
 class Op(StrEnum):
@@ -174,9 +175,9 @@ class FeatureSpec:
         if dupes:
             raise ValueError(f"feature names are not unique: {dupes}")
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
-        """Every feature name, in model-input order."""
+        """Every feature name, in model-input order (do not mutate the list)."""
         return (
             [c.name for c in self.raw]
             + [c.value for c in self.calendar]

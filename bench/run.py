@@ -1,0 +1,180 @@
+"""``make bench``: every benchmark of the project in one run, ratios measured in the same run.
+
+Writes ``bench/results/latest.json`` and ``bench/results/latest.md``. Run with
+``python -m bench.run [--only NAME ...] [--data PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import presets
+from features.backfill import backfill
+from features.incremental import IncrementalEngine
+from features.stream import slices, with_labels
+from features.table import read_transactions
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/transactions.parquet"
+Metrics = dict[str, float | int | str | None]
+
+
+def _best_of(fn: Callable[[], object], repeat: int) -> float:
+    """Fastest wall time of ``repeat`` runs (the least disturbed by a noisy machine)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_backfill(df: pd.DataFrame) -> Metrics:
+    """Baseline preset over all reference data vs the pandas groupby-rolling reference."""
+    from bench.pandas_reference import baseline_features
+
+    spec = presets.BASELINE
+    backfill(df, spec)  # compile / load the kernels
+    ours = _best_of(lambda: backfill(df, spec), repeat=5)
+    reference = _best_of(lambda: baseline_features(df), repeat=1)
+    default = _best_of(lambda: backfill(df, presets.DEFAULT), repeat=3)
+    return {
+        "events": len(df),
+        "backfill_baseline_s": round(ours, 4),
+        "backfill_default_s": round(default, 4),
+        "pandas_reference_s": round(reference, 3),
+        "backfill_speedup_vs_pandas": round(reference / ours, 1),
+    }
+
+
+def bench_incremental(df: pd.DataFrame, batch_size: int = 2_000) -> Metrics:
+    """Replay of the whole history, labels after the delay, in micro-batches (amortised)."""
+    out: Metrics = {"incremental_batch_size": batch_size}
+    for spec in (presets.BASELINE, presets.DEFAULT):
+        events = with_labels(df, spec)
+        parts = list(slices(events, batch_size))
+        IncrementalEngine(spec).process(parts[0])  # compile / load the kernels
+
+        def replay(spec=spec, parts=parts) -> None:
+            engine = IncrementalEngine(spec)
+            for part in parts:
+                engine.process(part)
+
+        seconds = _best_of(replay, repeat=2)
+        key = (
+            "incremental_us_per_event"
+            if spec is presets.BASELINE
+            else "incremental_default_us_per_event"
+        )
+        out[key] = round(1e6 * seconds / len(df), 3)
+    one = next(slices(with_labels(df.iloc[:1000], presets.BASELINE), 1))
+    engine = IncrementalEngine(presets.BASELINE)
+    out["incremental_single_event_us"] = round(1e6 * _best_of(lambda: engine.process(one), 200), 1)
+    return out
+
+
+_COMPILE_SNIPPET = """
+import time; t0 = time.perf_counter()
+from features import presets; from features.backfill import backfill
+from features.stream import stream_features; from features.synthetic import transactions
+from features.table import validate
+df = validate(transactions(n=500), presets.DEFAULT)
+backfill(df, presets.DEFAULT); stream_features(df, presets.DEFAULT)
+print(time.perf_counter() - t0)
+"""
+
+
+def bench_compile() -> Metrics:
+    """Numba compile time (empty cache) and cache-load time, in fresh processes."""
+
+    def run(cache_dir: str) -> float:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+        done = subprocess.run([sys.executable, "-c", _COMPILE_SNIPPET], env=env, check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return float(done.stdout.strip().splitlines()[-1])
+
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run(cache)
+        warm = run(cache)
+    return {
+        "numba_first_run_cold_cache_s": round(cold, 2),
+        "numba_first_run_warm_cache_s": round(warm, 2),
+        "numba_compile_s": round(cold - warm, 2),
+    }
+
+
+def machine() -> Metrics:
+    return {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "python": platform.python_version(),
+        "numpy": version("numpy"),
+        "numba": version("numba"),
+        "pandas": version("pandas"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+GOALS = {
+    "backfill_speedup_vs_pandas": (">=", 100),
+    "incremental_us_per_event": ("<=", 2.0),
+    "feast_read100_vs_raw": ("<=", 1.5),
+    "scoring_speedup_vs_beam_handler": (">=", 20),
+    "pipeline_vs_passthrough": (">=", 0.5),
+    "e2e_p99_ms_at_200eps": ("<=", 500),
+}
+
+
+def to_markdown(results: Metrics) -> str:
+    lines = ["| metric | value | goal | met |", "|---|---|---|---|"]
+    for key, value in results.items():
+        goal = GOALS.get(key)
+        met = ""
+        if goal and isinstance(value, int | float):
+            met = "yes" if (value >= goal[1] if goal[0] == ">=" else value <= goal[1]) else "no"
+        lines.append(f"| {key} | {'not measured yet' if value is None else value} | "
+                     f"{f'{goal[0]} {goal[1]}' if goal else ''} | {met} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="reference transactions parquet")
+    parser.add_argument("--only", action="append", choices=["backfill", "incremental", "compile"])
+    parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    args = parser.parse_args(argv)
+    chosen = args.only or ["backfill", "incremental", "compile"]
+    if not Path(args.data).exists():
+        print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
+        return 2
+    df = read_transactions([args.data], presets.DEFAULT)
+    results: Metrics = {**machine(), **{k: None for k in GOALS}}
+    steps = {"backfill": lambda: bench_backfill(df), "incremental": lambda: bench_incremental(df),
+             "compile": bench_compile}  # fmt: skip
+    for name in chosen:
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        results.update(steps[name]())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = to_markdown(results)
+    (out / "latest.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -102,8 +102,13 @@ def bench_compile() -> Metrics:
 
     def run(cache_dir: str) -> float:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
-        done = subprocess.run([sys.executable, "-c", _COMPILE_SNIPPET], env=env, check=True,
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", _COMPILE_SNIPPET],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return float(done.stdout.strip().splitlines()[-1])
 
     with tempfile.TemporaryDirectory() as cache:
@@ -144,8 +149,10 @@ def to_markdown(results: Metrics) -> str:
         met = ""
         if goal and isinstance(value, int | float):
             met = "yes" if (value >= goal[1] if goal[0] == ">=" else value <= goal[1]) else "no"
-        lines.append(f"| {key} | {'not measured yet' if value is None else value} | "
-                     f"{f'{goal[0]} {goal[1]}' if goal else ''} | {met} |")  # fmt: skip
+        lines.append(
+            f"| {key} | {'not measured yet' if value is None else value} | "
+            f"{f'{goal[0]} {goal[1]}' if goal else ''} | {met} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -161,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     df = read_transactions([args.data], presets.DEFAULT)
     results: Metrics = {**machine(), **{k: None for k in GOALS}}
-    steps = {"backfill": lambda: bench_backfill(df), "incremental": lambda: bench_incremental(df),
-             "compile": bench_compile}  # fmt: skip
+    steps = {
+        "backfill": lambda: bench_backfill(df),
+        "incremental": lambda: bench_incremental(df),
+        "compile": bench_compile,
+    }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
         results.update(steps[name]())

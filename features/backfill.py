@@ -24,8 +24,13 @@ def factorize(ids: np.ndarray) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), len(uniques)
 
 
-def compute(spec: FeatureSpec, times: np.ndarray, txids: np.ndarray, ids: dict[str, np.ndarray],
-            values: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+def compute(
+    spec: FeatureSpec,
+    times: np.ndarray,
+    txids: np.ndarray,
+    ids: dict[str, np.ndarray],
+    values: dict[str, np.ndarray],
+) -> np.ndarray:
     """Feature matrix (rows = events, columns = ``spec.names``, column-major) from column arrays.
 
     ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values. Each
@@ -48,10 +53,20 @@ def compute(spec: FeatureSpec, times: np.ndarray, txids: np.ndarray, ids: dict[s
         codes, n_groups = factorize(ids[plan.entity.key])
         starts = kernels.group_rows(codes, n_groups, order, times, vals, tv, vv, pos)
         kernels.backfill_entity(
-            starts, tv, vv, pos,
-            plan.win, plan.dly, plan.fslot, plan.fcol, plan.fop, plan.since_prev,
-            blk[: n * plan.n_out].reshape(n, plan.n_out), out, plan.offset,
-        )  # fmt: skip
+            starts,
+            tv,
+            vv,
+            pos,
+            plan.win,
+            plan.dly,
+            plan.fslot,
+            plan.fcol,
+            plan.fop,
+            plan.since_prev,
+            blk[: n * plan.n_out].reshape(n, plan.n_out),
+            out,
+            plan.offset,
+        )
     fill_derived(spec, out, times, values)
     return out
 

@@ -109,17 +109,40 @@ class EntityStore:
         vals_new[:, :cap] = vals_old
         self.arena, self.cap = new, new_cap
 
-    def process(self, kinds: np.ndarray, rows: np.ndarray, times: np.ndarray, txids: np.ndarray,
-                vals: np.ndarray, out: np.ndarray, status: np.ndarray) -> None:  # fmt: skip
+    def process(
+        self,
+        kinds: np.ndarray,
+        rows: np.ndarray,
+        times: np.ndarray,
+        txids: np.ndarray,
+        vals: np.ndarray,
+        out: np.ndarray,
+        status: np.ndarray,
+    ) -> None:
         """Apply events in order; transactions' features go to ``out`` (one row per event)."""
         p = self.plan
         first = 0
         while True:
             first = kernels.process(
-                self.arena, rows, kinds, times, txids, vals, p.label_cols,
-                p.win, p.dly, p.fslot, p.fcol, p.fop, p.since_prev,
-                self.keep_ns, self.lateness_ns, out, status, first,
-            )  # fmt: skip
+                self.arena,
+                rows,
+                kinds,
+                times,
+                txids,
+                vals,
+                p.label_cols,
+                p.win,
+                p.dly,
+                p.fslot,
+                p.fcol,
+                p.fop,
+                p.since_prev,
+                self.keep_ns,
+                self.lateness_ns,
+                out,
+                status,
+                first,
+            )
             if first == len(kinds):
                 return
             self._grow()

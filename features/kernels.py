@@ -258,9 +258,25 @@ def compact(row, n_slots, n_cols, cap, cutoff):
 
 @njit(cache=True)
 def process(
-    arena, slots, kinds, ev_times, ev_txids, ev_vals, label_cols,
-    win, dly, fslot, fcol, fop, since_prev, keep_ns, lateness_ns, out, status, first,
-):  # fmt: skip
+    arena,
+    slots,
+    kinds,
+    ev_times,
+    ev_txids,
+    ev_vals,
+    label_cols,
+    win,
+    dly,
+    fslot,
+    fcol,
+    fop,
+    since_prev,
+    keep_ns,
+    lateness_ns,
+    out,
+    status,
+    first,
+):
     """Apply events ``first..`` in order to the states in ``arena`` (one row per entity).
 
     Transactions write their features to ``out[j]``; labels set ``label_cols`` of a buffered

@@ -44,6 +44,11 @@ BASELINE = FeatureSpec(
 _CUSTOMER_30D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 30 * DAY)
 _CUSTOMER_7D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 7 * DAY)
 _CUSTOMER_1D_MEAN = Aggregate(CUSTOMER, Op.MEAN, 1 * DAY)
+# The card's habits before the last two weeks: a compromised card (the data's third fraud
+# scenario lasts 14 days) is compared with what it did before, not with its own fraud.
+_HABIT_DELAY = 14 * DAY
+_CUSTOMER_HABIT_MEAN = Aggregate(CUSTOMER, Op.MEAN, 30 * DAY, delay=_HABIT_DELAY)
+_CUSTOMER_HABIT_MAX = Aggregate(CUSTOMER, Op.MAX, 30 * DAY, delay=_HABIT_DELAY)
 
 DEFAULT = FeatureSpec(
     name="default",
@@ -59,7 +64,13 @@ DEFAULT = FeatureSpec(
         Aggregate(CUSTOMER, Op.MAX, 7 * DAY),
         Aggregate(CUSTOMER, Op.MAX, 30 * DAY),
         Aggregate(CUSTOMER, Op.MIN, 7 * DAY),
+        _CUSTOMER_HABIT_MEAN,
+        _CUSTOMER_HABIT_MAX,
+        Aggregate(CUSTOMER, Op.STD, 30 * DAY, delay=_HABIT_DELAY),
+        Aggregate(CUSTOMER, Op.COUNT, 30 * DAY, delay=_HABIT_DELAY),
         Aggregate(TERMINAL, Op.COUNT, HOUR),
+        Aggregate(TERMINAL, Op.COUNT, 6 * HOUR),
+        Aggregate(TERMINAL, Op.MEAN, 3 * DAY, column=FRAUD, delay=LABEL_DELAY),
         Aggregate(TERMINAL, Op.MEAN, 7 * DAY, delay=LABEL_DELAY),
         Aggregate(TERMINAL, Op.MAX, 7 * DAY, delay=LABEL_DELAY),
     ),
@@ -68,6 +79,8 @@ DEFAULT = FeatureSpec(
         Ratio(_CUSTOMER_1D_MEAN, AMOUNT),
         Ratio(_CUSTOMER_7D_MEAN, AMOUNT),
         Ratio(_CUSTOMER_30D_MEAN, AMOUNT),
+        Ratio(_CUSTOMER_HABIT_MEAN, AMOUNT),
+        Ratio(_CUSTOMER_HABIT_MAX, AMOUNT),
     ),
     label_delay=LABEL_DELAY,
 )

@@ -18,8 +18,13 @@ def _add_backfill(sub: argparse._SubParsersAction) -> None:
         description="Read transaction parquet files (concatenated, ordered by TRANSACTION_ID) "
         "and write TRANSACTION_ID plus one column per feature, each as seen at its event's time.",
     )
-    p.add_argument("--input", action="append", required=True, metavar="PATH",
-                   help="transactions parquet (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="transactions parquet (repeatable)",
+    )
     p.add_argument("--output", required=True, metavar="PATH", help="features parquet to write")
     p.add_argument("--preset", default="baseline", help="feature preset: baseline or default")
     p.set_defaults(func=_run_backfill)
@@ -39,8 +44,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="Backfill the reference data, replay it through the streaming path with "
         "labels after their delay, check both agree and compare with the published golden file.",
     )
-    p.add_argument("--input", default=REFERENCE_DATA, metavar="PATH",
-                   help="transactions parquet (synthetic history if missing)")  # fmt: skip
+    p.add_argument(
+        "--input",
+        default=REFERENCE_DATA,
+        metavar="PATH",
+        help="transactions parquet (synthetic history if missing)",
+    )
     p.add_argument("--preset", default="baseline", help="feature preset: baseline or default")
     p.add_argument("--events", type=int, default=None, help="use only the first N transactions")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="where to write results")
@@ -54,6 +63,61 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args.input, args.preset, args.events, args.out, args.json)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="the handbook's evaluation protocol on stream-computed features",
+        description="Train on the window ending at DATE + 7 days, skip a 7-day delay, test on "
+        "the next 7 days (known-compromised cards removed day by day) with test features from "
+        "the streaming path; report AUC ROC, AP and CP@100 beside the published table.",
+    )
+    p.add_argument("--input", action="append", required=True, metavar="PATH")
+    p.add_argument("--train-start", required=True, metavar="DATE", help="the protocol's DATE")
+    p.add_argument("--train-days", type=int, default=7, help="days of training (>= 7)")
+    p.add_argument("--preset", default="default", help="feature preset: baseline or default")
+    p.add_argument("--no-tune", action="store_true", help="skip the hyperparameter search")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import run_evaluate
+
+    run_evaluate(
+        args.input,
+        args.train_start,
+        args.train_days,
+        args.preset,
+        args.json,
+        tune_grid=not args.no_tune,
+    )
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    for name, text in (
+        ("train", "train a model version and gate it against the champion"),
+        ("retrain", "train on the newest window whose labels are all known"),
+    ):
+        p = sub.add_parser(name, help=text, description=text + " (see training/train.py).")
+        p.add_argument("--input", action="append", required=True, metavar="PATH")
+        if name == "train":
+            p.add_argument("--train-end", required=True, metavar="DATE", help="window end (excl.)")
+        p.add_argument("--train-days", type=int, default=84, help="window length in days (>= 21)")
+        p.add_argument("--model-dir", required=True, metavar="DIR", help="the model registry")
+        p.add_argument("--preset", default="default", help="feature preset: baseline or default")
+        p.add_argument("--cards-per-day", type=int, default=100, help="alert threshold objective")
+        p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.train import newest_train_end, run_train
+
+    end = getattr(args, "train_end", None) or newest_train_end(args.input, args.preset)
+    run_train(args.input, end, args.train_days, args.model_dir, args.preset, args.cards_per_day)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream",
@@ -62,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_backfill(sub)
     _add_demo(sub)
+    _add_evaluate(sub)
+    _add_train(sub)
     emulators.add_cli(sub)
     return parser
 
@@ -73,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (InputError, ValueError, FileNotFoundError) as exc:
+    except (InputError, ValueError, FileNotFoundError) as exc:  # RegistryError is a ValueError
         print(f"fraudstream {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

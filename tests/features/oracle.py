@@ -14,8 +14,11 @@ def _aggregate(agg: Aggregate, values: np.ndarray) -> float:
         return float(len(values))
     if len(values) == 0:
         return np.nan if agg.op in (Op.MIN, Op.MAX) else 0.0
-    return float({Op.SUM: np.sum, Op.MEAN: np.mean, Op.STD: np.std, Op.MIN: np.min,
-                  Op.MAX: np.max}[agg.op](values))  # fmt: skip
+    return float(
+        {Op.SUM: np.sum, Op.MEAN: np.mean, Op.STD: np.std, Op.MIN: np.min, Op.MAX: np.max}[agg.op](
+            values
+        )
+    )
 
 
 def oracle(df: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:

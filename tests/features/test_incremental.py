@@ -116,12 +116,16 @@ def test_label_after_the_event_entered_the_window_is_applied_to_the_running_sums
             Status.LABEL_UNMATCHED,
         ),
         (
-            [(KIND_TX, 1, 0.0, 1, 5, 1.0, 0), (KIND_TX, 2, 90.0, 1, 5, 1.0, 0),
-             (KIND_TX, 3, 91.0, 1, 5, 1.0, 0), (KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1)],
+            [
+                (KIND_TX, 1, 0.0, 1, 5, 1.0, 0),
+                (KIND_TX, 2, 90.0, 1, 5, 1.0, 0),
+                (KIND_TX, 3, 91.0, 1, 5, 1.0, 0),
+                (KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1),
+            ],
             Status.LABEL_EXPIRED,
         ),
     ],
-)  # fmt: skip
+)
 def test_label_statuses(events, expected):
     engine = IncrementalEngine(SPEC)
     for store in engine.stores.values():  # capacity 1 forces compaction of day 0

@@ -22,7 +22,7 @@ from features.spec import (
     Op,
     Ratio,
     SincePrevious,
-)  # fmt: skip
+)
 from features.stream import slices, stream_features, with_labels
 from tests.features.oracle import oracle
 
@@ -45,7 +45,7 @@ SPEC = FeatureSpec(
     since_previous=(SincePrevious(CUSTOMER), SincePrevious(TERMINAL)),
     ratios=(Ratio(_CUSTOMER_MEAN, AMOUNT),),
     label_delay=DELAY,
-)  # fmt: skip
+)
 
 GAPS_S = [0, 0, 1, 30, 240, 1_200, 4 * 3_600]  # ties, bursts, and gaps longer than every window
 

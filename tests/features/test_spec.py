@@ -15,14 +15,22 @@ from features.spec import (
 )
 
 HANDBOOK_NAMES = [
-    "TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT",
-    "CUSTOMER_ID_NB_TX_1DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
-    "CUSTOMER_ID_NB_TX_7DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
-    "CUSTOMER_ID_NB_TX_30DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_1DAY_WINDOW", "TERMINAL_ID_RISK_1DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_7DAY_WINDOW", "TERMINAL_ID_RISK_7DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_30DAY_WINDOW", "TERMINAL_ID_RISK_30DAY_WINDOW",
-]  # fmt: skip
+    "TX_AMOUNT",
+    "TX_DURING_WEEKEND",
+    "TX_DURING_NIGHT",
+    "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_7DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_30DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_1DAY_WINDOW",
+    "TERMINAL_ID_RISK_1DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_7DAY_WINDOW",
+    "TERMINAL_ID_RISK_7DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_30DAY_WINDOW",
+    "TERMINAL_ID_RISK_30DAY_WINDOW",
+]
 
 
 def test_baseline_names_are_the_handbooks():
@@ -43,9 +51,13 @@ def test_every_label_feature_of_the_default_preset_is_delayed():
 
 @pytest.mark.parametrize(
     ("delta", "label"),
-    [(timedelta(days=30), "30DAY"), (timedelta(hours=1), "1HOUR"), (timedelta(minutes=90), "90MIN"),
-     (timedelta(seconds=45), "45SEC")],
-)  # fmt: skip
+    [
+        (timedelta(days=30), "30DAY"),
+        (timedelta(hours=1), "1HOUR"),
+        (timedelta(minutes=90), "90MIN"),
+        (timedelta(seconds=45), "45SEC"),
+    ],
+)
 def test_duration_labels(delta, label):
     assert duration_label(delta) == label
 

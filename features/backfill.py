@@ -36,6 +36,11 @@ def compute(
     ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values. Each
     entity's events are taken in (time, transaction id) order: the id is the arrival order.
     """
+    if spec.needs_label_arrivals:
+        raise ValueError(
+            f"spec {spec.name} has features that count labels when they arrive (known_only): "
+            "a history without label arrival times cannot give them; use features.stream"
+        )
     n = len(times)
     out = np.empty((n, len(spec.names)), np.float64, order="F")  # column writes stay sequential
     plans = [p for p in (EntityPlan.build(spec, e) for e in spec.entities) if p.n_out]

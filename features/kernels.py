@@ -341,6 +341,8 @@ def process(
         times[k] = t
         txids[k] = ev_txids[j]
         vals[k] = ev_vals[j]
+        for c in label_cols:  # a transaction's label is unknown until its label event
+            vals[k, c] = 0.0
         row[0] = n + 1
         if not late:
             row[2] = t

@@ -85,7 +85,25 @@ DEFAULT = FeatureSpec(
     label_delay=LABEL_DELAY,
 )
 
-PRESETS: dict[str, FeatureSpec] = {s.name: s for s in (BASELINE, DEFAULT)}
+# ``default`` plus what investigator feedback gives: frauds confirmed at the terminal and on the
+# card as soon as their labels arrive (the stream only: the backfill refuses known_only).
+FEEDBACK = FeatureSpec(
+    name="feedback",
+    raw=DEFAULT.raw,
+    calendar=DEFAULT.calendar,
+    aggregates=(
+        *DEFAULT.aggregates,
+        Aggregate(TERMINAL, Op.SUM, 28 * DAY, column=FRAUD, known_only=True),
+        Aggregate(TERMINAL, Op.MEAN, 28 * DAY, column=FRAUD, known_only=True),
+        Aggregate(TERMINAL, Op.SUM, 1 * DAY, column=FRAUD, known_only=True),
+        Aggregate(CUSTOMER, Op.SUM, 14 * DAY, column=FRAUD, known_only=True),
+    ),
+    since_previous=DEFAULT.since_previous,
+    ratios=DEFAULT.ratios,
+    label_delay=LABEL_DELAY,
+)
+
+PRESETS: dict[str, FeatureSpec] = {s.name: s for s in (BASELINE, DEFAULT, FEEDBACK)}
 
 
 def get(name: str) -> FeatureSpec:

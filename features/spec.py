@@ -85,6 +85,9 @@ class Aggregate:
     window: timedelta
     column: Column = AMOUNT
     delay: timedelta = timedelta(0)
+    # Count a label as soon as it arrives (investigator feedback) instead of after ``delay``:
+    # only the stream knows when labels arrive, so the backfill refuses such aggregates.
+    known_only: bool = False
 
     def stat(self) -> str:
         """The statistic part of the name, in the handbook's style (``NB_TX``, ``AVG_AMOUNT``)."""
@@ -97,7 +100,8 @@ class Aggregate:
 
     def name(self, label_delay: timedelta) -> str:
         """Generated name; the delay shows only when it differs from the spec's label delay."""
-        base = f"{self.entity.key}_{self.stat()}_{duration_label(self.window)}_WINDOW"
+        known = "KNOWN_" if self.known_only else ""
+        base = f"{self.entity.key}_{known}{self.stat()}_{duration_label(self.window)}_WINDOW"
         if self.delay and self.delay != label_delay:
             base += f"_DELAY_{duration_label(self.delay)}"
         return base
@@ -158,8 +162,10 @@ class FeatureSpec:
                 raise ValueError(f"{name}: window must be positive, got {agg.window}")
             if agg.delay < timedelta(0):
                 raise ValueError(f"{name}: delay must be >= 0, got {agg.delay}")
-            if agg.column.is_label and not agg.delay:
+            if agg.column.is_label and not agg.delay and not agg.known_only:
                 raise ValueError(f"{name}: label column {agg.column.name} needs a delay (leakage)")
+            if agg.known_only and not agg.column.is_label:
+                raise ValueError(f"{name}: known_only applies to label columns only")
         for ratio in self.ratios:
             if ratio.aggregate not in self.aggregates:
                 raise ValueError(
@@ -219,6 +225,11 @@ class FeatureSpec:
         """Columns an input table must have to compute this spec."""
         cols = {"TRANSACTION_ID", "TX_DATETIME"} | {e.key for e in self.entities}
         return sorted(cols | set(self.value_columns))
+
+    @property
+    def needs_label_arrivals(self) -> bool:
+        """True when some feature counts labels as they arrive (computable by the stream only)."""
+        return any(a.known_only for a in self.aggregates)
 
     def fingerprint(self) -> str:
         """A stable hash of the spec: a model trained on one spec refuses another."""

@@ -76,6 +76,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-days", type=int, default=7, help="days of training (>= 7)")
     p.add_argument("--preset", default="default", help="feature preset: baseline or default")
     p.add_argument("--no-tune", action="store_true", help="skip the hyperparameter search")
+    p.add_argument("--no-feedback", action="store_true", help="skip the investigator-feedback line")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.set_defaults(func=_run_evaluate)
 
@@ -90,6 +91,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.preset,
         args.json,
         tune_grid=not args.no_tune,
+        feedback=not args.no_feedback,
     )
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 from tqdm import tqdm
 
 from features import presets
@@ -22,7 +23,8 @@ from features.spec import FeatureSpec
 from features.stream import stream_features
 from features.table import read_transactions
 from training import model as models
-from training.protocol import Split, in_window, metrics, scored_rows
+from training.feedback import FeedbackReplay, scorer
+from training.protocol import Split, card_precision_at_k, in_window, metrics, scored_rows
 
 PUBLISHED = [  # EVALUATION.md: model, AUC ROC, AP, CP@100
     ("logistic regression (handbook ch. 3)", 0.871, 0.606, 0.291),
@@ -32,6 +34,26 @@ PUBLISHED = [  # EVALUATION.md: model, AUC ROC, AP, CP@100
     ("best tuned models (ch. 5-7), best of each column", 0.879, 0.694, 0.305),
 ]
 VALIDATION_SHIFT_DAYS = 14  # the validation split's test week is the training week
+
+
+def delayed_label_ceiling(df: pd.DataFrame, test: np.ndarray, delay_days: int = 7) -> float | None:
+    """CP@100 of a perfect ranker blind to frauds at terminals compromised < delay days ago.
+
+    Analysis only (reads ``TX_FRAUD_SCENARIO``, never a model input): the simulator's second
+    scenario compromises a terminal for 28 days, and until its first fraud is ``delay`` days
+    old no label-delayed feature can see it. None when the column is absent.
+    """
+    if "TX_FRAUD_SCENARIO" not in df:
+        return None
+    first = df[df["TX_FRAUD_SCENARIO"] == 2].groupby("TERMINAL_ID")["TX_DATETIME"].min()
+    rows = df[test]
+    age = rows["TX_DATETIME"] - rows["TERMINAL_ID"].map(first)
+    hidden = (rows["TX_FRAUD_SCENARIO"] == 2) & (age < pd.Timedelta(days=delay_days))
+    labels = rows["TX_FRAUD"].to_numpy()
+    tiebreak = np.random.default_rng(0).random(len(rows)) * 1e-9
+    visible = labels * ~hidden.to_numpy() + tiebreak
+    days = rows["TX_DATETIME"].dt.normalize().to_numpy()
+    return card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(), labels, visible)
 
 
 def stream_test_features(df: pd.DataFrame, spec: FeatureSpec, end: pd.Timestamp) -> pd.DataFrame:
@@ -63,12 +85,39 @@ def tune(
     return grid[best], results
 
 
+def evaluate_feedback(
+    df: pd.DataFrame, split: Split, spec: FeatureSpec, first: xgb.Booster, params: models.Params
+) -> dict:
+    """The same week when investigators return the labels of each day's 100 alerted cards.
+
+    ``first`` (the main model, on ``spec``) drives the feedback until the training window ends;
+    a model on the ``feedback`` preset is then trained on the replayed features and drives it
+    through the delay and test weeks, where it is scored.
+    """
+    fb_spec = presets.FEEDBACK
+    history = df[(df["TX_DATETIME"] < split.test_end).to_numpy()].reset_index(drop=True)
+    replay = FeedbackReplay(history, fb_spec)
+    replay.run_until(split.train_end, scorer(first, [fb_spec.names.index(n) for n in spec.names]))
+    train = in_window(history["TX_DATETIME"], split.train_start, split.train_end)
+    y = history["TX_FRAUD"].to_numpy()
+    booster = models.train(replay.features[train], y[train], params, desc="feedback model")
+    replay.run_until(split.test_end, scorer(booster, list(range(len(fb_spec.names)))))
+    test = scored_rows(history, split)
+    return {
+        **metrics(history[test], models.predict(booster, replay.features[test])),
+        "preset": fb_spec.name,
+        "feedback_labels": replay.feedback_labels,
+        "features": fb_spec.names,
+    }
+
+
 def evaluate(
     df: pd.DataFrame,
     spec: FeatureSpec,
     train_start: str,
     train_days: int,
     grid: tuple[models.Params, ...] = models.GRID,
+    feedback: bool = True,
 ) -> dict:
     """Run the protocol; returns the JSON-ready result."""
     split = Split.build(train_start, train_days)
@@ -105,8 +154,11 @@ def evaluate(
         "test_features": "incremental (streaming) path, labels after the delay",
         "test_features_equal_backfill": bool(identical),
         "tuning": tuning,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "cp_at_100_ceiling_delayed_labels": delayed_label_ceiling(df, test),
     }
+    if feedback:
+        result["feedback"] = evaluate_feedback(df, split, spec, booster, params)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
 
@@ -119,6 +171,15 @@ def render(result: dict) -> str:
         f"(from {result['train_start']})"
     )
     lines.append(f"{ours:55s} {result['auc']:8.3f} {result['ap']:8.3f} {result['cp_at_100']:8.3f}")
+    if "feedback" in result:
+        fb = result["feedback"]
+        name = "  same week + investigator feedback (100 cards/day)"
+        lines.append(f"{name:55s} {fb['auc']:8.3f} {fb['ap']:8.3f} {fb['cp_at_100']:8.3f}")
+    if result.get("cp_at_100_ceiling_delayed_labels") is not None:
+        lines.append(
+            f"CP@100 ceiling for any model on 7-day-delayed labels (perfect ranking, blind to "
+            f"terminals compromised < 7 days ago): {result['cp_at_100_ceiling_delayed_labels']:.3f}"
+        )
     lines.append(
         f"test {result['test_start']}..{result['test_end']}: {result['n_test']:,} "
         f"transactions; train {result['n_train']:,} ({result['n_train_fraud']:,} fraud); "
@@ -134,12 +195,12 @@ def run_evaluate(
     preset: str,
     json_path: str | None,
     tune_grid: bool = True,
+    feedback: bool = True,
 ) -> dict:
     spec = presets.get(preset)
     df = read_transactions(inputs, spec)
-    result = evaluate(
-        df, spec, train_start, train_days, models.GRID if tune_grid else models.GRID[:1]
-    )
+    grid = models.GRID if tune_grid else models.GRID[:1]
+    result = evaluate(df, spec, train_start, train_days, grid, feedback=feedback)
     print(render(result))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

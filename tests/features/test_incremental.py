@@ -151,3 +151,22 @@ def test_loading_a_state_of_another_spec_fails_clearly():
     b = IncrementalEngine(presets.DEFAULT)
     with pytest.raises(ValueError, match="does not match"):
         b.load(CUSTOMER, 1, a.export(CUSTOMER, 1))
+
+
+def test_known_only_features_count_a_label_when_it_arrives_and_backfill_refuses_them():
+    spec = presets.FEEDBACK
+    engine = IncrementalEngine(spec)
+    name = "TERMINAL_ID_KNOWN_SUM_FRAUD_28DAY_WINDOW"
+    f0, _ = engine.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 1)))  # fraud, label not known
+    f1, _ = engine.process(batch((KIND_TX, 2, 0.5, 2, 5, 10.0, 0)))
+    engine.process(batch((KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1)))  # feedback: known on day 0.6
+    f2, _ = engine.process(batch((KIND_TX, 3, 0.7, 3, 5, 10.0, 0)))
+    idx = spec.names.index(name)
+    assert [f0[0, idx], f1[0, idx], f2[0, idx]] == [0.0, 0.0, 1.0]
+    # the delayed risk still waits for the label to be 7 days old
+    assert f2[0, spec.names.index("TERMINAL_ID_RISK_1DAY_WINDOW")] == 0.0
+    from features.synthetic import transactions
+    from features.table import validate
+
+    with pytest.raises(ValueError, match="known_only"):
+        backfill(validate(transactions(n=50), spec), spec)

@@ -34,6 +34,7 @@ def test_evaluate_writes_the_protocol_result(tmp_path, monkeypatch, capsys):
     assert result.keys() >= KEYS
     assert result["train_start"] == "2018-04-24" and result["test_start"] == "2018-05-15"
     assert result["test_features_equal_backfill"] is True
+    assert result["feedback"]["feedback_labels"] > 0 and result["feedback"]["auc"] > 0.8
     assert len(result["tuning"]) == 2 and result["auc"] > 0.8  # amounts > 220 are fraud
     printed = capsys.readouterr().out
     assert "best tuned models" in printed and "fraudstream default" in printed

@@ -121,6 +121,18 @@ def bench_compile() -> Metrics:
     }
 
 
+def _bench_feature_store() -> Metrics:
+    """Feast read/write latency on the Bigtable emulator: stock store, ours, raw client."""
+    from bench.feature_store import bench_feature_store
+    from streaming.emulators import gcloud_available
+
+    reason = gcloud_available(("bigtable",))
+    if reason:
+        print(f"bench: feature_store skipped: {reason}", file=sys.stderr)
+        return {}
+    return bench_feature_store()
+
+
 def machine() -> Metrics:
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
@@ -159,10 +171,12 @@ def to_markdown(results: Metrics) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="reference transactions parquet")
-    parser.add_argument("--only", action="append", choices=["backfill", "incremental", "compile"])
+    parser.add_argument(
+        "--only", action="append", choices=["backfill", "incremental", "compile", "feature_store"]
+    )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
-    chosen = args.only or ["backfill", "incremental", "compile"]
+    chosen = args.only or ["backfill", "incremental", "compile", "feature_store"]
     if not Path(args.data).exists():
         print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
         return 2
@@ -172,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "backfill": lambda: bench_backfill(df),
         "incremental": lambda: bench_incremental(df),
         "compile": bench_compile,
+        "feature_store": _bench_feature_store,
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

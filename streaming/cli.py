@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from streaming import emulators
+from streaming import emulators, materialize
 
 REFERENCE_DATA = "../shared/data/transactions.parquet"
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_evaluate(sub)
     _add_train(sub)
+    materialize.add_cli(sub)
     emulators.add_cli(sub)
     return parser
 

@@ -1,0 +1,254 @@
+"""The feature-store adapter: names, entity tables, the in-memory fake and the local Feast repo.
+
+The Feast part runs the real repository (``feature_repo/``) in a temporary copy with the
+``local`` profile (sqlite online store, parquet offline store): the Feast CLI in process
+(``apply``, ``feature-views list``, ``materialize-incremental``), ``fraudstream materialize``
+and the Feast-backed reader and writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import presets
+from features.backfill import backfill
+from features.spec import CUSTOMER, TERMINAL
+from features.synthetic import transactions
+from features.table import validate
+from streaming import feature_store as fs
+from streaming import materialize
+
+SPEC = presets.DEFAULT
+NOW = datetime(2026, 1, 15, 12, 0, 0)
+
+
+def _batches(ids: list[int], times: list[datetime], seed: int = 0) -> list[fs.EntityFeatures]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for entity in fs.stored_entities(SPEC):
+        values = rng.normal(size=(len(ids), len(SPEC.entity_names(entity))))
+        values[::3, 0] = np.nan  # NaN is a value
+        out.append(
+            fs.EntityFeatures(entity, np.array(ids), np.array(times, "datetime64[ns]"), values)
+        )
+    return out
+
+
+def _recent_history(n: int = 1_500) -> pd.DataFrame:
+    """Synthetic transactions moved so the newest is an hour old (inside every view's TTL)."""
+    df = transactions(n=n, customers=30, terminals=40, days=20)
+    now = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+    df["TX_DATETIME"] += now - pd.Timedelta(hours=1) - df["TX_DATETIME"].max()
+    return validate(df, SPEC)
+
+
+# --------------------------------------------------------------------------- names, tables
+
+
+def test_names_are_derived_from_the_preset():
+    assert fs.view_name(SPEC, CUSTOMER) == "customer_features"
+    assert fs.view_name(presets.BASELINE, TERMINAL) == "terminal_features_baseline"
+    assert fs.push_source_name(SPEC, TERMINAL) == "terminal_features_push"
+    assert fs.service_name(SPEC) == "model_inputs"
+    assert fs.offline_path(SPEC, CUSTOMER) == "data/offline/customer_features.parquet"
+    assert fs.feature_ttl(SPEC, TERMINAL) == timedelta(days=37)  # 30-day window + 7-day delay
+
+
+def test_profile_yaml_names_each_profile_and_refuses_others():
+    assert fs.profile_yaml("local").name == "feature_store.yaml"
+    assert fs.profile_yaml("emulator") == fs.REPO / "profiles" / "emulator.yaml"
+    for profile in fs.PROFILES:
+        assert fs.profile_yaml(profile).is_file()
+    with pytest.raises(ValueError, match=r"'staging'.*local"):
+        fs.profile_yaml("staging")
+
+
+def test_entity_tables_hold_each_entitys_state_after_each_event():
+    df = validate(transactions(n=800), SPEC)
+    features = backfill(df, SPEC)
+    tables = fs.entity_tables(df, features, SPEC)
+    merged = df.merge(features, on="TRANSACTION_ID")
+    for entity in fs.stored_entities(SPEC):
+        names = SPEC.entity_names(entity)
+        table = tables[entity.name]
+        assert list(table.columns) == [entity.key, fs.EVENT_TIMESTAMP, *names]
+        assert not table.duplicated([entity.key, fs.EVENT_TIMESTAMP]).any()
+        # Of same-time events of one entity, the last to arrive holds the state.
+        last = merged.sort_values("TRANSACTION_ID").groupby([entity.key, "TX_DATETIME"]).last()
+        expected = last.reset_index().sort_values([entity.key, "TX_DATETIME"])[names]
+        np.testing.assert_array_equal(table[names].to_numpy(), expected.to_numpy())
+    newest = fs.entity_tables(df, features, SPEC, latest_only=True)["customer"]
+    assert newest["CUSTOMER_ID"].is_unique
+    by_max = merged.groupby("CUSTOMER_ID")["TX_DATETIME"].max()
+    assert (newest.set_index("CUSTOMER_ID")[fs.EVENT_TIMESTAMP] == by_max).all()
+
+
+def test_entity_batches_keep_the_newest_row_per_entity():
+    df = validate(transactions(n=300), SPEC)
+    frame = df.merge(backfill(df, SPEC), on="TRANSACTION_ID")
+    batches = {b.entity.name: b for b in fs.entity_batches(frame, SPEC)}
+    customer = batches["customer"]
+    assert sorted(customer.ids.tolist()) == sorted(df["CUSTOMER_ID"].unique().tolist())
+    assert customer.values.shape == (len(customer.ids), len(SPEC.entity_names(CUSTOMER)))
+    with pytest.raises(ValueError, match=r"customer.*3 ids"):
+        fs.EntityFeatures(CUSTOMER, np.arange(3), np.zeros(2, "datetime64[ns]"), np.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------------- in-memory fake
+
+
+def test_in_memory_store_reads_back_newest_values_in_one_round_trip():
+    store = fs.InMemoryFeatureStore(SPEC, clock=lambda: NOW)
+    written = _batches([1, 2, 3], [NOW - timedelta(minutes=5)] * 3)
+    store.write(written)
+    store.write(_batches([2], [NOW - timedelta(days=1)], seed=9))  # older: does not win
+    assert store.round_trips == 2
+    rows = store.read({"CUSTOMER_ID": np.array([3, 1, 99]), "TERMINAL_ID": np.array([2, 2, 1])})
+    assert store.round_trips == 3
+    width = len(SPEC.entity_names(CUSTOMER))
+    assert rows.columns == [n for e in SPEC.entities for n in SPEC.entity_names(e)]
+    np.testing.assert_array_equal(rows.values[:2, :width], written[0].values[[2, 0]])
+    np.testing.assert_array_equal(rows.values[:, width:], written[1].values[[1, 1, 0]])
+    assert np.isnan(rows.values[2, :width]).all()
+    assert rows.found["customer"].tolist() == [True, True, False]
+
+
+def test_in_memory_store_expires_values_after_the_ttl():
+    store = fs.InMemoryFeatureStore(SPEC, clock=lambda: NOW)
+    ttl = fs.feature_ttl(SPEC, CUSTOMER)
+    store.write(_batches([1, 2], [NOW - ttl - timedelta(seconds=1), NOW - ttl]))
+    rows = store.read({"CUSTOMER_ID": np.array([1, 2]), "TERMINAL_ID": np.array([1, 2])})
+    assert rows.found["customer"].tolist() == [False, True]
+
+
+def test_read_refuses_bad_key_columns():
+    store = fs.InMemoryFeatureStore(SPEC)
+    with pytest.raises(ValueError, match="TERMINAL_ID"):
+        store.read({"CUSTOMER_ID": np.array([1])})
+    with pytest.raises(ValueError, match="differ in length"):
+        store.read({"CUSTOMER_ID": np.array([1]), "TERMINAL_ID": np.array([1, 2])})
+
+
+# --------------------------------------------------------------------------- Feast, local
+
+
+def copy_repo(target: Path, project: str) -> Path:
+    """The Feast repository without its data, with ``project`` as the Feast project name."""
+    shutil.copytree(fs.REPO, target, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    for yaml in [target / "feature_store.yaml", *target.glob("profiles/*.yaml")]:
+        yaml.write_text(yaml.read_text().replace("project: fraudstream", f"project: {project}"))
+    return target
+
+
+@pytest.fixture(scope="module")
+def local_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of feature_repo/ applied with the Feast CLI (in process), local profile."""
+    from click.testing import CliRunner
+    from feast.cli.cli import cli
+
+    repo = copy_repo(tmp_path_factory.mktemp("feature_repo") / "repo", "fs_local_test")
+    result = CliRunner().invoke(cli, ["-c", str(repo), "apply"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return repo
+
+
+def test_feast_cli_lists_one_view_per_preset_and_entity(local_repo: Path):
+    from click.testing import CliRunner
+    from feast.cli.cli import cli
+
+    result = CliRunner().invoke(cli, ["-c", str(local_repo), "feature-views", "list"])
+    assert result.exit_code == 0, result.output
+    for spec in presets.PRESETS.values():
+        for entity in fs.stored_entities(spec):
+            assert fs.view_name(spec, entity) in result.output
+
+
+def test_registered_views_match_the_spec(local_repo: Path):
+    """The views' schemas are generated from the spec: same names, order and type."""
+    from feast import FeatureStore
+    from feast.types import Float64
+
+    store = FeatureStore(repo_path=str(local_repo))
+    for spec in presets.PRESETS.values():
+        for entity in fs.stored_entities(spec):
+            view = store.get_feature_view(fs.view_name(spec, entity))
+            assert [f.name for f in view.features] == spec.entity_names(entity)
+            assert {f.dtype for f in view.features} == {Float64}
+            assert view.entity_columns[0].name == entity.key
+            assert view.ttl == fs.feature_ttl(spec, entity)
+        service = store.get_feature_service(fs.service_name(spec))
+        assert [p.name for p in service.feature_view_projections] == [
+            fs.view_name(spec, e) for e in fs.stored_entities(spec)
+        ]
+
+
+def test_adapter_refuses_a_registry_that_disagrees_with_the_spec(local_repo: Path):
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(local_repo))
+    shrunk = dataclasses.replace(SPEC, aggregates=SPEC.aggregates[:-1])
+    with pytest.raises(ValueError, match=r"terminal_features.*feast apply"):
+        fs.FeastFeatureStore(store, shrunk)
+
+
+def test_local_profile_writes_and_reads_back_exact_values(local_repo: Path):
+    adapter = fs.FeastFeatureStore.open(SPEC, "local", local_repo)
+    now = datetime.now().replace(microsecond=0)
+    written = _batches([10, 11], [now - timedelta(minutes=1)] * 2, seed=3)
+    adapter.write(written)
+    rows = adapter.read({"CUSTOMER_ID": np.array([11, 10, 12]), "TERMINAL_ID": np.array([10] * 3)})
+    width = len(SPEC.entity_names(CUSTOMER))
+    np.testing.assert_array_equal(rows.values[:2, :width], written[0].values[[1, 0]])
+    np.testing.assert_array_equal(rows.values[:, width:], written[1].values[[0, 0, 0]])
+    assert rows.found["customer"].tolist() == [True, True, False]
+    assert np.isnan(rows.values[2, :width]).all()
+
+
+def test_materialize_loads_the_newest_backfilled_values(local_repo: Path, tmp_path: Path):
+    df = _recent_history()
+    source = tmp_path / "transactions.parquet"
+    df.to_parquet(source)
+    parser = argparse.ArgumentParser()
+    materialize.add_cli(parser.add_subparsers())
+    args = parser.parse_args(
+        ["materialize", "--input", str(source), "--profile", "local", "--repo", str(local_repo)]
+    )
+    assert args.func(args) == 0
+    assert (local_repo / fs.offline_path(SPEC, CUSTOMER)).is_file()
+
+    newest = fs.entity_tables(df, backfill(df, SPEC), SPEC, latest_only=True)
+    customers = newest["customer"]["CUSTOMER_ID"].to_numpy()
+    terminals = newest["terminal"]["TERMINAL_ID"].to_numpy()[: len(customers)]
+    adapter = fs.FeastFeatureStore.open(SPEC, "local", local_repo)
+    rows = adapter.read({"CUSTOMER_ID": customers, "TERMINAL_ID": terminals})
+    width = len(SPEC.entity_names(CUSTOMER))
+    expected = newest["customer"][SPEC.entity_names(CUSTOMER)].to_numpy()
+    np.testing.assert_array_equal(rows.values[:, :width], expected)
+    expected = newest["terminal"][SPEC.entity_names(TERMINAL)].to_numpy()[: len(customers)]
+    np.testing.assert_array_equal(rows.values[:, width:], expected)
+
+    from click.testing import CliRunner
+    from feast.cli.cli import cli
+
+    end = (datetime.now() + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    result = CliRunner().invoke(cli, ["-c", str(local_repo), "materialize-incremental", end])
+    assert result.exit_code == 0, result.output
+
+
+def test_materialize_asks_for_feast_apply_first(tmp_path: Path):
+    from feast import FeatureStore
+
+    repo = copy_repo(tmp_path / "repo", "fs_not_applied")
+    df = _recent_history(200)
+    df.to_parquet(tmp_path / "t.parquet")
+    store = FeatureStore(repo_path=str(repo))
+    with pytest.raises(ValueError, match="feast apply"):
+        materialize.run_materialize([tmp_path / "t.parquet"], "default", store=store)

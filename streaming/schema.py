@@ -1,0 +1,194 @@
+"""Wire schemas of the pipeline's inputs: transactions and late fraud labels (JSON, UTF-8).
+
+Transaction message (one JSON object, exactly these fields)::
+
+    {"TRANSACTION_ID": 17, "TX_DATETIME": "2018-04-01T07:19:05", "CUSTOMER_ID": 5,
+     "TERMINAL_ID": 33, "TX_AMOUNT": 57.16}
+
+Label message (fraud feedback, published after the transaction)::
+
+    {"TRANSACTION_ID": 17, "CUSTOMER_ID": 5, "TERMINAL_ID": 33,
+     "TX_DATETIME": "2018-04-01T07:19:05", "LABEL_DATETIME": "2018-04-08T07:19:05",
+     "TX_FRAUD": 1}
+
+Ids are JSON integers (not booleans, not floats), ``TX_AMOUNT`` a finite number ``>= 0``,
+times naive ISO-8601 strings (one time zone, microsecond precision, as in the reference data),
+``TX_FRAUD`` 0 or 1. A payload is at most :data:`MAX_PAYLOAD_BYTES`. :func:`parse_transaction`
+and :func:`parse_label` return a typed record or raise ``ValueError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+_EPOCH = datetime(1970, 1, 1)
+_INT64_MAX = 2**63 - 1
+
+TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
+LABEL_FIELDS = (
+    "TRANSACTION_ID",
+    "CUSTOMER_ID",
+    "TERMINAL_ID",
+    "TX_DATETIME",
+    "LABEL_DATETIME",
+    "TX_FRAUD",
+)
+
+
+def time_ns(dt: datetime) -> int:
+    """A naive datetime as int64 nanoseconds since the epoch (the engine's time unit)."""
+    d = dt - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 10**9 + d.microseconds * 1_000
+
+
+def from_ns(ns: int) -> datetime:
+    """Inverse of :func:`time_ns` (to the microsecond)."""
+    return _EPOCH + timedelta(microseconds=ns // 1_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A validated card transaction; ``time_ns`` is ``TX_DATETIME`` in epoch nanoseconds."""
+
+    transaction_id: int
+    time_ns: int
+    customer_id: int
+    terminal_id: int
+    amount: float
+    received_at: float = 0.0  # processing time (seconds since the epoch) when parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """A validated fraud label of an earlier transaction."""
+
+    transaction_id: int
+    customer_id: int
+    terminal_id: int
+    time_ns: int  # the transaction's time
+    label_time_ns: int
+    fraud: int
+    received_at: float = 0.0
+
+
+def _decode(payload: bytes | str) -> dict:
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from exc
+    if not isinstance(doc, dict):
+        raise ValueError(f"payload must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _check_fields(doc: dict, fields: tuple[str, ...]) -> None:
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    extra = sorted(set(doc) - set(fields))
+    if extra:
+        raise ValueError(f"unexpected field(s) {extra}")
+
+
+def _int(doc: dict, name: str) -> int:
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if not 0 <= value <= _INT64_MAX:
+        raise ValueError(f"{name} must be in [0, 2**63), got {value}")
+    return value
+
+
+def _time(doc: dict, name: str) -> int:
+    value = doc[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be an ISO-8601 string, got {type(value).__name__}")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not an ISO-8601 time: {value!r}") from exc
+    if dt.tzinfo is not None:
+        raise ValueError(f"{name} must be naive (no UTC offset), got {value!r}")
+    return time_ns(dt)
+
+
+def _amount(doc: dict, name: str) -> float:
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def parse_transaction(payload: bytes | str, received_at: float = 0.0) -> Transaction:
+    """A :class:`Transaction` from a JSON payload; ``ValueError`` says what is wrong."""
+    doc = _decode(payload)
+    _check_fields(doc, TRANSACTION_FIELDS)
+    return Transaction(
+        transaction_id=_int(doc, "TRANSACTION_ID"),
+        time_ns=_time(doc, "TX_DATETIME"),
+        customer_id=_int(doc, "CUSTOMER_ID"),
+        terminal_id=_int(doc, "TERMINAL_ID"),
+        amount=_amount(doc, "TX_AMOUNT"),
+        received_at=received_at,
+    )
+
+
+def parse_label(payload: bytes | str, received_at: float = 0.0) -> Label:
+    """A :class:`Label` from a JSON payload; ``ValueError`` says what is wrong."""
+    doc = _decode(payload)
+    _check_fields(doc, LABEL_FIELDS)
+    fraud = _int(doc, "TX_FRAUD")
+    if fraud not in (0, 1):
+        raise ValueError(f"TX_FRAUD must be 0 or 1, got {fraud}")
+    tx_time, label_time = _time(doc, "TX_DATETIME"), _time(doc, "LABEL_DATETIME")
+    if label_time < tx_time:
+        raise ValueError("LABEL_DATETIME is before TX_DATETIME")
+    return Label(
+        transaction_id=_int(doc, "TRANSACTION_ID"),
+        customer_id=_int(doc, "CUSTOMER_ID"),
+        terminal_id=_int(doc, "TERMINAL_ID"),
+        time_ns=tx_time,
+        label_time_ns=label_time,
+        fraud=fraud,
+        received_at=received_at,
+    )
+
+
+def transaction_json(tx: Transaction) -> str:
+    """The wire form of ``tx`` (for replays and tests)."""
+    return json.dumps(
+        {
+            "TRANSACTION_ID": tx.transaction_id,
+            "TX_DATETIME": from_ns(tx.time_ns).isoformat(),
+            "CUSTOMER_ID": tx.customer_id,
+            "TERMINAL_ID": tx.terminal_id,
+            "TX_AMOUNT": tx.amount,
+        }
+    )
+
+
+def label_json(label: Label) -> str:
+    """The wire form of ``label``."""
+    return json.dumps(
+        {
+            "TRANSACTION_ID": label.transaction_id,
+            "CUSTOMER_ID": label.customer_id,
+            "TERMINAL_ID": label.terminal_id,
+            "TX_DATETIME": from_ns(label.time_ns).isoformat(),
+            "LABEL_DATETIME": from_ns(label.label_time_ns).isoformat(),
+            "TX_FRAUD": label.fraud,
+        }
+    )

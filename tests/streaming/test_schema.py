@@ -1,0 +1,65 @@
+"""Wire schema: valid payloads parse to typed records, bad ones raise ValueError with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streaming.schema import (
+    MAX_PAYLOAD_BYTES,
+    Label,
+    Transaction,
+    label_json,
+    parse_label,
+    parse_transaction,
+    transaction_json,
+)
+
+TX = {
+    "TRANSACTION_ID": 17,
+    "TX_DATETIME": "2018-04-01T07:19:05",
+    "CUSTOMER_ID": 5,
+    "TERMINAL_ID": 33,
+    "TX_AMOUNT": 57.16,
+}
+
+
+def test_transaction_round_trip() -> None:
+    tx = parse_transaction(json.dumps(TX).encode())
+    assert tx == Transaction(17, 1522567145 * 10**9, 5, 33, 57.16)
+    assert parse_transaction(transaction_json(tx)) == tx
+
+
+def test_label_round_trip() -> None:
+    label = Label(17, 5, 33, 10**18, 10**18 + 7 * 86_400 * 10**9, 1)
+    assert parse_label(label_json(label)) == label
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe", "not UTF-8"),
+        (b"{not json", "not JSON"),
+        (b"[1]", "JSON object"),
+        (json.dumps({k: v for k, v in TX.items() if k != "TX_AMOUNT"}), "missing"),
+        (json.dumps({**TX, "X": 1}), "unexpected"),
+        (json.dumps({**TX, "CUSTOMER_ID": "5"}), "CUSTOMER_ID must be an integer"),
+        (json.dumps({**TX, "CUSTOMER_ID": True}), "CUSTOMER_ID must be an integer"),
+        (json.dumps({**TX, "TX_AMOUNT": -1}), "finite and >= 0"),
+        (json.dumps({**TX, "TX_AMOUNT": float("nan")}), "finite and >= 0"),
+        (json.dumps({**TX, "TX_AMOUNT": float("inf")}), "finite and >= 0"),
+        (json.dumps({**TX, "TX_DATETIME": "yesterday"}), "not an ISO-8601"),
+        (json.dumps({**TX, "TX_DATETIME": "2018-04-01T07:19:05+02:00"}), "naive"),
+        (b" " * (MAX_PAYLOAD_BYTES + 1), "exceeds"),
+    ],
+)
+def test_bad_transactions_say_why(payload: bytes | str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_transaction(payload)
+
+
+def test_bad_label_fraud_flag() -> None:
+    label = json.loads(label_json(Label(1, 2, 3, 0, 0, 1)))
+    with pytest.raises(ValueError, match="0 or 1"):
+        parse_label(json.dumps({**label, "TX_FRAUD": 2}))

@@ -133,6 +133,13 @@ def _bench_feature_store() -> Metrics:
     return bench_feature_store()
 
 
+def _bench_scoring() -> Metrics:
+    """Our batched scoring handler against Beam's stock XGBoost handler (same model, rows)."""
+    from bench.scoring import bench_scoring
+
+    return bench_scoring()
+
+
 def machine() -> Metrics:
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
@@ -172,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="reference transactions parquet")
     parser.add_argument(
-        "--only", action="append", choices=["backfill", "incremental", "compile", "feature_store"]
+        "--only",
+        action="append",
+        choices=["backfill", "incremental", "compile", "feature_store", "scoring"],
     )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
-    chosen = args.only or ["backfill", "incremental", "compile", "feature_store"]
+    chosen = args.only or ["backfill", "incremental", "compile", "feature_store", "scoring"]
     if not Path(args.data).exists():
         print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
         return 2
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "incremental": lambda: bench_incremental(df),
         "compile": bench_compile,
         "feature_store": _bench_feature_store,
+        "scoring": _bench_scoring,
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

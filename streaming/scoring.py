@@ -24,7 +24,8 @@ from training.registry import ModelVersion, Registry
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """A scored transaction: reasons are (feature, value, contribution), largest first."""
+    """A scored transaction. ``reasons`` (feature, value, SHAP contribution), largest first,
+    are computed for alerting rows (score >= threshold) only; empty otherwise."""
 
     tx: Transaction
     score: float
@@ -64,19 +65,26 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, ModelVersion]):
     ) -> Iterable[Scored]:
         X = np.ascontiguousarray(np.stack([r.features for r in batch]), np.float32)
         scores = predict(model.booster, X)
-        contrib = contributions(model.booster, X)[:, :-1]
-        top = np.argsort(-contrib, axis=1, kind="stable")[:, : self.top_k]
         threshold = model.threshold if self.threshold is None else self.threshold
         names = model.features
+        # Reason codes (SHAP, ~50x the cost of a score) only for the rows that will alert.
+        alerting = np.flatnonzero(scores >= threshold)
+        reasons: dict[int, tuple[tuple[str, float, float], ...]] = {}
+        if len(alerting):
+            contrib = contributions(model.booster, X[alerting])[:, :-1]
+            top = np.argsort(-contrib, axis=1, kind="stable")[:, : self.top_k]
+            for k, i in enumerate(alerting):
+                row = batch[i].features
+                reasons[int(i)] = tuple(
+                    (names[j], float(row[j]), float(contrib[k, j])) for j in top[k]
+                )
         return [
             Scored(
                 tx=row.tx,
                 score=float(scores[i]),
                 threshold=threshold,
                 model_version=model.version,
-                reasons=tuple(
-                    (names[j], float(row.features[j]), float(contrib[i, j])) for j in top[i]
-                ),
+                reasons=reasons.get(i, ()),
                 status=row.status,
                 accepted=row.accepted,
                 features=row.features,

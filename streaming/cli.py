@@ -120,6 +120,44 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="publish a transaction history to Pub/Sub, each label after its delay",
+        description="Publish transactions in arrival order and each label after the delay to "
+        "two Pub/Sub topics (the emulator when PUBSUB_EMULATOR_HOST is set), paced by --rate "
+        "(events/s) or --speedup (times event time), with progress and a final count.",
+    )
+    p.add_argument("--input", action="append", required=True, metavar="PATH")
+    p.add_argument("--start", default=None, metavar="DATE", help="first transaction time")
+    p.add_argument("--end", default=None, metavar="DATE", help="end (exclusive)")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, metavar="EPS")
+    pace.add_argument("--speedup", type=float, default=None, metavar="X")
+    p.add_argument("--project", required=True)
+    p.add_argument("--topic", required=True, help="transactions topic id")
+    p.add_argument("--labels-topic", required=True, help="labels topic id")
+    p.add_argument("--label-delay-days", type=float, default=7.0)
+    p.set_defaults(func=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from streaming.replay import run_replay
+
+    run_replay(
+        args.input,
+        args.project,
+        args.topic,
+        args.labels_topic,
+        args.start,
+        args.end,
+        args.rate,
+        args.speedup,
+        args.label_delay_days,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream",
@@ -131,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     materialize.add_cli(sub)
+    _add_replay(sub)
     emulators.add_cli(sub)
     return parser
 

@@ -256,10 +256,12 @@ class Batch:
 class IncrementalEngine:
     """All features of a spec, updated one micro-batch at a time; holds every entity's state."""
 
-    def __init__(self, spec: FeatureSpec, max_lateness: timedelta = timedelta(days=1)) -> None:
+    def __init__(
+        self, spec: FeatureSpec, max_lateness: timedelta = timedelta(days=1), capacity: int = 16
+    ) -> None:
         self.spec = spec
         self.plans = {e: EntityPlan.build(spec, e) for e in spec.entities}
-        self.stores = {e: EntityStore(p, max_lateness) for e, p in self.plans.items()}
+        self.stores = {e: EntityStore(p, max_lateness, capacity) for e, p in self.plans.items()}
 
     def process(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``batch`` in order. Returns (features, status).

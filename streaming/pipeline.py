@@ -87,7 +87,9 @@ def _read(p: beam.Pipeline, label: str, subscription: str | None, topic: str | N
     if not (subscription or topic):
         raise ValueError(f"{label}: give a subscription or a topic")
     return p | label >> beam.io.ReadFromPubSub(
-        subscription=subscription, topic=topic if not subscription else None
+        subscription=subscription,
+        topic=topic if not subscription else None,
+        timestamp_attribute="event_time",  # set by `fraudstream replay`; event time, not arrival
     )
 
 

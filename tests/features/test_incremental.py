@@ -127,9 +127,7 @@ def test_label_after_the_event_entered_the_window_is_applied_to_the_running_sums
     ],
 )
 def test_label_statuses(events, expected):
-    engine = IncrementalEngine(SPEC)
-    for store in engine.stores.values():  # capacity 1 forces compaction of day 0
-        store.__init__(store.plan, timedelta(days=1), capacity=1)
+    engine = IncrementalEngine(SPEC, capacity=1)  # capacity 1 forces compaction of day 0
     _, status = engine.process(batch(*events))
     assert status[-1] == expected
 

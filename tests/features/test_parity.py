@@ -132,9 +132,7 @@ def test_synthetic_history_with_buffer_growth_is_identical():
         from features import presets
 
         spec = presets.get(spec_name)
-        engine = IncrementalEngine(spec)
-        for store in engine.stores.values():  # start tiny so every buffer has to grow
-            store.__init__(store.plan, timedelta(days=1), capacity=1)
+        engine = IncrementalEngine(spec, capacity=1)  # tiny: every buffer has to grow
         streamed = stream_features(df, spec, batch_size=257, engine=engine)
         expected = backfill(df, spec)
         a, b = expected[spec.names].to_numpy(), streamed[spec.names].to_numpy()

@@ -158,6 +158,35 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="generate a seeded transaction history with the three fraud scenarios",
+        description="Write transactions with the columns of the reference data (see "
+        "training/simulator.py): large amounts, compromised terminals, compromised cards.",
+    )
+    p.add_argument("--customers", type=int, default=5_000)
+    p.add_argument("--terminals", type=int, default=10_000)
+    p.add_argument("--days", type=int, default=183)
+    p.add_argument("--start", default="2018-04-01", metavar="DATE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, metavar="PATH", help="parquet file to write")
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.simulator import SimulatorConfig, simulate
+
+    config = SimulatorConfig(args.customers, args.terminals, args.days, args.start, seed=args.seed)
+    df = simulate(config)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(args.output, index=False)
+    print(f"wrote {len(df):,} transactions ({df['TX_FRAUD'].mean():.2%} fraud) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream",
@@ -170,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     materialize.add_cli(sub)
     _add_replay(sub)
+    _add_simulate(sub)
     emulators.add_cli(sub)
     return parser
 

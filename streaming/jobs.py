@@ -46,13 +46,11 @@ def _load_demo_data(path: str, spec: FeatureSpec, events: int | None) -> tuple[p
     if Path(path).exists():
         df, source = read_transactions([path], spec), path
     else:
-        from features.synthetic import transactions
+        from training.simulator import SimulatorConfig, simulate
 
-        print(f"{path} not found: using a synthetic history instead")
-        df, source = (
-            validate(transactions(n=50_000, customers=500, terminals=800, days=90), spec),
-            "synthetic",
-        )
+        print(f"{path} not found: using the built-in simulator (1,000 cards, 90 days, seed 0)")
+        config = SimulatorConfig(customers=1_000, terminals=2_000, days=90)
+        df, source = validate(simulate(config), spec), "simulator"
     if events is not None:
         df = df.iloc[:events].reset_index(drop=True)
     return df, source
@@ -90,7 +88,7 @@ def run_demo(
         "rejected": int((status == Status.TOO_LATE).sum()),
     }
     golden = Path(path).with_name("handbook_features.parquet")
-    if spec.name == "baseline" and source != "synthetic" and golden.exists():
+    if spec.name == "baseline" and source != "simulator" and golden.exists():
         summary.update(_compare_golden(table, golden))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     table.to_parquet(Path(out_dir) / "features.parquet", index=False)

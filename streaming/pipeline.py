@@ -67,9 +67,10 @@ class ScoreTransactions(beam.PTransform):
         labels = inputs["labels"] | "ParseLabels" >> ParseAndValidate(
             parse_label, "parse_labels", self.clock
         )
+        # Labels need no de-duplication: applying one twice sets the same value (a zero delta).
         events = (
             txs.records | "DedupeTransactions" >> Deduplicate(name="transactions"),
-            labels.records | "DedupeLabels" >> Deduplicate(name="labels"),
+            labels.records,
         ) | "Events" >> beam.Flatten()
         blocks = [
             events

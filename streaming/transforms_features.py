@@ -29,7 +29,7 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
 from features.plan import EntityPlan, fill_derived
@@ -83,8 +83,6 @@ _FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)
 _FLUSH_PARAM = beam.DoFn.TimerParam(_FLUSH)
 _PARTS = ReadModifyWriteStateSpec("parts", PickleCoder())
 _PARTS_PARAM = beam.DoFn.StateParam(_PARTS)
-_JOIN_EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
-_JOIN_EXPIRY_PARAM = beam.DoFn.TimerParam(_JOIN_EXPIRY)
 
 
 def arrival_key(event: Transaction | Label) -> tuple[int, int, int]:
@@ -211,36 +209,27 @@ class EntityFeatures(beam.PTransform):
 
 
 class _Join(beam.DoFn):
-    """Keyed by transaction id: wait for every entity's block, then assemble the row."""
+    """Keyed by transaction id: wait for every entity's block, then assemble the row.
 
-    def __init__(self, spec: FeatureSpec, ttl_s: int) -> None:
-        self.spec, self.ttl_s = spec, ttl_s
+    Every entity emits one block per transaction (a rejected one too, with its status), so a
+    join always completes and its state is cleared then; no timer is needed (an event-time
+    expiry could already be due when the first block arrives, since blocks are emitted after
+    the watermark passed their event time).
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
         self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
-        self.expired = Metrics.counter(NAMESPACE, "join_expired")
 
-    def process(
-        self,
-        element: tuple[int, EntityBlock],
-        ts=beam.DoFn.TimestampParam,
-        parts_state=_PARTS_PARAM,
-        expiry=_JOIN_EXPIRY_PARAM,
-    ):
+    def process(self, element: tuple[int, EntityBlock], parts_state=_PARTS_PARAM):
         block = element[1]
         parts: dict[str, EntityBlock] = parts_state.read() or {}
-        if not parts:
-            expiry.set(ts + Duration(seconds=self.ttl_s))
         parts[block.entity] = block
         if len(parts) < len(self.offsets):
             parts_state.write(parts)
             return
         parts_state.clear()
         yield assemble(self.spec, self.offsets, parts)
-
-    @on_timer(_JOIN_EXPIRY)
-    def expire(self, parts_state=_PARTS_PARAM):
-        if parts_state.read():
-            self.expired.inc()
-        parts_state.clear()
 
 
 def assemble(spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, EntityBlock]) -> Any:
@@ -258,19 +247,15 @@ def assemble(spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, Entity
 
 
 class JoinFeatures(beam.PTransform):
-    """Entity blocks -> one :class:`FeatureRow` per transaction (a stateful join on its id).
+    """Entity blocks -> one :class:`FeatureRow` per transaction (a stateful join on its id)."""
 
-    A transaction whose blocks do not all arrive within ``ttl_s`` of event time is dropped and
-    counted (``join_expired``); with every entity fed the same transactions this does not happen.
-    """
-
-    def __init__(self, spec: FeatureSpec, ttl_s: int = 3_600) -> None:
+    def __init__(self, spec: FeatureSpec) -> None:
         super().__init__()
-        self.spec, self.ttl_s = spec, ttl_s
+        self.spec = spec
 
     def expand(self, blocks):
         return (
             blocks
             | "KeyByTransaction" >> beam.Map(lambda b: (b.tx.transaction_id, b))
-            | "Join" >> beam.ParDo(_Join(self.spec, self.ttl_s))
+            | "Join" >> beam.ParDo(_Join(self.spec))
         )

@@ -8,6 +8,9 @@ Semantics (the backfill gives the same float64 values for the same events in tim
   of it is inserted where it belongs: later events see it, and its own features are computed by
   a scan at its time (equal to the backfill up to float rounding). One older than that is
   rejected (status ``TOO_LATE``) and changes no state.
+* Redelivery: a transaction whose id the state already holds at the same time is ignored
+  (status ``DUPLICATE``). The original is always still buffered when the copy is not too late,
+  so every copy is caught.
 * Labels (transaction id, entity ids, transaction time, fraud) update the buffered transaction
   they name. For stream == backfill a label must arrive no later than its transaction's time
   plus the delay (at equal times, deliver labels first). A label for a transaction no longer
@@ -48,6 +51,7 @@ class Status(IntEnum):
     LABEL_UNMATCHED = kernels.ST_LABEL_UNMATCHED
     LABEL_UNKNOWN_ENTITY = kernels.ST_LABEL_UNKNOWN_ENTITY
     LABEL_NOT_USED = kernels.ST_LABEL_NOT_USED  # no label-based feature for its entities
+    DUPLICATE = kernels.ST_DUPLICATE  # a transaction id already applied: ignored
 
 
 class EntityStore:

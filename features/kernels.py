@@ -36,6 +36,7 @@ ST_LABEL_EXPIRED = 4  # label's transaction is older than the buffer: ignored
 ST_LABEL_UNMATCHED = 5  # label for a transaction this state has not seen (yet)
 ST_LABEL_UNKNOWN_ENTITY = 6  # label for an entity without state (slot -1)
 ST_LABEL_NOT_USED = 7  # no label-based feature in this entity's plan
+ST_DUPLICATE = 8  # a transaction id this state already holds (at the same time): ignored
 
 NO_TIME = np.iinfo(np.int64).min
 HEADER = 4
@@ -326,6 +327,12 @@ def process(
         late = newest != NO_TIME and t < newest
         if late and t <= newest - lateness_ns:
             status[j] = ST_TOO_LATE
+            continue
+        k = _upper_bound(times, n, t) - 1
+        while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
+            k -= 1
+        if k >= 0 and times[k] == t:  # redelivered: the original is buffered (within lateness)
+            status[j] = ST_DUPLICATE
             continue
         if n == cap and newest != NO_TIME:
             compact(row, n_slots, n_cols, cap, newest - keep_ns)

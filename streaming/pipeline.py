@@ -16,10 +16,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from features import presets
+from features.incremental import Status
 from features.spec import FeatureSpec
-from streaming.schema import parse_label, parse_transaction
+from streaming.schema import parse_label, parse_transaction, transaction_json
 from streaming.scoring import BoosterHandler, Score
-from streaming.transforms import Alerts, Clock, Deduplicate, ParseAndValidate, to_message
+from streaming.transforms import Alerts, Clock, ParseAndValidate, dead_letter, to_message
 from streaming.transforms_features import EntityFeatures, JoinFeatures
 
 
@@ -48,7 +49,11 @@ class FraudstreamOptions(PipelineOptions):
 
 class ScoreTransactions(beam.PTransform):
     """``{"transactions": payloads, "labels": payloads}`` -> ``{"alerts", "dead_letter",
-    "scored"}``: parse, de-duplicate, entity features, join, score, alert."""
+    "scored"}``: parse, entity features, join, score, alert.
+
+    Redelivered transactions are caught by the entity states (status ``DUPLICATE``), late ones
+    beyond the allowed lateness too (``TOO_LATE``): both go to the dead-letter output with that
+    reason, so every valid transaction is scored once."""
 
     def __init__(
         self,
@@ -67,21 +72,28 @@ class ScoreTransactions(beam.PTransform):
         labels = inputs["labels"] | "ParseLabels" >> ParseAndValidate(
             parse_label, "parse_labels", self.clock
         )
-        # Labels need no de-duplication: applying one twice sets the same value (a zero delta).
-        events = (
-            txs.records | "DedupeTransactions" >> Deduplicate(name="transactions"),
-            labels.records,
-        ) | "Events" >> beam.Flatten()
+        # No dedupe stage: the entity states catch redelivered transactions, and applying a
+        # label twice sets the same value (a zero delta).
+        events = (txs.records, labels.records) | "Events" >> beam.Flatten()
         blocks = [
             events
             | f"{e.name.capitalize()}Features" >> EntityFeatures(self.spec, e, self.max_lateness)
             for e in self.spec.entities
         ]
         rows = blocks | "EntityBlocks" >> beam.Flatten() | "JoinFeatures" >> JoinFeatures(self.spec)
-        scored = rows | "Score" >> Score(self.handler)
+        accepted, rejected = rows | "SplitRejected" >> beam.Partition(
+            lambda row, _: 0 if row.accepted else 1, 2
+        )
+        scored = accepted | "Score" >> Score(self.handler)
         alerts = scored | "Alerts" >> Alerts(self.clock)
-        dead = (txs.dead_letter, labels.dead_letter) | "DeadLetters" >> beam.Flatten()
+        refused = rejected | "RejectedToDeadLetter" >> beam.Map(_rejected, self.clock)
+        dead = (txs.dead_letter, labels.dead_letter, refused) | "DeadLetters" >> beam.Flatten()
         return {"alerts": alerts, "dead_letter": dead, "scored": scored}
+
+
+def _rejected(row, clock: Clock) -> dict:
+    """The dead letter of a transaction the entity states refused (its status is the reason)."""
+    return dead_letter(transaction_json(row.tx), Status(row.status).name, "features", clock)
 
 
 def _read(p: beam.Pipeline, label: str, subscription: str | None, topic: str | None):

@@ -14,11 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
 
 from streaming.schema import from_ns
 
@@ -81,58 +77,6 @@ class ParseAndValidate(beam.PTransform):
         return payloads | "Parse" >> beam.ParDo(
             _Parse(self.parse, self.stage, self.clock)
         ).with_outputs(DEAD_LETTER, main="records")
-
-
-_SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
-_SEEN_EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
-_SEEN_PARAM = beam.DoFn.StateParam(_SEEN)  # module-level: ruff B008 (no calls in defaults)
-_SEEN_EXPIRY_PARAM = beam.DoFn.TimerParam(_SEEN_EXPIRY)
-
-
-class _FirstSeen(beam.DoFn):
-    """Emits the first element of each key; forgets the key ``ttl`` after it (event time)."""
-
-    def __init__(self, ttl_s: int, name: str) -> None:
-        self.ttl_s = ttl_s
-        self.duplicates = Metrics.counter(NAMESPACE, f"{name}_duplicates")
-
-    def process(
-        self,
-        element: tuple[int, Any],
-        ts=beam.DoFn.TimestampParam,
-        seen=_SEEN_PARAM,
-        expiry=_SEEN_EXPIRY_PARAM,
-    ):
-        if seen.read():
-            self.duplicates.inc()
-            return
-        seen.write(True)
-        expiry.set(ts + Duration(seconds=self.ttl_s))
-        yield element[1]
-
-    @on_timer(_SEEN_EXPIRY)
-    def expire(self, seen=_SEEN_PARAM):
-        seen.clear()
-
-
-class Deduplicate(beam.PTransform):
-    """Drops repeated records (same ``TRANSACTION_ID``), counting them.
-
-    A stateful DoFn keyed by the id keeps a flag per id until the watermark passes the first
-    copy's timestamp plus ``ttl_s`` (Pub/Sub redelivers within minutes; the default is a day).
-    Correct on any runner, the DirectRunner included; duplicates later than the ttl pass.
-    """
-
-    def __init__(self, ttl_s: int = 86_400, name: str = "transactions") -> None:
-        super().__init__()
-        self.ttl_s, self.name = ttl_s, name
-
-    def expand(self, records):
-        return (
-            records
-            | "KeyById" >> beam.Map(lambda r: (r.transaction_id, r))
-            | "FirstSeen" >> beam.ParDo(_FirstSeen(self.ttl_s, self.name))
-        )
 
 
 def alert_json(scored: Any, clock: Clock = time.time) -> dict:

@@ -221,7 +221,7 @@ class _Join(beam.DoFn):
         self.spec = spec
         self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
 
-    def process(self, element: tuple[int, EntityBlock], parts_state=_PARTS_PARAM):
+    def process(self, element: tuple[tuple[int, bool], EntityBlock], parts_state=_PARTS_PARAM):
         block = element[1]
         parts: dict[str, EntityBlock] = parts_state.read() or {}
         parts[block.entity] = block
@@ -256,6 +256,8 @@ class JoinFeatures(beam.PTransform):
     def expand(self, blocks):
         return (
             blocks
-            | "KeyByTransaction" >> beam.Map(lambda b: (b.tx.transaction_id, b))
+            # a redelivered copy is refused by every entity: pair copies with copies
+            | "KeyByTransaction"
+            >> beam.Map(lambda b: ((b.tx.transaction_id, b.status == Status.DUPLICATE), b))
             | "Join" >> beam.ParDo(_Join(self.spec))
         )

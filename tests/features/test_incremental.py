@@ -168,3 +168,15 @@ def test_known_only_features_count_a_label_when_it_arrives_and_backfill_refuses_
 
     with pytest.raises(ValueError, match="known_only"):
         backfill(validate(transactions(n=50), spec), spec)
+
+
+def test_a_redelivered_transaction_is_ignored_and_counted_once():
+    engine = IncrementalEngine(SPEC)
+    _, st1 = engine.process(batch((KIND_TX, 1, 0.0, 7, 1, 10.0, 0)))
+    again, st2 = engine.process(
+        batch((KIND_TX, 2, 0.5, 7, 1, 20.0, 0), (KIND_TX, 1, 0.0, 7, 1, 10.0, 0))
+    )
+    assert st1[0] == Status.OK and st2.tolist() == [Status.OK, Status.DUPLICATE]
+    assert np.isnan(again[1]).all()
+    f, _ = engine.process(batch((KIND_TX, 3, 0.6, 7, 1, 30.0, 0)))
+    assert col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 3  # ids 1, 2, 3: the copy did not count

@@ -103,8 +103,10 @@ def test_every_transaction_gets_the_backfill_features_and_the_offline_score(worl
     offline = models.predict(booster, X.astype(np.float32))
     streamed = np.array([scored[i].score for i in df["TRANSACTION_ID"]])
     np.testing.assert_array_equal(streamed, offline)
-    assert len(got["dead_letter"]) == 3
-    assert all(d["error"] and d["stage"] == "parse_transactions" for d in got["dead_letter"])
+    stages = [(d["stage"], d["error"]) for d in got["dead_letter"]]
+    assert len(stages) == 3 + 25
+    assert sum(stage == "parse_transactions" for stage, _ in stages) == 3
+    assert stages.count(("features", "DUPLICATE")) == 25  # redeliveries: refused, with reason
     alerts = got["alerts"]
     assert {a["transaction_id"] for a in alerts} == set(
         df["TRANSACTION_ID"][offline >= 0.5].tolist()

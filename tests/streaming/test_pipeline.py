@@ -114,3 +114,39 @@ def test_every_transaction_gets_the_backfill_features_and_the_offline_score(worl
     for alert in alerts:
         assert alert["model_version"] == "v0001" and alert["threshold"] == 0.5
         assert len(alert["reasons"]) == 3 and alert["score"] >= 0.5
+
+
+@pytest.mark.slow
+def test_streaming_mode_on_the_direct_runner_gives_the_same_features_and_scores(world):
+    """The same core in streaming mode (watermarks and event-time timers) on the DirectRunner.
+
+    One TestStream with two tagged outputs: the DirectRunner ends a pipeline with two
+    TestStreams as soon as one of them is exhausted.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+
+    df, X, booster, root = world
+    txs, labels = _payloads(df)
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    stream = (
+        TestStream(output_tags={"transactions", "labels"})
+        .add_elements(txs + txs[:10], tag="transactions")
+        .add_elements(labels, tag="labels")
+        .advance_watermark_to_infinity()
+    )
+    _GOT.clear()
+    with beam.Pipeline(options=options) as p:
+        inputs = p | "Events" >> stream
+        out = inputs | ScoreTransactions(SPEC, BoosterHandler(str(root), SPEC.name))
+        for name in ("scored", "dead_letter"):
+            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
+    scored = {s.tx.transaction_id: s for s in _GOT["scored"]}
+    assert len(_GOT["scored"]) == len(df) == len(scored)
+    np.testing.assert_array_equal(np.stack([scored[i].features for i in df["TRANSACTION_ID"]]), X)
+    np.testing.assert_array_equal(
+        np.array([scored[i].score for i in df["TRANSACTION_ID"]]),
+        models.predict(booster, X.astype(np.float32)),
+    )
+    assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 10

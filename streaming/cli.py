@@ -11,13 +11,7 @@ from streaming import emulators, materialize
 REFERENCE_DATA = "../shared/data/transactions.parquet"
 
 
-def _add_backfill(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "backfill",
-        help="compute every feature of every transaction of a history",
-        description="Read transaction parquet files (concatenated, ordered by TRANSACTION_ID) "
-        "and write TRANSACTION_ID plus one column per feature, each as seen at its event's time.",
-    )
+def _inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
         action="append",
@@ -25,8 +19,24 @@ def _add_backfill(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="transactions parquet (repeatable)",
     )
+
+
+def _preset(p: argparse.ArgumentParser, default: str) -> None:
+    from features.presets import PRESETS
+
+    p.add_argument("--preset", default=default, help=f"feature preset: {', '.join(PRESETS)}")
+
+
+def _add_backfill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backfill",
+        help="compute every feature of every transaction of a history",
+        description="Read transaction parquet files (concatenated, ordered by TRANSACTION_ID) "
+        "and write TRANSACTION_ID plus one column per feature, each as seen at its event's time.",
+    )
+    _inputs(p)
     p.add_argument("--output", required=True, metavar="PATH", help="features parquet to write")
-    p.add_argument("--preset", default="baseline", help="feature preset: baseline or default")
+    _preset(p, "baseline")
     p.set_defaults(func=_run_backfill)
 
 
@@ -50,7 +60,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="transactions parquet (synthetic history if missing)",
     )
-    p.add_argument("--preset", default="baseline", help="feature preset: baseline or default")
+    _preset(p, "baseline")
     p.add_argument("--events", type=int, default=None, help="use only the first N transactions")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="where to write results")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
@@ -71,10 +81,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "the next 7 days (known-compromised cards removed day by day) with test features from "
         "the streaming path; report AUC ROC, AP and CP@100 beside the published table.",
     )
-    p.add_argument("--input", action="append", required=True, metavar="PATH")
+    _inputs(p)
     p.add_argument("--train-start", required=True, metavar="DATE", help="the protocol's DATE")
     p.add_argument("--train-days", type=int, default=7, help="days of training (>= 7)")
-    p.add_argument("--preset", default="default", help="feature preset: baseline or default")
+    _preset(p, "default")
     p.add_argument("--no-tune", action="store_true", help="skip the hyperparameter search")
     p.add_argument("--no-feedback", action="store_true", help="skip the investigator-feedback line")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
@@ -102,12 +112,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         ("retrain", "train on the newest window whose labels are all known"),
     ):
         p = sub.add_parser(name, help=text, description=text + " (see training/train.py).")
-        p.add_argument("--input", action="append", required=True, metavar="PATH")
+        _inputs(p)
         if name == "train":
             p.add_argument("--train-end", required=True, metavar="DATE", help="window end (excl.)")
         p.add_argument("--train-days", type=int, default=84, help="window length in days (>= 21)")
         p.add_argument("--model-dir", required=True, metavar="DIR", help="the model registry")
-        p.add_argument("--preset", default="default", help="feature preset: baseline or default")
+        _preset(p, "default")
         p.add_argument("--cards-per-day", type=int, default=100, help="alert threshold objective")
         p.set_defaults(func=_run_train)
 
@@ -128,7 +138,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "two Pub/Sub topics (the emulator when PUBSUB_EMULATOR_HOST is set), paced by --rate "
         "(events/s) or --speedup (times event time), with progress and a final count.",
     )
-    p.add_argument("--input", action="append", required=True, metavar="PATH")
+    _inputs(p)
     p.add_argument("--start", default=None, metavar="DATE", help="first transaction time")
     p.add_argument("--end", default=None, metavar="DATE", help="end (exclusive)")
     pace = p.add_mutually_exclusive_group()

@@ -61,8 +61,14 @@ def _validate_window(df: pd.DataFrame, split: Split) -> None:
     split.check_data(df["TX_DATETIME"])
 
 
-def champion_metrics(registry: Registry, df: pd.DataFrame, val: np.ndarray) -> dict | None:
-    """The champion's metrics on the validation rows (its own feature spec), or None."""
+def champion_metrics(
+    registry: Registry, df: pd.DataFrame, val: np.ndarray, spec: FeatureSpec, X: np.ndarray
+) -> dict | None:
+    """The champion's metrics on the validation rows, or None.
+
+    ``X`` holds ``spec``'s features of ``df``: reused when the champion has the same spec,
+    recomputed with the champion's own spec otherwise.
+    """
     try:
         champion = registry.champion()
     except RegistryError as exc:
@@ -70,9 +76,10 @@ def champion_metrics(registry: Registry, df: pd.DataFrame, val: np.ndarray) -> d
         return None
     if champion is None:
         return None
-    spec = presets.get(champion.meta["preset"])
-    champion.check_spec(spec)
-    X = backfill(df, spec)[spec.names].to_numpy(np.float32)
+    own = presets.get(champion.meta["preset"])
+    champion.check_spec(own)
+    if own != spec:
+        X = backfill(df, own)[own.names].to_numpy(np.float32)
     return {
         "version": champion.version,
         **metrics(df[val], models.predict(champion.booster, X[val])),
@@ -109,7 +116,7 @@ def run_train(
     booster = models.train(X[train], y[train], params)
     scores = models.predict(booster, X[val])
     challenger = metrics(df[val], scores)
-    champion = champion_metrics(registry, df, val)
+    champion = champion_metrics(registry, df, val, spec, X)
     wins = champion is None or challenger["ap"] > champion["ap"]
     reason = (
         "no champion yet"

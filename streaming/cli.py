@@ -197,6 +197,39 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the streaming job (Beam pipeline options; --help lists the job's)",
+        description="Run the streaming job: Pub/Sub transactions and labels -> features -> "
+        "scores -> alerts, dead letters, scored events, online features. Every argument is a "
+        "Beam pipeline option; without --runner it runs locally on the BundleBasedDirectRunner.",
+        add_help=False,
+    )
+    p.set_defaults(func=_run_job)  # its arguments are Beam's: main() passes them through
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    if {"-h", "--help"} & set(args.pipeline_args):
+        from streaming.pipeline import FraudstreamOptions
+
+        parser = argparse.ArgumentParser(
+            prog="fraudstream run",
+            description="The job's options; any other Beam pipeline option (--runner, "
+            "--project, --region, --sdk_container_image, ...) is passed to Beam.",
+        )
+        FraudstreamOptions._add_argparse_args(parser)
+        parser.print_help()
+        return 0
+    import logging
+
+    from streaming.pipeline import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(args.pipeline_args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudstream",
@@ -208,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_train(sub)
     materialize.add_cli(sub)
+    _add_run(sub)
     _add_replay(sub)
     _add_simulate(sub)
     emulators.add_cli(sub)
@@ -216,7 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.pipeline_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from features.table import InputError
 
     try:

@@ -13,6 +13,7 @@ Importing this module does not import Feast (about 8 s): :meth:`FeastFeatureStor
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +92,28 @@ def load_definitions(repo: Path | str = REPO) -> ModuleType:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def scratch_repo(target: Path | str, project: str, repo: Path | str = REPO) -> Path:
+    """A copy of the Feast repository without its data, with ``project`` as the Feast project
+    name (tests, benchmarks and demos apply their own, so their registries never collide)."""
+    import shutil
+
+    target = Path(target)
+    shutil.copytree(repo, target, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    for yaml in [target / "feature_store.yaml", *target.glob("profiles/*.yaml")]:
+        yaml.write_text(yaml.read_text().replace("project: fraudstream", f"project: {project}"))
+    return target
+
+
+def apply(profile: str, repo: Path | str = REPO) -> Any:
+    """``feast apply`` of the repository's definitions with ``profile``; returns the
+    ``FeatureStore`` (imports Feast). The emulator profile needs ``BIGTABLE_EMULATOR_HOST``."""
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=profile_yaml(profile, repo))
+    store.apply(load_definitions(repo).all_definitions())
+    return store
 
 
 # --------------------------------------------------------------------------- tables
@@ -326,6 +349,15 @@ class FeastFeatureStore(OnlineFeatureReader, OnlineFeatureWriter):
             )
         proto = self.store.get_online_features(features=self._service, entity_rows=rows).proto
         return _response_rows(proto, columns, entities, self.spec, n)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_store(preset: str, profile: str, repo: str = str(REPO)) -> FeastFeatureStore:
+    """One :class:`FeastFeatureStore` per process and settings, shared by the pipeline's DoFns
+    (opening one costs seconds; the DirectRunner sets up a new DoFn for every bundle)."""
+    from features import presets
+
+    return FeastFeatureStore.open(presets.get(preset), profile, repo)
 
 
 def _response_rows(

@@ -7,9 +7,12 @@ dead letters, testable without Pub/Sub.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import apache_beam as beam
@@ -18,38 +21,59 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from features import presets
 from features.incremental import Status
 from features.spec import FeatureSpec
+from streaming.feature_store import PROFILES, REPO, shared_store
+from streaming.local_runner import is_local, tune_local_runner
 from streaming.schema import parse_label, parse_transaction, transaction_json
 from streaming.scoring import BoosterHandler, Score
+from streaming.sinks import WriteFeatures, WriteScored
 from streaming.transforms import Alerts, Clock, ParseAndValidate, dead_letter, to_message
 from streaming.transforms_features import EntityFeatures, JoinFeatures
 
+log = logging.getLogger(__name__)
+
 
 class FraudstreamOptions(PipelineOptions):
-    """Command-line options of the streaming job."""
+    """Command-line options of the streaming job (``fraudstream run --help`` lists them)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--transactions_subscription", help="projects/P/subscriptions/S")
-        parser.add_argument("--transactions_topic", help="projects/P/topics/T (if no subscription)")
-        parser.add_argument("--labels_subscription")
+        io = "Pub/Sub: a subscription (projects/P/subscriptions/S) or a topic (projects/P/topics/T)"
+        parser.add_argument("--transactions_subscription", help=io)
+        parser.add_argument("--transactions_topic", help="used when no subscription is given")
+        parser.add_argument("--labels_subscription", help="fraud labels; see streaming/schema.py")
         parser.add_argument("--labels_topic")
-        parser.add_argument("--alerts_topic", required=False)
-        parser.add_argument("--dlq_topic", required=False)
-        parser.add_argument("--model_dir", help="model registry directory (its champion scores)")
+        parser.add_argument("--alerts_topic", help="alerts, JSON with the attribute `dedupe`")
+        parser.add_argument("--dlq_topic", help="dead letters: payload, error, stage, time")
+        parser.add_argument("--model_dir", help="model registry directory; `current` scores")
         parser.add_argument("--preset", default="default", help="feature preset of the model")
         parser.add_argument("--threshold", type=float, default=None, help="override the model's")
+        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        parser.add_argument("--scoring_batch_size", type=int, default=512)
+        parser.add_argument(
+            "--model_poll_s", type=float, default=10.0, help="how often `current` is re-checked"
+        )
         parser.add_argument("--max_lateness_hours", type=float, default=24.0)
         parser.add_argument(
             "--feature_store",
             default="none",
-            choices=("none", "memory", "bigtable"),
-            help="online store profile (not wired yet: features stay in Beam state)",
+            choices=("none", "feast"),
+            help="write fresh entity features to the Feast online store (`feast`)",
         )
+        parser.add_argument(
+            "--feature_store_profile",
+            default="emulator",
+            choices=PROFILES,
+            help="feature_repo profile: local (sqlite), emulator (Bigtable emulator), gcp",
+        )
+        parser.add_argument("--feature_repo", default=str(REPO), help="the applied Feast repo")
+        parser.add_argument("--scored_dir", help="scored events as parquet files (local runs)")
+        parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
 
 
 class ScoreTransactions(beam.PTransform):
     """``{"transactions": payloads, "labels": payloads}`` -> ``{"alerts", "dead_letter",
-    "scored"}``: parse, entity features, join, score, alert.
+    "scored", "features"}``: parse, entity features, join, score, alert (``features``: the
+    accepted :class:`~streaming.transforms_features.FeatureRow` of each transaction).
 
     Redelivered transactions are caught by the entity states (status ``DUPLICATE``), late ones
     beyond the allowed lateness too (``TOO_LATE``): both go to the dead-letter output with that
@@ -80,15 +104,19 @@ class ScoreTransactions(beam.PTransform):
             | f"{e.name.capitalize()}Features" >> EntityFeatures(self.spec, e, self.max_lateness)
             for e in self.spec.entities
         ]
-        rows = blocks | "EntityBlocks" >> beam.Flatten() | "JoinFeatures" >> JoinFeatures(self.spec)
+        rows = (
+            blocks
+            | "EntityBlocks" >> beam.Flatten()
+            | "JoinFeatures" >> JoinFeatures(self.spec, self.clock)
+        )
         accepted, rejected = rows | "SplitRejected" >> beam.Partition(
             lambda row, _: 0 if row.accepted else 1, 2
         )
         scored = accepted | "Score" >> Score(self.handler)
-        alerts = scored | "Alerts" >> Alerts(self.clock)
+        alerts = scored | "Alerts" >> Alerts(self.spec.names, self.clock)
         refused = rejected | "RejectedToDeadLetter" >> beam.Map(_rejected, self.clock)
         dead = (txs.dead_letter, labels.dead_letter, refused) | "DeadLetters" >> beam.Flatten()
-        return {"alerts": alerts, "dead_letter": dead, "scored": scored}
+        return {"alerts": alerts, "dead_letter": dead, "scored": scored, "features": accepted}
 
 
 def _rejected(row, clock: Clock) -> dict:
@@ -112,7 +140,15 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     if not opts.model_dir:
         raise ValueError("--model_dir is required")
     spec = presets.get(opts.preset)
-    handler = BoosterHandler(opts.model_dir, opts.preset, threshold=opts.threshold)
+    handler = BoosterHandler(
+        opts.model_dir,
+        opts.preset,
+        threshold=opts.threshold,
+        max_batch_size=opts.scoring_batch_size,
+        device=opts.device,
+        poll_s=opts.model_poll_s,
+    )
+    handler.load_model()  # fail now, with the registry's reason, not on a worker
     inputs = {
         "transactions": _read(
             p, "ReadTransactions", opts.transactions_subscription, opts.transactions_topic
@@ -133,6 +169,16 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
             | "DeadLetterMessages" >> beam.Map(lambda d: json.dumps(d).encode())
             | "WriteDLQ" >> beam.io.WriteToPubSub(opts.dlq_topic)
         )
+    if opts.feature_store == "feast":
+        writer = functools.partial(
+            shared_store, spec.name, opts.feature_store_profile, opts.feature_repo
+        )
+        writer()  # fail now if the repository is not applied or disagrees with the spec
+        _ = out["features"] | "WriteFeatures" >> WriteFeatures(spec, writer)
+    if opts.scored_dir or opts.scored_table:
+        _ = out["scored"] | "WriteScored" >> WriteScored(
+            spec.names, directory=opts.scored_dir, table=opts.scored_table
+        )
     return out
 
 
@@ -141,9 +187,39 @@ def _pubsub_message(alert: dict) -> beam.io.PubsubMessage:
     return beam.io.PubsubMessage(data, attributes)
 
 
-def run(argv: Sequence[str] | None = None) -> None:
-    """Entry point: parse options, build and run the streaming job."""
+def run(
+    argv: Sequence[str] | None = None,
+    build_fn: Callable[[beam.Pipeline, PipelineOptions], object] = build,
+) -> None:
+    """Entry point: parse options, build (``build_fn``) and run the streaming job until it is
+    stopped.
+
+    Without ``--runner`` the job runs on the ``BundleBasedDirectRunner`` (the DirectRunner
+    would first try to download the Prism runner), with the local Pub/Sub read tuned
+    (:mod:`streaming.local_runner`). Ctrl-C or SIGTERM cancels a local run.
+    """
     options = PipelineOptions(argv)
     options.view_as(StandardOptions).streaming = True
-    with beam.Pipeline(options=options) as p:
-        build(p, options)
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = "BundleBasedDirectRunner"
+    local = is_local(standard.runner)
+    if local:
+        tune_local_runner()
+    p = beam.Pipeline(options=options)
+    build_fn(p, options)
+    result = p.run()
+    if not local:
+        return  # Dataflow: the job runs on; `gcloud dataflow jobs cancel` or drain stops it
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        log.info("stopping the pipeline")
+        result.cancel()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

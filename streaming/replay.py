@@ -110,8 +110,6 @@ def run_replay(
     label_delay_days: float,
 ) -> dict[str, int]:
     """The CLI: read, select the period, publish with the Pub/Sub client (emulator aware)."""
-    from google.cloud import pubsub_v1
-
     df = read_transactions(inputs, presets.BASELINE)
     times = df["TX_DATETIME"]
     keep = np.ones(len(df), bool)
@@ -122,24 +120,37 @@ def run_replay(
     df = df[keep].reset_index(drop=True)
     if df.empty:
         raise ValueError(f"no transaction between {start} and {end}")
-    publisher = pubsub_v1.PublisherClient()
-    paths = {t: publisher.topic_path(project, t) for t in (topic, labels_topic)}
-    futures = []
-
-    def publish(name: str, data: bytes, attrs: dict[str, str]) -> None:
-        futures.append(publisher.publish(paths[name], data, **attrs))
-        if len(futures) >= 1_000:
-            for f in futures:
-                f.result()
-            futures.clear()
-
+    publisher = Publisher(project)
     counts = replay(
-        df, publish, topic, labels_topic, timedelta(days=label_delay_days), rate, speedup
+        df, publisher, topic, labels_topic, timedelta(days=label_delay_days), rate, speedup
     )
-    for f in futures:
-        f.result()
+    publisher.flush()
     print(
         f"published {counts['tx']:,} transactions to {topic} and {counts['label']:,} labels "
         f"to {labels_topic}"
     )
     return counts
+
+
+class Publisher:
+    """A :data:`Publish` to topic ids of one project with the Pub/Sub client (the emulator when
+    ``PUBSUB_EMULATOR_HOST`` is set). Publishes are asynchronous; every 1,000 messages, and on
+    :meth:`flush`, it waits until they are all accepted (a failed publish raises there)."""
+
+    def __init__(self, project: str, window: int = 1_000) -> None:
+        from google.cloud import pubsub_v1
+
+        self.client = pubsub_v1.PublisherClient()
+        self.project, self.window = project, window
+        self._futures: list = []
+
+    def __call__(self, topic: str, data: bytes, attrs: dict[str, str]) -> None:
+        path = self.client.topic_path(self.project, topic)
+        self._futures.append(self.client.publish(path, data, **attrs))
+        if len(self._futures) >= self.window:
+            self.flush()
+
+    def flush(self) -> None:
+        for future in self._futures:
+            future.result()
+        self._futures.clear()

@@ -1,4 +1,4 @@
-"""Pipeline stages at the edges: parsing with a dead-letter output, de-duplication, alerts.
+"""Pipeline stages at the edges: parsing with a dead-letter output, alerts.
 
 Each stage is a composite ``PTransform`` with a stable label (see ``streaming/pipeline.py``).
 Processing time comes from an injectable ``clock`` (seconds since the epoch).
@@ -79,9 +79,19 @@ class ParseAndValidate(beam.PTransform):
         ).with_outputs(DEAD_LETTER, main="records")
 
 
-def alert_json(scored: Any, clock: Clock = time.time) -> dict:
-    """The alert of a scored transaction (see :class:`streaming.scoring.Scored`)."""
+def _number(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN -> null: JSON has no NaN
+
+
+def alert_json(scored: Any, features: list[str], clock: Clock = time.time) -> dict:
+    """The alert of a scored transaction (see :class:`streaming.scoring.Scored`).
+
+    ``features``: the model's input names, in the order of ``scored.features``. Latency is
+    processing time since the message was parsed; feature age since the features were
+    assembled (both in ms, both from ``clock``).
+    """
     tx = scored.tx
+    now = clock()
     return {
         "transaction_id": tx.transaction_id,
         "customer_id": tx.customer_id,
@@ -90,23 +100,30 @@ def alert_json(scored: Any, clock: Clock = time.time) -> dict:
         "threshold": scored.threshold,
         "model_version": scored.model_version,
         "reasons": [
-            {"feature": name, "value": None if value != value else value, "contribution": c}
+            {"feature": name, "value": _number(value), "contribution": c}
             for name, value, c in scored.reasons
         ],
+        "features": {
+            n: _number(v) for n, v in zip(features, scored.features.tolist(), strict=True)
+        },
+        "feature_age_ms": round((now - scored.computed_at) * 1000.0, 3),
         "event_time": from_ns(tx.time_ns).isoformat(),
-        "processing_latency_ms": round((clock() - tx.received_at) * 1000.0, 3),
+        "processing_latency_ms": round((now - tx.received_at) * 1000.0, 3),
     }
 
 
 class _Alert(beam.DoFn):
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
+    def __init__(self, features: list[str], clock: Clock) -> None:
+        self.features, self.clock = features, clock
         self.alerts = Metrics.counter(NAMESPACE, "alerts")
+        self.latency = Metrics.distribution(NAMESPACE, "alert_latency_ms")
 
     def process(self, scored: Any):
         if scored.accepted and scored.score >= scored.threshold:
             self.alerts.inc()
-            yield alert_json(scored, self.clock)
+            alert = alert_json(scored, self.features, self.clock)
+            self.latency.update(int(alert["processing_latency_ms"]))
+            yield alert
 
 
 class Alerts(beam.PTransform):
@@ -116,12 +133,12 @@ class Alerts(beam.PTransform):
     the attribute ``dedupe`` = transaction id, so a consumer can drop redeliveries.
     """
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, features: list[str], clock: Clock = time.time) -> None:
         super().__init__()
-        self.clock = clock
+        self.features, self.clock = features, clock
 
     def expand(self, scored):
-        return scored | "Alert" >> beam.ParDo(_Alert(self.clock))
+        return scored | "Alert" >> beam.ParDo(_Alert(self.features, self.clock))
 
 
 def to_message(alert: dict) -> tuple[bytes, dict[str, str]]:

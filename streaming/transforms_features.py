@@ -14,6 +14,7 @@ status ``TOO_LATE`` all the same, so it is never scored as accepted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
 from streaming.schema import Label, Transaction
-from streaming.transforms import NAMESPACE
+from streaming.transforms import NAMESPACE, Clock
 
 _MAX_CACHED_ROWS = 1024  # entities a worker's scratch store holds before it is rebuilt
 
@@ -57,6 +58,8 @@ class FeatureRow:
     tx: Transaction
     features: np.ndarray
     status: int
+    computed_at: float = 0.0
+    """Processing time (epoch seconds) when the row was assembled: the features' age starts."""
 
     @property
     def accepted(self) -> bool:
@@ -217,8 +220,8 @@ class _Join(beam.DoFn):
     the watermark passed their event time).
     """
 
-    def __init__(self, spec: FeatureSpec) -> None:
-        self.spec = spec
+    def __init__(self, spec: FeatureSpec, clock: Clock) -> None:
+        self.spec, self.clock = spec, clock
         self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
 
     def process(self, element: tuple[tuple[int, bool], EntityBlock], parts_state=_PARTS_PARAM):
@@ -229,11 +232,14 @@ class _Join(beam.DoFn):
             parts_state.write(parts)
             return
         parts_state.clear()
-        yield assemble(self.spec, self.offsets, parts)
+        yield assemble(self.spec, self.offsets, parts, self.clock())
 
 
-def assemble(spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, EntityBlock]) -> Any:
-    """The :class:`FeatureRow` of one transaction from its entity blocks (``fill_derived``)."""
+def assemble(
+    spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, EntityBlock], now: float = 0.0
+) -> Any:
+    """The :class:`FeatureRow` of one transaction from its entity blocks (``fill_derived``),
+    assembled at processing time ``now``."""
     tx = next(iter(parts.values())).tx
     out = np.full((1, len(spec.names)), np.nan)
     for name, block in parts.items():
@@ -243,15 +249,15 @@ def assemble(spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, Entity
     fill_derived(spec, out, np.array([tx.time_ns], np.int64), raw)
     if status > Status.LATE:
         out[:] = np.nan
-    return FeatureRow(tx, out[0], status)
+    return FeatureRow(tx, out[0], status, now)
 
 
 class JoinFeatures(beam.PTransform):
     """Entity blocks -> one :class:`FeatureRow` per transaction (a stateful join on its id)."""
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, clock: Clock = time.time) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.clock = spec, clock
 
     def expand(self, blocks):
         return (
@@ -259,5 +265,5 @@ class JoinFeatures(beam.PTransform):
             # a redelivered copy is refused by every entity: pair copies with copies
             | "KeyByTransaction"
             >> beam.Map(lambda b: ((b.tx.transaction_id, b.status == Status.DUPLICATE), b))
-            | "Join" >> beam.ParDo(_Join(self.spec))
+            | "Join" >> beam.ParDo(_Join(self.spec, self.clock))
         )

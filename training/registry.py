@@ -83,8 +83,10 @@ class Registry:
         )
 
     def new_version(self) -> str:
-        """``v0001``, ``v0002``, ... (sortable, never reused)."""
-        numbers = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
+        """``v0001``, ``v0002``, ... (sortable, never reused: a broken version's directory
+        still holds its number)."""
+        names = (p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+        numbers = [int(v[1:]) for v in names if v.startswith("v") and v[1:].isdigit()]
         return f"v{max(numbers, default=0) + 1:04d}"
 
     def save(self, booster: xgb.Booster, meta: dict) -> Path:

@@ -24,7 +24,7 @@ from features.spec import CUSTOMER
 from streaming import emulators as emu
 from streaming import feast_wire as wire
 from streaming import feature_store as fs
-from tests.streaming.test_feature_store import copy_repo
+from streaming.feature_store import scratch_repo
 
 pytestmark = pytest.mark.filterwarnings("ignore:Connecting to Bigtable emulator:RuntimeWarning")
 
@@ -260,7 +260,7 @@ def test_update_refuses_a_feature_that_is_not_float64(store):
 def test_feast_cli_applies_the_emulator_profile(bigtable_emulator, tmp_path: Path):
     """`feast -f profiles/emulator.yaml apply` finds our store by its class path."""
     project = f"cli_{uuid4().hex[:8]}"
-    repo = copy_repo(tmp_path / "repo", project)
+    repo = scratch_repo(tmp_path / "repo", project)
     done = subprocess.run(
         [str(Path(sys.executable).parent / "feast"), "-f", "profiles/emulator.yaml", "apply"],
         cwd=repo, capture_output=True, text=True, timeout=120, check=False,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -140,21 +139,13 @@ def test_read_refuses_bad_key_columns():
 # --------------------------------------------------------------------------- Feast, local
 
 
-def copy_repo(target: Path, project: str) -> Path:
-    """The Feast repository without its data, with ``project`` as the Feast project name."""
-    shutil.copytree(fs.REPO, target, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    for yaml in [target / "feature_store.yaml", *target.glob("profiles/*.yaml")]:
-        yaml.write_text(yaml.read_text().replace("project: fraudstream", f"project: {project}"))
-    return target
-
-
 @pytest.fixture(scope="module")
 def local_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of feature_repo/ applied with the Feast CLI (in process), local profile."""
     from click.testing import CliRunner
     from feast.cli.cli import cli
 
-    repo = copy_repo(tmp_path_factory.mktemp("feature_repo") / "repo", "fs_local_test")
+    repo = fs.scratch_repo(tmp_path_factory.mktemp("feature_repo") / "repo", "fs_local_test")
     result = CliRunner().invoke(cli, ["-c", str(repo), "apply"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return repo
@@ -246,7 +237,7 @@ def test_materialize_loads_the_newest_backfilled_values(local_repo: Path, tmp_pa
 def test_materialize_asks_for_feast_apply_first(tmp_path: Path):
     from feast import FeatureStore
 
-    repo = copy_repo(tmp_path / "repo", "fs_not_applied")
+    repo = fs.scratch_repo(tmp_path / "repo", "fs_not_applied")
     df = _recent_history(200)
     df.to_parquet(tmp_path / "t.parquet")
     store = FeatureStore(repo_path=str(repo))

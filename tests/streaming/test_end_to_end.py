@@ -1,0 +1,144 @@
+"""End to end on the real emulators: `fraudstream run` (a separate process, the local runner)
+reads Pub/Sub, writes alerts and dead letters to Pub/Sub, features to Bigtable through Feast,
+and every score to parquet. A few thousand events are replayed with malformed messages and
+redelivered duplicates mixed in.
+
+Exactness of features and scores is the no-skew proof's job (``test_pipeline.py``, with
+controlled watermarks); here the DirectRunner's watermark is the wall clock, so the order of
+a key's events is the order Pub/Sub delivers them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import presets
+from features.backfill import backfill
+from features.synthetic import transactions
+from features.table import validate
+from streaming import feature_store as fs
+from streaming import local_job as lj
+from streaming.replay import Publisher, replay
+from streaming.transforms import dead_letter
+from training import model as models
+from training.registry import Registry
+
+SPEC = presets.BASELINE
+N_TX = 2_500
+ALERT_KEYS = {
+    "transaction_id", "customer_id", "terminal_id", "score", "threshold", "model_version",
+    "reasons", "features", "feature_age_ms", "event_time", "processing_latency_ms",
+}  # fmt: skip
+BAD = [
+    b"{not json",
+    b"\xff\xfe\x00",
+    json.dumps({"TRANSACTION_ID": 10**7}).encode(),
+    json.dumps({"TRANSACTION_ID": 10**7 + 1, "TX_DATETIME": "2018-04-05T00:00:00",
+                "CUSTOMER_ID": 1, "TERMINAL_ID": 2, "TX_AMOUNT": -5.0}).encode(),
+    json.dumps({"TRANSACTION_ID": "x", "TX_DATETIME": "2018-04-05T00:00:00",
+                "CUSTOMER_ID": 1, "TERMINAL_ID": 2, "TX_AMOUNT": 5.0}).encode(),
+    b'{"TRANSACTION_ID": 10000002, "TX_DATETIME": "2018-04-05T00:00:00", "CUSTOMER_ID": 1, '
+    b'"TERMINAL_ID": 2, "TX_AMOUNT": NaN}',
+    json.dumps({"TRANSACTION_ID": 10**7 + 3, "TX_DATETIME": "yesterday",
+                "CUSTOMER_ID": 1, "TERMINAL_ID": 2, "TX_AMOUNT": 5.0}).encode(),
+    b"[]",
+]  # fmt: skip
+N_DUPLICATES = 40
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> tuple[Path, pd.DataFrame, float]:
+    df = transactions(n=N_TX, customers=60, terminals=50, days=30, fraud_rate=0.04)
+    # recent event times: the online store expires features by wall-clock age (Feast's TTL)
+    start = pd.Timestamp.now().floor("D") - pd.Timedelta(days=31)
+    df["TX_DATETIME"] += start - df["TX_DATETIME"].min().floor("D")
+    df = validate(df, SPEC)
+    X = backfill(df, SPEC)[SPEC.names].to_numpy(np.float32)
+    booster = models.train(X, df["TX_FRAUD"].to_numpy(), models.Params(30))
+    threshold = float(np.quantile(models.predict(booster, X), 0.95))  # about 5 % alert
+    root = tmp_path_factory.mktemp("models")
+    registry = Registry(root)
+    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
+            "threshold": threshold}  # fmt: skip
+    registry.promote(registry.save(booster, meta).name)
+    return root, df, threshold
+
+
+@pytest.mark.slow
+def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path):
+    root, df, threshold = model_dir
+    topics = lj.Topics.create("e2e")
+    repo = fs.scratch_repo(tmp_path / "repo", f"e2e_{unique_name('p').split('-')[1]}")
+    fs.apply("emulator", repo)
+    scored_dir = tmp_path / "scored"
+    # Pub/Sub may redeliver a message long after its neighbours (a pull that timed out leaves
+    # its messages leased until their ack deadline); with the wall clock as watermark such an
+    # event is late for its entities. Accept a month of lateness: every event counts here.
+    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40)]
+    args = lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra)
+    job = lj.start(args, tmp_path / "job.log")
+    try:
+        publish = Publisher(lj.PROJECT)
+        tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
+        assert replay(df, publish, tx, labels, SPEC.label_delay) == {"tx": N_TX, "label": N_TX}
+        for bad in BAD:
+            publish(tx, bad, {})
+        replay(df.head(N_DUPLICATES), publish, tx, labels, SPEC.label_delay)  # redeliveries
+        publish.flush()
+        deadline = time.monotonic() + 240
+        while lj.count_scored(scored_dir) < N_TX and time.monotonic() < deadline:
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            time.sleep(1)
+        time.sleep(3)  # the last alerts and dead letters are on their way to Pub/Sub
+    finally:
+        assert lj.stop(job) == 0, "the job stops cleanly on Ctrl-C"
+
+    scored = lj.read_scored(scored_dir)
+    dead = [json.loads(m.data) for m in lj.drain(topics.subscriptions["dlq"])]
+    reasons = sorted(d["error"] for d in dead if d["stage"] == "features")
+    assert len(scored) == N_TX, f"every valid transaction is scored once; refused: {reasons}"
+    assert set(scored["transaction_id"]) == set(df["TRANSACTION_ID"])
+
+    alerts = [json.loads(m.data) for m in lj.drain(topics.subscriptions["alerts"])]
+    alert_ids = [a["transaction_id"] for a in alerts]
+    assert alerts, "some transactions score above the threshold"
+    assert len(alert_ids) == len(set(alert_ids)), "no duplicate alerts"
+    assert set(alert_ids) == set(scored.loc[scored["alert"], "transaction_id"])
+    for alert in alerts:
+        assert set(alert) == ALERT_KEYS
+        assert alert["score"] >= alert["threshold"] == pytest.approx(threshold)
+        assert len(alert["reasons"]) == 3 and set(alert["features"]) == set(SPEC.names)
+
+    parse_errors = [d for d in dead if d["stage"] == "parse_transactions"]
+    assert sorted(d["payload"] for d in parse_errors) == sorted(
+        _as_dead_letter_payload(b) for b in BAD
+    )
+    assert all(d["error"] for d in parse_errors)
+    assert [d["error"] for d in dead if d["stage"] == "features"] == ["DUPLICATE"] * N_DUPLICATES
+    assert len(dead) == len(BAD) + N_DUPLICATES
+
+    # Each customer's and terminal's newest features are readable from Bigtable, as scored.
+    store = fs.FeastFeatureStore.open(SPEC, "emulator", repo)
+    ordered = scored.sort_values(["event_time", "transaction_id"])
+    for entity in fs.stored_entities(SPEC):
+        column = entity.key.lower()
+        tied = ordered.duplicated([column, "event_time"], keep=False)
+        last = ordered.drop_duplicates(column, keep="last")
+        last = last[~tied[last.index]]  # same-time events: either may be the stored one
+        keys = {e.key: np.zeros(len(last), np.int64) for e in fs.stored_entities(SPEC)}
+        keys[entity.key] = last[column].to_numpy(np.int64)
+        rows = store.read(keys)
+        assert rows.found[entity.name].all()
+        names = SPEC.entity_names(entity)
+        got = rows.values[:, [rows.columns.index(n) for n in names]]
+        np.testing.assert_array_equal(got, last[names].to_numpy())
+
+
+def _as_dead_letter_payload(payload: bytes) -> str:
+    return dead_letter(payload, "", "")["payload"]

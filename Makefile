@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export FRAUDSTREAM_EMULATOR_DIR ?= $(CURDIR)/.emulators
 
-.PHONY: install test test-fast demo bench lint format emulators-up emulators-down emulators-status clean
+.PHONY: install test test-fast demo bench bench-gpu lint audit format emulators-up emulators-down emulators-status clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x "$(UV)" || { $(PYTHON) -m venv .tools && .tools/bin/pip install -q "uv==$(UV_VERSION)"; }
@@ -29,9 +29,17 @@ demo: install  ## the engine end to end on the reference data, with a summary
 bench: install  ## benchmarks: bench/results/latest.json and latest.md
 	$(BIN)/python -m bench.run
 
-lint: install
+bench-gpu: install  ## XGBoost GPU vs CPU (train, inplace_predict by batch, SHAP): bench/results/gpu-latest.{json,md}; CPU figures only without a GPU
+	$(BIN)/python -m bench.gpu
+
+lint: install  ## ruff, then the dependency audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory audit
+
+audit: install  ## pip-audit of the locked dependencies (needs pypi.org's JSON API; --strict fails when it cannot check)
+	$(UV) export --frozen --extra dev --no-emit-project --format requirements-txt -q -o $(VENV)/audit-requirements.txt
+	$(BIN)/pip-audit --strict --progress-spinner off --require-hashes --disable-pip -r $(VENV)/audit-requirements.txt
 
 format: install
 	$(BIN)/ruff format .

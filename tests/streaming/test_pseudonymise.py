@@ -1,0 +1,262 @@
+"""Keyed id pseudonymisation: deterministic, keyed, domain-separated, int63, key never shown."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import pickle
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from streaming.pseudonymise import (
+    CUSTOMER,
+    ENV_KEY,
+    ENV_KEY_SECRET,
+    TERMINAL,
+    KeyConfigError,
+    Pseudonymiser,
+    parse_key_text,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+int64s = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
+
+
+@pytest.fixture(scope="module")
+def pz() -> Pseudonymiser:
+    return Pseudonymiser(KEY)
+
+
+def _reference(key: bytes, entity: str, entity_id: int) -> int:
+    """The documented construction, written out with the standard library."""
+    message = b"fraudstream/id/v1\x00" + entity.encode() + b"\x00"
+    message += entity_id.to_bytes(8, "big", signed=True)
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def test_known_answers(pz: Pseudonymiser) -> None:
+    # Pinned: changing the construction would orphan every pseudonymised row already stored.
+    assert pz.customer(5) == 1491451769457487660
+    assert pz.terminal(5) == 8509789126477709258
+    assert pz.fingerprint == "798bccbe"
+    for entity, entity_id in [(CUSTOMER, 5), (TERMINAL, 5), (CUSTOMER, -1), (TERMINAL, 0)]:
+        assert pz.pseudonymise(entity, entity_id) == _reference(KEY, entity, entity_id)
+
+
+def test_deterministic_for_a_key(pz: Pseudonymiser) -> None:
+    again = Pseudonymiser(bytes(KEY))
+    ids = np.arange(-50, 50, dtype=np.int64)
+    assert [pz.customer(int(i)) for i in ids] == [again.customer(int(i)) for i in ids]
+    np.testing.assert_array_equal(pz.terminals(ids), again.terminals(ids))
+    assert pz == again and pz.fingerprint == again.fingerprint
+
+
+def test_different_keys_give_different_pseudonyms(pz: Pseudonymiser) -> None:
+    other = Pseudonymiser(OTHER_KEY)
+    ids = np.arange(1000, dtype=np.int64)
+    assert not np.any(pz.customers(ids) == other.customers(ids))
+    assert pz.fingerprint != other.fingerprint
+    assert pz != other
+
+
+def test_customer_and_terminal_domains_are_separate(pz: Pseudonymiser) -> None:
+    ids = np.arange(1000, dtype=np.int64)
+    customers, terminals = pz.customers(ids), pz.terminals(ids)
+    assert not np.any(customers == terminals)
+    assert not set(customers.tolist()) & set(terminals.tolist())
+    assert pz.pseudonymise("merchant", 7) not in (pz.customer(7), pz.terminal(7))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(int64s, max_size=50))
+@example(ids=[0])
+@example(ids=[INT64_MAX])
+@example(ids=[INT64_MIN, -1, 0, 1, INT64_MAX])
+@example(ids=[3, 3, 3, 0, 3])
+def test_vectorised_equals_scalar(pz: Pseudonymiser, ids: list[int]) -> None:
+    array = np.array(ids, dtype=np.int64)
+    for entity in (CUSTOMER, TERMINAL):
+        out = pz.pseudonymise_array(entity, array)
+        assert out.dtype == np.int64 and out.shape == array.shape
+        assert out.tolist() == [pz.pseudonymise(entity, i) for i in ids]
+        assert out.tolist() == [_reference(KEY, entity, i) for i in ids]
+
+
+@settings(max_examples=200, deadline=None)
+@given(entity_id=int64s)
+@example(entity_id=0)
+@example(entity_id=INT64_MAX)
+@example(entity_id=INT64_MIN)
+def test_pseudonyms_are_non_negative_int63(pz: Pseudonymiser, entity_id: int) -> None:
+    for value in (pz.customer(entity_id), pz.terminal(entity_id)):
+        assert isinstance(value, int)
+        assert 0 <= value <= INT64_MAX
+
+
+def test_array_shapes_dtypes_and_scalar_types(pz: Pseudonymiser) -> None:
+    grid = np.arange(12, dtype=np.int32).reshape(3, 4)
+    out = pz.customers(grid)
+    assert out.shape == (3, 4) and out.dtype == np.int64
+    assert out[2, 3] == pz.customer(11) == pz.customer(np.int64(11))
+    assert pz.customers(np.array([], dtype=np.int64)).shape == (0,)
+    assert pz.customers([]).dtype == np.int64
+    assert pz.customers(np.array([7], dtype=np.uint64)).tolist() == [pz.customer(7)]
+    with pytest.raises(TypeError, match="integer dtype"):
+        pz.customers(np.array([1.5]))
+    with pytest.raises(ValueError, match="int64 range"):
+        pz.customers(np.array([2**63], dtype=np.uint64))
+    with pytest.raises(ValueError, match="int64 range"):
+        pz.customer(2**63)
+    with pytest.raises(TypeError, match="integer"):
+        pz.customer("5")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="integer"):
+        pz.customer(True)
+    with pytest.raises(ValueError, match="entity"):
+        pz.pseudonymise("Customer\x00", 1)
+
+
+def test_no_collisions_among_consecutive_ids(pz: Pseudonymiser) -> None:
+    ids = np.arange(100_000, dtype=np.int64)
+    for out in (pz.customers(ids), pz.terminals(ids)):
+        assert np.unique(out).size == ids.size
+        assert out.min() >= 0
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_short_or_invalid_keys_are_refused_clearly() -> None:
+    with pytest.raises(KeyConfigError, match=r"31 bytes; at least 32"):
+        Pseudonymiser(b"k" * 31)
+    with pytest.raises(TypeError, match="bytes"):
+        Pseudonymiser("0" * 64)  # type: ignore[arg-type]
+    with pytest.raises(KeyConfigError, match="16 bytes; at least 32"):
+        parse_key_text("ab" * 16, "$X")
+    with pytest.raises(KeyConfigError, match="not valid base64"):
+        parse_key_text("not a key!!", "$X")
+    with pytest.raises(KeyConfigError, match="not valid hex"):
+        parse_key_text("hex:zz" + "00" * 32, "$X")
+    with pytest.raises(KeyConfigError, match="empty"):
+        parse_key_text("  \n", "$X")
+    with pytest.raises(KeyConfigError, match="ASCII"):
+        parse_key_text(b"\xff" * 40, "$X")
+
+
+def test_key_text_encodings() -> None:
+    assert parse_key_text(KEY.hex()) == KEY
+    assert parse_key_text(KEY.hex().upper() + "\n") == KEY
+    assert parse_key_text("hex:" + KEY.hex()) == KEY
+    assert parse_key_text(base64.b64encode(KEY).decode()) == KEY
+    assert parse_key_text("base64:" + base64.b64encode(KEY).decode()) == KEY
+    url_key = bytes([251] * 40)  # '+'/'/' in standard base64, '-'/'_' in URL-safe
+    assert parse_key_text(base64.urlsafe_b64encode(url_key).decode().rstrip("=")) == url_key
+    assert parse_key_text(base64.b64encode(url_key)) == url_key
+
+
+def test_from_env_sources_in_order() -> None:
+    secret_key = bytes(range(100, 140))
+    fetched: list[str] = []
+
+    def fetch(name: str) -> bytes:
+        fetched.append(name)
+        return secret_key.hex().encode() + b"\n"
+
+    name = "projects/p/secrets/s/versions/3"
+    env = {ENV_KEY: OTHER_KEY.hex(), ENV_KEY_SECRET: name}
+    assert Pseudonymiser.from_env(True, key=KEY, environ=env, fetch_secret=fetch) == Pseudonymiser(
+        KEY
+    )
+    assert Pseudonymiser.from_env(True, environ=env, fetch_secret=fetch) == Pseudonymiser(OTHER_KEY)
+    assert not fetched
+    env = {ENV_KEY_SECRET: name}
+    assert Pseudonymiser.from_env(True, environ=env, fetch_secret=fetch) == Pseudonymiser(
+        secret_key
+    )
+    assert fetched == [name]
+
+
+def test_from_env_without_a_key() -> None:
+    assert Pseudonymiser.from_env(False, environ={}) is None
+    with pytest.raises(KeyConfigError, match=ENV_KEY):
+        Pseudonymiser.from_env(True, environ={})
+    # Set but unusable fails closed, even when not required.
+    with pytest.raises(KeyConfigError, match="empty"):
+        Pseudonymiser.from_env(False, environ={ENV_KEY: ""})
+    with pytest.raises(KeyConfigError, match="at least 32"):
+        Pseudonymiser.from_env(False, environ={ENV_KEY: "00" * 8})
+    with pytest.raises(KeyConfigError, match="projects/P/secrets/S/versions/V"):
+        Pseudonymiser.from_env(False, environ={ENV_KEY_SECRET: "my-secret"})
+
+
+def test_secret_manager_client_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.cloud
+
+    calls: list[dict[str, str]] = []
+
+    class FakeClient:
+        def access_secret_version(self, request: dict[str, str]) -> object:
+            calls.append(request)
+            payload = type("Payload", (), {"data": base64.b64encode(KEY)})()
+            return type("Response", (), {"payload": payload})()
+
+    fake = type(sys)("fake_secretmanager")
+    fake.SecretManagerServiceClient = FakeClient  # type: ignore[attr-defined]
+    monkeypatch.setattr(google.cloud, "secretmanager", fake, raising=False)
+    name = "projects/p/secrets/s/versions/latest"
+    got = Pseudonymiser.from_env(True, environ={ENV_KEY_SECRET: name})
+    assert got == Pseudonymiser(KEY)
+    assert calls == [{"name": name}]
+
+
+def test_missing_secret_manager_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.cloud
+
+    monkeypatch.delattr(google.cloud, "secretmanager", raising=False)
+    monkeypatch.setitem(sys.modules, "google.cloud.secretmanager", None)
+    with pytest.raises(KeyConfigError, match="google-cloud-secret-manager"):
+        Pseudonymiser.from_env(True, environ={ENV_KEY_SECRET: "projects/p/secrets/s/versions/1"})
+
+
+# -- the key never shows ----------------------------------------------------------------------
+
+
+def test_repr_and_errors_hide_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    key = bytes(range(200, 240))
+    pz = Pseudonymiser(key)
+    shown = {repr(pz), str(pz), f"{pz}"}
+    assert shown == {f"Pseudonymiser(fingerprint={pz.fingerprint!r})"}
+    forms = {key.hex(), key.hex().upper(), base64.b64encode(key).decode(), repr(key)}
+    for text in shown:
+        assert not any(form in text for form in forms)
+    expected = hmac.new(key, b"fraudstream-key-id", hashlib.sha256).hexdigest()[:8]
+    assert pz.fingerprint == expected
+
+    bad = "ab" * 20 + "zz"
+    with caplog.at_level(logging.DEBUG), pytest.raises(KeyConfigError) as info:
+        Pseudonymiser.from_env(False, environ={ENV_KEY: "hex:" + bad})
+    assert bad not in str(info.value)
+    with caplog.at_level(logging.DEBUG):
+        Pseudonymiser.from_env(
+            False,
+            environ={ENV_KEY: key.hex(), ENV_KEY_SECRET: "projects/p/secrets/s/versions/1"},
+        )
+    assert not any(form in caplog.text for form in forms)
+
+
+def test_pickle_round_trip(pz: Pseudonymiser) -> None:
+    pz.customer(1)  # populate the per-entity cache, which must not be pickled
+    clone = pickle.loads(pickle.dumps(pz))
+    assert clone == pz and repr(clone) == repr(pz)
+    ids = np.arange(-5, 500, dtype=np.int64)
+    np.testing.assert_array_equal(clone.customers(ids), pz.customers(ids))
+    np.testing.assert_array_equal(clone.terminals(ids), pz.terminals(ids))

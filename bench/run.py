@@ -140,6 +140,13 @@ def _bench_scoring() -> Metrics:
     return bench_scoring()
 
 
+def _bench_pipeline() -> Metrics:
+    """The job on the local runner vs a pass-through job; publish->alert latency at 200 ev/s."""
+    from bench.pipeline import bench_pipeline
+
+    return bench_pipeline()
+
+
 def machine() -> Metrics:
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
@@ -181,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["backfill", "incremental", "compile", "feature_store", "scoring"],
+        choices=["backfill", "incremental", "compile", "feature_store", "scoring", "pipeline"],
     )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
-    chosen = args.only or ["backfill", "incremental", "compile", "feature_store", "scoring"]
+    chosen = args.only or [
+        "backfill", "incremental", "compile", "feature_store", "scoring", "pipeline"
+    ]  # fmt: skip
     if not Path(args.data).exists():
         print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
         return 2
@@ -197,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "compile": bench_compile,
         "feature_store": _bench_feature_store,
         "scoring": _bench_scoring,
+        "pipeline": _bench_pipeline,
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

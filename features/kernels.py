@@ -211,16 +211,6 @@ def backfill_entity(starts, tv, vv, pos, win, dly, fslot, fcol, fop, since_prev,
             out[r, col0 + f] = blk[p, f]
 
 
-@njit(cache=True, parallel=True)
-def calendar_parts(times_ns, day_ns, hour_ns, weekday, hour):
-    """Fill (weekday 0=Monday, hour) of naive epoch times; floor division before 1970."""
-    for i in prange(times_ns.shape[0]):
-        t = times_ns[i]
-        d = t // day_ns
-        weekday[i] = (d + 3) % 7
-        hour[i] = (t - d * day_ns) // hour_ns
-
-
 @njit(cache=True, inline="always")
 def _upper_bound(times, n, t):
     """First index in ``times[:n]`` whose time is > t."""

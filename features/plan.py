@@ -76,9 +76,12 @@ class EntityPlan:
 
 def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
     """Calendar feature of naive event times in int64 ns since the epoch (a Thursday)."""
-    weekday, hour = np.empty(len(times_ns), np.int64), np.empty(len(times_ns), np.int64)
-    times_ns = np.ascontiguousarray(times_ns, np.int64)
-    kernels.calendar_parts(times_ns, NS_PER_DAY, NS_PER_HOUR, weekday, hour)
+    # numpy, not a parallel kernel: the stream calls this per transaction, where starting a
+    # parallel region cost milliseconds; integer floor division is exact either way
+    times_ns = np.asarray(times_ns, np.int64)
+    days = times_ns // NS_PER_DAY
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    hour = (times_ns - days * NS_PER_DAY) // NS_PER_HOUR
     if kind is Calendar.WEEKEND:
         return (weekday >= 5).astype(np.float64)
     if kind is Calendar.NIGHT:

@@ -8,17 +8,24 @@ asks for up to ``max_messages`` with ``timeout`` seconds, and an empty pull that
 deadline returns no messages instead of raising. Local runs only; Dataflow reads Pub/Sub with
 its own streaming source and is not affected.
 
-The DirectRunner also inspects every DoFn's signature again for each bundle (``inspect``,
-through ``core.get_function_args_defaults``), which was over half of a local run's CPU time:
-stateful stages get one bundle per key. :func:`cache_dofn_signatures` memoises that function
-for plain functions and bound methods (whose arguments and defaults belong to the underlying
-function, so a cache keyed by it is exact).
+The DirectRunner also redoes per-bundle work whose result never changes, which was most of a
+local run's CPU time (stateful stages get one bundle per key): it inspects every DoFn's
+signature (``core.get_function_args_defaults``) and state specs (``userstate.get_dofn_specs``,
+which wraps every method of the DoFn), and it pickles the DoFn again to copy it.
+:func:`cache_dofn_introspection` memoises the first two (signatures per underlying function;
+specs per DoFn class and wrapped function: both come from method defaults, fixed when the
+class is defined) and keeps each DoFn's pickled bytes, so a copy is one ``loads``.
+
+Last, the runner looks for due timers by asking every keyed state of every stateful step on
+every scheduling round, an O(keys) scan (a stream has a key per card and per terminal):
+:func:`skip_keys_without_timers` makes the scan pass over states that hold no timer.
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from typing import Any
 
 DEFAULT_MAX_MESSAGES = 1_000
@@ -81,9 +88,11 @@ def is_local(runner: str | None) -> bool:
     return runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
 
 
-def cache_dofn_signatures() -> None:
-    """Memoise ``apache_beam.transforms.core.get_function_args_defaults`` (idempotent)."""
-    from apache_beam.transforms import core
+def cache_dofn_introspection() -> None:
+    """Memoise the DirectRunner's per-bundle DoFn introspection and copies (idempotent)."""
+    from apache_beam.internal import pickler
+    from apache_beam.runners.direct import transform_evaluator as te
+    from apache_beam.transforms import core, userstate
 
     with _lock:
         if getattr(core, "_fraudstream_cached", False):
@@ -104,10 +113,81 @@ def cache_dofn_signatures() -> None:
             return list(hit[0]), list(hit[1])
 
         core.get_function_args_defaults = get_function_args_defaults
+
+        original_specs = userstate.get_dofn_specs
+        specs: dict[Any, tuple[set, set]] = {}
+
+        def get_dofn_specs(dofn: Any) -> tuple[set, set]:
+            key = (type(dofn), getattr(dofn, "_fn", None))
+            try:
+                hit = specs.get(key)
+            except TypeError:  # an unhashable wrapped callable: no caching
+                return original_specs(dofn)
+            if hit is None:
+                hit = specs[key] = original_specs(dofn)
+            return set(hit[0]), set(hit[1])
+
+        def is_stateful_dofn(dofn: Any) -> bool:
+            state_specs, timer_specs = get_dofn_specs(dofn)
+            return bool(state_specs or timer_specs)
+
+        userstate.get_dofn_specs = get_dofn_specs
+        userstate.is_stateful_dofn = is_stateful_dofn
+        te.get_dofn_specs, te.is_stateful_dofn = get_dofn_specs, is_stateful_dofn
+
+        pickled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        original_roundtrip = pickler.roundtrip
+
+        def roundtrip(o: Any) -> Any:
+            try:
+                blob = pickled.get(o)
+            except TypeError:  # not weak-referenceable
+                return original_roundtrip(o)
+            if blob is None:
+                blob = pickled[o] = pickler.dumps(o)
+            return pickler.loads(blob)
+
+        pickler.roundtrip = roundtrip
         core._fraudstream_cached = True
 
 
 def tune_local_runner() -> None:
-    """Both patches of this module, with the default Pub/Sub read settings."""
+    """Every patch of this module, with the default Pub/Sub read settings."""
     tune_direct_pubsub_read()
-    cache_dofn_signatures()
+    cache_dofn_introspection()
+    skip_keys_without_timers()
+
+
+def skip_keys_without_timers() -> None:
+    """Patch ``_TransformWatermarks.extract_transform_timers`` to ask only the keyed states
+    that hold a timer (same result: a state without timers has none to fire)."""
+    from apache_beam.runners.direct import watermark_manager as wm
+
+    with _lock:
+        cls = wm._TransformWatermarks
+        if getattr(cls, "_fraudstream_tuned", False):
+            return
+
+        def extract_transform_timers(self: Any) -> tuple[list, bool]:
+            with self._lock:
+                fired, has_realtime = [], False
+                now = self._clock.time()
+                for encoded_key, state in self._keyed_states.items():
+                    timers_by_window = getattr(state, "timers", None)
+                    if timers_by_window is not None and not any(timers_by_window.values()):
+                        continue
+                    timers, realtime = state.get_timers(
+                        watermark=self._input_watermark, processing_time=now
+                    )
+                    has_realtime = has_realtime or realtime
+                    for window, (name, domain, timestamp, tag) in timers:
+                        fired.append(
+                            wm.TimerFiring(
+                                encoded_key, window, name, domain, timestamp, dynamic_timer_tag=tag
+                            )
+                        )
+                self._fired_timers.update(fired)
+                return fired, has_realtime
+
+        cls.extract_transform_timers = extract_transform_timers
+        cls._fraudstream_tuned = True

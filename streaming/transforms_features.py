@@ -211,28 +211,43 @@ class EntityFeatures(beam.PTransform):
         )
 
 
-class _Join(beam.DoFn):
-    """Keyed by transaction id: wait for every entity's block, then assemble the row.
+JOIN_BUCKETS = 64
+"""Keys of the join: a transaction joins in bucket ``id % JOIN_BUCKETS``. A key per transaction
+would leave a keyed state per transaction behind on the DirectRunner, which scans them all for
+timers on every round (a run slowed down as it went)."""
 
-    Every entity emits one block per transaction (a rejected one too, with its status), so a
-    join always completes and its state is cleared then; no timer is needed (an event-time
-    expiry could already be due when the first block arrives, since blocks are emitted after
-    the watermark passed their event time).
+
+class _Join(beam.DoFn):
+    """Keyed by bucket: wait for every entity's block of a transaction, then assemble the row.
+
+    The bucket's state maps (transaction id, is a redelivered copy) to the blocks so far. Every
+    entity emits one block per transaction (a rejected one too, with its status), so a join
+    always completes and its entry is removed then; no timer is needed (an event-time expiry
+    could already be due when the first block arrives, since blocks are emitted after the
+    watermark passed their event time).
     """
 
     def __init__(self, spec: FeatureSpec, clock: Clock) -> None:
         self.spec, self.clock = spec, clock
         self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
 
-    def process(self, element: tuple[tuple[int, bool], EntityBlock], parts_state=_PARTS_PARAM):
+    def process(self, element: tuple[int, EntityBlock], parts_state=_PARTS_PARAM):
         block = element[1]
-        parts: dict[str, EntityBlock] = parts_state.read() or {}
-        parts[block.entity] = block
-        if len(parts) < len(self.offsets):
-            parts_state.write(parts)
-            return
-        parts_state.clear()
-        yield assemble(self.spec, self.offsets, parts, self.clock())
+        pending: dict[tuple[int, bool], dict[str, list[EntityBlock]]] = parts_state.read() or {}
+        join_key = (block.tx.transaction_id, block.status == Status.DUPLICATE)
+        parts = pending.setdefault(join_key, {})
+        parts.setdefault(block.entity, []).append(block)  # copies queue up: first with first
+        if len(parts) == len(self.offsets):
+            row = {entity: blocks.pop(0) for entity, blocks in parts.items()}
+            if not any(parts.values()):
+                del pending[join_key]
+            else:
+                pending[join_key] = {e: b for e, b in parts.items() if b}
+            yield assemble(self.spec, self.offsets, row, self.clock())
+        if pending:
+            parts_state.write(pending)
+        else:
+            parts_state.clear()
 
 
 def assemble(
@@ -262,8 +277,7 @@ class JoinFeatures(beam.PTransform):
     def expand(self, blocks):
         return (
             blocks
-            # a redelivered copy is refused by every entity: pair copies with copies
-            | "KeyByTransaction"
-            >> beam.Map(lambda b: ((b.tx.transaction_id, b.status == Status.DUPLICATE), b))
+            # a redelivered copy is refused by every entity: the join pairs copies with copies
+            | "KeyByBucket" >> beam.Map(lambda b: (b.tx.transaction_id % JOIN_BUCKETS, b))
             | "Join" >> beam.ParDo(_Join(self.spec, self.clock))
         )

@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 export FRAUDSTREAM_EMULATOR_DIR ?= $(CURDIR)/.emulators
 
-.PHONY: install test test-fast demo bench bench-gpu lint audit format emulators-up emulators-down emulators-status clean
+.PHONY: install test test-fast chaos demo bench bench-gpu lint audit format emulators-up emulators-down emulators-status clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@test -x "$(UV)" || { $(PYTHON) -m venv .tools && .tools/bin/pip install -q "uv==$(UV_VERSION)"; }
@@ -22,6 +22,9 @@ test: install  ## every test, the emulator ones included (they start and stop th
 
 test-fast: install  ## the tests that need neither the emulators nor ../shared
 	$(BIN)/pytest -m "not emulator and not reference"
+
+chaos: install  ## fuzzed input, redelivery, model faults (also part of make test)
+	$(BIN)/pytest -m chaos
 
 demo: install  ## the engine end to end on the reference data, with a summary
 	$(BIN)/fraudstream demo --json out/demo/summary.json

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from streaming import emulators, materialize
+from streaming import emulators, materialize, monitor
 
 REFERENCE_DATA = "../shared/data/transactions.parquet"
 
@@ -47,10 +47,10 @@ def _run_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_parity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo",
-        help="the engine end to end on the reference data, with a summary",
+        "parity",
+        help="stream == backfill on a whole history, and the golden file",
         description="Backfill the reference data, replay it through the streaming path with "
         "labels after their delay, check both agree and compare with the published golden file.",
     )
@@ -62,15 +62,44 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     _preset(p, "baseline")
     p.add_argument("--events", type=int, default=None, help="use only the first N transactions")
+    p.add_argument("--out", default="out/parity", metavar="DIR", help="where to write results")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
+    p.set_defaults(func=_run_parity)
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    from streaming.jobs import run_parity
+
+    return run_parity(args.input, args.preset, args.events, args.out, args.json)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole job on the emulators: train, run, replay, live progress, report",
+        description="Start the emulators, train a model on the history (or reuse it), run the "
+        "streaming job, replay the last --events transactions with labels after their delay, "
+        "show live progress, then a summary and a report (out/demo/report.md). Without the "
+        "Google Cloud SDK (or with --embedded) the same core runs in process. Uses the "
+        "built-in simulator when the reference data is absent.",
+    )
+    p.add_argument("--input", default=REFERENCE_DATA, metavar="PATH", help="transactions parquet")
+    _preset(p, "default")
+    p.add_argument("--events", type=int, default=5_000, help="transactions to replay")
+    p.add_argument("--rate", type=float, default=None, metavar="EPS", help="events/s (max: none)")
+    p.add_argument("--train-days", type=int, default=56, help="training window in days (>= 21)")
+    p.add_argument("--embedded", action="store_true", help="in process, without the emulators")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="where to write results")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from streaming.jobs import run_demo
+    from streaming.demo import DemoConfig, run_demo
 
-    return run_demo(args.input, args.preset, args.events, args.out, args.json)
+    config = DemoConfig(args.input, args.preset, args.events, args.rate, args.out, args.json,
+                        args.embedded, args.train_days)  # fmt: skip
+    return run_demo(config)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -238,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_backfill(sub)
     _add_demo(sub)
+    _add_parity(sub)
     _add_evaluate(sub)
     _add_train(sub)
     materialize.add_cli(sub)
+    monitor.add_cli(sub)
     _add_run(sub)
     _add_replay(sub)
     _add_simulate(sub)

@@ -1,4 +1,4 @@
-"""Batch jobs behind the CLI: backfill a history, and the demo (backfill + stream + checks)."""
+"""Batch jobs behind the CLI: backfill a history, and the parity check (backfill == stream)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _load_demo_data(path: str, spec: FeatureSpec, events: int | None) -> tuple[p
     return df, source
 
 
-def run_demo(
+def run_parity(
     path: str, preset: str, events: int | None, out_dir: str, json_path: str | None
 ) -> int:
     """Backfill, stream, compare, summarise. Returns 0 when stream == backfill everywhere."""

@@ -36,6 +36,7 @@ from streaming.feature_store import (
     stored_entities,
     view_name,
 )
+from streaming.pseudonymise import Pseudonymiser
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -74,12 +75,19 @@ def run_materialize(
 ) -> dict[str, Any]:
     """Backfill ``inputs``, write the offline tables, materialize; returns a summary.
 
+    When a pseudonymisation key is configured (``$FRAUDSTREAM_ID_KEY``, see
+    :mod:`streaming.pseudonymise`) entity keys are pseudonymised as the streaming job does.
+
     ``store``: a ready ``feast.FeatureStore`` (else one is built for ``profile`` and ``repo``).
     Raises ValueError if the registry lacks the preset's views (run ``feast apply``).
     """
     spec = presets.get(preset)
     t0 = time.perf_counter()
     df = read_transactions(list(inputs), spec)
+    ids = Pseudonymiser.from_env()  # the streaming job's keys, when it pseudonymises
+    if ids is not None:
+        for entity in stored_entities(spec):
+            df[entity.key] = ids.pseudonymise_array(entity.name, df[entity.key].to_numpy())
     tables = entity_tables(df, backfill(df, spec), spec)
     t_backfill = time.perf_counter() - t0
     if store is None:
@@ -95,6 +103,7 @@ def run_materialize(
         start_date=start.to_pydatetime(), end_date=end.to_pydatetime(), feature_views=views
     )
     summary: dict[str, Any] = {"preset": spec.name, "transactions": len(df)}
+    summary["id_key"] = ids.fingerprint if ids is not None else "none (clear ids)"
     for entity in stored_entities(spec):
         summary[f"{view_name(spec, entity)}_rows"] = rows[entity.name]
         summary[f"{view_name(spec, entity)}_entities"] = tables[entity.name][entity.key].nunique()

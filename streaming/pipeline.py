@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -25,8 +26,15 @@ from streaming.feature_store import PROFILES, REPO, shared_store
 from streaming.local_runner import is_local, tune_local_runner
 from streaming.schema import parse_label, parse_transaction, transaction_json
 from streaming.scoring import BoosterHandler, Score
-from streaming.sinks import WriteFeatures, WriteScored
-from streaming.transforms import Alerts, Clock, ParseAndValidate, dead_letter, to_message
+from streaming.sinks import MonitorWindows, WriteFeatures, WriteScored
+from streaming.transforms import (
+    Alerts,
+    Clock,
+    ParseAndValidate,
+    PseudonymiseIds,
+    dead_letter,
+    to_message,
+)
 from streaming.transforms_features import EntityFeatures, JoinFeatures
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,26 @@ class FraudstreamOptions(PipelineOptions):
         parser.add_argument("--feature_repo", default=str(REPO), help="the applied Feast repo")
         parser.add_argument("--scored_dir", help="scored events as parquet files (local runs)")
         parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
+        parser.add_argument(
+            "--monitoring_topic",
+            help="per-window drift (PSI) and alert-rate records, JSON (see streaming/monitor.py)",
+        )
+        parser.add_argument("--monitoring_window_s", type=int, default=3600)
+        parser.add_argument(
+            "--pseudonymise_ids",
+            default="on",
+            choices=("on", "off"),
+            help="keyed pseudonyms for card and terminal ids (key: $FRAUDSTREAM_ID_KEY or "
+            "--id_key_secret); off keeps clear ids everywhere",
+        )
+        parser.add_argument(
+            "--id_key_secret", help="Secret Manager version of the id key (read on workers)"
+        )
+        parser.add_argument(
+            "--clear_ids_in_alerts",
+            action="store_true",
+            help="alerts also carry clear ids (customer_id_clear, terminal_id_clear)",
+        )
 
 
 class ScoreTransactions(beam.PTransform):
@@ -85,9 +113,11 @@ class ScoreTransactions(beam.PTransform):
         handler: BoosterHandler,
         max_lateness: timedelta = timedelta(days=1),
         clock: Clock = time.time,
+        pseudonymise: PseudonymiseIds | None = None,
     ) -> None:
         super().__init__()
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
+        self.pseudonymise = pseudonymise
 
     def expand(self, inputs):
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
@@ -99,6 +129,8 @@ class ScoreTransactions(beam.PTransform):
         # No dedupe stage: the entity states catch redelivered transactions, and applying a
         # label twice sets the same value (a zero delta).
         events = (txs.records, labels.records) | "Events" >> beam.Flatten()
+        if self.pseudonymise is not None:
+            events = events | "PseudonymiseIds" >> self.pseudonymise
         blocks = [
             events
             | f"{e.name.capitalize()}Features" >> EntityFeatures(self.spec, e, self.max_lateness)
@@ -156,7 +188,14 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         "labels": _read(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
-    out = inputs | "ScoreTransactions" >> ScoreTransactions(spec, handler, lateness)
+    pseudonymise = None
+    if opts.pseudonymise_ids == "on":
+        _check_id_key(opts.id_key_secret)
+        pseudonymise = PseudonymiseIds(opts.id_key_secret, opts.clear_ids_in_alerts)
+    elif opts.clear_ids_in_alerts:
+        raise ValueError("--clear_ids_in_alerts needs --pseudonymise_ids on (ids are clear)")
+    core = ScoreTransactions(spec, handler, lateness, pseudonymise=pseudonymise)
+    out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:
         _ = (
             out["alerts"]
@@ -175,11 +214,53 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         )
         writer()  # fail now if the repository is not applied or disagrees with the spec
         _ = out["features"] | "WriteFeatures" >> WriteFeatures(spec, writer)
+    if opts.monitoring_topic:
+        _ = (
+            out["scored"]
+            | "MonitorWindows" >> _monitor(opts, spec)
+            | "MonitoringMessages" >> beam.Map(lambda r: json.dumps(r).encode())
+            | "WriteMonitoring" >> beam.io.WriteToPubSub(opts.monitoring_topic)
+        )
     if opts.scored_dir or opts.scored_table:
         _ = out["scored"] | "WriteScored" >> WriteScored(
             spec.names, directory=opts.scored_dir, table=opts.scored_table
         )
     return out
+
+
+def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
+    """The monitoring stage against the champion's training reference (read at launch)."""
+    from pathlib import Path
+
+    from training.drift import load_reference
+    from training.registry import CURRENT
+
+    current = Path(opts.model_dir) / CURRENT
+    try:
+        reference = load_reference(current)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"--monitoring_topic: the model at {current} has no drift reference ({exc}); "
+            "retrain it with this version (`fraudstream train` saves one)"
+        ) from exc
+    return MonitorWindows(
+        spec.names, reference, opts.monitoring_window_s, source=os.path.realpath(current)
+    )
+
+
+def _check_id_key(secret: str | None) -> None:
+    """Fail at launch, with what to do, when no pseudonymisation key is configured."""
+    from streaming.pseudonymise import ENV_KEY, ENV_KEY_SECRET, Pseudonymiser
+
+    env = {ENV_KEY_SECRET: secret} if secret else None
+    try:
+        ids = Pseudonymiser.from_env(required=True, environ=env)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}. Card and terminal ids are pseudonymised by default: set ${ENV_KEY} "
+            "(e.g. `openssl rand -hex 32`) or --id_key_secret, or pass --pseudonymise_ids off"
+        ) from exc
+    log.info("pseudonymising ids with key %s", ids.fingerprint)
 
 
 def _pubsub_message(alert: dict) -> beam.io.PubsubMessage:

@@ -71,8 +71,10 @@ def replay(
     speedup: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    progress: bool = True,
 ) -> dict[str, int]:
-    """Publish ``df``'s transactions and labels; returns the counts published per kind."""
+    """Publish ``df``'s transactions and labels; returns the counts published per kind.
+    ``progress``: a progress bar on stderr."""
     if rate is not None and speedup is not None:
         raise ValueError("give --rate or --speedup, not both")
     if (rate is not None and rate <= 0) or (speedup is not None and speedup <= 0):
@@ -80,7 +82,7 @@ def replay(
     counts = {"tx": 0, "label": 0}
     start, first = clock(), None
     total = 2 * len(df)
-    with tqdm(total=total, desc="replay", unit="msg", unit_scale=True) as bar:
+    with tqdm(total=total, desc="replay", unit="msg", unit_scale=True, disable=not progress) as bar:
         for i, (kind, data, attrs, arrival) in enumerate(messages(df, label_delay)):
             first = arrival if first is None else first
             if rate is not None:

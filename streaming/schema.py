@@ -13,7 +13,8 @@ Label message (fraud feedback, published after the transaction)::
 
 Ids are JSON integers (not booleans, not floats), ``TX_AMOUNT`` a finite number ``>= 0``,
 times naive ISO-8601 strings (one time zone, microsecond precision, as in the reference data),
-``TX_FRAUD`` 0 or 1. A payload is at most :data:`MAX_PAYLOAD_BYTES`. :func:`parse_transaction`
+``TX_FRAUD`` 0 or 1; amounts at most :data:`MAX_AMOUNT`, times in [1970, 2200). A payload is at
+most :data:`MAX_PAYLOAD_BYTES`. :func:`parse_transaction`
 and :func:`parse_label` return a typed record or raise ``ValueError`` with the reason.
 """
 
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_AMOUNT = 1e9  # above it, a typo or an attack; and float32 (the model's input) stays finite
+MIN_TIME = datetime(1970, 1, 1)  # event times the engine represents (int64 ns: 1677..2262),
+MAX_TIME = datetime(2200, 1, 1)  # kept to a plausible range
 _EPOCH = datetime(1970, 1, 1)
 _INT64_MAX = 2**63 - 1
 
@@ -60,6 +64,8 @@ class Transaction:
     terminal_id: int
     amount: float
     received_at: float = 0.0  # processing time (seconds since the epoch) when parsed
+    clear_ids: tuple[int, int] | None = None  # (customer, terminal) before pseudonymisation,
+    # kept only when clear ids are asked for in alerts (``--clear_ids_in_alerts``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,8 @@ def _decode(payload: bytes | str) -> dict:
         raise ValueError(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"payload is not JSON ({exc.msg} at char {exc.pos})") from exc
+    except RecursionError as exc:
+        raise ValueError("payload is JSON nested too deeply") from exc
     if not isinstance(doc, dict):
         raise ValueError(f"payload must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -119,6 +127,10 @@ def _time(doc: dict, name: str) -> int:
         raise ValueError(f"{name} is not an ISO-8601 time: {value!r}") from exc
     if dt.tzinfo is not None:
         raise ValueError(f"{name} must be naive (no UTC offset), got {value!r}")
+    if not MIN_TIME <= dt < MAX_TIME:
+        raise ValueError(
+            f"{name} must be in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}), got {value!r}"
+        )
     return time_ns(dt)
 
 
@@ -127,8 +139,8 @@ def _amount(doc: dict, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_AMOUNT:
+        raise ValueError(f"{name} must be finite and >= 0 (at most {MAX_AMOUNT:.0e}), got {value}")
     return value
 
 

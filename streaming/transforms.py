@@ -7,6 +7,7 @@ Processing time comes from an injectable ``clock`` (seconds since the epoch).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -83,6 +84,44 @@ def _number(value: float) -> float | None:
     return None if value != value else float(value)  # NaN -> null: JSON has no NaN
 
 
+class _Pseudonymise(beam.DoFn):
+    """Transactions and labels with keyed pseudonyms for their customer and terminal ids."""
+
+    def __init__(self, key_secret: str | None, keep_clear: bool) -> None:
+        self.key_secret, self.keep_clear = key_secret, keep_clear
+
+    def setup(self) -> None:
+        from streaming.pseudonymise import ENV_KEY_SECRET, Pseudonymiser
+
+        env = {ENV_KEY_SECRET: self.key_secret} if self.key_secret else None
+        self.ids = Pseudonymiser.from_env(required=True, environ=env)  # on the worker
+
+    def process(self, record: Any):
+        customer = self.ids.customer(record.customer_id)
+        terminal = self.ids.terminal(record.terminal_id)
+        extra = {}
+        if self.keep_clear and hasattr(record, "clear_ids"):
+            extra["clear_ids"] = (record.customer_id, record.terminal_id)
+        yield dataclasses.replace(record, customer_id=customer, terminal_id=terminal, **extra)
+
+
+class PseudonymiseIds(beam.PTransform):
+    """Records (transactions or labels) -> the same with pseudonymised customer and terminal
+    ids (:mod:`streaming.pseudonymise`), so clear card and terminal ids never reach the entity
+    state, Bigtable, the scored sink or alerts. The key is resolved on the worker: from the
+    Secret Manager version ``key_secret``, else ``$FRAUDSTREAM_ID_KEY``; it is never pickled
+    into the pipeline. ``keep_clear``: transactions also carry their clear ids, for alerts."""
+
+    def __init__(self, key_secret: str | None = None, keep_clear: bool = False) -> None:
+        super().__init__()
+        self.key_secret, self.keep_clear = key_secret, keep_clear
+
+    def expand(self, records):
+        return records | "Pseudonymise" >> beam.ParDo(
+            _Pseudonymise(self.key_secret, self.keep_clear)
+        )
+
+
 def alert_json(scored: Any, features: list[str], clock: Clock = time.time) -> dict:
     """The alert of a scored transaction (see :class:`streaming.scoring.Scored`).
 
@@ -109,7 +148,15 @@ def alert_json(scored: Any, features: list[str], clock: Clock = time.time) -> di
         "feature_age_ms": round((now - scored.computed_at) * 1000.0, 3),
         "event_time": from_ns(tx.time_ns).isoformat(),
         "processing_latency_ms": round((now - tx.received_at) * 1000.0, 3),
-    }
+    } | _clear_ids(tx)
+
+
+def _clear_ids(tx: Any) -> dict:
+    """The investigators' clear ids, when the job keeps them (``--clear_ids_in_alerts``)."""
+    clear = getattr(tx, "clear_ids", None)
+    if clear is None:
+        return {}
+    return {"customer_id_clear": clear[0], "terminal_id_clear": clear[1]}
 
 
 class _Alert(beam.DoFn):

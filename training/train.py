@@ -21,6 +21,7 @@ from features.backfill import backfill
 from features.spec import FeatureSpec
 from features.table import read_transactions
 from training import model as models
+from training.drift import reference_profile, save_reference
 from training.protocol import DAY, Split, in_window, metrics, scored_rows
 from training.registry import Registry, RegistryError
 from training.report import write_report
@@ -147,6 +148,9 @@ def run_train(
         "promotion": {"decision": "promoted" if wins else "kept champion", "reason": reason},
     }
     path = registry.save(booster, meta)
+    # the drift reference of the streaming job's monitoring: training inputs, and the
+    # validation scores (out of sample, like the scores the stream will produce)
+    save_reference(reference_profile(X[train], spec.names, scores=scores), path)
     write_report(path, booster, spec.names, X[val], y[val], scores, meta)
     if wins:
         registry.promote(meta["version"])

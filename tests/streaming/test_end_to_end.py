@@ -11,6 +11,7 @@ a key's events is the order Pub/Sub delivers them.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from features.synthetic import transactions
 from features.table import validate
 from streaming import feature_store as fs
 from streaming import local_job as lj
+from streaming.pseudonymise import ENV_KEY, Pseudonymiser
 from streaming.replay import Publisher, replay
 from streaming.transforms import dead_letter
 from training import model as models
@@ -71,8 +73,11 @@ def model_dir(tmp_path_factory) -> tuple[Path, pd.DataFrame, float]:
 
 
 @pytest.mark.slow
-def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path):
+def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, monkeypatch):
     root, df, threshold = model_dir
+    key = secrets.token_bytes(32)
+    monkeypatch.setenv(ENV_KEY, key.hex())  # the job's environment: ids are pseudonymised
+    ids = Pseudonymiser(key)
     topics = lj.Topics.create("e2e")
     repo = fs.scratch_repo(tmp_path / "repo", f"e2e_{unique_name('p').split('-')[1]}")
     fs.apply("emulator", repo)
@@ -80,7 +85,7 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path):
     # Pub/Sub may redeliver a message long after its neighbours (a pull that timed out leaves
     # its messages leased until their ack deadline); with the wall clock as watermark such an
     # event is late for its entities. Accept a month of lateness: every event counts here.
-    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40)]
+    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40), "--clear_ids_in_alerts"]
     args = lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra)
     job = lj.start(args, tmp_path / "job.log")
     try:
@@ -104,6 +109,12 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path):
     reasons = sorted(d["error"] for d in dead if d["stage"] == "features")
     assert len(scored) == N_TX, f"every valid transaction is scored once; refused: {reasons}"
     assert set(scored["transaction_id"]) == set(df["TRANSACTION_ID"])
+    by_id = df.set_index("TRANSACTION_ID")
+    expected_customers = ids.customers(
+        by_id.loc[scored["transaction_id"], "CUSTOMER_ID"].to_numpy()
+    )
+    np.testing.assert_array_equal(scored["customer_id"].to_numpy(), expected_customers)
+    assert not set(scored["customer_id"]) & set(df["CUSTOMER_ID"]), "no clear id is stored"
 
     alerts = [json.loads(m.data) for m in lj.drain(topics.subscriptions["alerts"])]
     alert_ids = [a["transaction_id"] for a in alerts]
@@ -111,7 +122,11 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path):
     assert len(alert_ids) == len(set(alert_ids)), "no duplicate alerts"
     assert set(alert_ids) == set(scored.loc[scored["alert"], "transaction_id"])
     for alert in alerts:
-        assert set(alert) == ALERT_KEYS
+        assert set(alert) == ALERT_KEYS | {"customer_id_clear", "terminal_id_clear"}
+        clear = by_id.loc[alert["transaction_id"]]
+        assert alert["customer_id_clear"] == clear["CUSTOMER_ID"]
+        assert alert["customer_id"] == ids.customer(int(clear["CUSTOMER_ID"]))
+        assert alert["terminal_id"] == ids.terminal(int(clear["TERMINAL_ID"]))
         assert alert["score"] >= alert["threshold"] == pytest.approx(threshold)
         assert len(alert["reasons"]) == 3 and set(alert["features"]) == set(SPEC.names)
 

@@ -52,6 +52,7 @@ def test_a_promoted_version_scores_after_the_next_poll(registry):
     assert live.get().version == "v0002"
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("fault", ["corrupt booster", "other spec", "missing meta"])
 def test_a_faulty_version_is_rejected_and_the_previous_keeps_scoring(registry, fault, caplog):
     from streaming.scoring import LiveModel

@@ -1,0 +1,86 @@
+"""In-stream monitoring: the windowed records equal the offline ones of the same scored rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import presets
+from features.incremental import Status
+from streaming.monitor import window_records
+from streaming.schema import Transaction, time_ns
+from streaming.scoring import Scored
+from streaming.sinks import scored_record
+from training.drift import reference_profile
+
+SPEC = presets.BASELINE
+HOUR_NS = 3_600 * 10**9
+_GOT: list[dict] = []
+
+
+def _keep(record: dict) -> None:
+    _GOT.append(record)
+
+
+def _scored(n: int, seed: int = 0) -> list[Scored]:
+    rng = np.random.default_rng(seed)
+    start = time_ns(pd.Timestamp("2018-05-01").to_pydatetime())
+    times = start + np.sort(rng.integers(0, 3 * HOUR_NS, n))
+    shift = np.where(times >= start + 2 * HOUR_NS, 3.0, 0.0)  # the third hour drifts
+    X = rng.normal(size=(n, len(SPEC.names))) + shift[:, None]
+    scores = rng.random(n)
+    return [
+        Scored(
+            tx=Transaction(i, int(t), i % 7, i % 5, 10.0, received_at=0.0),
+            score=float(s),
+            threshold=0.9,
+            model_version="v0001",
+            reasons=(),
+            status=int(Status.OK),
+            accepted=True,
+            features=x,
+        )
+        for i, (t, x, s) in enumerate(zip(times.tolist(), X, scores, strict=True))
+    ]
+
+
+@pytest.mark.slow
+def test_windowed_records_equal_the_offline_ones():
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream, TimestampedValue
+
+    from streaming.sinks import MonitorWindows
+
+    rows = _scored(6_000)  # 2,000 a window: small windows read a higher PSI
+    rng = np.random.default_rng(1)
+    reference = reference_profile(
+        rng.normal(size=(2_000, len(SPEC.names))), SPEC.names, scores=rng.random(2_000)
+    )
+    clock = lambda: 0.0  # noqa: E731 - latency 0 for every row, on both sides
+    stream = (
+        TestStream()
+        .add_elements([TimestampedValue(r, r.tx.time_ns / 1e9) for r in rows])
+        .advance_watermark_to_infinity()
+    )
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    _GOT.clear()
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | stream
+            | MonitorWindows(SPEC.names, reference, window_s=3600, clock=clock)
+            | beam.Map(_keep)
+        )
+    offline = window_records(
+        pd.DataFrame([scored_record(r, SPEC.names, clock) for r in rows]), reference, SPEC.names
+    )
+    got = sorted(_GOT, key=lambda r: r["window_start"])
+    assert [r["window_start"] for r in got] == [r["window_start"] for r in offline]
+    for streamed, expected in zip(got, offline, strict=True):
+        assert streamed["events"] == expected["events"] and streamed["alerts"] == expected["alerts"]
+        assert streamed["max_psi"] == pytest.approx(expected["max_psi"])
+        assert streamed["drift"] == expected["drift"]
+    assert [r["drift"] for r in got] == ["stable", "stable", "significant"]

@@ -30,6 +30,7 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
+from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import Timestamp
 
 from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
@@ -203,7 +204,8 @@ class EntityFeatures(beam.PTransform):
         return (
             events
             | "Route" >> beam.Filter(lambda e: uses_labels or isinstance(e, Transaction))
-            | "KeyByEntity" >> beam.Map(lambda e: (_id_of(e, entity), e))
+            | "KeyByEntity"
+            >> beam.Map(lambda e: (_id_of(e, entity), e)).with_output_types(KV[int, Any])
             # a stage of its own: fused with the other entity's stateful DoFn (same input, same
             # state and timer names) the portable runner lost one entity's timers
             | "Shuffle" >> beam.Reshuffle()
@@ -278,6 +280,9 @@ class JoinFeatures(beam.PTransform):
         return (
             blocks
             # a redelivered copy is refused by every entity: the join pairs copies with copies
-            | "KeyByBucket" >> beam.Map(lambda b: (b.tx.transaction_id % JOIN_BUCKETS, b))
+            | "KeyByBucket"
+            >> beam.Map(lambda b: (b.tx.transaction_id % JOIN_BUCKETS, b)).with_output_types(
+                KV[int, Any]
+            )
             | "Join" >> beam.ParDo(_Join(self.spec, self.clock))
         )

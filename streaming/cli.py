@@ -255,7 +255,17 @@ def _run_job(args: argparse.Namespace) -> int:
     from streaming.pipeline import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run(args.pipeline_args)
+    try:
+        run(args.pipeline_args)
+    except (ValueError, KeyboardInterrupt):
+        raise  # bad options (exit 2) and Ctrl-C (130): main() reports them
+    except Exception as exc:  # the pipeline failed while running: say why, in one line
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        logging.getLogger("fraudstream").exception("the pipeline failed")
+        print(f"fraudstream run: the pipeline failed: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,10 @@ which wraps every method of the DoFn), and it pickles the DoFn again to copy it.
 specs per DoFn class and wrapped function: both come from method defaults, fixed when the
 class is defined) and keeps each DoFn's pickled bytes, so a copy is one ``loads``.
 
+The Pub/Sub write DoFn builds a new ``PublisherClient`` (a gRPC channel and its threads) in
+``setup``, which the DirectRunner calls for every bundle: :func:`share_pubsub_publishers`
+makes it reuse one client per process (the client is thread-safe).
+
 Last, the runner looks for due timers by asking every keyed state of every stateful step on
 every scheduling round, an O(keys) scan (a stream has a key per card and per terminal):
 :func:`skip_keys_without_timers` makes the scan pass over states that hold no timer.
@@ -25,15 +29,21 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 import weakref
 from typing import Any
 
+UNAVAILABLE_BUDGET_S = 60.0  # how long a local read waits for an unavailable Pub/Sub
 DEFAULT_MAX_MESSAGES = 1_000
 DEFAULT_TIMEOUT_S = 2.0
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 _lock = threading.Lock()
 _settings: dict[str, float] = {}
+
+
+class SubscriptionGone(RuntimeError):
+    """The subscription a local job reads was deleted (or its emulator restarted)."""
 
 
 class _FastPull:
@@ -43,17 +53,32 @@ class _FastPull:
         self._client = client
 
     def pull(self, subscription: str, max_messages: int = 10, timeout: float = 30) -> Any:
+        """One pull; an unavailable service is retried for :data:`UNAVAILABLE_BUDGET_S`, a
+        vanished subscription stops the job with a message that says so."""
         from google.api_core import exceptions
         from google.cloud.pubsub_v1.types import PullResponse
 
-        try:
-            return self._client.pull(
-                subscription=subscription,
-                max_messages=int(_settings["max_messages"]),
-                timeout=_settings["timeout"],
-            )
-        except exceptions.DeadlineExceeded:
-            return PullResponse()  # nothing arrived in time: an empty bundle, not an error
+        deadline, delay = time.monotonic() + UNAVAILABLE_BUDGET_S, 0.5
+        while True:
+            try:
+                return self._client.pull(
+                    subscription=subscription,
+                    max_messages=int(_settings["max_messages"]),
+                    timeout=_settings["timeout"],
+                )
+            except exceptions.DeadlineExceeded:
+                return PullResponse()  # nothing arrived in time: an empty bundle, not an error
+            except exceptions.NotFound as exc:
+                raise SubscriptionGone(
+                    f"Pub/Sub subscription {subscription} does not exist any more (deleted, or "
+                    "the emulator restarted: it keeps nothing); the job stops. Recreate the "
+                    "topics and subscriptions, then start it again"
+                ) from exc
+            except exceptions.ServiceUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 4.0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -156,6 +181,7 @@ def tune_local_runner() -> None:
     tune_direct_pubsub_read()
     cache_dofn_introspection()
     skip_keys_without_timers()
+    share_pubsub_publishers()
 
 
 def skip_keys_without_timers() -> None:
@@ -190,4 +216,35 @@ def skip_keys_without_timers() -> None:
                 return fired, has_realtime
 
         cls.extract_transform_timers = extract_transform_timers
+        cls._fraudstream_tuned = True
+
+
+_publishers: dict[bool, Any] = {}
+
+
+def share_pubsub_publishers() -> None:
+    """Patch ``WriteToPubSub``'s DoFn to share one ``PublisherClient`` per process."""
+    from apache_beam.io.gcp import pubsub as beam_pubsub
+
+    with _lock:
+        cls = beam_pubsub._PubSubWriteDoFn
+        if getattr(cls, "_fraudstream_tuned", False):
+            return
+
+        def setup(self: Any) -> None:
+            from google.cloud import pubsub
+
+            with _lock:
+                client = _publishers.get(self.with_ordering)
+                if client is None:
+                    options = pubsub.types.PublisherOptions(
+                        enable_message_ordering=self.with_ordering
+                    )
+                    client = _publishers[self.with_ordering] = pubsub.PublisherClient(
+                        publisher_options=options
+                    )
+            self._pub_client = client
+            self._topic = client.topic_path(self.project, self.short_topic_name)
+
+        cls.setup = setup
         cls._fraudstream_tuned = True

@@ -157,3 +157,78 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
 
 def _as_dead_letter_payload(payload: bytes) -> str:
     return dead_letter(payload, "", "")["payload"]
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_the_job_rides_out_a_bigtable_restart(
+    emulators, emulator_state_dir, unique_name, model_dir, tmp_path, monkeypatch
+):
+    """The Bigtable emulator is killed and restarted (empty) mid-stream: the feature writes
+    wait it out (retries with backoff) and no transaction is lost."""
+    from streaming import emulators as emu
+
+    root, df, _ = model_dir
+    monkeypatch.setenv(ENV_KEY, secrets.token_hex(32))
+    topics = lj.Topics.create("restart")
+    repo = fs.scratch_repo(tmp_path / "repo", f"rs_{unique_name('p').split('-')[1]}")
+    fs.apply("emulator", repo)
+    scored_dir = tmp_path / "scored"
+    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40)]
+    job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra), tmp_path / "log")
+    half = len(df) // 2
+    try:
+        publish = Publisher(lj.PROJECT)
+        tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
+        replay(df.iloc[:half], publish, tx, labels, SPEC.label_delay, progress=False)
+        publish.flush()
+        _wait_scored(job, scored_dir, half // 2, tmp_path / "log")
+        emu.restart("bigtable", emulator_state_dir)  # mid-stream: writes in flight retry
+        replay(df.iloc[half:], publish, tx, labels, SPEC.label_delay, progress=False)
+        publish.flush()
+        _wait_scored(job, scored_dir, len(df), tmp_path / "log")
+    finally:
+        assert lj.stop(job) == 0, (tmp_path / "log").read_text()[-3000:]
+    scored = lj.read_scored(scored_dir)
+    assert sorted(scored["transaction_id"]) == sorted(df["TRANSACTION_ID"]), "none lost, none twice"
+    # the restarted emulator came back empty: what was written after it is readable
+    store = fs.FeastFeatureStore.open(SPEC, "emulator", repo)
+    last = scored.sort_values(["event_time", "transaction_id"]).tail(50)
+    keys = {e.key: last[e.key.lower()].to_numpy(np.int64) for e in fs.stored_entities(SPEC)}
+    assert store.read(keys).found["customer"].all()
+
+
+def _wait_scored(job, scored_dir: Path, n: int, log: Path, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while lj.count_scored(scored_dir) < n:
+        assert job.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{lj.count_scored(scored_dir)} of {n} scored"
+        time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_a_pubsub_restart_stops_the_job_loudly(
+    emulators, emulator_state_dir, model_dir, tmp_path, monkeypatch
+):
+    """The Pub/Sub emulator keeps nothing across a restart: the job's subscriptions are gone.
+    It cannot recover, so it stops with exit status 1 and says why (no silent stall)."""
+    from streaming import emulators as emu
+
+    root, df, _ = model_dir
+    monkeypatch.setenv(ENV_KEY, secrets.token_hex(32))
+    topics = lj.Topics.create("pubsub-restart")
+    scored_dir, log = tmp_path / "scored", tmp_path / "log"
+    job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, None, ["--device", "cpu"]), log)
+    try:
+        publish = Publisher(lj.PROJECT)
+        replay(df.iloc[:200], publish, topics.topic_id("tx"), topics.topic_id("labels"),
+               SPEC.label_delay, progress=False)  # fmt: skip
+        publish.flush()
+        _wait_scored(job, scored_dir, 100, log)
+        emu.restart("pubsub", emulator_state_dir)
+        job.wait(120)
+    finally:
+        lj.stop(job)
+    assert job.returncode == 1
+    assert "does not exist any more" in log.read_text()

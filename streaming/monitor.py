@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from streaming.schema import SCORED_COLUMNS
 from training.drift import (
     PSI_MODERATE,
     PSI_SIGNIFICANT,
@@ -47,19 +48,6 @@ from training.drift import (
     score_bin_counts,
 )
 
-# The fixed columns of a scored row (streaming/sinks.py ``scored_record``); the rest are features.
-SCORED_FIXED = (
-    "transaction_id",
-    "customer_id",
-    "terminal_id",
-    "event_time",
-    "score",
-    "threshold",
-    "alert",
-    "model_version",
-    "status",
-    "latency_ms",
-)
 # Latency histogram: 40 log-spaced bins a decade from 0.01 ms to 10^7 ms (bin 0 below, last above).
 LATENCY_EDGES_MS = np.geomspace(1e-2, 1e7, 9 * 40 + 1)
 REFERENCE_HEAD_SHARE = 0.2  # without a stored reference: the first 20 % of events by event time
@@ -446,8 +434,8 @@ def read_scored(directory: str | Path) -> pd.DataFrame:
 
 
 def feature_columns(scored: pd.DataFrame) -> list[str]:
-    """The model-input columns of a scored table (every column but :data:`SCORED_FIXED`)."""
-    return [c for c in scored.columns if c not in SCORED_FIXED]
+    """The model-input columns of a scored table (every column but :data:`SCORED_COLUMNS`)."""
+    return [c for c in scored.columns if c not in SCORED_COLUMNS]
 
 
 def head_reference(scored: pd.DataFrame, features: list[str]) -> tuple[Reference, str]:

@@ -33,6 +33,20 @@ _EPOCH = datetime(1970, 1, 1)
 _INT64_MAX = 2**63 - 1
 
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
+SCORED_COLUMNS = (
+    "transaction_id",
+    "customer_id",
+    "terminal_id",
+    "event_time",
+    "score",
+    "threshold",
+    "alert",
+    "model_version",
+    "status",
+    "latency_ms",
+)
+"""The fixed columns of a scored event (``streaming/sinks.py``); one column per model input
+follows them."""
 LABEL_FIELDS = (
     "TRANSACTION_ID",
     "CUSTOMER_ID",

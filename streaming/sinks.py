@@ -24,23 +24,10 @@ from streaming.feature_store import EntityFeatures, OnlineFeatureWriter, stored_
 from streaming.schema import from_ns
 from streaming.transforms import NAMESPACE, Clock
 
-SCORED_COLUMNS = (
-    "transaction_id",
-    "customer_id",
-    "terminal_id",
-    "event_time",
-    "score",
-    "threshold",
-    "alert",
-    "model_version",
-    "status",
-    "latency_ms",
-)
-
 
 def scored_record(scored: Any, features: list[str], clock: Clock = time.time) -> dict:
-    """One scored transaction as a flat row: :data:`SCORED_COLUMNS`, then one column per model
-    input (NaN kept). The row of both the parquet and the BigQuery sink."""
+    """One scored transaction as a flat row: :data:`~streaming.schema.SCORED_COLUMNS`, then one
+    column per model input (NaN kept). The row of both the parquet and the BigQuery sink."""
     tx = scored.tx
     row = {
         "transaction_id": tx.transaction_id,

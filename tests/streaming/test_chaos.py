@@ -241,10 +241,11 @@ def test_redelivered_messages_count_once_in_features_scores_and_alerts(world):
         _TestStream(output_tags={"transactions", "labels"})
         .add_elements(labels, tag="labels")
         .add_elements(twice, tag="transactions")
-        .advance_watermark_to(_watermark(cut))
-        .add_elements([txs[i] for i in batch], tag="transactions")
-        .advance_watermark_to_infinity()
     )
+    _advance(stream, cut)  # the watermark passes the batch's originals: they are applied
+    stream.add_elements([txs[i] for i in batch], tag="transactions")
+    _advance(stream, df["TX_DATETIME"].max() + SPEC.label_delay + pd.Timedelta(days=1))
+    stream.advance_watermark_to_infinity()
     got = _stream_run(stream, root, lateness)
 
     scored = {s.tx.transaction_id: s for s in got["scored"]}
@@ -263,62 +264,113 @@ def test_redelivered_messages_count_once_in_features_scores_and_alerts(world):
     assert set(alert_ids) == {i for i, s in scored.items() if s.score >= s.threshold}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="test premise to fix: the watermark only passes `cut`, so the entities' newer events "
-    "are still buffered when the held-back ones arrive; the event-time buffer then applies "
-    "them in order, as on time (status OK), and none is LATE or TOO_LATE. The watermark must "
-    "pass every newer event of their entities first",
-)
+def _advance(stream: _TestStream, t: pd.Timestamp) -> None:
+    """Advance the watermark of both outputs to ``t``: ``advance_watermark_to`` without a tag
+    moves only the untagged output's watermark, which no stage of the job reads."""
+    for tag in ("transactions", "labels"):
+        stream.advance_watermark_to(_watermark(t), tag=tag)
+
+
+def _newest(df: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each entity's newest transaction time in ``df``."""
+    return {e.key: df.groupby(e.key)["TX_DATETIME"].max() for e in SPEC.entities}
+
+
 @pytest.mark.slow
 def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world):
-    """The watermark passes a cut; then come transactions older than their entities' newest:
-    within the allowed lateness (for both entities) they are inserted and scored with status
-    ``LATE``, with the backfill's features (later transactions see them); older than that (for
-    both entities) they are ``TOO_LATE`` dead letters and change no state. No labels here: the
-    backfill is then computed with every label 0."""
+    """Every transaction but 20 held back is delivered and the watermark passes them all, so
+    every entity has applied its newest event. Then the held-back ones arrive: 10 older than
+    their entities' newest by less than the allowed lateness (for both entities) are inserted
+    and scored with status ``LATE``; 10 older by more (for both) are ``TOO_LATE`` dead letters
+    and change no state. Last, one probe transaction per held-back (card, terminal), newer than
+    everything, shows that later events see the late ones and not the too-late ones. No labels
+    here: the backfill is then computed with every label 0."""
     df, _, _, root = world
-    df = df.assign(TX_FRAUD=0)
-    txs, _ = _payloads(df)
+    columns = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT"]
+    df = df[columns].assign(TX_FRAUD=0)
     lateness = timedelta(hours=36)
-    order = df.sort_values(["TX_DATETIME", "TRANSACTION_ID"])
-    cut = order["TX_DATETIME"].iloc[300]
-    lag = _lag(order, _last_before(order, cut))
-    # never hold back an entity's newest event: the newest times are then those of `lag`
-    held = (lag > pd.Timedelta(0)).all(axis=1) & (order["TX_DATETIME"] <= cut)
-    late = order[held & (lag < pd.Timedelta(lateness)).all(axis=1)].index
-    too_late = order[held & (lag >= pd.Timedelta(lateness)).all(axis=1)].index
+    newest = _newest(df)
+    lag = _lag(df, newest)
+    # A held-back transaction is never its entity's newest (lag > 0 for both), so holding it
+    # back changes no entity's newest; nor shares its time with another transaction (the
+    # engine inserts a late one after any of equal time, the backfill orders those by id).
+    held = (lag > pd.Timedelta(0)).all(axis=1) & ~df["TX_DATETIME"].duplicated(keep=False)
+    late_pool = df.index[held & (lag < pd.Timedelta(lateness)).all(axis=1)]
+    too_late_pool = df.index[held & (lag >= pd.Timedelta(lateness)).all(axis=1)]
     rng = random.Random(5)
-    late = sorted(rng.sample(list(late), 15))
-    too_late = sorted(rng.sample(list(too_late), 15))
-    first = [txs[i] for i in df.index if i not in set(late) | set(too_late)]
-    rng.shuffle(first)
-    after = [txs[i] for i in late + too_late]
-    rng.shuffle(after)
-    stream = (
-        _TestStream(output_tags={"transactions", "labels"})
-        .add_elements(first, tag="transactions")
-        .advance_watermark_to(_watermark(cut))
-        .add_elements(after, tag="transactions")
-        .advance_watermark_to_infinity()
-    )
+    late = sorted(rng.sample(list(late_pool), 10))
+    too_late = sorted(rng.sample(list(too_late_pool), 10))
+    first = df.drop(index=late + too_late)
+    for e in SPEC.entities:  # the newest times the held-back ones are judged against
+        pd.testing.assert_series_equal(_newest(first)[e.key], newest[e.key])
+
+    end = df["TX_DATETIME"].max()
+    pairs = df.loc[late + too_late, ["CUSTOMER_ID", "TERMINAL_ID"]].drop_duplicates()
+    probes = pairs.assign(
+        TRANSACTION_ID=df["TRANSACTION_ID"].max() + 1 + np.arange(len(pairs)),
+        TX_DATETIME=end + pd.Timedelta(hours=2) + pd.to_timedelta(np.arange(len(pairs)), "min"),
+        TX_AMOUNT=10.0 + np.arange(len(pairs)),
+        TX_FRAUD=0,
+    )[df.columns]
+    on_time_txs, _ = _payloads(first)
+    rng.shuffle(on_time_txs)
+    held_txs, _ = _payloads(df.loc[late + too_late])
+    rng.shuffle(held_txs)
+    probe_txs, _ = _payloads(probes)
+    stream = _TestStream(output_tags={"transactions", "labels"})
+    stream.add_elements(on_time_txs, tag="transactions")
+    _advance(stream, end + pd.Timedelta(seconds=1))  # every delivered event is applied
+    stream.add_elements(held_txs, tag="transactions")
+    _advance(stream, end + pd.Timedelta(hours=1))  # the held-back ones are applied
+    stream.add_elements(probe_txs, tag="transactions")
+    # finite first: outputs of a stage after the watermark reached infinity may be dropped
+    _advance(stream, end + pd.Timedelta(days=1))
+    stream.advance_watermark_to_infinity()
     got = _stream_run(stream, root, lateness)
 
     dead = got["dead_letter"]
-    assert [(d["stage"], d["error"]) for d in dead] == [("features", "TOO_LATE")] * len(too_late)
+    assert Counter((d["stage"], d["error"]) for d in dead) == {
+        ("features", "TOO_LATE"): len(too_late)
+    }
     assert sorted(json.loads(d["payload"])["TRANSACTION_ID"] for d in dead) == sorted(
         df.loc[too_late, "TRANSACTION_ID"]
     )
     scored = {s.tx.transaction_id: s for s in got["scored"]}
-    kept = df.drop(index=too_late)
-    assert len(got["scored"]) == len(kept) == len(scored)
-    status = Counter(Status(s.status).name for s in scored.values())
-    assert status == {"OK": len(kept) - len(late), "LATE": len(late)}
-    assert {i for i, s in scored.items() if s.status == Status.LATE} == set(
-        df.loc[late, "TRANSACTION_ID"]
+    kept = pd.concat([df.drop(index=too_late), probes], ignore_index=True)
+    assert len(got["scored"]) == len(kept) == len(scored)  # each once
+    assert set(scored) == set(kept["TRANSACTION_ID"])
+    late_ids = set(df.loc[late, "TRANSACTION_ID"])
+    assert {i: Status(s.status).name for i, s in scored.items() if s.status != Status.OK} == {
+        i: "LATE" for i in late_ids
+    }
+
+    # Features. The on-time transactions were scored before the held-back ones arrived and are
+    # not scored again: theirs are the backfill of what was delivered by then, bit for bit
+    # (those after a late one in time differ from the backfill of `kept`, by design). A late
+    # one is inserted and computed by a scan at its own time; the probes come after the
+    # inserts, with windows shifted by Kahan sums: both equal the backfill of `kept` (the
+    # too-late ones left out: they changed no state) up to float rounding.
+    def streamed(ids) -> np.ndarray:
+        return np.stack([scored[i].features for i in ids])
+
+    def features(frame: pd.DataFrame, ids) -> np.ndarray:
+        return backfill(frame, SPEC).set_index("TRANSACTION_ID").loc[ids, SPEC.names].to_numpy()
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+    on_time = first["TRANSACTION_ID"].tolist()
+    np.testing.assert_array_equal(streamed(on_time), features(first, on_time))
+    assert not close(features(first, on_time), features(kept, on_time))  # hence not `kept`'s
+    after_inserts = sorted(late_ids) + probes["TRANSACTION_ID"].tolist()
+    np.testing.assert_allclose(
+        streamed(after_inserts), features(kept, after_inserts), rtol=1e-9, atol=1e-9
     )
-    expected = backfill(kept, SPEC)[SPEC.names].to_numpy()
-    streamed = np.stack([scored[i].features for i in kept["TRANSACTION_ID"]])
-    np.testing.assert_allclose(streamed, expected, rtol=1e-9, atol=1e-9)  # late: up to rounding
+    # the probes tell the cases apart: they see the late ones, and not the too-late ones
+    probe_ids = probes["TRANSACTION_ID"].tolist()
+    for other in (first, df):
+        whole = pd.concat([other, probes], ignore_index=True)
+        assert not close(streamed(probe_ids), features(whole, probe_ids))
     alert_ids = [a["transaction_id"] for a in got["alerts"]]
     assert len(alert_ids) == len(set(alert_ids))
+    assert set(alert_ids) == {i for i, s in scored.items() if s.score >= s.threshold}

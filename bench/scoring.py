@@ -64,7 +64,7 @@ def bench_scoring(rows: int = 4_096, seed: int = 0) -> dict[str, float]:
         ours_s = _best(lambda: [list(ours.run_inference(b, our_model)) for b in batches])
         scores_only = _best(
             lambda: [
-                models.predict(our_model.booster, sample[i : i + BATCH])
+                models.predict(our_model.get().booster, sample[i : i + BATCH])
                 for i in range(0, rows, BATCH)
             ]
         )

@@ -287,8 +287,6 @@ def summarise(events: pd.DataFrame, scored: pd.DataFrame, alerts: list[dict], de
 
 def run_demo(config: DemoConfig) -> int:
     """The demo end to end; 0 when every replayed transaction was scored."""
-    from streaming.emulators import gcloud_available
-    from streaming.pseudonymise import ENV_KEY, Pseudonymiser
 
     spec = presets.get(config.preset)
     out = Path(config.out)
@@ -298,6 +296,20 @@ def run_demo(config: DemoConfig) -> int:
     start = events["TX_DATETIME"].min()
     print(f"data: {source}; replaying {len(events):,} transactions from {start}")
     models = ensure_model(df, start, config)
+    saved_env = dict(os.environ)  # the demo's settings below are undone when it ends
+    try:
+        return _run(config, spec, df, events, source, models, out)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.DataFrame,
+         source: str, models: Path, out: Path) -> int:  # fmt: skip
+    """The demo after its model is ready (``run_demo`` restores the environment after it)."""
+    from streaming.emulators import gcloud_available
+    from streaming.pseudonymise import ENV_KEY, Pseudonymiser
+
     if not os.environ.get(ENV_KEY):
         os.environ[ENV_KEY] = secrets.token_hex(32)  # this run only; never written anywhere
         print(f"ids pseudonymised with an ephemeral key ({Pseudonymiser.from_env().fingerprint})")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
+from streaming.pseudonymise import ENV_KEY
 
 
 @pytest.mark.slow
-def test_the_embedded_demo_scores_every_event_as_offline_and_writes_its_report(tmp_path, capsys):
+def test_the_embedded_demo_scores_every_event_as_offline_and_writes_its_report(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv(ENV_KEY, raising=False)
     history = tmp_path / "tx.parquet"
     transactions(n=4_000, customers=80, terminals=60, days=60, fraud_rate=0.05).to_parquet(history)
     out = tmp_path / "demo"
@@ -19,6 +24,7 @@ def test_the_embedded_demo_scores_every_event_as_offline_and_writes_its_report(t
             "--train-days", "28", "--preset", "baseline", "--out", str(out),
             "--json", str(out / "summary.json")]  # fmt: skip
     assert main(args) == 0
+    assert ENV_KEY not in os.environ, "the demo's ephemeral key does not outlive it"
     summary = json.loads((out / "summary.json").read_text())
     assert {"mode", "events", "alerts", "dlq", "latency_ms_p50", "latency_ms_p99", "cp_at_100",
             "model_version"} <= set(summary)  # fmt: skip

@@ -11,6 +11,7 @@ a key's events is the order Pub/Sub delivers them.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from pathlib import Path
@@ -231,4 +232,7 @@ def test_a_pubsub_restart_stops_the_job_loudly(
     finally:
         lj.stop(job)
     assert job.returncode == 1
-    assert "does not exist any more" in log.read_text()
+    # whichever notices first: the read (subscription gone) or a write (topic gone)
+    failure = re.search(r"fraudstream run: the pipeline failed: (.*)", log.read_text())
+    assert failure, log.read_text()[-3000:]
+    assert re.search(r"does not exist any more|Topic not found", failure.group(1))

@@ -167,10 +167,29 @@ def _read(p: beam.Pipeline, label: str, subscription: str | None, topic: str | N
 
 
 def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
-    """Wire the job on ``p``: ReadTransactions/ReadLabels -> ScoreTransactions -> writes."""
+    """Wire the job on ``p``: ReadTransactions/ReadLabels -> ScoreTransactions -> writes.
+
+    A local run checks at launch what its workers (this machine) will need: the model, the
+    applied Feast repository, the id key. A remote run (Dataflow) reads those on its workers,
+    so the launching machine need not have them; it must then name the key's Secret Manager
+    version (``$FRAUDSTREAM_ID_KEY`` does not reach the workers).
+    """
     opts = options.view_as(FraudstreamOptions)
     if not opts.model_dir:
         raise ValueError("--model_dir is required")
+    local = is_local(options.view_as(StandardOptions).runner)
+    pseudonymise = None
+    if opts.pseudonymise_ids == "on":
+        if local:
+            _check_id_key(opts.id_key_secret)
+        elif not opts.id_key_secret:
+            raise ValueError(
+                "--id_key_secret is required on a remote runner (the workers read the id key "
+                "from Secret Manager), or pass --pseudonymise_ids off"
+            )
+        pseudonymise = PseudonymiseIds(opts.id_key_secret, opts.clear_ids_in_alerts)
+    elif opts.clear_ids_in_alerts:
+        raise ValueError("--clear_ids_in_alerts needs --pseudonymise_ids on (ids are clear)")
     spec = presets.get(opts.preset)
     handler = BoosterHandler(
         opts.model_dir,
@@ -180,7 +199,8 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         device=opts.device,
         poll_s=opts.model_poll_s,
     )
-    handler.load_model()  # fail now, with the registry's reason, not on a worker
+    if local:
+        handler.load_model()  # fail now, with the registry's reason, not on a worker
     inputs = {
         "transactions": _read(
             p, "ReadTransactions", opts.transactions_subscription, opts.transactions_topic
@@ -188,12 +208,6 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         "labels": _read(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
-    pseudonymise = None
-    if opts.pseudonymise_ids == "on":
-        _check_id_key(opts.id_key_secret)
-        pseudonymise = PseudonymiseIds(opts.id_key_secret, opts.clear_ids_in_alerts)
-    elif opts.clear_ids_in_alerts:
-        raise ValueError("--clear_ids_in_alerts needs --pseudonymise_ids on (ids are clear)")
     core = ScoreTransactions(spec, handler, lateness, pseudonymise=pseudonymise)
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:
@@ -212,7 +226,8 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         writer = functools.partial(
             shared_store, spec.name, opts.feature_store_profile, opts.feature_repo
         )
-        writer()  # fail now if the repository is not applied or disagrees with the spec
+        if local:
+            writer()  # fail now if the repository is not applied or disagrees with the spec
         _ = out["features"] | "WriteFeatures" >> WriteFeatures(spec, writer)
     if opts.monitoring_topic:
         _ = (
@@ -257,8 +272,8 @@ def _check_id_key(secret: str | None) -> None:
         ids = Pseudonymiser.from_env(required=True, environ=env)
     except ValueError as exc:
         raise ValueError(
-            f"{exc}. Card and terminal ids are pseudonymised by default: set ${ENV_KEY} "
-            "(e.g. `openssl rand -hex 32`) or --id_key_secret, or pass --pseudonymise_ids off"
+            f"{exc} (e.g. `export {ENV_KEY}=$(openssl rand -hex 32)`), or --id_key_secret; "
+            "or pass --pseudonymise_ids off to keep clear card and terminal ids"
         ) from exc
     log.info("pseudonymising ids with key %s", ids.fingerprint)
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.spec import Calendar
 from streaming.schema import SCORED_COLUMNS
 from training.drift import (
     PSI_MODERATE,
@@ -152,6 +153,10 @@ def _iso(value: Any) -> str:
     return pd.Timestamp(value).isoformat()
 
 
+PERIODIC = frozenset(c.value for c in Calendar)
+"""Calendar inputs: periodic by construction, left out of a window's ``max_psi``."""
+
+
 def window_record(
     reference: Reference,
     counts: WindowCounts,
@@ -159,14 +164,22 @@ def window_record(
     window_end: datetime | str | pd.Timestamp,
     source: str = "",
 ) -> dict:
-    """The monitoring record of one window (JSON-ready; fields in the module docstring)."""
+    """The monitoring record of one window (JSON-ready; fields in the module docstring).
+
+    ``max_psi`` and ``drift`` leave out the calendar inputs (:data:`PERIODIC`): within a window
+    shorter than their period (an hour of ``TX_HOUR``) they differ from the training mix by
+    construction; their ``psi_<name>`` is still reported."""
     values = psi_counts(reference.proportions_array(), counts.features)
     score = (
         float(psi_counts(np.asarray(reference.score_proportions), counts.scores))
         if counts.scores is not None
         else math.nan
     )
-    finite = [(v, n) for v, n in zip(values, reference.names, strict=True) if not math.isnan(v)]
+    finite = [
+        (v, n)
+        for v, n in zip(values, reference.names, strict=True)
+        if not math.isnan(v) and n not in PERIODIC
+    ]
     max_psi, max_feature = max(finite) if finite else (math.nan, None)
     record: dict[str, Any] = {
         "window_start": _iso(window_start),

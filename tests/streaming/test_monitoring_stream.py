@@ -84,3 +84,23 @@ def test_windowed_records_equal_the_offline_ones():
         assert streamed["max_psi"] == pytest.approx(expected["max_psi"])
         assert streamed["drift"] == expected["drift"]
     assert [r["drift"] for r in got] == ["stable", "stable", "significant"]
+
+
+def test_calendar_inputs_are_reported_but_do_not_make_a_window_drift():
+    rows = _scored(2_000)
+    night = SPEC.names.index("TX_DURING_NIGHT")
+    for r in rows:  # the other inputs match the reference; an hour is all night or all day
+        r.features[:] = np.random.default_rng(r.tx.transaction_id).normal(size=len(SPEC.names))
+        r.features[night] = 1.0
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(20_000, len(SPEC.names)))
+    X[:, night] = rng.random(len(X)) < 0.3
+    reference = reference_profile(X, SPEC.names)
+    records = window_records(
+        pd.DataFrame([scored_record(r, SPEC.names, lambda: 0.0) for r in rows]),
+        reference,
+        SPEC.names,
+    )
+    assert all(r["psi_TX_DURING_NIGHT"] > 0.25 for r in records)
+    assert all(r["max_psi_feature"] != "TX_DURING_NIGHT" for r in records)
+    assert [r["drift"] for r in records] == ["stable"] * len(records)

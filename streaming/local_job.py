@@ -7,6 +7,7 @@ wrote (alerts, dead letters, scored events) and stop it as Ctrl-C would.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -97,12 +99,20 @@ def stop(job: subprocess.Popen, timeout_s: float = 60.0) -> int:
     return job.returncode
 
 
+@functools.cache
+def _subscriber(emulator_host: str | None) -> Any:
+    """One subscriber client per process and Pub/Sub endpoint (a client is a gRPC channel;
+    pollers call often). The client library reads ``PUBSUB_EMULATOR_HOST`` when built."""
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.SubscriberClient()
+
+
 def drain(subscription: str, wait_s: float = 5.0) -> list:
     """Every message now in ``subscription`` (acknowledged), until a pull finds none."""
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
 
-    subscriber, got = pubsub_v1.SubscriberClient(), []
+    subscriber, got = _subscriber(os.environ.get("PUBSUB_EMULATOR_HOST")), []
     while True:
         try:
             response = subscriber.pull(

@@ -260,13 +260,28 @@ def _run_job(args: argparse.Namespace) -> int:
     except (ValueError, KeyboardInterrupt):
         raise  # bad options (exit 2) and Ctrl-C (130): main() reports them
     except Exception as exc:  # the pipeline failed while running: say why, in one line
-        cause = exc
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
+        cause = _reason(exc)
         logging.getLogger("fraudstream").exception("the pipeline failed")
         print(f"fraudstream run: the pipeline failed: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """Why, in one line: the first exception of the chain raised by this project (its message
+    was written for the user), else the deepest one with a one-line message (a gRPC error's
+    is a multi-line dump; the client library's wrapper of it says the same in one line)."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    ours = [e for e in chain if type(e).__module__.split(".")[0] in _PACKAGES]
+    if ours:
+        return str(ours[0])
+    one_line = [str(e) for e in chain if str(e) and "\n" not in str(e).strip()]
+    return one_line[-1] if one_line else str(chain[-1]).strip().splitlines()[0]
+
+
+_PACKAGES = ("streaming", "features", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:

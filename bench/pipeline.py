@@ -7,8 +7,9 @@
   with the threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus
   the time its transaction was handed to the publisher (one machine, one clock).
 
-Each job runs in its own process (``streaming.local_job``) and is warmed up first (its first
-bundles load Numba kernels, the model and Feast). Run alone: ``python -m bench.pipeline``.
+Each job runs in its own process (``streaming.local_job``) with the job's defaults
+(``--ordering arrival``) and is warmed up first (its first bundles load Numba kernels, the model
+and Feast). Run alone: ``python -m bench.pipeline``.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def bench_pipeline(events: int = 6_000, rate: float = 200.0, seconds: float = 30
         "pipeline_events_per_s": round(full, 1),
         "passthrough_events_per_s": round(passthrough, 1),
         "pipeline_vs_passthrough": round(full / passthrough, 3),
+        "pipeline_ordering": FraudstreamOptions([]).ordering,
         **latency,
         **half,
     }

@@ -35,7 +35,7 @@ from streaming.transforms import (
     dead_letter,
     to_message,
 )
-from streaming.transforms_features import EntityFeatures, JoinFeatures
+from streaming.transforms_features import ORDERINGS, EntityFeatures, JoinFeatures
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ class FraudstreamOptions(PipelineOptions):
             "--model_poll_s", type=float, default=10.0, help="how often `current` is re-checked"
         )
         parser.add_argument("--max_lateness_hours", type=float, default=24.0)
+        parser.add_argument(
+            "--ordering",
+            default="arrival",
+            choices=ORDERINGS,
+            help="arrival: score each transaction as it arrives (lowest latency); event_time: "
+            "apply each card's and terminal's events in event-time order once the watermark "
+            "passes them (exact for any delivery order, adds the watermark's delay)",
+        )
         parser.add_argument(
             "--feature_store",
             default="none",
@@ -105,7 +113,11 @@ class ScoreTransactions(beam.PTransform):
 
     Redelivered transactions are caught by the entity states (status ``DUPLICATE``), late ones
     beyond the allowed lateness too (``TOO_LATE``): both go to the dead-letter output with that
-    reason, so every valid transaction is scored once."""
+    reason, so every valid transaction is scored once.
+
+    ``ordering``: ``event_time`` (the default here: exact for any delivery order, batch runs
+    included) waits for the watermark; ``arrival`` (the streaming job's default) scores each
+    transaction as it arrives (:mod:`streaming.transforms_features` has both contracts)."""
 
     def __init__(
         self,
@@ -114,10 +126,11 @@ class ScoreTransactions(beam.PTransform):
         max_lateness: timedelta = timedelta(days=1),
         clock: Clock = time.time,
         pseudonymise: PseudonymiseIds | None = None,
+        ordering: str = "event_time",
     ) -> None:
         super().__init__()
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
-        self.pseudonymise = pseudonymise
+        self.pseudonymise, self.ordering = pseudonymise, ordering
 
     def expand(self, inputs):
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
@@ -133,7 +146,8 @@ class ScoreTransactions(beam.PTransform):
             events = events | "PseudonymiseIds" >> self.pseudonymise
         blocks = [
             events
-            | f"{e.name.capitalize()}Features" >> EntityFeatures(self.spec, e, self.max_lateness)
+            | f"{e.name.capitalize()}Features"
+            >> EntityFeatures(self.spec, e, self.max_lateness, self.ordering)
             for e in self.spec.entities
         ]
         rows = (
@@ -208,7 +222,9 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         "labels": _read(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
-    core = ScoreTransactions(spec, handler, lateness, pseudonymise=pseudonymise)
+    core = ScoreTransactions(
+        spec, handler, lateness, pseudonymise=pseudonymise, ordering=opts.ordering
+    )
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:
         _ = (

@@ -4,12 +4,23 @@ The stream computes features with the same kernels as the backfill (``features/`
 state is an :class:`~features.incremental.EntityStore` row, exported to bytes after every event
 and kept in a ``ReadModifyWriteState`` of a DoFn keyed by the entity's id.
 
-Ordering: a key's events are buffered in Beam state and applied once the watermark passes their
-arrival time, in :func:`arrival_key` order (the replay's), whatever order Beam delivers them in.
-Unlike ``IncrementalEngine`` (which rejects a
-transaction too late for *any* entity from all of them), each entity here decides alone: a
-transaction too late for one entity still updates the other's state; its features are NaN and its
-status ``TOO_LATE`` all the same, so it is never scored as accepted.
+Two orderings (:data:`ORDERINGS`):
+
+* ``arrival`` (the streaming job's default): a key's events are applied as they reach its state.
+  Nothing waits for the watermark, so a transaction is scored as soon as it arrives. A
+  transaction older than its entity's newest event (within the lateness) is inserted where it
+  belongs, so its own features are still exact; events scored before it arrived do not see it.
+  Delivered in arrival order (the replay's, :func:`arrival_key`), the features equal the
+  backfill's.
+* ``event_time``: a key's events are buffered in Beam state and applied once the watermark passes
+  their arrival time, in :func:`arrival_key` order, whatever order Beam delivers them in. The
+  features equal the backfill's for any delivery order (batch runs, replays), at the cost of the
+  watermark's delay (seconds on Dataflow).
+
+Unlike ``IncrementalEngine`` (which rejects a transaction too late for *any* entity from all of
+them), each entity here decides alone: a transaction too late for one entity still updates the
+other's state; its features are NaN and its status ``TOO_LATE`` all the same, so it is never
+scored as accepted.
 """
 
 from __future__ import annotations
@@ -97,13 +108,12 @@ def arrival_key(event: Transaction | Label) -> tuple[int, int, int]:
     return (event.time_ns, 1, event.transaction_id)
 
 
-class _EntityState(beam.DoFn):
-    """Keyed by entity id: buffer events until the watermark passes them, then apply them in
-    :func:`arrival_key` order with the kernels (state in Beam state, exported bytes).
+ORDERINGS = ("arrival", "event_time")
 
-    Transactions and labels come from two inputs, so a key's events can arrive in any order;
-    an event-time timer makes the application order deterministic and equal to the replay's.
-    """
+
+class _EntityState(beam.DoFn):
+    """Keyed by entity id: apply each event as it arrives, with the kernels (state in Beam
+    state, exported bytes); a transaction yields its :class:`EntityBlock`."""
 
     def __init__(self, plan: EntityPlan, max_lateness: timedelta) -> None:
         self.plan, self.max_lateness = plan, max_lateness
@@ -112,6 +122,49 @@ class _EntityState(beam.DoFn):
 
     def setup(self) -> None:
         self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
+
+    def process(self, element: tuple[int, Transaction | Label], state=_STATE_PARAM):
+        block = self._apply(element[0], element[1], state)
+        if block is not None:
+            yield block
+
+    def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
+        blob = state.read()
+        if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store.rows):
+            self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
+        if blob:
+            self.store.load(key, blob)
+        is_tx = isinstance(event, Transaction)
+        plan = self.plan
+        rows = self.store.rows_for(np.array([key], np.int64), np.array([is_tx]))
+        vals = np.array([[_value(event, c) for c in plan.columns] or [0.0]], np.float64)
+        out = np.full((1, plan.n_out), np.nan)
+        status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
+        self.store.process(
+            np.array([KIND_TX if is_tx else KIND_LABEL], np.int64),
+            rows,
+            np.array([event.time_ns], np.int64),
+            np.array([event.transaction_id], np.int64),
+            vals,
+            out,
+            status,
+        )
+        self.counters[Status(int(status[0]))].inc()
+        exported = self.store.export(key)
+        if exported:
+            state.write(exported)
+        if not is_tx:
+            return None
+        return EntityBlock(event, plan.entity.name, out[0], int(status[0]))
+
+
+class _OrderedEntityState(_EntityState):
+    """Keyed by entity id: buffer events until the watermark passes them, then apply them in
+    :func:`arrival_key` order (the ``event_time`` ordering).
+
+    Transactions and labels come from two inputs, so a key's events can arrive in any order;
+    an event-time timer makes the application order deterministic and equal to the replay's.
+    """
 
     def process(
         self,
@@ -156,60 +209,43 @@ class _EntityState(beam.DoFn):
             if block is not None:
                 yield block
 
-    def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
-        blob = state.read()
-        if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store.rows):
-            self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
-        if blob:
-            self.store.load(key, blob)
-        is_tx = isinstance(event, Transaction)
-        plan = self.plan
-        rows = self.store.rows_for(np.array([key], np.int64), np.array([is_tx]))
-        vals = np.array([[_value(event, c) for c in plan.columns] or [0.0]], np.float64)
-        out = np.full((1, plan.n_out), np.nan)
-        status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
-        self.store.process(
-            np.array([KIND_TX if is_tx else KIND_LABEL], np.int64),
-            rows,
-            np.array([event.time_ns], np.int64),
-            np.array([event.transaction_id], np.int64),
-            vals,
-            out,
-            status,
-        )
-        self.counters[Status(int(status[0]))].inc()
-        exported = self.store.export(key)
-        if exported:
-            state.write(exported)
-        if not is_tx:
-            return None
-        return EntityBlock(event, plan.entity.name, out[0], int(status[0]))
-
 
 class EntityFeatures(beam.PTransform):
     """Transactions and labels -> one :class:`EntityBlock` per transaction for ``entity``.
 
     Labels reach the state only when the entity's plan has label columns (others ignore them).
+    ``ordering`` is one of :data:`ORDERINGS` (see the module's docstring).
     """
 
     def __init__(
-        self, spec: FeatureSpec, entity: Entity, max_lateness: timedelta = timedelta(days=1)
+        self,
+        spec: FeatureSpec,
+        entity: Entity,
+        max_lateness: timedelta = timedelta(days=1),
+        ordering: str = "event_time",
     ) -> None:
         super().__init__()
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
         self.plan = EntityPlan.build(spec, entity)
-        self.entity, self.max_lateness = entity, max_lateness
+        self.entity, self.max_lateness, self.ordering = entity, max_lateness, ordering
 
     def expand(self, events):
         entity, uses_labels = self.entity, len(self.plan.label_cols) > 0
-        return (
+        keyed = (
             events
             | "Route" >> beam.Filter(lambda e: uses_labels or isinstance(e, Transaction))
             | "KeyByEntity"
             >> beam.Map(lambda e: (_id_of(e, entity), e)).with_output_types(KV[int, Any])
+        )
+        if self.ordering == "arrival":
+            return keyed | "State" >> beam.ParDo(_EntityState(self.plan, self.max_lateness))
+        return (
+            keyed
             # a stage of its own: fused with the other entity's stateful DoFn (same input, same
             # state and timer names) the portable runner lost one entity's timers
             | "Shuffle" >> beam.Reshuffle()
-            | "State" >> beam.ParDo(_EntityState(self.plan, self.max_lateness))
+            | "State" >> beam.ParDo(_OrderedEntityState(self.plan, self.max_lateness))
         )
 
 

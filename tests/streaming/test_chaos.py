@@ -31,6 +31,7 @@ from features.incremental import Status
 from streaming.pipeline import ScoreTransactions
 from streaming.schema import parse_label, parse_transaction
 from streaming.scoring import BoosterHandler
+from streaming.transforms_features import ORDERINGS
 from tests.streaming import fuzz
 from tests.streaming.test_pipeline import _GOT, SPEC, _keep, _payloads, _run, world
 
@@ -185,13 +186,16 @@ def test_fuzzed_messages_go_to_the_dead_letter_output_and_valid_ones_are_scored_
 # -- streaming runs: one TestStream with two tagged outputs -----------------------------------
 
 
-def _stream_run(stream: _TestStream, root, max_lateness: timedelta) -> dict[str, list]:
+def _stream_run(
+    stream: _TestStream, root, max_lateness: timedelta, ordering: str = "event_time"
+) -> dict[str, list]:
     options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
     options.view_as(StandardOptions).streaming = True
     _GOT.clear()
     with beam.Pipeline(options=options) as p:
         inputs = p | "Events" >> stream
-        out = inputs | ScoreTransactions(SPEC, BoosterHandler(str(root), SPEC.name), max_lateness)
+        handler = BoosterHandler(str(root), SPEC.name)
+        out = inputs | ScoreTransactions(SPEC, handler, max_lateness, ordering=ordering)
         for name in ("scored", "dead_letter", "alerts"):
             _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
     return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
@@ -277,14 +281,16 @@ def _newest(df: pd.DataFrame) -> dict[str, pd.Series]:
 
 
 @pytest.mark.slow
-def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world):
-    """Every transaction but 20 held back is delivered and the watermark passes them all, so
-    every entity has applied its newest event. Then the held-back ones arrive: 10 older than
-    their entities' newest by less than the allowed lateness (for both entities) are inserted
-    and scored with status ``LATE``; 10 older by more (for both) are ``TOO_LATE`` dead letters
-    and change no state. Last, one probe transaction per held-back (card, terminal), newer than
-    everything, shows that later events see the late ones and not the too-late ones. No labels
-    here: the backfill is then computed with every label 0."""
+@pytest.mark.parametrize("ordering", ORDERINGS)
+def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world, ordering):
+    """Every transaction but 20 held back is delivered (shuffled for the ``event_time``
+    ordering; in time order for ``arrival``, which applies them as they come, so that a late
+    transaction sees the late ones before it) and the watermark passes them all, so every
+    entity has applied its newest event. Then the held-back ones arrive: 10 older than their entities' newest by less than the allowed lateness (for both
+    entities) are inserted and scored with status ``LATE``; 10 older by more (for both) are
+    ``TOO_LATE`` dead letters and change no state. Last, one probe transaction per held-back
+    (card, terminal), newer than everything, shows that later events see the late ones and not
+    the too-late ones. No labels here: the backfill is then computed with every label 0."""
     df, _, _, root = world
     columns = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT"]
     df = df[columns].assign(TX_FRAUD=0)
@@ -312,10 +318,12 @@ def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world):
         TX_AMOUNT=10.0 + np.arange(len(pairs)),
         TX_FRAUD=0,
     )[df.columns]
-    on_time_txs, _ = _payloads(first)
-    rng.shuffle(on_time_txs)
-    held_txs, _ = _payloads(df.loc[late + too_late])
-    rng.shuffle(held_txs)
+    in_time_order = ["TX_DATETIME", "TRANSACTION_ID"]
+    on_time_txs, _ = _payloads(first.sort_values(in_time_order))
+    held_txs, _ = _payloads(df.loc[late + too_late].sort_values(in_time_order))
+    if ordering == "event_time":  # any order: the watermark orders them
+        rng.shuffle(on_time_txs)
+        rng.shuffle(held_txs)
     probe_txs, _ = _payloads(probes)
     stream = _TestStream(output_tags={"transactions", "labels"})
     stream.add_elements(on_time_txs, tag="transactions")
@@ -326,7 +334,7 @@ def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world):
     # finite first: outputs of a stage after the watermark reached infinity may be dropped
     _advance(stream, end + pd.Timedelta(days=1))
     stream.advance_watermark_to_infinity()
-    got = _stream_run(stream, root, lateness)
+    got = _stream_run(stream, root, lateness, ordering)
 
     dead = got["dead_letter"]
     assert Counter((d["stage"], d["error"]) for d in dead) == {

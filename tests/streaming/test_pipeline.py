@@ -150,3 +150,108 @@ def test_streaming_mode_on_the_direct_runner_gives_the_same_features_and_scores(
         models.predict(booster, X.astype(np.float32)),
     )
     assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 10
+
+
+def _in_arrival_order(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """The replay's order (``features.stream.with_labels``): transactions at their time, each
+    label at its label time, labels first at equal times; as runs of one tag each."""
+    txs, labels = _payloads(df)
+    times = df["TX_DATETIME"].tolist()
+    events = sorted(
+        [(t, 1, i, "transactions", p) for i, (t, p) in enumerate(zip(times, txs, strict=True))]
+        + [
+            (t + SPEC.label_delay, 0, i, "labels", p)
+            for i, (t, p) in enumerate(zip(times, labels, strict=True))
+        ]
+    )
+    runs: list[tuple[str, list[str]]] = []
+    for *_, tag, payload in events:
+        if not runs or runs[-1][0] != tag:
+            runs.append((tag, []))
+        runs[-1][1].append(payload)
+    return runs
+
+
+@pytest.mark.slow
+def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_order(world):
+    """``ordering="arrival"`` applies events as they come, without waiting for the watermark:
+    delivered in arrival order (labels interleaved with transactions), every transaction gets
+    the backfill's features bit for bit and the offline score; a redelivered copy is refused."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+
+    df, X, booster, root = world
+    runs = _in_arrival_order(df)
+    assert sum(tag == "labels" for tag, _ in runs) > 10  # labels do interleave
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    stream = TestStream(output_tags={"transactions", "labels"})
+    for tag, payloads in runs:
+        stream.add_elements(payloads, tag=tag)
+    # redelivered (the newest: a copy older than the lateness would be TOO_LATE)
+    stream.add_elements(_payloads(df.iloc[-5:])[0], tag="transactions")
+    stream.advance_watermark_to_infinity()
+    _GOT.clear()
+    with beam.Pipeline(options=options) as p:
+        inputs = p | "Events" >> stream
+        handler = BoosterHandler(str(root), SPEC.name)
+        out = inputs | ScoreTransactions(SPEC, handler, ordering="arrival")
+        for name in ("scored", "dead_letter"):
+            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
+    scored = {s.tx.transaction_id: s for s in _GOT["scored"]}
+    assert len(_GOT["scored"]) == len(df) == len(scored)
+    np.testing.assert_array_equal(np.stack([scored[i].features for i in df["TRANSACTION_ID"]]), X)
+    np.testing.assert_array_equal(
+        np.array([scored[i].score for i in df["TRANSACTION_ID"]]),
+        models.predict(booster, X.astype(np.float32)),
+    )
+    assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 5
+
+
+def test_an_unknown_ordering_is_refused():
+    from streaming.transforms_features import EntityFeatures
+
+    with pytest.raises(ValueError, match="ordering must be one of"):
+        EntityFeatures(SPEC, SPEC.entities[0], ordering="processing_time")
+
+
+@pytest.mark.parametrize(("ordering", "statuses"), [("arrival", ["OK", "LATE"]),
+                                                    ("event_time", ["OK", "OK"])])  # fmt: skip
+def test_the_orderings_differ_on_a_transaction_delivered_after_a_newer_one(
+    world, ordering, statuses
+):
+    """The same card pays twice, an hour apart; the later payment is delivered first. Arrival
+    ordering scores it at once, without the earlier one, which then arrives late (inserted where
+    it belongs); event-time ordering waits for the watermark and applies both in time order."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+
+    from features.incremental import Status
+
+    df, _, _, root = world
+    first = df.iloc[0]
+    pair = pd.DataFrame([first, first]).assign(
+        TRANSACTION_ID=[10**9, 10**9 + 1],
+        TX_DATETIME=[first.TX_DATETIME, first.TX_DATETIME + pd.Timedelta(hours=1)],
+    )
+    earlier, later = _payloads(pair)[0]
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    stream = (
+        TestStream(output_tags={"transactions", "labels"})
+        .add_elements([later], tag="transactions")
+        .add_elements([earlier], tag="transactions")
+        .advance_watermark_to_infinity()
+    )
+    _GOT.clear()
+    with beam.Pipeline(options=options) as p:
+        inputs = p | "Events" >> stream
+        out = inputs | ScoreTransactions(
+            SPEC, BoosterHandler(str(root), SPEC.name), ordering=ordering
+        )
+        _ = out["scored"] | beam.Map(_keep, "scored")
+    by_id = {s.tx.transaction_id: s for s in _GOT["scored"]}
+    assert [Status(by_id[i].status).name for i in (10**9 + 1, 10**9)] == statuses
+    count = SPEC.names.index("CUSTOMER_ID_NB_TX_1DAY_WINDOW")
+    later_count = by_id[10**9 + 1].features[count]
+    assert later_count == (1.0 if ordering == "arrival" else 2.0)  # sees the earlier one?

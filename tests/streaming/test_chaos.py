@@ -286,9 +286,10 @@ def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world, orderi
     """Every transaction but 20 held back is delivered (shuffled for the ``event_time``
     ordering; in time order for ``arrival``, which applies them as they come, so that a late
     transaction sees the late ones before it) and the watermark passes them all, so every
-    entity has applied its newest event. Then the held-back ones arrive: 10 older than their entities' newest by less than the allowed lateness (for both
-    entities) are inserted and scored with status ``LATE``; 10 older by more (for both) are
-    ``TOO_LATE`` dead letters and change no state. Last, one probe transaction per held-back
+    entity has applied its newest event. Then the held-back ones arrive: 10 older than their
+    entities' newest by less than the allowed lateness (for both entities) are inserted and
+    scored with status ``LATE``; 10 older by more (for both) are ``TOO_LATE`` dead letters and
+    change no state. Last, one probe transaction per held-back
     (card, terminal), newer than everything, shows that later events see the late ones and not
     the too-late ones. No labels here: the backfill is then computed with every label 0."""
     df, _, _, root = world

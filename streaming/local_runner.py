@@ -19,33 +19,43 @@ are its original's) and keeps each DoFn's uncompressed pickle, so a copy is one 
 
 The Pub/Sub write DoFn builds a new ``PublisherClient`` (a gRPC channel and its threads) in
 ``setup``, which the DirectRunner calls for every bundle: :func:`share_pubsub_publishers`
-makes it reuse one client per process (the client is thread-safe).
+makes it reuse one client per process (the client is thread-safe), which sends a batch at once
+(the DoFn waits for it at the end of every bundle). Acknowledgements leave the runner's thread
+too.
 
 Last, the runner looks for due timers by asking every keyed state of every stateful step on
 every scheduling round, an O(keys) scan (a stream has a key per card and per terminal):
 :func:`skip_keys_without_timers` skips the steps whose DoFn declares no timer and, elsewhere,
-the states that hold none.
+the states that hold none. And :func:`freeze_startup_objects` keeps the cyclic garbage
+collector's full passes, which stopped the job for ~200 ms, off the objects loaded at start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
+import logging
 import threading
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 UNAVAILABLE_BUDGET_S = 60.0  # how long a local read waits for an unavailable Pub/Sub
 DEFAULT_MAX_MESSAGES = 1_000
 DEFAULT_TIMEOUT_S = 2.0
-DEFAULT_IDLE_WAIT_S = 0.02
+DEFAULT_IDLE_WAIT_S = 0.1
+PUBLISH_MAX_LATENCY_S = 0.001
+GC_SETTLE_S = 30.0
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _settings: dict[str, float] = {}
 _MAX_CACHED = 4_096  # signatures memoised before the memo is emptied (bounds its memory)
 _reading = threading.local()  # the runner's work queue while its Pub/Sub read pulls
+_ARRIVED = threading.Condition()  # notified when any prefetcher holds new messages or stops
 
 
 class SubscriptionGone(RuntimeError):
@@ -66,14 +76,15 @@ class _Prefetcher:
         self._client, self._subscription = client, subscription
         self._held: list = []
         self._error: BaseException | None = None
-        self._changed = threading.Condition()
+        self._changed = _ARRIVED  # shared: a read waiting here wakes for any subscription's
         self._stopped = False
         name = f"pubsub-prefetch {subscription.rsplit('/', 1)[-1]}"
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def take(self, wait_s: float) -> Any:
         """Every message pulled since the last take (a ``PullResponse``; empty after ``wait_s``
-        without any); raises what stopped the pulls."""
+        without any, or as soon as another subscription's arrive); raises what stopped the
+        pulls."""
         from google.cloud.pubsub_v1.types import PullResponse
 
         with self._changed:
@@ -140,11 +151,15 @@ class _Prefetcher:
 
 
 class _FastPull:
-    """A subscriber client whose ``pull`` hands over what a :class:`_Prefetcher` pulled."""
+    """A subscriber client whose ``pull`` hands over what a :class:`_Prefetcher` pulled and
+    whose ``acknowledge`` is sent from a thread of its own (the runner acknowledges right after
+    the pull, before processing, so sending it later loses no guarantee; a failed one means a
+    redelivery, which the entity states refuse as ``DUPLICATE``)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._prefetchers: dict[str, _Prefetcher] = {}
+        self._acks = ThreadPoolExecutor(1, thread_name_prefix="pubsub-ack")
 
     def pull(self, subscription: str, max_messages: int = 10, timeout: float = 30) -> Any:
         """What was pulled meanwhile. When nothing was, and the runner has no other work
@@ -157,13 +172,26 @@ class _FastPull:
         idle = work is None or work.qsize() <= 1  # the runner's monitor task is always queued
         return prefetcher.take(_settings["idle_wait"] if idle else 0.0)
 
+    def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        sent = self._acks.submit(
+            self._client.acknowledge, subscription=subscription, ack_ids=ack_ids
+        )
+        sent.add_done_callback(_log_failed_ack)
+
     def close(self) -> None:
         for prefetcher in self._prefetchers.values():
             prefetcher.stop()
+        self._acks.shutdown(wait=True)  # acknowledgements still queued are sent
         self._client.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+def _log_failed_ack(sent: Future) -> None:
+    if sent.exception() is not None:
+        log.warning("Pub/Sub acknowledge failed (the messages will be redelivered): %s",
+                    sent.exception())  # fmt: skip
 
 
 def tune_direct_pubsub_read(
@@ -312,6 +340,18 @@ def tune_local_runner() -> None:
     share_pubsub_publishers()
 
 
+def freeze_startup_objects(settle_s: float = GC_SETTLE_S) -> None:
+    """``gc.freeze()`` now and once more after ``settle_s`` (by then the first bundles have
+    loaded the kernels, the model and Feast), so that the cyclic collector's full passes skip
+    the objects a job keeps for its whole life. Those passes took 170-200 ms each, every
+    transaction in flight waiting; frozen, 10-45 ms. The price: cyclic garbage pending at either
+    moment is never collected (a one-time, bounded amount)."""
+    gc.freeze()
+    timer = threading.Timer(settle_s, gc.freeze)
+    timer.daemon = True
+    timer.start()
+
+
 def skip_keys_without_timers() -> None:
     """Patch ``_TransformWatermarks.extract_transform_timers`` to ask only the keyed states
     that hold a timer, and none at all for a stateful ``ParDo`` whose DoFn declares no timer
@@ -372,7 +412,8 @@ _publishers: dict[bool, Any] = {}
 
 
 def share_pubsub_publishers() -> None:
-    """Patch ``WriteToPubSub``'s DoFn to share one ``PublisherClient`` per process."""
+    """Patch ``WriteToPubSub``'s DoFn to share one ``PublisherClient`` per process, which sends
+    a batch after :data:`PUBLISH_MAX_LATENCY_S`."""
     from apache_beam.io.gcp import pubsub as beam_pubsub
 
     with _lock:
@@ -389,8 +430,11 @@ def share_pubsub_publishers() -> None:
                     options = pubsub.types.PublisherOptions(
                         enable_message_ordering=self.with_ordering
                     )
+                    # the DoFn waits for every publish at the end of each bundle: a batch
+                    # need not wait for more messages (Beam's client waits 10 ms)
+                    batching = pubsub.types.BatchSettings(max_latency=PUBLISH_MAX_LATENCY_S)
                     client = _publishers[self.with_ordering] = pubsub.PublisherClient(
-                        publisher_options=options
+                        batch_settings=batching, publisher_options=options
                     )
             self._pub_client = client
             self._topic = client.topic_path(self.project, self.short_topic_name)

@@ -23,7 +23,7 @@ from features import presets
 from features.incremental import Status
 from features.spec import FeatureSpec
 from streaming.feature_store import PROFILES, REPO, shared_store
-from streaming.local_runner import is_local, tune_local_runner
+from streaming.local_runner import freeze_startup_objects, is_local, tune_local_runner
 from streaming.schema import parse_label, parse_transaction, transaction_json
 from streaming.scoring import BoosterHandler, Score
 from streaming.sinks import MonitorWindows, WriteFeatures, WriteScored
@@ -35,7 +35,12 @@ from streaming.transforms import (
     dead_letter,
     to_message,
 )
-from streaming.transforms_features import ORDERINGS, EntityFeatures, JoinFeatures
+from streaming.transforms_features import (
+    ORDERINGS,
+    EntityChain,
+    EntityFeatures,
+    JoinFeatures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +134,8 @@ class ScoreTransactions(beam.PTransform):
         ordering: str = "event_time",
     ) -> None:
         super().__init__()
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
         self.pseudonymise, self.ordering = pseudonymise, ordering
 
@@ -144,17 +151,22 @@ class ScoreTransactions(beam.PTransform):
         events = (txs.records, labels.records) | "Events" >> beam.Flatten()
         if self.pseudonymise is not None:
             events = events | "PseudonymiseIds" >> self.pseudonymise
-        blocks = [
-            events
-            | f"{e.name.capitalize()}Features"
-            >> EntityFeatures(self.spec, e, self.max_lateness, self.ordering)
-            for e in self.spec.entities
-        ]
-        rows = (
-            blocks
-            | "EntityBlocks" >> beam.Flatten()
-            | "JoinFeatures" >> JoinFeatures(self.spec, self.clock)
-        )
+        if self.ordering == "arrival":
+            rows = events | "EntityFeatures" >> EntityChain(
+                self.spec, self.max_lateness, self.clock
+            )
+        else:
+            blocks = [
+                events
+                | f"{e.name.capitalize()}Features"
+                >> EntityFeatures(self.spec, e, self.max_lateness)
+                for e in self.spec.entities
+            ]
+            rows = (
+                blocks
+                | "EntityBlocks" >> beam.Flatten()
+                | "JoinFeatures" >> JoinFeatures(self.spec, self.clock)
+            )
         accepted, rejected = rows | "SplitRejected" >> beam.Partition(
             lambda row, _: 0 if row.accepted else 1, 2
         )
@@ -320,6 +332,8 @@ def run(
         tune_local_runner()
     p = beam.Pipeline(options=options)
     build_fn(p, options)
+    if local:
+        freeze_startup_objects()  # after build: imports, the model and Feast are loaded
     result = p.run()
     if not local:
         return  # Dataflow: the job runs on; `gcloud dataflow jobs cancel` or drain stops it

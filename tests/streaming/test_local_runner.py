@@ -17,7 +17,7 @@ from google.cloud.pubsub_v1.types import PubsubMessage, PullResponse, ReceivedMe
 from features import presets
 from features.plan import EntityPlan
 from streaming import local_runner as lr
-from streaming.transforms_features import _EntityState, _OrderedEntityState
+from streaming.transforms_features import _ChainLink, _OrderedEntityState
 
 SUBSCRIPTION = "projects/p/subscriptions/s"
 
@@ -28,6 +28,7 @@ class _FakeSubscriber:
     def __init__(self) -> None:
         self.batches: queue.Queue = queue.Queue()
         self.pulls = 0
+        self.acked: list[str] = []
         self.closed = False
 
     def pull(self, subscription: str, max_messages: int, timeout: float) -> PullResponse:
@@ -39,6 +40,10 @@ class _FakeSubscriber:
         if isinstance(item, Exception):
             raise item
         return item
+
+    def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        time.sleep(0.05)  # an RPC
+        self.acked += ack_ids
 
     def close(self) -> None:
         self.closed = True
@@ -122,6 +127,16 @@ def test_close_stops_the_prefetchers_and_closes_the_client(fake):
     assert threads == [] and client.closed
 
 
+def test_acknowledgements_leave_the_runners_thread_and_are_all_sent_by_close(fake):
+    client, pull = fake
+    started = time.monotonic()
+    for i in range(5):
+        pull.acknowledge(SUBSCRIPTION, [f"a{i}"])
+    assert time.monotonic() - started < 0.1  # five 50 ms RPCs, none on this thread
+    pull.close()
+    assert client.acked == [f"a{i}" for i in range(5)]
+
+
 def test_the_settings_are_checked():
     with pytest.raises(ValueError, match="idle_wait_s >= 0"):
         lr.tune_direct_pubsub_read(idle_wait_s=-1)
@@ -143,13 +158,29 @@ def test_dofn_copies_reuse_their_originals_introspection_and_do_not_pile_up():
 
 def test_the_timer_scan_skips_stateful_steps_without_timers():
     spec = presets.BASELINE
-    plan = EntityPlan.build(spec, spec.entities[0])
+    customer, terminal = spec.entities
+    plan = EntityPlan.build(spec, customer)
 
     def applied(transform: beam.PTransform) -> object:
         return type("Applied", (), {"transform": transform})()
 
     day = timedelta(days=1)
-    assert lr._declares_no_timers(applied(beam.ParDo(_EntityState(plan, day))))
+    link = _ChainLink(spec, customer, day, (terminal,), time.time)
+    assert lr._declares_no_timers(applied(beam.ParDo(link)))
     assert not lr._declares_no_timers(applied(beam.ParDo(_OrderedEntityState(plan, day))))
     assert not lr._declares_no_timers(applied(beam.Map(lambda x: x)))  # not stateful
     assert not lr._declares_no_timers(applied(beam.GroupByKey()))
+
+
+def test_objects_alive_at_start_and_after_the_settling_time_are_frozen():
+    import gc
+
+    try:
+        lr.freeze_startup_objects(settle_s=0.2)
+        at_start = gc.get_freeze_count()
+        assert at_start > 0
+        kept = [[i] for i in range(2_000)]  # tracked objects loaded by the first bundles
+        time.sleep(0.5)
+        assert gc.get_freeze_count() >= at_start + len(kept)
+    finally:
+        gc.unfreeze()

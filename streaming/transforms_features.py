@@ -1,4 +1,4 @@
-"""Feature stages: entity state in Beam state (``EntityFeatures``), the join (``JoinFeatures``).
+"""Feature stages: entity state in Beam state, from transactions and labels to feature rows.
 
 The stream computes features with the same kernels as the backfill (``features/``): each entity's
 state is an :class:`~features.incremental.EntityStore` row, exported to bytes after every event
@@ -6,16 +6,18 @@ and kept in a ``ReadModifyWriteState`` of a DoFn keyed by the entity's id.
 
 Two orderings (:data:`ORDERINGS`):
 
-* ``arrival`` (the streaming job's default): a key's events are applied as they reach its state.
-  Nothing waits for the watermark, so a transaction is scored as soon as it arrives. A
-  transaction older than its entity's newest event (within the lateness) is inserted where it
-  belongs, so its own features are still exact; events scored before it arrived do not see it.
-  Delivered in arrival order (the replay's, :func:`arrival_key`), the features equal the
-  backfill's.
-* ``event_time``: a key's events are buffered in Beam state and applied once the watermark passes
-  their arrival time, in :func:`arrival_key` order, whatever order Beam delivers them in. The
-  features equal the backfill's for any delivery order (batch runs, replays), at the cost of the
-  watermark's delay (seconds on Dataflow).
+* ``arrival`` (the streaming job's default, :class:`EntityChain`): a key's events are applied
+  as they reach its state, and a transaction goes from one entity's state to the next (keyed by
+  that entity's id) with its features so far; the last assembles its row. Nothing waits for the
+  watermark or for another entity, so a transaction is scored as soon as it arrives. One older
+  than its entity's newest event (within the lateness) is inserted where it belongs, so its own
+  features are still exact; events scored before it arrived do not see it. Delivered in arrival
+  order (the replay's, :func:`arrival_key`), the features equal the backfill's.
+* ``event_time`` (:class:`EntityFeatures` per entity, then :class:`JoinFeatures`): a key's events
+  are buffered in Beam state and applied once the watermark passes their arrival time, in
+  :func:`arrival_key` order, whatever order Beam delivers them in. The features equal the
+  backfill's for any delivery order (batch runs, replays), at the cost of the watermark's delay
+  (seconds on Dataflow).
 
 Unlike ``IncrementalEngine`` (which rejects a transaction too late for *any* entity from all of
 them), each entity here decides alone: a transaction too late for one entity still updates the
@@ -112,8 +114,9 @@ ORDERINGS = ("arrival", "event_time")
 
 
 class _EntityState(beam.DoFn):
-    """Keyed by entity id: apply each event as it arrives, with the kernels (state in Beam
-    state, exported bytes); a transaction yields its :class:`EntityBlock`."""
+    """Keyed by entity id: applies events with the kernels (state in Beam state, exported
+    bytes). Subclasses decide when: :class:`_ChainLink` as they arrive, :class:`_OrderedEntityState`
+    once the watermark passes them."""
 
     def __init__(self, plan: EntityPlan, max_lateness: timedelta) -> None:
         self.plan, self.max_lateness = plan, max_lateness
@@ -122,11 +125,6 @@ class _EntityState(beam.DoFn):
 
     def setup(self) -> None:
         self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
-
-    def process(self, element: tuple[int, Transaction | Label], state=_STATE_PARAM):
-        block = self._apply(element[0], element[1], state)
-        if block is not None:
-            yield block
 
     def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
         blob = state.read()
@@ -211,37 +209,26 @@ class _OrderedEntityState(_EntityState):
 
 
 class EntityFeatures(beam.PTransform):
-    """Transactions and labels -> one :class:`EntityBlock` per transaction for ``entity``.
+    """Transactions and labels -> one :class:`EntityBlock` per transaction for ``entity``
+    (``event_time`` ordering; :class:`JoinFeatures` joins the entities' blocks).
 
     Labels reach the state only when the entity's plan has label columns (others ignore them).
-    ``ordering`` is one of :data:`ORDERINGS` (see the module's docstring).
     """
 
     def __init__(
-        self,
-        spec: FeatureSpec,
-        entity: Entity,
-        max_lateness: timedelta = timedelta(days=1),
-        ordering: str = "event_time",
+        self, spec: FeatureSpec, entity: Entity, max_lateness: timedelta = timedelta(days=1)
     ) -> None:
         super().__init__()
-        if ordering not in ORDERINGS:
-            raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
         self.plan = EntityPlan.build(spec, entity)
-        self.entity, self.max_lateness, self.ordering = entity, max_lateness, ordering
+        self.entity, self.max_lateness = entity, max_lateness
 
     def expand(self, events):
         entity, uses_labels = self.entity, len(self.plan.label_cols) > 0
-        keyed = (
+        return (
             events
             | "Route" >> beam.Filter(lambda e: uses_labels or isinstance(e, Transaction))
             | "KeyByEntity"
             >> beam.Map(lambda e: (_id_of(e, entity), e)).with_output_types(KV[int, Any])
-        )
-        if self.ordering == "arrival":
-            return keyed | "State" >> beam.ParDo(_EntityState(self.plan, self.max_lateness))
-        return (
-            keyed
             # a stage of its own: fused with the other entity's stateful DoFn (same input, same
             # state and timer names) the portable runner lost one entity's timers
             | "Shuffle" >> beam.Reshuffle()
@@ -249,10 +236,96 @@ class EntityFeatures(beam.PTransform):
         )
 
 
-JOIN_BUCKETS = 64
+@dataclass(frozen=True, slots=True)
+class _Partial:
+    """A transaction on its way along the entity chain, with its entity blocks so far."""
+
+    tx: Transaction
+    blocks: tuple[EntityBlock, ...]
+
+
+class _ChainLink(_EntityState):
+    """Keyed by one entity's id (``arrival`` ordering): apply each event as it arrives, then
+    hand it to the next entity's link, keyed by that entity's id; the last link assembles the
+    transaction's :class:`FeatureRow`. A label goes along only as far as an entity uses labels.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        entity: Entity,
+        max_lateness: timedelta,
+        after: tuple[Entity, ...],
+        clock: Clock,
+    ) -> None:
+        super().__init__(EntityPlan.build(spec, entity), max_lateness)
+        self.spec, self.clock = spec, clock
+        self.next = after[0] if after else None
+        self.uses_labels = len(self.plan.label_cols) > 0
+        self.labels_later = any(_uses_labels(spec, e) for e in after)
+        self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
+
+    def process(self, element: tuple[int, Label | _Partial], state=_STATE_PARAM):
+        key, event = element
+        if isinstance(event, Label):
+            if self.uses_labels:
+                self._apply(key, event, state)
+            if self.labels_later:
+                yield _id_of(event, self.next), event
+            return
+        blocks = (*event.blocks, self._apply(key, event.tx, state))
+        if self.next is not None:
+            yield _id_of(event.tx, self.next), _Partial(event.tx, blocks)
+        else:
+            yield assemble(self.spec, self.offsets, {b.entity: b for b in blocks}, self.clock())
+
+
+def _uses_labels(spec: FeatureSpec, entity: Entity) -> bool:
+    return len(EntityPlan.build(spec, entity).label_cols) > 0
+
+
+def _enter(event: Transaction | Label, first: Entity, labels_used: bool):
+    """The chain's input: a transaction with no blocks yet, or a label some entity uses."""
+    if isinstance(event, Transaction):
+        yield _id_of(event, first), _Partial(event, ())
+    elif labels_used:
+        yield _id_of(event, first), event
+
+
+class EntityChain(beam.PTransform):
+    """Transactions and labels -> one :class:`FeatureRow` per transaction (``arrival``
+    ordering): a stateful step per entity, keyed by its id, each passing the transaction on
+    with its block (no join: nothing waits for another entity's output)."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        max_lateness: timedelta = timedelta(days=1),
+        clock: Clock = time.time,
+    ) -> None:
+        super().__init__()
+        self.spec, self.max_lateness, self.clock = spec, max_lateness, clock
+
+    def expand(self, events):
+        entities = tuple(self.spec.entities)
+        labels_used = any(_uses_labels(self.spec, e) for e in entities)
+        chain = events | "KeyByEntity" >> beam.FlatMap(
+            _enter, entities[0], labels_used
+        ).with_output_types(KV[int, Any])
+        for i, entity in enumerate(entities):
+            after = entities[i + 1 :]
+            link = beam.ParDo(_ChainLink(self.spec, entity, self.max_lateness, after, self.clock))
+            if after:
+                link = link.with_output_types(KV[int, Any])
+            chain = chain | f"{entity.name.capitalize()}Features" >> link
+        return chain
+
+
+JOIN_BUCKETS = 1024
 """Keys of the join: a transaction joins in bucket ``id % JOIN_BUCKETS``. A key per transaction
-would leave a keyed state per transaction behind on the DirectRunner, which scans them all for
-timers on every round (a run slowed down as it went)."""
+would leave a keyed state per transaction behind on the DirectRunner (it keeps every key's); with
+64 buckets each bucket's pending map, encoded on every block, held ~15 entries (a quarter of a
+local run's CPU)."""
 
 
 class _Join(beam.DoFn):

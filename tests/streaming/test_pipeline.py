@@ -208,11 +208,10 @@ def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_orde
     assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 5
 
 
-def test_an_unknown_ordering_is_refused():
-    from streaming.transforms_features import EntityFeatures
-
+def test_an_unknown_ordering_is_refused(world):
+    handler = BoosterHandler(str(world[3]), SPEC.name)
     with pytest.raises(ValueError, match="ordering must be one of"):
-        EntityFeatures(SPEC, SPEC.entities[0], ordering="processing_time")
+        ScoreTransactions(SPEC, handler, ordering="processing_time")
 
 
 @pytest.mark.parametrize(("ordering", "statuses"), [("arrival", ["OK", "LATE"]),

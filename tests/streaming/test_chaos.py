@@ -17,23 +17,25 @@ import random
 from collections import Counter
 from datetime import timedelta
 
-import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream as _TestStream  # not a test class
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.backfill import backfill
 from features.incremental import Status
-from streaming.pipeline import ScoreTransactions
 from streaming.schema import parse_label, parse_transaction
-from streaming.scoring import BoosterHandler
 from streaming.transforms_features import ORDERINGS
 from tests.streaming import fuzz
-from tests.streaming.test_pipeline import _GOT, SPEC, _keep, _payloads, _run, world
+from tests.streaming.test_pipeline import (
+    SPEC,
+    _payloads,
+    _run,
+    _stream_run,
+    world,
+)
 
 pytestmark = pytest.mark.chaos
 __all__ = ["world"]  # the module-scoped fixture (trains a tiny model into a registry)
@@ -184,21 +186,6 @@ def test_fuzzed_messages_go_to_the_dead_letter_output_and_valid_ones_are_scored_
 
 
 # -- streaming runs: one TestStream with two tagged outputs -----------------------------------
-
-
-def _stream_run(
-    stream: _TestStream, root, max_lateness: timedelta, ordering: str = "event_time"
-) -> dict[str, list]:
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    _GOT.clear()
-    with beam.Pipeline(options=options) as p:
-        inputs = p | "Events" >> stream
-        handler = BoosterHandler(str(root), SPEC.name)
-        out = inputs | ScoreTransactions(SPEC, handler, max_lateness, ordering=ordering)
-        for name in ("scored", "dead_letter", "alerts"):
-            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
-    return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
 
 
 def _watermark(t: pd.Timestamp) -> float:

@@ -4,16 +4,19 @@ offline score, exactly; bad messages go to the dead-letter output; duplicates co
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_stream import TestStream as _TestStream  # not a test class
 
 from features import presets
 from features.backfill import backfill
+from features.incremental import Status
 from features.synthetic import transactions
 from features.table import validate
 from streaming.pipeline import ScoreTransactions
@@ -90,6 +93,40 @@ def _run(txs: list, labels: list, model_dir) -> dict[str, list]:
     return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
 
 
+def _stream_run(
+    stream: _TestStream,
+    root,
+    max_lateness: timedelta = timedelta(days=1),
+    ordering: str = "event_time",
+) -> dict[str, list]:
+    """Run the core in streaming mode on the DirectRunner over ``stream`` (one TestStream with
+    the tagged outputs ``transactions`` and ``labels``: the DirectRunner ends a pipeline with
+    two TestStreams as soon as one of them is exhausted)."""
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    _GOT.clear()
+    with beam.Pipeline(options=options) as p:
+        inputs = p | "Events" >> stream
+        handler = BoosterHandler(str(root), SPEC.name)
+        out = inputs | ScoreTransactions(SPEC, handler, max_lateness, ordering=ordering)
+        for name in ("scored", "dead_letter", "alerts"):
+            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
+    return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
+
+
+def _assert_backfill_parity(got: dict[str, list], df, X, booster, redelivered: int) -> None:
+    """Every transaction scored once, with the backfill's features bit for bit and the offline
+    score; the redelivered copies are ``DUPLICATE`` dead letters."""
+    scored = {s.tx.transaction_id: s for s in got["scored"]}
+    assert len(got["scored"]) == len(df) == len(scored)
+    np.testing.assert_array_equal(np.stack([scored[i].features for i in df["TRANSACTION_ID"]]), X)
+    np.testing.assert_array_equal(
+        np.array([scored[i].score for i in df["TRANSACTION_ID"]]),
+        models.predict(booster, X.astype(np.float32)),
+    )
+    assert [d["error"] for d in got["dead_letter"]] == ["DUPLICATE"] * redelivered
+
+
 @pytest.mark.slow
 def test_every_transaction_gets_the_backfill_features_and_the_offline_score(world):
     df, X, booster, root = world
@@ -118,38 +155,17 @@ def test_every_transaction_gets_the_backfill_features_and_the_offline_score(worl
 
 @pytest.mark.slow
 def test_streaming_mode_on_the_direct_runner_gives_the_same_features_and_scores(world):
-    """The same core in streaming mode (watermarks and event-time timers) on the DirectRunner.
-
-    One TestStream with two tagged outputs: the DirectRunner ends a pipeline with two
-    TestStreams as soon as one of them is exhausted.
-    """
-    from apache_beam.options.pipeline_options import StandardOptions
-    from apache_beam.testing.test_stream import TestStream
-
+    """The same core in streaming mode (watermarks and event-time timers) on the DirectRunner,
+    transactions (and 10 copies) first, labels after: the watermark orders them."""
     df, X, booster, root = world
     txs, labels = _payloads(df)
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
     stream = (
-        TestStream(output_tags={"transactions", "labels"})
+        _TestStream(output_tags={"transactions", "labels"})
         .add_elements(txs + txs[:10], tag="transactions")
         .add_elements(labels, tag="labels")
         .advance_watermark_to_infinity()
     )
-    _GOT.clear()
-    with beam.Pipeline(options=options) as p:
-        inputs = p | "Events" >> stream
-        out = inputs | ScoreTransactions(SPEC, BoosterHandler(str(root), SPEC.name))
-        for name in ("scored", "dead_letter"):
-            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
-    scored = {s.tx.transaction_id: s for s in _GOT["scored"]}
-    assert len(_GOT["scored"]) == len(df) == len(scored)
-    np.testing.assert_array_equal(np.stack([scored[i].features for i in df["TRANSACTION_ID"]]), X)
-    np.testing.assert_array_equal(
-        np.array([scored[i].score for i in df["TRANSACTION_ID"]]),
-        models.predict(booster, X.astype(np.float32)),
-    )
-    assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 10
+    _assert_backfill_parity(_stream_run(stream, root), df, X, booster, redelivered=10)
 
 
 def _in_arrival_order(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
@@ -177,35 +193,17 @@ def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_orde
     """``ordering="arrival"`` applies events as they come, without waiting for the watermark:
     delivered in arrival order (labels interleaved with transactions), every transaction gets
     the backfill's features bit for bit and the offline score; a redelivered copy is refused."""
-    from apache_beam.options.pipeline_options import StandardOptions
-    from apache_beam.testing.test_stream import TestStream
-
     df, X, booster, root = world
     runs = _in_arrival_order(df)
     assert sum(tag == "labels" for tag, _ in runs) > 10  # labels do interleave
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
-    stream = TestStream(output_tags={"transactions", "labels"})
+    stream = _TestStream(output_tags={"transactions", "labels"})
     for tag, payloads in runs:
         stream.add_elements(payloads, tag=tag)
     # redelivered (the newest: a copy older than the lateness would be TOO_LATE)
     stream.add_elements(_payloads(df.iloc[-5:])[0], tag="transactions")
     stream.advance_watermark_to_infinity()
-    _GOT.clear()
-    with beam.Pipeline(options=options) as p:
-        inputs = p | "Events" >> stream
-        handler = BoosterHandler(str(root), SPEC.name)
-        out = inputs | ScoreTransactions(SPEC, handler, ordering="arrival")
-        for name in ("scored", "dead_letter"):
-            _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
-    scored = {s.tx.transaction_id: s for s in _GOT["scored"]}
-    assert len(_GOT["scored"]) == len(df) == len(scored)
-    np.testing.assert_array_equal(np.stack([scored[i].features for i in df["TRANSACTION_ID"]]), X)
-    np.testing.assert_array_equal(
-        np.array([scored[i].score for i in df["TRANSACTION_ID"]]),
-        models.predict(booster, X.astype(np.float32)),
-    )
-    assert [d["error"] for d in _GOT["dead_letter"]] == ["DUPLICATE"] * 5
+    got = _stream_run(stream, root, ordering="arrival")
+    _assert_backfill_parity(got, df, X, booster, redelivered=5)
 
 
 def test_an_unknown_ordering_is_refused(world):
@@ -222,11 +220,6 @@ def test_the_orderings_differ_on_a_transaction_delivered_after_a_newer_one(
     """The same card pays twice, an hour apart; the later payment is delivered first. Arrival
     ordering scores it at once, without the earlier one, which then arrives late (inserted where
     it belongs); event-time ordering waits for the watermark and applies both in time order."""
-    from apache_beam.options.pipeline_options import StandardOptions
-    from apache_beam.testing.test_stream import TestStream
-
-    from features.incremental import Status
-
     df, _, _, root = world
     first = df.iloc[0]
     pair = pd.DataFrame([first, first]).assign(
@@ -234,22 +227,14 @@ def test_the_orderings_differ_on_a_transaction_delivered_after_a_newer_one(
         TX_DATETIME=[first.TX_DATETIME, first.TX_DATETIME + pd.Timedelta(hours=1)],
     )
     earlier, later = _payloads(pair)[0]
-    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
-    options.view_as(StandardOptions).streaming = True
     stream = (
-        TestStream(output_tags={"transactions", "labels"})
+        _TestStream(output_tags={"transactions", "labels"})
         .add_elements([later], tag="transactions")
         .add_elements([earlier], tag="transactions")
         .advance_watermark_to_infinity()
     )
-    _GOT.clear()
-    with beam.Pipeline(options=options) as p:
-        inputs = p | "Events" >> stream
-        out = inputs | ScoreTransactions(
-            SPEC, BoosterHandler(str(root), SPEC.name), ordering=ordering
-        )
-        _ = out["scored"] | beam.Map(_keep, "scored")
-    by_id = {s.tx.transaction_id: s for s in _GOT["scored"]}
+    got = _stream_run(stream, root, ordering=ordering)
+    by_id = {s.tx.transaction_id: s for s in got["scored"]}
     assert [Status(by_id[i].status).name for i in (10**9 + 1, 10**9)] == statuses
     count = SPEC.names.index("CUSTOMER_ID_NB_TX_1DAY_WINDOW")
     later_count = by_id[10**9 + 1].features[count]

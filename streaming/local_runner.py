@@ -76,50 +76,49 @@ class _Prefetcher:
         self._client, self._subscription = client, subscription
         self._held: list = []
         self._error: BaseException | None = None
-        self._changed = _ARRIVED  # shared: a read waiting here wakes for any subscription's
         self._stopped = False
         name = f"pubsub-prefetch {subscription.rsplit('/', 1)[-1]}"
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def take(self, wait_s: float) -> Any:
         """Every message pulled since the last take (a ``PullResponse``; empty after ``wait_s``
-        without any, or as soon as another subscription's arrive); raises what stopped the
-        pulls."""
+        without any, or as soon as another subscription's arrive: the condition is shared);
+        raises what stopped the pulls."""
         from google.cloud.pubsub_v1.types import PullResponse
 
-        with self._changed:
+        with _ARRIVED:
             if not self._held and self._error is None:
-                self._changed.wait(wait_s)
+                _ARRIVED.wait(wait_s)
             if self._error is not None:
                 raise self._error  # every later take fails the same way
             held, self._held = self._held, []
-            self._changed.notify_all()
+            _ARRIVED.notify_all()
         return PullResponse(received_messages=held)
 
     def stop(self) -> None:
-        with self._changed:
+        with _ARRIVED:
             self._stopped = True
-            self._changed.notify_all()
+            _ARRIVED.notify_all()
 
     def _run(self) -> None:
         limit = int(_settings["max_messages"])
         while True:
-            with self._changed:
+            with _ARRIVED:
                 while len(self._held) >= limit and not self._stopped:
-                    self._changed.wait()
+                    _ARRIVED.wait()
                 if self._stopped:
                     return
             try:
                 received = list(self._pull().received_messages)
             except BaseException as exc:  # handed to the runner's thread, which fails the job
-                with self._changed:
+                with _ARRIVED:
                     self._error = exc
-                    self._changed.notify_all()
+                    _ARRIVED.notify_all()
                 return
             if received:
-                with self._changed:
+                with _ARRIVED:
                     self._held.extend(received)
-                    self._changed.notify_all()
+                    _ARRIVED.notify_all()
 
     def _pull(self) -> Any:
         """One pull; an unavailable service is retried for :data:`UNAVAILABLE_BUDGET_S`, a
@@ -189,9 +188,9 @@ class _FastPull:
 
 
 def _log_failed_ack(sent: Future) -> None:
-    if sent.exception() is not None:
-        log.warning("Pub/Sub acknowledge failed (the messages will be redelivered): %s",
-                    sent.exception())  # fmt: skip
+    error = sent.exception()
+    if error is not None:
+        log.warning("Pub/Sub acknowledge failed (the messages will be redelivered): %s", error)
 
 
 def tune_direct_pubsub_read(

@@ -263,7 +263,7 @@ class _ChainLink(_EntityState):
         self.next = after[0] if after else None
         self.uses_labels = len(self.plan.label_cols) > 0
         self.labels_later = any(_uses_labels(spec, e) for e in after)
-        self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
+        self.offsets = _offsets(spec)
 
     def process(self, element: tuple[int, Label | _Partial], state=_STATE_PARAM):
         key, event = element
@@ -278,6 +278,11 @@ class _ChainLink(_EntityState):
             yield _id_of(event.tx, self.next), _Partial(event.tx, blocks)
         else:
             yield assemble(self.spec, self.offsets, {b.entity: b for b in blocks}, self.clock())
+
+
+def _offsets(spec: FeatureSpec) -> dict[str, int]:
+    """Where each entity's block starts in a row of ``spec.names``."""
+    return {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
 
 
 def _uses_labels(spec: FeatureSpec, entity: Entity) -> bool:
@@ -340,7 +345,7 @@ class _Join(beam.DoFn):
 
     def __init__(self, spec: FeatureSpec, clock: Clock) -> None:
         self.spec, self.clock = spec, clock
-        self.offsets = {e.name: EntityPlan.build(spec, e).offset for e in spec.entities}
+        self.offsets = _offsets(spec)
 
     def process(self, element: tuple[int, EntityBlock], parts_state=_PARTS_PARAM):
         block = element[1]

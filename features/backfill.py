@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -44,11 +45,10 @@ def compute(
     n = len(times)
     out = np.empty((n, len(spec.names)), np.float64, order="F")  # column writes stay sequential
     plans = [p for p in (EntityPlan.build(spec, e) for e in spec.entities) if p.n_out]
-    step = np.diff(times)
-    in_order = bool(np.all((step > 0) | ((step == 0) & (np.diff(txids) > 0))))
-    order = np.arange(n) if in_order else np.lexsort((txids, times))
+    in_order = kernels.in_order(times, txids)
+    order = np.empty(0, np.int64) if in_order else np.lexsort((txids, times))
     # scratch shared by the entities (fresh memory is costly: see kernels.backfill_entity)
-    tv, pos = np.empty(n, np.int64), np.empty(n, np.int64)
+    tv, rows = np.empty(n, np.int64), np.empty(n, np.int64)
     blk = np.empty(n * max((p.n_out for p in plans), default=1))
     vv_all = np.empty(n * max((max(len(p.columns), 1) for p in plans), default=1))
     for plan in plans:
@@ -56,12 +56,14 @@ def compute(
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
         vv = vv_all[: vals.size].reshape(vals.shape)
         codes, n_groups = factorize(ids[plan.entity.key])
-        starts = kernels.group_rows(codes, n_groups, order, times, vals, tv, vv, pos)
+        starts = kernels.group_rows(
+            codes, n_groups, order, times, vals, tv, vv, rows, numba.get_num_threads()
+        )
         kernels.backfill_entity(
             starts,
             tv,
             vv,
-            pos,
+            rows,
             plan.win,
             plan.dly,
             plan.fslot,

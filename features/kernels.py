@@ -4,10 +4,11 @@ One entity's history is a buffer of events sorted by (time, arrival): ``times`` 
 ``vals`` (float64, one column per source column). Each *slot* is one distinct (window, delay)
 pair and keeps a half-open index range ``[start, end)`` of the events inside
 ``(t - delay - window, t - delay]`` plus compensated running sums of every column over it.
-:func:`advance` moves the ranges forward for a new time ``t`` (two pointers, O(1) amortised);
-:func:`emit` turns them into feature values. The backfill calls these two functions over a whole
-sorted history, the incremental path over a bounded buffer kept per entity: the same
-floating-point operations in the same order, hence bit-identical results.
+:func:`_step` moves one range and one column's sum forward for a new time ``t`` (two pointers,
+O(1) amortised). The incremental path applies it to every slot and column of a bounded buffer
+kept per entity (:func:`advance`, then :func:`emit`); the backfill applies it to a whole sorted
+history, one (slot, column) at a time. Each sum sees the same floating-point operations in the
+same order either way, hence bit-identical results.
 
 Count, sum and mean come from the running sums; std, min and max scan the slot's range (exact,
 O(events in the window)).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Ops up to OP_MEAN come from a range's count and running sum; the others scan the range.
 OP_COUNT, OP_SUM, OP_MEAN, OP_STD, OP_MIN, OP_MAX = 0, 1, 2, 3, 4, 5
 KIND_TX, KIND_LABEL, KIND_SKIP = 0, 1, 2  # SKIP: leave the event to other entities / callers
 
@@ -49,15 +51,46 @@ def row_width(n_slots: int, n_cols: int, cap: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def _kahan_add(acc, i, v):
-    """Neumaier-compensated ``acc[i] += v`` (``acc[i + 1]`` holds the compensation)."""
-    s = acc[i]
-    t = s + v
-    if abs(s) >= abs(v):
-        acc[i + 1] += (s - t) + v
+def _kahan(total, comp, v):
+    """Neumaier-compensated ``total + v``: returns the new (total, compensation)."""
+    t = total + v
+    if abs(total) >= abs(v):
+        comp += (total - t) + v
     else:
-        acc[i + 1] += (v - t) + s
+        comp += (v - t) + total
+    return t, comp
+
+
+@njit(cache=True, inline="always")
+def _kahan_add(acc, i, v):
+    """``acc[i] += v`` compensated in ``acc[i + 1]`` (see :func:`_kahan`)."""
+    t, comp = _kahan(acc[i], acc[i + 1], v)
     acc[i] = t
+    acc[i + 1] = comp
+
+
+@njit(cache=True, inline="always")
+def _step(times, vals, c, n, hi, win, b, e, total, comp):
+    """Move one range ``[b, e)`` to the window ``(hi - win, hi]`` over ``times[:n]``.
+
+    ``total, comp`` is the compensated sum of column c over the range; returns the new
+    ``(b, e, total, comp)``. Every caller (backfill, stream, one column or many) goes through
+    here, so all of them do the same floating-point operations in the same order.
+    """
+    lo = hi - win
+    while b < e and times[b] <= lo:  # leave first, so an emptied window restarts at 0
+        total, comp = _kahan(total, comp, -vals[b, c])
+        b += 1
+    if b == e:  # empty window: drop accumulated rounding
+        total = 0.0
+        comp = 0.0
+    while e < n and times[e] <= hi:
+        if times[e] <= lo:  # entered and already left (a gap longer than the window)
+            b = e + 1
+        else:
+            total, comp = _kahan(total, comp, vals[e, c])
+        e += 1
+    return b, e, total, comp
 
 
 @njit(cache=True, inline="always")
@@ -66,26 +99,53 @@ def advance(times, vals, n, ptr, acc, win, dly, t):
     n_cols = vals.shape[1]
     for s in range(win.shape[0]):
         hi = t - dly[s]
-        lo = hi - win[s]
-        b = ptr[2 * s]
-        e = ptr[2 * s + 1]
-        while b < e and times[b] <= lo:  # leave first, so an emptied window restarts at 0
-            for c in range(n_cols):
-                _kahan_add(acc, 2 * (s * n_cols + c), -vals[b, c])
-            b += 1
-        if b == e:  # empty window: drop accumulated rounding
-            for c in range(n_cols):
-                acc[2 * (s * n_cols + c)] = 0.0
-                acc[2 * (s * n_cols + c) + 1] = 0.0
-        while e < n and times[e] <= hi:
-            if times[e] <= lo:  # entered and already left (a gap longer than the window)
-                b = e + 1
-            else:
-                for c in range(n_cols):
-                    _kahan_add(acc, 2 * (s * n_cols + c), vals[e, c])
-            e += 1
+        b0 = ptr[2 * s]
+        e0 = ptr[2 * s + 1]
+        b, e = b0, e0
+        for c in range(n_cols):  # the range moves the same way for every column
+            i = 2 * (s * n_cols + c)
+            b, e, total, comp = _step(times, vals, c, n, hi, win[s], b0, e0, acc[i], acc[i + 1])
+            acc[i] = total
+            acc[i + 1] = comp
         ptr[2 * s] = b
         ptr[2 * s + 1] = e
+
+
+@njit(cache=True, inline="always")
+def _simple_value(cnt, total, op):
+    """Count, sum or mean of a range of ``cnt`` events whose sum is ``total``."""
+    if op == OP_COUNT:
+        return float(cnt)
+    if cnt == 0:
+        return 0.0
+    return total if op == OP_SUM else total / cnt
+
+
+@njit(cache=True)
+def _scan_value(vals, b, e, c, op):
+    """Std, min or max of column c over ``vals[b:e]`` (a scan: exact, O(e - b)).
+
+    Not inlined: the scan's code would crowd the registers of the loops that call it.
+    """
+    cnt = e - b
+    if op == OP_STD:
+        if cnt == 0:
+            return 0.0
+        m = 0.0
+        for i in range(b, e):
+            m += vals[i, c]
+        m /= cnt
+        ss = 0.0
+        for i in range(b, e):
+            d = vals[i, c] - m
+            ss += d * d
+        return np.sqrt(ss / cnt)
+    r = np.nan
+    for i in range(b, e):
+        v = vals[i, c]
+        if r != r or (v < r if op == OP_MIN else v > r):
+            r = v
+    return r
 
 
 @njit(cache=True, inline="always")
@@ -95,42 +155,38 @@ def emit(vals, ptr, sums, fslot, fcol, fop, out):
     for f in range(fslot.shape[0]):
         s = fslot[f]
         c = fcol[f]
-        op = fop[f]
         b = ptr[2 * s]
         e = ptr[2 * s + 1]
-        cnt = e - b
-        if op == OP_COUNT:
-            out[f] = cnt
-        elif op == OP_SUM:
-            out[f] = sums[s * n_cols + c] if cnt > 0 else 0.0
-        elif op == OP_MEAN:
-            out[f] = sums[s * n_cols + c] / cnt if cnt > 0 else 0.0
-        elif op == OP_STD:
-            if cnt == 0:
-                out[f] = 0.0
-            else:
-                m = 0.0
-                for i in range(b, e):
-                    m += vals[i, c]
-                m /= cnt
-                ss = 0.0
-                for i in range(b, e):
-                    d = vals[i, c] - m
-                    ss += d * d
-                out[f] = np.sqrt(ss / cnt)
+        if fop[f] <= OP_MEAN:
+            out[f] = _simple_value(e - b, sums[s * n_cols + c], fop[f])
         else:
-            r = np.nan
-            for i in range(b, e):
-                v = vals[i, c]
-                if r != r or (v < r if op == OP_MIN else v > r):
-                    r = v
-            out[f] = r
+            out[f] = _scan_value(vals, b, e, c, fop[f])
 
 
 @njit(cache=True, inline="always")
 def _acc_sums(acc, sums):
     for i in range(sums.shape[0]):
         sums[i] = acc[2 * i] + acc[2 * i + 1]
+
+
+NS_PER_DAY = 86_400 * 10**9
+NS_PER_HOUR = 3_600 * 10**9
+
+
+@njit(cache=True)
+def calendar(kind, times, out):
+    """``out[i]`` = weekend (kind 0), night (1, hour <= 6) or hour (2) of naive ns ``times[i]``.
+
+    Serial: the stream calls this per transaction, where starting a parallel region costs
+    milliseconds. Integer floor division is exact; 1970-01-01 was a Thursday.
+    """
+    for i in range(times.shape[0]):
+        days = times[i] // NS_PER_DAY
+        if kind == 0:
+            out[i] = 1.0 if (days + 3) % 7 >= 5 else 0.0  # Monday = 0
+        else:
+            hour = (times[i] - days * NS_PER_DAY) // NS_PER_HOUR
+            out[i] = float(hour) if kind == 2 else (1.0 if hour <= 6 else 0.0)
 
 
 @njit(cache=True)
@@ -151,64 +207,135 @@ def dense_codes(ids, lo, table, codes):
 
 
 @njit(cache=True)
-def group_rows(codes, n_groups, order, times, vals, tv, vv, pos):
-    """Make each entity's events contiguous, taken in ``order`` (a stable counting sort).
-
-    Fills ``tv``/``vv`` (times, values in entity order) and ``pos[r]`` (where row r went);
-    returns ``starts`` (each group's first position, then n). Reads follow ``order``; writes
-    go to one advancing position per group, so the touched memory stays small.
-    """
-    starts = np.zeros(n_groups + 1, np.int64)
-    for c in codes:
-        starts[c + 1] += 1
-    for g in range(n_groups):
-        starts[g + 1] += starts[g]
-    fill = starts[:-1].copy()
-    for i in range(codes.shape[0]):
-        r = order[i]
-        p = fill[codes[r]]
-        fill[codes[r]] = p + 1
-        tv[p] = times[r]
-        vv[p] = vals[r]
-        pos[r] = p
-    return starts
+def in_order(times, txids):
+    """Whether rows are already sorted by (time, transaction id), ids unique within a time."""
+    for r in range(1, times.shape[0]):
+        if times[r] < times[r - 1] or (times[r] == times[r - 1] and txids[r] <= txids[r - 1]):
+            return False
+    return True
 
 
 @njit(cache=True, parallel=True)
-def backfill_entity(starts, tv, vv, pos, win, dly, fslot, fcol, fop, since_prev, blk, out, col0):
+def group_rows(codes, n_groups, order, times, vals, tv, vv, rows, n_threads):
+    """Make each entity's events contiguous, taken in ``order`` (a stable counting sort).
+
+    ``order`` lists row indices, or is empty for rows already in order. Fills ``tv``/``vv``
+    (times, values in entity order) and ``rows[p]`` (the input row now at p); returns ``starts``
+    (each group's first position, then n). Each of up to ``n_threads`` threads sorts one
+    contiguous chunk of the order into its own sub-range of every group, after the chunks
+    before it: the result is the serial stable sort's.
+    """
+    n = codes.shape[0]
+    n_cols = vals.shape[1]
+    n_chunks = max(min(n_threads, n // 65_536), 1)
+    size = (n + n_chunks - 1) // n_chunks
+    fill = np.zeros((n_chunks, n_groups), np.int64)
+    for k in prange(n_chunks):
+        for i in range(k * size, min(n, (k + 1) * size)):
+            fill[k, codes[order[i] if order.shape[0] else i]] += 1
+    starts = np.empty(n_groups + 1, np.int64)
+    p = 0
+    for g in range(n_groups):
+        starts[g] = p
+        for k in range(n_chunks):
+            count = fill[k, g]
+            fill[k, g] = p
+            p += count
+    starts[n_groups] = p
+    for k in prange(n_chunks):
+        for i in range(k * size, min(n, (k + 1) * size)):
+            r = order[i] if order.shape[0] else i
+            g = codes[r]
+            p = fill[k, g]
+            fill[k, g] = p + 1
+            tv[p] = times[r]
+            for c in range(n_cols):
+                vv[p, c] = vals[r, c]
+            rows[p] = r
+    return starts
+
+
+@njit(cache=True)
+def _passes(n_slots, n_cols, fslot, fcol, fop):
+    """The backfill's passes: one per (slot, column, scans or not) with features.
+
+    Returns ``(slot, column, scans)`` per pass and each pass's feature indices (-1 padded).
+    """
+    n_feat = fslot.shape[0]
+    spec = np.empty((2 * n_slots * n_cols, 3), np.int64)
+    feats = np.full((2 * n_slots * n_cols, max(n_feat, 1)), -1, np.int64)
+    k = 0
+    for s in range(n_slots):
+        for c in range(n_cols):
+            for scans in range(2):
+                j = 0
+                for f in range(n_feat):
+                    if fslot[f] == s and fcol[f] == c and (fop[f] > OP_MEAN) == (scans == 1):
+                        feats[k, j] = f
+                        j += 1
+                if j:
+                    spec[k, 0] = s
+                    spec[k, 1] = c
+                    spec[k, 2] = scans
+                    k += 1
+    return spec[:k], feats[:k]
+
+
+@njit(cache=True, parallel=True)
+def backfill_entity(starts, tv, vv, rows, win, dly, fslot, fcol, fop, since_prev, blk, out, col0):
     """Features of every event, each as seen at its own time.
 
     ``tv``/``vv`` hold each entity's events contiguously in (time, arrival) order, entity g at
-    ``starts[g]:starts[g + 1]`` (see :func:`group_rows`); row r of the input is at ``pos[r]``.
-    Row r's aggregates go to ``out[r, col0:]``, followed (if ``since_prev``) by seconds since
-    the entity's previous event. ``blk`` is scratch (n x width). Entities run in parallel.
+    ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p (see
+    :func:`group_rows`). Row r's aggregates go to ``out[r, col0:]``, followed (if
+    ``since_prev``) by seconds since the entity's previous event. ``blk`` is scratch (n x width,
+    C order). Entities run in parallel.
+
+    Each entity's history is walked once per (slot, column): the range and its sum live in
+    registers, and :func:`_step` does what :func:`advance` does for the stream, column by
+    column, so the values are bit-identical. Scanned features (std, min, max) get a walk of
+    their own, to keep the scan out of the count/sum/mean loop. Values go to ``blk`` at their
+    input row: one cache line per event, which the entity's next walks find still cached;
+    a last parallel pass copies ``blk`` into ``out`` sequentially.
 
     Large arrays come from the caller: numpy allocates them with huge pages, and first-touch
     page faults otherwise dominate on virtual machines.
     """
     n = tv.shape[0]
-    n_slots = win.shape[0]
-    n_cols = vv.shape[1]
     n_feat = fslot.shape[0]
     width = n_feat + (1 if since_prev else 0)
+    passes, feats = _passes(win.shape[0], vv.shape[1], fslot, fcol, fop)
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
         t = tv[a : a + m]
         v = vv[a : a + m]
-        ptr = np.zeros(2 * n_slots, np.int64)
-        acc = np.zeros(2 * n_slots * n_cols, np.float64)
-        sums = np.empty(n_slots * n_cols, np.float64)
-        for i in range(m):
-            advance(t, v, i + 1, ptr, acc, win, dly, t[i])
-            _acc_sums(acc, sums)
-            emit(v, ptr, sums, fslot, fcol, fop, blk[a + i])
-            if since_prev:
-                blk[a + i, n_feat] = (t[i] - t[i - 1]) / NS_PER_S if i > 0 else np.nan
-    for r in prange(n):  # back to input order: sequential writes, per-group sequential reads
-        p = pos[r]
+        r = rows[a : a + m]
+        for k in range(passes.shape[0]):
+            s, c, scans = passes[k, 0], passes[k, 1], passes[k, 2]
+            w, d = win[s], dly[s]
+            b, e, total, comp = 0, 0, 0.0, 0.0
+            if scans:
+                for i in range(m):
+                    b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
+                    for f in feats[k]:
+                        if f >= 0:
+                            blk[r[i], f] = _scan_value(v, b, e, c, fop[f])
+            else:
+                for i in range(m):
+                    b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
+                    for j in range(feats.shape[1]):
+                        f = feats[k, j]
+                        if f < 0:
+                            break
+                        blk[r[i], f] = _simple_value(e - b, total + comp, fop[f])
+        if since_prev and m > 0:
+            blk[r[0], n_feat] = np.nan
+            for i in range(1, m):
+                blk[r[i], n_feat] = (t[i] - t[i - 1]) / NS_PER_S
+    for i in prange(n):
         for f in range(width):
-            out[r, col0 + f] = blk[p, f]
+            out[i, col0 + f] = blk[i, f]
 
 
 @njit(cache=True, inline="always")

@@ -18,8 +18,6 @@ _OP_CODES = {
     Op.MIN: kernels.OP_MIN,
     Op.MAX: kernels.OP_MAX,
 }
-NS_PER_DAY = 86_400 * 10**9
-NS_PER_HOUR = 3_600 * 10**9
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,19 +72,15 @@ class EntityPlan:
         return len(self.names)
 
 
+_CALENDAR_CODES = {Calendar.WEEKEND: 0, Calendar.NIGHT: 1, Calendar.HOUR: 2}
+
+
 def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
     """Calendar feature of naive event times in int64 ns since the epoch (a Thursday)."""
-    # numpy, not a parallel kernel: the stream calls this per transaction, where starting a
-    # parallel region cost milliseconds; integer floor division is exact either way
-    times_ns = np.asarray(times_ns, np.int64)
-    days = times_ns // NS_PER_DAY
-    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    hour = (times_ns - days * NS_PER_DAY) // NS_PER_HOUR
-    if kind is Calendar.WEEKEND:
-        return (weekday >= 5).astype(np.float64)
-    if kind is Calendar.NIGHT:
-        return (hour <= 6).astype(np.float64)
-    return hour.astype(np.float64)
+    times_ns = np.ascontiguousarray(times_ns, np.int64)
+    out = np.empty(len(times_ns), np.float64)
+    kernels.calendar(_CALENDAR_CODES[kind], times_ns, out)
+    return out
 
 
 def fill_derived(
@@ -100,7 +94,7 @@ def fill_derived(
     for j, col in enumerate(spec.raw):
         out[:, j] = raw[col.name]
     for j, cal in enumerate(spec.calendar, start=len(spec.raw)):
-        out[:, j] = calendar(cal, times_ns)
+        kernels.calendar(_CALENDAR_CODES[cal], times_ns, out[:, j])
     position = {name: i for i, name in enumerate(spec.names)}
     first = len(spec.names) - len(spec.ratios)
     for j, ratio in enumerate(spec.ratios, start=first):

@@ -257,12 +257,15 @@ def group_rows(codes, n_groups, order, times, vals, tv, vv, rows, n_threads):
 
 @njit(cache=True)
 def _passes(n_slots, n_cols, fslot, fcol, fop):
-    """The backfill's passes: one per (slot, column, scans or not) with features.
+    """The backfill's walks: one per (slot, column) with count/sum/mean features, one per
+    (slot, column) with scanned features.
 
-    Returns ``(slot, column, scans)`` per pass and each pass's feature indices (-1 padded).
+    Returns rows ``(slot, column, scans, f_count, f_sum, f_mean)`` (-1: no such feature) and
+    each scanning walk's feature indices (-1 padded). Names are unique, so a (slot, column)
+    has at most one feature of each op.
     """
     n_feat = fslot.shape[0]
-    spec = np.empty((2 * n_slots * n_cols, 3), np.int64)
+    walks = np.full((2 * n_slots * n_cols, 6), -1, np.int64)
     feats = np.full((2 * n_slots * n_cols, max(n_feat, 1)), -1, np.int64)
     k = 0
     for s in range(n_slots):
@@ -270,15 +273,19 @@ def _passes(n_slots, n_cols, fslot, fcol, fop):
             for scans in range(2):
                 j = 0
                 for f in range(n_feat):
-                    if fslot[f] == s and fcol[f] == c and (fop[f] > OP_MEAN) == (scans == 1):
+                    if fslot[f] != s or fcol[f] != c or (fop[f] > OP_MEAN) != (scans == 1):
+                        continue
+                    if scans:
                         feats[k, j] = f
-                        j += 1
+                    else:
+                        walks[k, 3 + fop[f]] = f
+                    j += 1
                 if j:
-                    spec[k, 0] = s
-                    spec[k, 1] = c
-                    spec[k, 2] = scans
+                    walks[k, 0] = s
+                    walks[k, 1] = c
+                    walks[k, 2] = scans
                     k += 1
-    return spec[:k], feats[:k]
+    return walks[:k], feats[:k]
 
 
 @njit(cache=True, parallel=True)
@@ -304,15 +311,16 @@ def backfill_entity(starts, tv, vv, rows, win, dly, fslot, fcol, fop, since_prev
     n = tv.shape[0]
     n_feat = fslot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    passes, feats = _passes(win.shape[0], vv.shape[1], fslot, fcol, fop)
+    walks, feats = _passes(win.shape[0], vv.shape[1], fslot, fcol, fop)
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
         t = tv[a : a + m]
         v = vv[a : a + m]
         r = rows[a : a + m]
-        for k in range(passes.shape[0]):
-            s, c, scans = passes[k, 0], passes[k, 1], passes[k, 2]
+        for k in range(walks.shape[0]):
+            s, c, scans = walks[k, 0], walks[k, 1], walks[k, 2]
+            f_count, f_sum, f_mean = walks[k, 3], walks[k, 4], walks[k, 5]
             w, d = win[s], dly[s]
             b, e, total, comp = 0, 0, 0.0, 0.0
             if scans:
@@ -321,14 +329,15 @@ def backfill_entity(starts, tv, vv, rows, win, dly, fslot, fcol, fop, since_prev
                     for f in feats[k]:
                         if f >= 0:
                             blk[r[i], f] = _scan_value(v, b, e, c, fop[f])
-            else:
-                for i in range(m):
-                    b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
-                    for j in range(feats.shape[1]):
-                        f = feats[k, j]
-                        if f < 0:
-                            break
-                        blk[r[i], f] = _simple_value(e - b, total + comp, fop[f])
+                continue
+            for i in range(m):
+                b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
+                if f_count >= 0:
+                    blk[r[i], f_count] = _simple_value(e - b, total + comp, OP_COUNT)
+                if f_sum >= 0:
+                    blk[r[i], f_sum] = _simple_value(e - b, total + comp, OP_SUM)
+                if f_mean >= 0:
+                    blk[r[i], f_mean] = _simple_value(e - b, total + comp, OP_MEAN)
         if since_prev and m > 0:
             blk[r[0], n_feat] = np.nan
             for i in range(1, m):

@@ -12,17 +12,20 @@ from features.spec import FeatureSpec
 from features.table import event_times_ns
 
 
-def factorize(ids: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense int64 codes of entity ids (a lookup table when their range is small)."""
+def group_keys(ids: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``(keys, lo, n_groups)``: each row's group is ``keys - lo``, in ``range(n_groups)``.
+
+    Ids spanning a range not much wider than their count are their own keys (a group per
+    value in the range, empty ones cost nothing); others are factorized.
+    """
+    ids = np.ascontiguousarray(ids, np.int64)
     if len(ids) == 0:
-        return np.zeros(0, np.int64), 0
+        return ids, 0, 0
     lo, hi = int(ids.min()), int(ids.max())
-    if hi - lo < 4 * len(ids) + 65_536:
-        codes = np.empty(len(ids), np.int64)
-        table = np.full(hi - lo + 1, -1, np.int64)
-        return codes, kernels.dense_codes(np.ascontiguousarray(ids, np.int64), lo, table, codes)
+    if hi - lo < len(ids) + 65_536:
+        return ids, lo, hi - lo + 1
     codes, uniques = pd.factorize(ids)
-    return codes.astype(np.int64), len(uniques)
+    return codes.astype(np.int64), 0, len(uniques)
 
 
 def compute(
@@ -55,9 +58,9 @@ def compute(
         cols = [values[c] for c in plan.columns] or [np.zeros(n)]
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
         vv = vv_all[: vals.size].reshape(vals.shape)
-        codes, n_groups = factorize(ids[plan.entity.key])
+        keys, lo, n_groups = group_keys(ids[plan.entity.key])
         starts = kernels.group_rows(
-            codes, n_groups, order, times, vals, tv, vv, rows, numba.get_num_threads()
+            keys, lo, n_groups, order, times, vals, tv, vv, rows, numba.get_num_threads()
         )
         kernels.backfill_entity(
             starts,

@@ -190,23 +190,6 @@ def calendar(kind, times, out):
 
 
 @njit(cache=True)
-def dense_codes(ids, lo, table, codes):
-    """Write codes 0..k-1 of int ids (``table`` spans their range) in order of first appearance.
-
-    Returns k. ``table`` must be filled with -1.
-    """
-    k = 0
-    for r in range(ids.shape[0]):
-        c = table[ids[r] - lo]
-        if c < 0:
-            c = k
-            table[ids[r] - lo] = k
-            k += 1
-        codes[r] = c
-    return k
-
-
-@njit(cache=True)
 def in_order(times, txids):
     """Whether rows are already sorted by (time, transaction id), ids unique within a time."""
     for r in range(1, times.shape[0]):
@@ -216,8 +199,10 @@ def in_order(times, txids):
 
 
 @njit(cache=True, parallel=True)
-def group_rows(codes, n_groups, order, times, vals, tv, vv, rows, n_threads):
+def group_rows(keys, lo, n_groups, order, times, vals, tv, vv, rows, n_threads):
     """Make each entity's events contiguous, taken in ``order`` (a stable counting sort).
+
+    Row r belongs to group ``keys[r] - lo`` (in ``range(n_groups)``).
 
     ``order`` lists row indices, or is empty for rows already in order. Fills ``tv``/``vv``
     (times, values in entity order) and ``rows[p]`` (the input row now at p); returns ``starts``
@@ -225,14 +210,14 @@ def group_rows(codes, n_groups, order, times, vals, tv, vv, rows, n_threads):
     contiguous chunk of the order into its own sub-range of every group, after the chunks
     before it: the result is the serial stable sort's.
     """
-    n = codes.shape[0]
+    n = keys.shape[0]
     n_cols = vals.shape[1]
     n_chunks = max(min(n_threads, n // 65_536), 1)
     size = (n + n_chunks - 1) // n_chunks
     fill = np.zeros((n_chunks, n_groups), np.int64)
     for k in prange(n_chunks):
         for i in range(k * size, min(n, (k + 1) * size)):
-            fill[k, codes[order[i] if order.shape[0] else i]] += 1
+            fill[k, keys[order[i] if order.shape[0] else i] - lo] += 1
     starts = np.empty(n_groups + 1, np.int64)
     p = 0
     for g in range(n_groups):
@@ -245,7 +230,7 @@ def group_rows(codes, n_groups, order, times, vals, tv, vv, rows, n_threads):
     for k in prange(n_chunks):
         for i in range(k * size, min(n, (k + 1) * size)):
             r = order[i] if order.shape[0] else i
-            g = codes[r]
+            g = keys[r] - lo
             p = fill[k, g]
             fill[k, g] = p + 1
             tv[p] = times[r]

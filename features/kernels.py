@@ -173,20 +173,34 @@ NS_PER_DAY = 86_400 * 10**9
 NS_PER_HOUR = 3_600 * 10**9
 
 
-@njit(cache=True)
-def calendar(kind, times, out):
-    """``out[i]`` = weekend (kind 0), night (1, hour <= 6) or hour (2) of naive ns ``times[i]``.
+@njit(cache=True, inline="always")
+def _calendar_value(kind, t):
+    """Weekend (kind 0), night (1: hour <= 6) or hour (2) of naive ns time t.
 
-    Serial: the stream calls this per transaction, where starting a parallel region costs
-    milliseconds. Integer floor division is exact; 1970-01-01 was a Thursday.
+    Integer floor division is exact; 1970-01-01 was a Thursday (Monday = 0).
     """
+    days = t // NS_PER_DAY
+    if kind == 0:
+        return 1.0 if (days + 3) % 7 >= 5 else 0.0
+    hour = (t - days * NS_PER_DAY) // NS_PER_HOUR
+    return float(hour) if kind == 2 else (1.0 if hour <= 6 else 0.0)
+
+
+@njit(cache=True)
+def calendar(kinds, times, out, col0):
+    """``out[i, col0 + k]`` = calendar feature ``kinds[k]`` of ``times[i]`` (serial: the
+    stream calls this per transaction, where starting a parallel region costs milliseconds)."""
     for i in range(times.shape[0]):
-        days = times[i] // NS_PER_DAY
-        if kind == 0:
-            out[i] = 1.0 if (days + 3) % 7 >= 5 else 0.0  # Monday = 0
-        else:
-            hour = (times[i] - days * NS_PER_DAY) // NS_PER_HOUR
-            out[i] = float(hour) if kind == 2 else (1.0 if hour <= 6 else 0.0)
+        for k in range(kinds.shape[0]):
+            out[i, col0 + k] = _calendar_value(kinds[k], times[i])
+
+
+@njit(cache=True, parallel=True)
+def calendar_parallel(kinds, times, out, col0):
+    """:func:`calendar` for whole histories."""
+    for i in prange(times.shape[0]):
+        for k in range(kinds.shape[0]):
+            out[i, col0 + k] = _calendar_value(kinds[k], times[i])
 
 
 @njit(cache=True)

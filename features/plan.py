@@ -73,14 +73,15 @@ class EntityPlan:
 
 
 _CALENDAR_CODES = {Calendar.WEEKEND: 0, Calendar.NIGHT: 1, Calendar.HOUR: 2}
+_PARALLEL_ROWS = 1 << 16  # below this, starting threads costs more than it saves
 
 
 def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
     """Calendar feature of naive event times in int64 ns since the epoch (a Thursday)."""
     times_ns = np.ascontiguousarray(times_ns, np.int64)
-    out = np.empty(len(times_ns), np.float64)
-    kernels.calendar(_CALENDAR_CODES[kind], times_ns, out)
-    return out
+    out = np.empty((len(times_ns), 1), np.float64)
+    kernels.calendar(np.array([_CALENDAR_CODES[kind]]), times_ns, out, 0)
+    return out[:, 0]
 
 
 def fill_derived(
@@ -93,8 +94,9 @@ def fill_derived(
     """
     for j, col in enumerate(spec.raw):
         out[:, j] = raw[col.name]
-    for j, cal in enumerate(spec.calendar, start=len(spec.raw)):
-        kernels.calendar(_CALENDAR_CODES[cal], times_ns, out[:, j])
+    kinds = np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64)
+    fill = kernels.calendar_parallel if len(times_ns) >= _PARALLEL_ROWS else kernels.calendar
+    fill(kinds, np.ascontiguousarray(times_ns, np.int64), out, len(spec.raw))
     position = {name: i for i, name in enumerate(spec.names)}
     first = len(spec.names) - len(spec.ratios)
     for j, ratio in enumerate(spec.ratios, start=first):

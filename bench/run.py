@@ -73,7 +73,7 @@ def bench_incremental(df: pd.DataFrame, batch_size: int = 2_000) -> Metrics:
             for part in parts:
                 engine.process(part)
 
-        seconds = _best_of(replay, repeat=2)
+        seconds = _best_of(replay, repeat=3)
         key = (
             "incremental_us_per_event"
             if spec is presets.BASELINE

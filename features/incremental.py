@@ -23,6 +23,7 @@ Semantics (the backfill gives the same float64 values for the same events in tim
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import IntEnum
@@ -38,6 +39,7 @@ from features.spec import Entity, FeatureSpec
 KIND_TX = kernels.KIND_TX
 KIND_LABEL = kernels.KIND_LABEL
 _KIND_SKIP = kernels.KIND_SKIP
+_DENSE_IDS = 1 << 22  # ids below this are looked up in a table (at most 32 MB), others hashed
 
 
 class Status(IntEnum):
@@ -64,8 +66,10 @@ class EntityStore:
         self.n_slots = len(plan.win)
         self.n_cols = max(len(plan.columns), 1)
         self.cap = capacity
-        self.rows = Dict.empty(types.int64, types.int64)  # entity id -> arena row
-        self.n_rows = 0  # len(self.rows), kept here: len() of a typed dict is slow from Python
+        # entity id -> arena row: a table for ids in [0, len(self.dense)), a dict for the rest
+        self.dense = np.full(0, -1, np.int64)
+        self.sparse = Dict.empty(types.int64, types.int64)
+        self.n_rows = 0
         self.arena = np.zeros((64, self._width(capacity)), np.int64)
 
     def _width(self, cap: int) -> int:
@@ -73,6 +77,27 @@ class EntityStore:
 
     def __len__(self) -> int:
         return self.n_rows
+
+    def __contains__(self, key: int) -> bool:
+        return self._row(key) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        """Ids of the entities with state."""
+        yield from (int(k) for k in np.flatnonzero(self.dense >= 0))
+        yield from (int(k) for k in self.sparse)
+
+    def _row(self, key: int) -> int:
+        if 0 <= key < len(self.dense):
+            return int(self.dense[key])
+        return self.sparse.get(key, -1)
+
+    def _widen_table(self, ids: np.ndarray) -> None:
+        """Grow the id table to cover ``ids`` where they are small non-negative ints."""
+        hi = int(ids.max()) if len(ids) else -1
+        if len(self.dense) <= hi < _DENSE_IDS:
+            grown = np.full(min(max(hi + 1, 2 * len(self.dense), 1024), _DENSE_IDS), -1, np.int64)
+            grown[: len(self.dense)] = self.dense
+            self.dense = grown
 
     def _ensure_rows(self, n: int) -> None:
         if n > len(self.arena):
@@ -84,7 +109,10 @@ class EntityStore:
         """Arena rows for a batch: transactions create state, labels only look it up."""
         ids = np.ascontiguousarray(ids, np.int64)
         self._ensure_rows(self.n_rows + int(is_tx.sum()))
-        rows, self.n_rows = _rows_of(self.rows, ids, is_tx, self.arena, self.cap)
+        self._widen_table(ids)
+        rows, self.n_rows = _rows_of(
+            self.dense, self.sparse, self.n_rows, ids, is_tx, self.arena, self.cap
+        )
         return rows
 
     def row_of(self, ids: np.ndarray, create: bool) -> np.ndarray:
@@ -98,20 +126,12 @@ class EntityStore:
 
     def _grow(self) -> None:
         """Double every row's buffer capacity (rare: amortised O(1) per event)."""
-        old, cap, s, c = self.arena, self.cap, self.n_slots, self.n_cols
-        new_cap = 2 * cap
-        head = kernels.HEADER + 2 * s + 2 * s * c
-        new = np.zeros((len(old), self._width(new_cap)), np.int64)
-        new[:, :head] = old[:, :head]
-        new[:, 1] = new_cap
-        for part in (0, 1):  # times, txids
-            src = old[:, head + part * cap : head + (part + 1) * cap]
-            new[:, head + part * new_cap : head + part * new_cap + cap] = src
-        vals_old = old[:, head + 2 * cap :].reshape(len(old), cap, c)
-        vals_new = new[:, head + 2 * new_cap :].reshape(len(old), new_cap, c)
-        assert np.shares_memory(vals_new, new)  # a reshaped view, not a copy
-        vals_new[:, :cap] = vals_old
-        self.arena, self.cap = new, new_cap
+        old, cap = self.arena, self.cap
+        keep = self._width(cap)  # header, sums and the buffer's records, in place
+        self.cap = 2 * cap
+        self.arena = np.zeros((len(old), self._width(self.cap)), np.int64)
+        self.arena[:, :keep] = old
+        self.arena[:, 1] = self.cap
 
     def process(
         self,
@@ -152,55 +172,72 @@ class EntityStore:
             self._grow()
 
     def export(self, key: int) -> bytes:
-        """The compact state of one entity (for Beam state); ``b""`` if it has none."""
-        row = self.rows.get(key, -1)
+        """The compact state of one entity (for Beam state); ``b""`` if it has none.
+
+        Layout: the row's header and sums (``cap`` set to n), then times[n], txids[n] and
+        vals[n x C] (float64 bits).
+        """
+        row = self._row(key)
         if row < 0:
             return b""
         r = self.arena[row]
         if r[2] != kernels.NO_TIME:
             kernels.compact(r, self.n_slots, self.n_cols, self.cap, r[2] - self.keep_ns)
-        n, s, c, cap = int(r[0]), self.n_slots, self.n_cols, self.cap
-        head = kernels.HEADER + 2 * s + 2 * s * c
+        n, head = int(r[0]), self._head
         header = r[:head].copy()
         header[1] = n
-        vals = r[head + 2 * cap :].reshape(cap, c)[:n].ravel()
-        parts = [header, r[head : head + n], r[head + cap : head + cap + n], vals]
+        records = r[head:].reshape(self.cap, 2 + self.n_cols)[:n]
+        parts = [header, records[:, 0], records[:, 1], records[:, 2:].ravel()]
         return np.concatenate(parts).tobytes()
 
     def load(self, key: int, blob: bytes) -> None:
         """Restore one entity's state from :meth:`export`; ``ValueError`` if it does not fit."""
         words = np.frombuffer(blob, np.int64)
-        s, c = self.n_slots, self.n_cols
-        head = kernels.HEADER + 2 * s + 2 * s * c
-        if len(words) < head or len(words) != kernels.row_width(s, c, int(words[1])):
+        c, head = self.n_cols, self._head
+        if len(words) < head or len(words) != kernels.row_width(self.n_slots, c, int(words[1])):
             raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
         n = int(words[0])
         while n > self.cap:
             self._grow()
         row = int(self.row_of(np.array([key]), create=True)[0])
-        r, cap = self.arena[row], self.cap
+        r = self.arena[row]
         r[:] = 0
         r[:head] = words[:head]
-        r[1] = cap
-        r[head : head + n] = words[head : head + n]
-        r[head + cap : head + cap + n] = words[head + n : head + 2 * n]
-        r[head + 2 * cap :].reshape(cap, c)[:n] = words[head + 2 * n :].reshape(n, c)
+        r[1] = self.cap
+        records = r[head:].reshape(self.cap, 2 + c)
+        records[:n, 0] = words[head : head + n]
+        records[:n, 1] = words[head + n : head + 2 * n]
+        records[:n, 2:] = words[head + 2 * n :].reshape(n, c)
+
+    @property
+    def _head(self) -> int:
+        """Words before the buffer: header and running sums."""
+        return kernels.HEADER + 2 * self.n_slots + 2 * self.n_slots * self.n_cols
 
 
 @njit(cache=True)
-def _rows_of(rows, ids, create, arena, cap):
-    """Look up each id's arena row, adding an empty state where ``create[i]``; -1 if unknown."""
+def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
+    """Look up each id's arena row, adding an empty state where ``create[i]``; -1 if unknown.
+
+    Returns the rows and the new row count.
+    """
     out = np.empty(ids.shape[0], np.int64)
     for i in range(ids.shape[0]):
-        row = rows.get(ids[i], -1)
+        key = ids[i]
+        in_table = 0 <= key < dense.shape[0]
+        row = dense[key] if in_table else sparse.get(key, -1)
         if row < 0 and create[i]:
-            row = len(rows)
-            rows[ids[i]] = row
+            row = n_rows
+            n_rows += 1
+            if in_table:
+                dense[key] = row
+            else:
+                sparse[key] = row
             arena[row, :] = 0
             arena[row, 1] = cap
             arena[row, 2] = kernels.NO_TIME
         out[i] = row
-    return out, len(rows)
+    return out, n_rows
 
 
 @njit(cache=True)

@@ -17,7 +17,10 @@ A state *row* (one entity, int64 words; float parts are viewed as float64) is la
 
     [n, cap, newest_time, 0, start_0, end_0, ..., start_{S-1}, end_{S-1}]   header, 4 + 2S
     [sum, compensation] per (slot, column)                                   2 * S * C (float64)
-    times[cap] | txids[cap] | vals[cap * C] (float64)                        buffer
+    [time, txid, vals[C] (float64)] per buffered event                       cap * (2 + C)
+
+An event's fields share a cache line: the stream touches entities at random, and each of its
+reads (a window's oldest event, the append, a label's transaction) is then one line, not three.
 """
 
 from __future__ import annotations
@@ -347,9 +350,9 @@ def backfill_entity(starts, tv, vv, rows, win, dly, fslot, fcol, fop, since_prev
 
 
 @njit(cache=True, inline="always")
-def _upper_bound(times, n, t):
-    """First index in ``times[:n]`` whose time is > t."""
-    lo, hi = 0, n
+def _upper_bound(times, n, t, lo=0):
+    """First index in ``times[lo:n]`` whose time is > t (n if none)."""
+    hi = n
     while lo < hi:
         mid = (lo + hi) >> 1
         if times[mid] <= t:
@@ -359,24 +362,41 @@ def _upper_bound(times, n, t):
     return lo
 
 
+@njit(cache=True, inline="always")
+def _upper_bound_recent(times, n, t):
+    """:func:`_upper_bound` galloping back from the end: a few probes of recently written
+    memory when t is among the newest events (labels, copies, late events), O(log n) always."""
+    hi = n  # times[hi:n] are all > t
+    step = 1
+    while step <= n and times[n - step] > t:
+        hi = n - step
+        step *= 2
+    return _upper_bound(times, hi, t, max(n - step, 0))
+
+
+@njit(cache=True, inline="always")
+def events_of(row, n_slots, n_cols, cap):
+    """The buffer of a state row: ``(records, times, txids, vals)``, views of one
+    ``cap x (2 + C)`` block (times and ids as int64, vals as float64)."""
+    off = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    records = row[off : off + cap * (2 + n_cols)].reshape((cap, 2 + n_cols))
+    vals = row[off : off + cap * (2 + n_cols)].view(np.float64).reshape((cap, 2 + n_cols))
+    return records, records[:, 0], records[:, 1], vals[:, 2:]
+
+
 @njit(cache=True)
 def compact(row, n_slots, n_cols, cap, cutoff):
     """Drop buffered events with time <= cutoff (they are behind every slot's range)."""
     n = row[0]
-    off = HEADER + 2 * n_slots + 2 * n_slots * n_cols
-    times = row[off : off + cap]
-    txids = row[off + cap : off + 2 * cap]
-    vals = row[off + 2 * cap : off + cap * (2 + n_cols)].view(np.float64).reshape((cap, n_cols))
+    records, times, _, _ = events_of(row, n_slots, n_cols, cap)
     m = _upper_bound(times, n, cutoff)
     for s in range(n_slots):
         m = min(m, row[HEADER + 2 * s])
     if m == 0:
         return
     for i in range(n - m):
-        times[i] = times[i + m]
-        txids[i] = txids[i + m]
-        for c in range(n_cols):
-            vals[i, c] = vals[i + m, c]
+        for w in range(2 + n_cols):
+            records[i, w] = records[i + m, w]
     for i in range(2 * n_slots):
         row[HEADER + i] -= m
     row[0] = n - m
@@ -426,16 +446,12 @@ def process(
         newest = row[2]
         t = ev_times[j]
         acc_off = HEADER + 2 * n_slots
-        buf_off = acc_off + 2 * n_slots * n_cols
         ptr = row[HEADER:acc_off]
-        acc = row[acc_off:buf_off].view(np.float64)
-        times = row[buf_off : buf_off + cap]
-        txids = row[buf_off + cap : buf_off + 2 * cap]
-        vals = row[buf_off + 2 * cap : buf_off + cap * (2 + n_cols)]
-        vals = vals.view(np.float64).reshape((cap, n_cols))
+        acc = row[acc_off : acc_off + 2 * n_slots * n_cols].view(np.float64)
+        records, times, txids, vals = events_of(row, n_slots, n_cols, cap)
         n = row[0]
         if kinds[j] == KIND_LABEL:
-            k = _upper_bound(times, n, t) - 1
+            k = _upper_bound_recent(times, n, t) - 1
             while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
                 k -= 1
             if k < 0 or times[k] != t:
@@ -453,26 +469,26 @@ def process(
         if late and t <= newest - lateness_ns:
             status[j] = ST_TOO_LATE
             continue
-        k = _upper_bound(times, n, t) - 1
-        while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
-            k -= 1
-        if k >= 0 and times[k] == t:  # redelivered: the original is buffered (within lateness)
-            status[j] = ST_DUPLICATE
-            continue
+        if newest != NO_TIME and t <= newest:  # only then can a copy be buffered
+            k = _upper_bound_recent(times, n, t) - 1
+            while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
+                k -= 1
+            if k >= 0 and times[k] == t:  # redelivered: the original is buffered
+                status[j] = ST_DUPLICATE
+                continue
         if n == cap and newest != NO_TIME:
             compact(row, n_slots, n_cols, cap, newest - keep_ns)
             n = row[0]
         if n == cap:
             return j
-        k = _upper_bound(times, n, t) if late else n
+        k = _upper_bound_recent(times, n, t) if late else n
         for i in range(n, k, -1):  # make room at k (late events only)
-            times[i] = times[i - 1]
-            txids[i] = txids[i - 1]
-            for c in range(n_cols):
-                vals[i, c] = vals[i - 1, c]
+            for w in range(2 + n_cols):
+                records[i, w] = records[i - 1, w]
         times[k] = t
         txids[k] = ev_txids[j]
-        vals[k] = ev_vals[j]
+        for c in range(n_cols):
+            vals[k, c] = ev_vals[j, c]
         for c in label_cols:  # a transaction's label is unknown until its label event
             vals[k, c] = 0.0
         row[0] = n + 1

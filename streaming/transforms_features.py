@@ -128,7 +128,7 @@ class _EntityState(beam.DoFn):
 
     def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
         blob = state.read()
-        if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store.rows):
+        if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store):
             self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
         if blob:
             self.store.load(key, blob)

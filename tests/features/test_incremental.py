@@ -180,3 +180,45 @@ def test_a_redelivered_transaction_is_ignored_and_counted_once():
     assert np.isnan(again[1]).all()
     f, _ = engine.process(batch((KIND_TX, 3, 0.6, 7, 1, 30.0, 0)))
     assert col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 3  # ids 1, 2, 3: the copy did not count
+
+
+def test_a_copy_delivered_right_after_its_original_is_a_duplicate():
+    """A copy at the entity's newest time (only then is the buffer searched for one)."""
+    engine = IncrementalEngine(SPEC)
+    _, st = engine.process(
+        batch((KIND_TX, 1, 0.0, 7, 1, 10.0, 0), (KIND_TX, 1, 0.0, 7, 1, 10.0, 0))
+    )
+    assert st.tolist() == [Status.OK, Status.DUPLICATE]
+    _, st = engine.process(batch((KIND_TX, 2, 0.0, 7, 1, 10.0, 0)))  # same time, another id
+    assert st.tolist() == [Status.OK]
+
+
+@pytest.mark.parametrize("ids", [[3, 5, 3], [-4, 2**40, -4], [7, 2**40, 7, -1, 2**40]])
+def test_entity_ids_of_any_int64_get_their_own_state(ids):
+    """Small ids are looked up in a table, others (negative, huge) in a dict: same behaviour."""
+    engine = IncrementalEngine(SPEC)
+    events = [(KIND_TX, i, 0.1 * i, cid, 1, 10.0 * (i + 1), 0) for i, cid in enumerate(ids)]
+    feats, _ = engine.process(batch(*events))
+    store = engine.stores[CUSTOMER]
+    assert sorted(store) == sorted(set(ids)) and len(store) == len(set(ids))
+    seen: dict[int, int] = {}
+    for i, cid in enumerate(ids):
+        seen[cid] = seen.get(cid, 0) + 1
+        assert col(feats, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[i] == seen[cid]
+    for cid in set(ids):
+        assert cid in store and engine.export(CUSTOMER, cid)
+    assert 123_456 not in store and engine.export(CUSTOMER, 123_456) == b""
+
+
+def test_searching_back_from_the_newest_event_finds_what_binary_search_finds():
+    """The stream looks up labels, copies and late events galloping back from the end."""
+    from numba import njit
+
+    from features.kernels import _upper_bound_recent
+
+    search = njit(lambda times, n, t: _upper_bound_recent(times, n, t))
+    rng = np.random.default_rng(7)
+    for _ in range(3_000):
+        times = np.sort(rng.integers(0, 30, 64))
+        n, t = int(rng.integers(0, 65)), int(rng.integers(-2, 33))
+        assert search(times, n, t) == np.searchsorted(times[:n], t, side="right")

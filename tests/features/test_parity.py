@@ -119,7 +119,7 @@ def test_state_survives_export_and_load_between_batches(rows, batch):
         feats, _ = engine.process(part)
         got.append(feats[part.kind == 0])
         for entity, store in engine.stores.items():
-            for key in store.rows:
+            for key in store:
                 saved[entity, key] = engine.export(entity, key)
     _assert_identical(expected, np.concatenate(got))
 

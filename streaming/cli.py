@@ -47,6 +47,44 @@ def _run_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bootstrap",
+        help="card and terminal states for a job's start (fraudstream run --initial_state)",
+        description="Replay a history (labels once their delay has passed) through the "
+        "streaming path and write every card's and terminal's state, so that a job started "
+        "where the history ends has the features of its whole history (see "
+        "streaming/bootstrap.py).",
+    )
+    _inputs(p)
+    p.add_argument("--output", required=True, metavar="PATH", help="state parquet to write")
+    _preset(p, "default")
+    p.add_argument(
+        "--pseudonymise_ids",
+        default="on",
+        choices=("on", "off"),
+        help="key the states by the job's pseudonyms (same key as `run`: $FRAUDSTREAM_ID_KEY "
+        "or --id_key_secret); off for a job run with --pseudonymise_ids off",
+    )
+    p.add_argument("--id_key_secret", help="Secret Manager version of the id key")
+    p.add_argument("--max_lateness_hours", type=float, default=24.0)
+    p.set_defaults(func=_run_bootstrap)
+
+
+def _run_bootstrap(args: argparse.Namespace) -> int:
+    from streaming.jobs import run_bootstrap
+
+    run_bootstrap(
+        args.input,
+        args.output,
+        args.preset,
+        args.pseudonymise_ids == "on",
+        args.id_key_secret,
+        args.max_lateness_hours,
+    )
+    return 0
+
+
 def _add_parity(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "parity",
@@ -291,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_backfill(sub)
+    _add_bootstrap(sub)
     _add_demo(sub)
     _add_parity(sub)
     _add_evaluate(sub)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,10 @@ from features.backfill import backfill
 from features.incremental import Status
 from features.spec import FeatureSpec
 from features.stream import stream_features
-from features.table import read_transactions, validate
+from features.table import event_times_ns, read_transactions, validate
+
+if TYPE_CHECKING:
+    from streaming.bootstrap import StateFileInfo
 
 
 def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:
@@ -34,6 +39,39 @@ def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:
         bar.update()
     print(f"wrote {len(features):,} rows x {len(spec.names)} features ({spec.name}) to {output}")
     return features
+
+
+def run_bootstrap(
+    inputs: list[str],
+    output: str,
+    preset: str,
+    pseudonymise_ids: bool = True,
+    id_key_secret: str | None = None,
+    max_lateness_hours: float = 24.0,
+) -> StateFileInfo:
+    """``fraudstream bootstrap``: replay a history, write every entity's state for ``run
+    --initial_state`` (see :mod:`streaming.bootstrap`); progress on stderr."""
+    from streaming.bootstrap import pseudonymised, replay_states, write_states
+    from streaming.pipeline import _check_id_key
+    from streaming.pseudonymise import ENV_KEY_SECRET, Pseudonymiser
+
+    spec = presets.get(preset)
+    id_key = ""
+    df = read_transactions(inputs, spec)
+    if pseudonymise_ids:
+        id_key = _check_id_key(id_key_secret)
+        env = {ENV_KEY_SECRET: id_key_secret} if id_key_secret else None
+        df = pseudonymised(df, Pseudonymiser.from_env(required=True, environ=env))
+    lateness = timedelta(hours=max_lateness_hours)
+    with tqdm(total=2 * len(df), desc="bootstrap", unit="ev", unit_scale=True) as bar:
+        states = replay_states(df, spec, lateness, progress=bar.update)
+    end_ns = int(event_times_ns(df).max()) if len(df) else 0
+    info = write_states(output, states, spec, end_ns, id_key)
+    print(
+        f"wrote the states of {info.entities:,} entities ({spec.name}, "
+        f"{'key ' + id_key if id_key else 'clear ids'}) up to {pd.Timestamp(end_ns)} to {output}"
+    )
+    return info
 
 
 def stream(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:

@@ -17,11 +17,13 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from features import presets
 from features.incremental import Status
 from features.spec import FeatureSpec
+from streaming.bootstrap import InitialStates, read_info
 from streaming.feature_store import PROFILES, REPO, shared_store
 from streaming.local_runner import freeze_startup_objects, is_local, tune_local_runner
 from streaming.schema import parse_label, parse_transaction, transaction_json
@@ -73,6 +75,11 @@ class FraudstreamOptions(PipelineOptions):
             help="arrival: score each transaction as it arrives (lowest latency); event_time: "
             "apply each card's and terminal's events in event-time order once the watermark "
             "passes them (exact for any delivery order, adds the watermark's delay)",
+        )
+        parser.add_argument(
+            "--initial_state",
+            help="card and terminal states to start from (`fraudstream bootstrap`): each "
+            "entity's state is loaded from it when the job first sees the entity",
         )
         parser.add_argument(
             "--feature_store",
@@ -132,12 +139,13 @@ class ScoreTransactions(beam.PTransform):
         clock: Clock = time.time,
         pseudonymise: PseudonymiseIds | None = None,
         ordering: str = "event_time",
+        initial: InitialStates | None = None,
     ) -> None:
         super().__init__()
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
-        self.pseudonymise, self.ordering = pseudonymise, ordering
+        self.pseudonymise, self.ordering, self.initial = pseudonymise, ordering, initial
 
     def expand(self, inputs):
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
@@ -153,13 +161,13 @@ class ScoreTransactions(beam.PTransform):
             events = events | "PseudonymiseIds" >> self.pseudonymise
         if self.ordering == "arrival":
             rows = events | "EntityFeatures" >> EntityChain(
-                self.spec, self.max_lateness, self.clock
+                self.spec, self.max_lateness, self.clock, self.initial
             )
         else:
             blocks = [
                 events
                 | f"{e.name.capitalize()}Features"
-                >> EntityFeatures(self.spec, e, self.max_lateness)
+                >> EntityFeatures(self.spec, e, self.max_lateness, self.initial)
                 for e in self.spec.entities
             ]
             rows = (
@@ -204,11 +212,10 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     if not opts.model_dir:
         raise ValueError("--model_dir is required")
     local = is_local(options.view_as(StandardOptions).runner)
-    pseudonymise = None
+    pseudonymise, id_key = None, ""  # id_key: the key's fingerprint, where known at launch
     if opts.pseudonymise_ids == "on":
-        if local:
-            _check_id_key(opts.id_key_secret)
-        elif not opts.id_key_secret:
+        id_key = _check_id_key(opts.id_key_secret) if local else None
+        if not local and not opts.id_key_secret:
             raise ValueError(
                 "--id_key_secret is required on a remote runner (the workers read the id key "
                 "from Secret Manager), or pass --pseudonymise_ids off"
@@ -217,6 +224,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     elif opts.clear_ids_in_alerts:
         raise ValueError("--clear_ids_in_alerts needs --pseudonymise_ids on (ids are clear)")
     spec = presets.get(opts.preset)
+    initial = _initial_states(opts.initial_state, spec, id_key) if opts.initial_state else None
     handler = BoosterHandler(
         opts.model_dir,
         opts.preset,
@@ -235,7 +243,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
     core = ScoreTransactions(
-        spec, handler, lateness, pseudonymise=pseudonymise, ordering=opts.ordering
+        spec, handler, lateness, pseudonymise=pseudonymise, ordering=opts.ordering, initial=initial
     )
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:
@@ -291,8 +299,23 @@ def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
     )
 
 
-def _check_id_key(secret: str | None) -> None:
-    """Fail at launch, with what to do, when no pseudonymisation key is configured."""
+def _initial_states(path: str, spec: FeatureSpec, id_key: str | None) -> InitialStates:
+    """Check a state file at launch: written for this spec and, where the id key's fingerprint
+    is known here (``""``: clear ids), with this job's ids. Workers check the spec again."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        raise ValueError(f"--initial_state {path}: no such file (see fraudstream bootstrap)")
+    with FileSystems.open(path) as f:
+        info = read_info(pa.BufferReader(f.read()))
+    info.check(spec, id_key)
+    log.info("initial states: %d entities up to %s from %s", info.entities, info.end_ns, path)
+    return InitialStates(path, spec)
+
+
+def _check_id_key(secret: str | None) -> str:
+    """Fail at launch, with what to do, when no pseudonymisation key is configured; returns
+    the key's fingerprint."""
     from streaming.pseudonymise import ENV_KEY, ENV_KEY_SECRET, Pseudonymiser
 
     env = {ENV_KEY_SECRET: secret} if secret else None
@@ -304,6 +327,7 @@ def _check_id_key(secret: str | None) -> None:
             "or pass --pseudonymise_ids off to keep clear card and terminal ids"
         ) from exc
     log.info("pseudonymising ids with key %s", ids.fingerprint)
+    return ids.fingerprint
 
 
 def _pubsub_message(alert: dict) -> beam.io.PubsubMessage:

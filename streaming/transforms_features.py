@@ -19,6 +19,9 @@ Two orderings (:data:`ORDERINGS`):
   backfill's for any delivery order (batch runs, replays), at the cost of the watermark's delay
   (seconds on Dataflow).
 
+With an initial state file (``--initial_state``, :mod:`streaming.bootstrap`), an entity whose
+Beam state is empty starts from its replayed history instead of from nothing.
+
 Unlike ``IncrementalEngine`` (which rejects a transaction too late for *any* entity from all of
 them), each entity here decides alone: a transaction too late for one entity still updates the
 other's state; its features are NaN and its status ``TOO_LATE`` all the same, so it is never
@@ -49,6 +52,7 @@ from apache_beam.utils.timestamp import Timestamp
 from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
+from streaming.bootstrap import InitialStates
 from streaming.schema import Label, Transaction
 from streaming.transforms import NAMESPACE, Clock
 
@@ -118,16 +122,23 @@ class _EntityState(beam.DoFn):
     bytes). Subclasses decide when: :class:`_ChainLink` as they arrive, :class:`_OrderedEntityState`
     once the watermark passes them."""
 
-    def __init__(self, plan: EntityPlan, max_lateness: timedelta) -> None:
-        self.plan, self.max_lateness = plan, max_lateness
+    def __init__(
+        self, plan: EntityPlan, max_lateness: timedelta, initial: InitialStates | None = None
+    ) -> None:
+        self.plan, self.max_lateness, self.initial = plan, max_lateness, initial
         name = plan.entity.name
         self.counters = {s: Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status}
+        self.bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_loaded")
 
     def setup(self) -> None:
         self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
+        self.initial_states = self.initial.load(self.plan.entity) if self.initial else {}
 
     def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
         blob = state.read()
+        if not blob and key in self.initial_states:  # first sight of a bootstrapped entity
+            blob = self.initial_states[key]
+            self.bootstrapped.inc()
         if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store):
             self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
         if blob:
@@ -216,11 +227,15 @@ class EntityFeatures(beam.PTransform):
     """
 
     def __init__(
-        self, spec: FeatureSpec, entity: Entity, max_lateness: timedelta = timedelta(days=1)
+        self,
+        spec: FeatureSpec,
+        entity: Entity,
+        max_lateness: timedelta = timedelta(days=1),
+        initial: InitialStates | None = None,
     ) -> None:
         super().__init__()
         self.plan = EntityPlan.build(spec, entity)
-        self.entity, self.max_lateness = entity, max_lateness
+        self.entity, self.max_lateness, self.initial = entity, max_lateness, initial
 
     def expand(self, events):
         entity, uses_labels = self.entity, len(self.plan.label_cols) > 0
@@ -232,7 +247,7 @@ class EntityFeatures(beam.PTransform):
             # a stage of its own: fused with the other entity's stateful DoFn (same input, same
             # state and timer names) the portable runner lost one entity's timers
             | "Shuffle" >> beam.Reshuffle()
-            | "State" >> beam.ParDo(_OrderedEntityState(self.plan, self.max_lateness))
+            | "State" >> beam.ParDo(_OrderedEntityState(self.plan, self.max_lateness, self.initial))
         )
 
 
@@ -257,8 +272,9 @@ class _ChainLink(_EntityState):
         max_lateness: timedelta,
         after: tuple[Entity, ...],
         clock: Clock,
+        initial: InitialStates | None = None,
     ) -> None:
-        super().__init__(EntityPlan.build(spec, entity), max_lateness)
+        super().__init__(EntityPlan.build(spec, entity), max_lateness, initial)
         self.spec, self.clock = spec, clock
         self.next = after[0] if after else None
         self.uses_labels = len(self.plan.label_cols) > 0
@@ -307,9 +323,11 @@ class EntityChain(beam.PTransform):
         spec: FeatureSpec,
         max_lateness: timedelta = timedelta(days=1),
         clock: Clock = time.time,
+        initial: InitialStates | None = None,
     ) -> None:
         super().__init__()
         self.spec, self.max_lateness, self.clock = spec, max_lateness, clock
+        self.initial = initial
 
     def expand(self, events):
         entities = tuple(self.spec.entities)
@@ -319,7 +337,9 @@ class EntityChain(beam.PTransform):
         ).with_output_types(KV[int, Any])
         for i, entity in enumerate(entities):
             after = entities[i + 1 :]
-            link = beam.ParDo(_ChainLink(self.spec, entity, self.max_lateness, after, self.clock))
+            link = beam.ParDo(
+                _ChainLink(self.spec, entity, self.max_lateness, after, self.clock, self.initial)
+            )
             if after:
                 link = link.with_output_types(KV[int, Any])
             chain = chain | f"{entity.name.capitalize()}Features" >> link

@@ -19,6 +19,7 @@ from features.backfill import backfill
 from features.incremental import Status
 from features.synthetic import transactions
 from features.table import validate
+from streaming.bootstrap import InitialStates, replay_states, write_states
 from streaming.pipeline import ScoreTransactions
 from streaming.scoring import BoosterHandler
 from training import model as models
@@ -98,6 +99,7 @@ def _stream_run(
     root,
     max_lateness: timedelta = timedelta(days=1),
     ordering: str = "event_time",
+    initial: InitialStates | None = None,
 ) -> dict[str, list]:
     """Run the core in streaming mode on the DirectRunner over ``stream`` (one TestStream with
     the tagged outputs ``transactions`` and ``labels``: the DirectRunner ends a pipeline with
@@ -108,7 +110,9 @@ def _stream_run(
     with beam.Pipeline(options=options) as p:
         inputs = p | "Events" >> stream
         handler = BoosterHandler(str(root), SPEC.name)
-        out = inputs | ScoreTransactions(SPEC, handler, max_lateness, ordering=ordering)
+        out = inputs | ScoreTransactions(
+            SPEC, handler, max_lateness, ordering=ordering, initial=initial
+        )
         for name in ("scored", "dead_letter", "alerts"):
             _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
     return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
@@ -168,20 +172,24 @@ def test_streaming_mode_on_the_direct_runner_gives_the_same_features_and_scores(
     _assert_backfill_parity(_stream_run(stream, root), df, X, booster, redelivered=10)
 
 
-def _in_arrival_order(df: pd.DataFrame) -> list[tuple[str, list[str]]]:
+def _arrival_events(df: pd.DataFrame) -> list[tuple]:
     """The replay's order (``features.stream.with_labels``): transactions at their time, each
-    label at its label time, labels first at equal times; as runs of one tag each."""
+    label at its label time, labels first at equal times; ``(time, kind, row, tag, payload)``."""
     txs, labels = _payloads(df)
     times = df["TX_DATETIME"].tolist()
-    events = sorted(
+    return sorted(
         [(t, 1, i, "transactions", p) for i, (t, p) in enumerate(zip(times, txs, strict=True))]
         + [
             (t + SPEC.label_delay, 0, i, "labels", p)
             for i, (t, p) in enumerate(zip(times, labels, strict=True))
         ]
     )
+
+
+def _in_arrival_order(df: pd.DataFrame, events: list[tuple] | None = None):
+    """:func:`_arrival_events` (or ``events``) as runs of one tag each."""
     runs: list[tuple[str, list[str]]] = []
-    for *_, tag, payload in events:
+    for *_, tag, payload in _arrival_events(df) if events is None else events:
         if not runs or runs[-1][0] != tag:
             runs.append((tag, []))
         runs[-1][1].append(payload)
@@ -204,6 +212,32 @@ def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_orde
     stream.advance_watermark_to_infinity()
     got = _stream_run(stream, root, ordering="arrival")
     _assert_backfill_parity(got, df, X, booster, redelivered=5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+def test_a_job_started_from_bootstrapped_states_has_the_features_of_the_whole_history(
+    world, ordering, tmp_path
+):
+    """``fraudstream bootstrap`` on the first 250 transactions, then the job on what comes
+    after them (the rest, and the labels due after the 250th): every live transaction gets the
+    backfill's features of the whole history, bit for bit."""
+    df, X, booster, root = world
+    cut = 250
+    history = df.iloc[:cut]
+    path = tmp_path / "states.parquet"
+    write_states(path, replay_states(history, SPEC), SPEC, 0)
+    events = _arrival_events(df)
+    seen = next(i for i, e in enumerate(events) if e[1] == 1 and e[2] == cut - 1) + 1
+    stream = _TestStream(output_tags={"transactions", "labels"})
+    for tag, payloads in _in_arrival_order(df, events[seen:]):
+        stream.add_elements(payloads, tag=tag)
+    stream.advance_watermark_to_infinity()
+    got = _stream_run(stream, root, ordering=ordering, initial=InitialStates(str(path), SPEC))
+    live = df.iloc[cut:]
+    _assert_backfill_parity(got, live, X[cut:], booster, redelivered=0)
+    cold = backfill(live.reset_index(drop=True), SPEC)[SPEC.names].to_numpy()
+    assert not np.array_equal(cold, X[cut:])  # a cold start would have differed
 
 
 def test_an_unknown_ordering_is_refused(world):

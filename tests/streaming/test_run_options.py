@@ -37,3 +37,22 @@ def test_a_local_launch_checks_the_model_and_the_key_first(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="--clear_ids_in_alerts needs --pseudonymise_ids on"):
         _build(["--pseudonymise_ids", "off", "--clear_ids_in_alerts", "--model_dir",
                 str(tmp_path), *SUBS])  # fmt: skip
+
+
+def test_a_launch_checks_the_initial_state_file_against_the_spec_and_the_key(tmp_path, monkeypatch):
+    from features import presets
+    from streaming.bootstrap import write_states
+
+    monkeypatch.setenv("FRAUDSTREAM_ID_KEY", "ab" * 32)
+    job = ["--model_dir", str(tmp_path / "none"), "--preset", "baseline", *SUBS]
+    with pytest.raises(ValueError, match=r"--initial_state .*missing\.parquet: no such file"):
+        _build([*job, "--initial_state", str(tmp_path / "missing.parquet")])
+    path = str(tmp_path / "states.parquet")
+    write_states(path, {}, presets.DEFAULT, 0)
+    with pytest.raises(ValueError, match="written for spec 'default'"):
+        _build([*job, "--initial_state", path])
+    write_states(path, {}, presets.BASELINE, 0)  # clear ids, the job pseudonymises
+    with pytest.raises(ValueError, match="keyed by clear ids, the job by key"):
+        _build([*job, "--initial_state", path])
+    with pytest.raises(ValueError, match="no such model directory"):  # the file is fine
+        _build([*job, "--pseudonymise_ids", "off", "--initial_state", path])

@@ -1,0 +1,150 @@
+"""Entity states for a streaming job's start, replayed from the history it takes over from.
+
+A job started on a live feed otherwise begins with empty states: its features match the
+backfill's only after the longest window (plus delay) of traffic. ``fraudstream bootstrap``
+replays a history through the job's own incremental engine (transactions, and each label
+once its delay has passed by the history's last transaction) and writes every card's and
+terminal's state to a parquet file; ``fraudstream run --initial_state FILE`` loads an entity's
+state from it the first time the job sees that entity (Beam state, once written, wins).
+
+The file has one row per entity: ``entity`` (``customer``, ``terminal``), ``id`` (int64, as the
+job keys it: pseudonymised when the job pseudonymises) and ``state`` (the bytes of
+:meth:`features.incremental.EntityStore.export`). Its metadata names the spec and its feature
+names, the id key's fingerprint (empty for clear ids) and the history's last transaction time:
+the job refuses a file written for another spec or another key. The live feed should start
+after that time; older transactions are treated as late (or too late) events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from features.incremental import KIND_TX, IncrementalEngine
+from features.spec import CUSTOMER, TERMINAL, Entity, FeatureSpec
+from features.stream import slices, with_labels
+
+_META_KEY = b"fraudstream.initial_state"
+_BATCH = 65_536
+
+
+@dataclass(frozen=True)
+class StateFileInfo:
+    """What a state file was written for (its parquet metadata)."""
+
+    spec: str
+    names: list[str]
+    id_key: str  # fingerprint of the pseudonymisation key; "" for clear ids
+    end_ns: int  # the history's last transaction time
+    entities: int
+
+    def check(self, spec: FeatureSpec, id_key: str | None = None) -> None:
+        """``ValueError`` unless the file fits ``spec`` (and, when given, the id key)."""
+        if self.spec != spec.name or self.names != spec.names:
+            raise ValueError(
+                f"initial state file was written for spec {self.spec!r} "
+                f"({len(self.names)} features), not {spec.name!r}: rerun fraudstream bootstrap "
+                f"--preset {spec.name}"
+            )
+        if id_key is not None and self.id_key != id_key:
+            have = f"key {self.id_key}" if self.id_key else "clear ids"
+            want = f"key {id_key}" if id_key else "clear ids"
+            raise ValueError(
+                f"initial state file is keyed by {have}, the job by {want}: rerun fraudstream "
+                "bootstrap with the job's --pseudonymise_ids setting and key"
+            )
+
+
+def replay_states(
+    df: pd.DataFrame,
+    spec: FeatureSpec,
+    max_lateness: timedelta = timedelta(days=1),
+    progress: Callable[[int], object] | None = None,
+) -> dict[Entity, dict[int, bytes]]:
+    """Each entity's exported state after replaying ``df`` (validated, arrival order).
+
+    Labels are applied when they arrive (``label_delay`` after their transaction); those that
+    arrive after the last transaction are left to the live feed.
+    """
+    events = with_labels(df, spec)
+    is_tx = np.flatnonzero(events.kind == KIND_TX)
+    known = next(slices(events, int(is_tx[-1]) + 1)) if len(is_tx) else events
+    engine = IncrementalEngine(spec, max_lateness)
+    for part in slices(known, _BATCH):
+        engine.process(part)
+        if progress is not None:
+            progress(len(part))
+    return {e: {key: engine.export(e, key) for key in engine.stores[e]} for e in spec.entities}
+
+
+def write_states(
+    path: str | Path,
+    states: dict[Entity, dict[int, bytes]],
+    spec: FeatureSpec,
+    end_ns: int,
+    id_key: str = "",
+) -> StateFileInfo:
+    """Write ``states`` (from :func:`replay_states`) with the metadata the job checks."""
+    rows = [(e.name, key, blob) for e, by_key in states.items() for key, blob in by_key.items()]
+    info = StateFileInfo(spec.name, list(spec.names), id_key, int(end_ns), len(rows))
+    table = pa.table(
+        {
+            "entity": pa.array([r[0] for r in rows], pa.string()),
+            "id": pa.array([r[1] for r in rows], pa.int64()),
+            "state": pa.array([r[2] for r in rows], pa.binary()),
+        }
+    ).replace_schema_metadata({_META_KEY: json.dumps(info.__dict__).encode()})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, str(path))
+    return info
+
+
+def read_info(source) -> StateFileInfo:
+    """The metadata of a state file (a path or an open binary file)."""
+    meta = pq.read_schema(source).metadata or {}
+    if _META_KEY not in meta:
+        raise ValueError(f"{source}: not a fraudstream initial state file (no metadata)")
+    return StateFileInfo(**json.loads(meta[_META_KEY]))
+
+
+def read_states(source, spec: FeatureSpec, entity: Entity) -> dict[int, bytes]:
+    """``id -> state`` of one entity type from a state file written for ``spec``."""
+    read_info(source).check(spec)
+    table = pq.read_table(source)
+    table = table.filter(pc.equal(table["entity"], entity.name))
+    return dict(zip(table["id"].to_pylist(), table["state"].to_pylist(), strict=True))
+
+
+@dataclass(frozen=True)
+class InitialStates:
+    """A job's initial entity states: a state file (any Beam file system path) for ``spec``,
+    read on the workers, one entity type per stateful step."""
+
+    path: str
+    spec: FeatureSpec
+
+    def load(self, entity: Entity) -> dict[int, bytes]:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(self.path) as f:
+            return read_states(pa.BufferReader(f.read()), self.spec, entity)
+
+
+def pseudonymised(df: pd.DataFrame, ids) -> pd.DataFrame:
+    """``df`` with card and terminal ids mapped by ``ids`` (a ``Pseudonymiser``), as the job
+    maps them before they reach the entity states."""
+    return df.assign(
+        **{
+            CUSTOMER.key: ids.customers(df[CUSTOMER.key].to_numpy()),
+            TERMINAL.key: ids.terminals(df[TERMINAL.key].to_numpy()),
+        }
+    )

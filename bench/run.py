@@ -1,7 +1,7 @@
 """``make bench``: every benchmark of the project in one run, ratios measured in the same run.
 
 Writes ``bench/results/latest.json`` and ``bench/results/latest.md``. Run with
-``python -m bench.run [--only NAME ...] [--data PATH]``.
+``python -m bench.run [--only NAME] [--only NAME ...] [--data PATH]`` (``--only`` repeats).
 """
 
 from __future__ import annotations

@@ -92,9 +92,10 @@ class EntityStore:
         return self.sparse.get(key, -1)
 
     def _widen_table(self, ids: np.ndarray) -> None:
-        """Grow the id table to cover ``ids`` where they are small non-negative ints."""
+        """Grow the id table to cover ``ids`` where they are small non-negative ints (at most
+        ``_DENSE_IDS``, and 16 slots per state it may hold: sparse ids go to the dict)."""
         hi = int(ids.max()) if len(ids) else -1
-        if len(self.dense) <= hi < _DENSE_IDS:
+        if len(self.dense) <= hi < min(_DENSE_IDS, 16 * (self.n_rows + len(ids)) + 65_536):
             grown = np.full(min(max(hi + 1, 2 * len(self.dense), 1024), _DENSE_IDS), -1, np.int64)
             grown[: len(self.dense)] = self.dense
             self.dense = grown
@@ -292,6 +293,16 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    def __getitem__(self, part: slice) -> Batch:
+        """The events of ``part`` (views, not copies)."""
+        return Batch(
+            kind=self.kind[part],
+            transaction_id=self.transaction_id[part],
+            time_ns=self.time_ns[part],
+            ids={k: v[part] for k, v in self.ids.items()},
+            values={k: v[part] for k, v in self.values.items()},
+        )
 
 
 class IncrementalEngine:

@@ -47,14 +47,7 @@ def with_labels(df: pd.DataFrame, spec: FeatureSpec, label_delay: timedelta | No
 def slices(batch: Batch, size: int) -> Iterator[Batch]:
     """Consecutive micro-batches of at most ``size`` events."""
     for a in range(0, len(batch), size):
-        z = a + size
-        yield Batch(
-            kind=batch.kind[a:z],
-            transaction_id=batch.transaction_id[a:z],
-            time_ns=batch.time_ns[a:z],
-            ids={k: v[a:z] for k, v in batch.ids.items()},
-            values={k: v[a:z] for k, v in batch.values.items()},
-        )
+        yield batch[a : a + size]
 
 
 def stream_features(

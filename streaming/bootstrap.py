@@ -17,6 +17,7 @@ after that time; older transactions are treated as late (or too late) events.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def replay_states(
     """
     events = with_labels(df, spec)
     is_tx = np.flatnonzero(events.kind == KIND_TX)
-    known = next(slices(events, int(is_tx[-1]) + 1)) if len(is_tx) else events
+    known = events[: int(is_tx[-1]) + 1] if len(is_tx) else events  # labels due by the end
     engine = IncrementalEngine(spec, max_lateness)
     for part in slices(known, _BATCH):
         engine.process(part)
@@ -133,10 +134,29 @@ class InitialStates:
     spec: FeatureSpec
 
     def load(self, entity: Entity) -> dict[int, bytes]:
-        from apache_beam.io.filesystems import FileSystems
+        """The states of ``entity`` (read once per process, shared by its DoFn instances:
+        read-only)."""
+        return _load(self.path, self.spec, entity)
 
-        with FileSystems.open(self.path) as f:
-            return read_states(pa.BufferReader(f.read()), self.spec, entity)
+    def info(self) -> StateFileInfo:
+        with _open(self.path) as f:
+            return read_info(f)
+
+
+@functools.cache
+def _load(path: str, spec: FeatureSpec, entity: Entity) -> dict[int, bytes]:
+    with _open(path) as f:
+        return read_states(pa.BufferReader(f.read()), spec, entity)
+
+
+def _open(path: str):
+    """A seekable binary file on any Beam file system (``gs://`` included)."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        raise ValueError(f"--initial_state {path}: no such file (see fraudstream bootstrap)")
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def pseudonymised(df: pd.DataFrame, ids) -> pd.DataFrame:

@@ -52,16 +52,14 @@ def run_bootstrap(
     """``fraudstream bootstrap``: replay a history, write every entity's state for ``run
     --initial_state`` (see :mod:`streaming.bootstrap`); progress on stderr."""
     from streaming.bootstrap import pseudonymised, replay_states, write_states
-    from streaming.pipeline import _check_id_key
-    from streaming.pseudonymise import ENV_KEY_SECRET, Pseudonymiser
+    from streaming.pipeline import launch_pseudonymiser
 
     spec = presets.get(preset)
     id_key = ""
     df = read_transactions(inputs, spec)
     if pseudonymise_ids:
-        id_key = _check_id_key(id_key_secret)
-        env = {ENV_KEY_SECRET: id_key_secret} if id_key_secret else None
-        df = pseudonymised(df, Pseudonymiser.from_env(required=True, environ=env))
+        ids = launch_pseudonymiser(id_key_secret)
+        id_key, df = ids.fingerprint, pseudonymised(df, ids)
     lateness = timedelta(hours=max_lateness_hours)
     with tqdm(total=2 * len(df), desc="bootstrap", unit="ev", unit_scale=True) as bar:
         states = replay_states(df, spec, lateness, progress=bar.update)

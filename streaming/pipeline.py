@@ -15,15 +15,15 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from features import presets
 from features.incremental import Status
 from features.spec import FeatureSpec
-from streaming.bootstrap import InitialStates, read_info
+from streaming.bootstrap import InitialStates
 from streaming.feature_store import PROFILES, REPO, shared_store
 from streaming.local_runner import freeze_startup_objects, is_local, tune_local_runner
 from streaming.schema import parse_label, parse_transaction, transaction_json
@@ -43,6 +43,9 @@ from streaming.transforms_features import (
     EntityFeatures,
     JoinFeatures,
 )
+
+if TYPE_CHECKING:
+    from streaming.pseudonymise import Pseudonymiser
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     local = is_local(options.view_as(StandardOptions).runner)
     pseudonymise, id_key = None, ""  # id_key: the key's fingerprint, where known at launch
     if opts.pseudonymise_ids == "on":
-        id_key = _check_id_key(opts.id_key_secret) if local else None
+        id_key = launch_pseudonymiser(opts.id_key_secret).fingerprint if local else None
         if not local and not opts.id_key_secret:
             raise ValueError(
                 "--id_key_secret is required on a remote runner (the workers read the id key "
@@ -302,20 +305,16 @@ def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
 def _initial_states(path: str, spec: FeatureSpec, id_key: str | None) -> InitialStates:
     """Check a state file at launch: written for this spec and, where the id key's fingerprint
     is known here (``""``: clear ids), with this job's ids. Workers check the spec again."""
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        raise ValueError(f"--initial_state {path}: no such file (see fraudstream bootstrap)")
-    with FileSystems.open(path) as f:
-        info = read_info(pa.BufferReader(f.read()))
+    initial = InitialStates(path, spec)
+    info = initial.info()
     info.check(spec, id_key)
     log.info("initial states: %d entities up to %s from %s", info.entities, info.end_ns, path)
-    return InitialStates(path, spec)
+    return initial
 
 
-def _check_id_key(secret: str | None) -> str:
-    """Fail at launch, with what to do, when no pseudonymisation key is configured; returns
-    the key's fingerprint."""
+def launch_pseudonymiser(secret: str | None) -> Pseudonymiser:
+    """The id key this machine launches with (``$FRAUDSTREAM_ID_KEY`` or the Secret Manager
+    version ``secret``); fails with what to do when none is configured."""
     from streaming.pseudonymise import ENV_KEY, ENV_KEY_SECRET, Pseudonymiser
 
     env = {ENV_KEY_SECRET: secret} if secret else None
@@ -327,7 +326,7 @@ def _check_id_key(secret: str | None) -> str:
             "or pass --pseudonymise_ids off to keep clear card and terminal ids"
         ) from exc
     log.info("pseudonymising ids with key %s", ids.fingerprint)
-    return ids.fingerprint
+    return ids
 
 
 def _pubsub_message(alert: dict) -> beam.io.PubsubMessage:

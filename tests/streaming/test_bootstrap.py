@@ -8,7 +8,7 @@ import pytest
 
 from features import presets
 from features.backfill import backfill
-from features.incremental import KIND_TX, Batch, IncrementalEngine
+from features.incremental import KIND_TX, IncrementalEngine
 from features.stream import stream_features, with_labels
 from features.synthetic import transactions
 from features.table import event_times_ns, validate
@@ -37,13 +37,7 @@ def _continue(df: pd.DataFrame, cut: int, spec, path) -> tuple[np.ndarray, np.nd
             engine.load(entity, key, blob)
     events = with_labels(df, spec)
     seen = int(np.flatnonzero(events.kind == KIND_TX)[cut - 1]) + 1  # up to the last history tx
-    live = Batch(
-        events.kind[seen:],
-        events.transaction_id[seen:],
-        events.time_ns[seen:],
-        {k: v[seen:] for k, v in events.ids.items()},
-        {k: v[seen:] for k, v in events.values.items()},
-    )
+    live = events[seen:]
     feats, status = engine.process(live)
     return feats[live.kind == KIND_TX], status[live.kind == KIND_TX]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from features.incremental import KIND_TX, IncrementalEngine
 from features.spec import CUSTOMER, TERMINAL, Entity, FeatureSpec
@@ -69,9 +69,10 @@ def replay_states(
     df: pd.DataFrame,
     spec: FeatureSpec,
     max_lateness: timedelta = timedelta(days=1),
-    progress: Callable[[int], object] | None = None,
+    progress: bool = False,
 ) -> dict[Entity, dict[int, bytes]]:
-    """Each entity's exported state after replaying ``df`` (validated, arrival order).
+    """Each entity's exported state after replaying ``df`` (validated, arrival order); a
+    progress bar on stderr with ``progress``.
 
     Labels are applied when they arrive (``label_delay`` after their transaction); those that
     arrive after the last transaction are left to the live feed.
@@ -80,10 +81,11 @@ def replay_states(
     is_tx = np.flatnonzero(events.kind == KIND_TX)
     known = events[: int(is_tx[-1]) + 1] if len(is_tx) else events  # labels due by the end
     engine = IncrementalEngine(spec, max_lateness)
-    for part in slices(known, _BATCH):
-        engine.process(part)
-        if progress is not None:
-            progress(len(part))
+    with tqdm(total=len(known), desc="bootstrap", unit="ev", unit_scale=True,
+              disable=not progress) as bar:  # fmt: skip
+        for part in slices(known, _BATCH):
+            engine.process(part)
+            bar.update(len(part))
     return {e: {key: engine.export(e, key) for key in engine.stores[e]} for e in spec.entities}
 
 

@@ -10,9 +10,10 @@ Embedded mode (no SDK, or ``--embedded``): the same core (``ScoreTransactions``,
 writes on the local sqlite profile, the scored sink) on Beam's in-process runner, fed from
 memory.
 
-The replayed slice is the last ``--events`` transactions. The entity states start empty at
-its first event (no bootstrap from the backfill yet), so the offline comparison backfills the
-same slice: the streamed scores must equal it.
+The replayed slice is the last ``--events`` transactions. The job starts from the card and
+terminal states of the history before it (``fraudstream bootstrap``, keyed by this run's id
+key), as a job taking over a live feed would, so its scores must equal the offline scores of
+the whole history's backfill.
 """
 
 from __future__ import annotations
@@ -139,7 +140,23 @@ class Progress:
 # --------------------------------------------------------------------------- the two modes
 
 
-def _run_emulators(events: pd.DataFrame, models: Path, spec: FeatureSpec, config: DemoConfig,
+def bootstrap(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
+    """The states of every card and terminal after ``history``, pseudonymised with this run's
+    key (``$FRAUDSTREAM_ID_KEY``), for the job's ``--initial_state``."""
+    from streaming.bootstrap import pseudonymised, replay_states, write_states
+    from streaming.pseudonymise import Pseudonymiser
+
+    ids = Pseudonymiser.from_env(required=True)
+    states = replay_states(pseudonymised(history, ids), spec, progress=True)
+    end = int(history["TX_DATETIME"].max().value) if len(history) else 0
+    path = out / "states.parquet"
+    info = write_states(path, states, spec, end, ids.fingerprint)
+    print(f"states of {info.entities:,} cards and terminals after {len(history):,} transactions")
+    return path
+
+
+def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: FeatureSpec,
+                   config: DemoConfig, states: Path,
                    progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
     from streaming import emulators as emu
     from streaming import feature_store as fs
@@ -156,7 +173,8 @@ def _run_emulators(events: pd.DataFrame, models: Path, spec: FeatureSpec, config
         topics = lj.Topics.create("demo")
         repo = fs.scratch_repo(out / f"feature_repo-{uuid.uuid4().hex[:6]}", "fraudstream_demo")
         fs.apply("emulator", repo)
-        args = lj.job_args(topics, models, spec.name, progress.scored_dir, repo)
+        args = lj.job_args(topics, models, spec.name, progress.scored_dir, repo,
+                           ["--initial_state", str(states)])  # fmt: skip
         job = lj.start(args, out / "job.log")
         print(f"job started (log: {out / 'job.log'}); replaying {len(events):,} transactions")
         publisher = Publisher(lj.PROJECT)
@@ -165,15 +183,24 @@ def _run_emulators(events: pd.DataFrame, models: Path, spec: FeatureSpec, config
             publisher(topic, data, attrs)
             progress.published += 1
 
-        def feed() -> None:
-            tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
-            replay(events, publish, tx, labels, spec.label_delay, rate=config.rate, progress=False)
-            publisher.flush()
+        failed: list[BaseException] = []
 
-        feeder = threading.Thread(target=feed, daemon=True)
+        def publish_feed() -> None:
+            tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
+            try:
+                replay(feed, publish, tx, labels, spec.label_delay, rate=config.rate,
+                       progress=False, seen=len(feed) - len(events),
+                       trailing_labels=False)  # fmt: skip
+                publisher.flush()
+            except BaseException as exc:  # reported by the main thread
+                failed.append(exc)
+
+        feeder = threading.Thread(target=publish_feed, daemon=True)
         feeder.start()
         idle_since, last = time.monotonic(), -1
         while progress.scored < len(events):
+            if failed:
+                raise RuntimeError(f"publishing the replay failed: {failed[0]!r}") from failed[0]
             if job.poll() is not None:
                 raise RuntimeError(f"the job stopped (status {job.returncode}); see job.log")
             progress.poll(topics)
@@ -193,13 +220,15 @@ def _run_emulators(events: pd.DataFrame, models: Path, spec: FeatureSpec, config
             emu.down(started, state)
 
 
-def _run_embedded(events: pd.DataFrame, models: Path, spec: FeatureSpec, config: DemoConfig,
+def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: FeatureSpec,
+                  config: DemoConfig, states: Path,
                   progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     from streaming import feature_store as fs
+    from streaming.bootstrap import InitialStates
     from streaming.pipeline import ScoreTransactions
     from streaming.replay import messages
     from streaming.scoring import BoosterHandler
@@ -209,7 +238,8 @@ def _run_embedded(events: pd.DataFrame, models: Path, spec: FeatureSpec, config:
     repo = fs.scratch_repo(Path(config.out) / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
     fs.apply("local", repo)
     payloads: dict[str, list[bytes]] = {"tx": [], "label": []}
-    for kind, data, _, _ in messages(events, spec.label_delay):
+    seen = len(feed) - len(events)
+    for kind, data, _, _ in messages(feed, spec.label_delay, seen, trailing_labels=False):
         payloads[kind].append(data)
     _COLLECTED.clear()
     progress.published = len(payloads["tx"]) + len(payloads["label"])
@@ -220,7 +250,8 @@ def _run_embedded(events: pd.DataFrame, models: Path, spec: FeatureSpec, config:
             "labels": p | "Labels" >> beam.Create(payloads["label"], reshuffle=False),
         }
         core = ScoreTransactions(spec, BoosterHandler(models, spec.name),
-                                 pseudonymise=PseudonymiseIds())  # fmt: skip
+                                 pseudonymise=PseudonymiseIds(),
+                                 initial=InitialStates(str(states), spec))  # fmt: skip
         out = inputs | core
         store = functools.partial(fs.shared_store, spec.name, "local", str(repo))
         _ = out["features"] | WriteFeatures(spec, store)
@@ -243,9 +274,11 @@ def _collect(element: dict, name: str) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def summarise(events: pd.DataFrame, scored: pd.DataFrame, alerts: list[dict], dead: list[dict],
-              models: Path, spec: FeatureSpec, mode: str) -> dict[str, Any]:  # fmt: skip
-    """The demo's summary: counts, alert precision, CP@100 streamed and offline, latency."""
+def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, alerts: list[dict],
+              dead: list[dict], models: Path, spec: FeatureSpec,
+              mode: str) -> dict[str, Any]:  # fmt: skip
+    """The demo's summary: counts, alert precision, CP@100 streamed and offline (the backfill
+    of the whole history ``df``, whose last rows are ``events``), latency."""
     from training import model as model_lib
     from training.registry import Registry
 
@@ -260,7 +293,7 @@ def summarise(events: pd.DataFrame, scored: pd.DataFrame, alerts: list[dict], de
     streamed_cp = card_precision_at_k(
         days, scored["customer_id"].to_numpy(), rows["TX_FRAUD"].to_numpy(),
         scored["score"].to_numpy())  # fmt: skip
-    X = backfill(events, spec)[spec.names].to_numpy(np.float32)
+    X = backfill(df, spec)[spec.names].to_numpy(np.float32)[len(df) - len(events) :]
     offline = pd.Series(model_lib.predict(champion.booster, X), index=events["TRANSACTION_ID"])
     offline = offline.loc[scored.index].to_numpy()
     offline_cp = card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(),
@@ -318,14 +351,22 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
     if reason and not config.embedded:
         print(f"{reason}: running the embedded mode instead")
     scored_dir = out / f"scored-{uuid.uuid4().hex[:6]}"
+    history = df.iloc[: len(df) - len(events)]
+    states = bootstrap(history, spec, out)
+    # the feed: the slice, and the labels due during it for the history's last days
+    pending = history["TX_DATETIME"] >= history["TX_DATETIME"].max() - spec.label_delay - DAY
+    feed = df.iloc[int(np.argmax(pending.to_numpy())) if len(history) else 0 :]
     progress = Progress(len(events), scored_dir)
     try:
         run = _run_emulators if mode == "emulators" else _run_embedded
-        alerts, dead = run(events, models, spec, config, progress)
+        alerts, dead = run(feed, events, models, spec, config, states, progress)
     finally:
         progress.close()
     scored = lj.read_scored(scored_dir)
-    summary = summarise(events, scored, alerts, dead, models, spec, mode)
+    if scored.empty:
+        print(f"\nno transaction was scored: see {out / 'job.log'}")
+        return 1
+    summary = summarise(df, events, scored, alerts, dead, models, spec, mode)
     summary["source"] = source
     report(summary, scored_dir, models, out)
     print()

@@ -61,8 +61,7 @@ def run_bootstrap(
         ids = launch_pseudonymiser(id_key_secret)
         id_key, df = ids.fingerprint, pseudonymised(df, ids)
     lateness = timedelta(hours=max_lateness_hours)
-    with tqdm(total=2 * len(df), desc="bootstrap", unit="ev", unit_scale=True) as bar:
-        states = replay_states(df, spec, lateness, progress=bar.update)
+    states = replay_states(df, spec, lateness, progress=True)
     end_ns = int(event_times_ns(df).max()) if len(df) else 0
     info = write_states(output, states, spec, end_ns, id_key)
     print(

@@ -26,10 +26,20 @@ from features.table import read_transactions
 Publish = Callable[[str, bytes, dict[str, str]], object]
 
 
-def messages(df: pd.DataFrame, label_delay: timedelta) -> Iterator[tuple[str, bytes, dict, int]]:
-    """(kind, payload, attributes, arrival ns) in arrival order; kind is ``tx`` or ``label``."""
+def messages(
+    df: pd.DataFrame, label_delay: timedelta, seen: int = 0, trailing_labels: bool = True
+) -> Iterator[tuple[str, bytes, dict, int]]:
+    """(kind, payload, attributes, arrival ns) in arrival order; kind is ``tx`` or ``label``.
+
+    The first ``seen`` transactions of ``df``, and the labels that arrive before the last of
+    them, count as delivered already (to a job started from their states, see
+    :mod:`streaming.bootstrap`): only the labels still due for them are yielded.
+    ``trailing_labels=False`` ends with the last transaction (labels due later are left out).
+    """
     spec = presets.BASELINE  # only its columns matter here
     events = with_labels(df, spec, label_delay)
+    if not trailing_labels and len(df):
+        events = events[: int(np.flatnonzero(events.kind == KIND_TX)[-1]) + 1]
     delay_ns = int(label_delay.total_seconds() * 1e9)
     fraud = dict(
         zip(df["TRANSACTION_ID"].to_numpy().tolist(), df["TX_FRAUD"].tolist(), strict=True)
@@ -43,6 +53,9 @@ def messages(df: pd.DataFrame, label_delay: timedelta) -> Iterator[tuple[str, by
         events.values["TX_AMOUNT"].tolist(),
         strict=True,
     ):
+        if seen > 0:
+            seen -= kind == KIND_TX
+            continue
         tx_time = pd.Timestamp(t).isoformat()
         body = {
             "TRANSACTION_ID": txid,
@@ -72,9 +85,12 @@ def replay(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     progress: bool = True,
+    seen: int = 0,
+    trailing_labels: bool = True,
 ) -> dict[str, int]:
     """Publish ``df``'s transactions and labels; returns the counts published per kind.
-    ``progress``: a progress bar on stderr."""
+    ``progress``: a progress bar on stderr; ``seen``, ``trailing_labels``: see
+    :func:`messages`."""
     if rate is not None and speedup is not None:
         raise ValueError("give --rate or --speedup, not both")
     if (rate is not None and rate <= 0) or (speedup is not None and speedup <= 0):
@@ -83,7 +99,8 @@ def replay(
     start, first = clock(), None
     total = 2 * len(df)
     with tqdm(total=total, desc="replay", unit="msg", unit_scale=True, disable=not progress) as bar:
-        for i, (kind, data, attrs, arrival) in enumerate(messages(df, label_delay)):
+        feed = messages(df, label_delay, seen, trailing_labels)
+        for i, (kind, data, attrs, arrival) in enumerate(feed):
             first = arrival if first is None else first
             if rate is not None:
                 due = i / rate

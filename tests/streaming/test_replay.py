@@ -92,3 +92,32 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
     expected = int((transactions(n=120, days=10)["TX_DATETIME"] >= "2018-04-03").sum())
     assert len(received["tx"]) == len(received["labels"]) == expected
     assert all(parse_label(m.data).fraud in (0, 1) for m in received["labels"])
+
+
+def test_a_feed_after_bootstrapped_transactions_has_only_what_they_did_not_see():
+    """``seen=k``: the first k transactions, and the labels that arrived before the k-th, were
+    applied by the bootstrap; the labels still due for them come in the feed."""
+    from streaming.replay import messages
+
+    df = transactions(n=200, days=30)
+    delay = timedelta(days=7)
+    everything = list(messages(df, delay))
+    k = 120
+    kth = next(i for i, m in enumerate(everything) if m[0] == "tx" and _id(m) == _id_of_row(df, k))
+    fed = list(messages(df, delay, seen=k + 1))
+    assert fed == everything[kth + 1 :]
+    assert sum(m[0] == "tx" for m in fed) == len(df) - k - 1
+    pending = [m for m in fed if m[0] == "label" and _id(m) <= _id_of_row(df, k)]
+    assert pending  # labels of bootstrapped transactions still to come
+    assert all(m[3] > everything[kth][3] for m in pending)
+    last_tx = max(i for i, m in enumerate(everything) if m[0] == "tx")
+    assert list(messages(df, delay, trailing_labels=False)) == everything[: last_tx + 1]
+    assert last_tx + 1 < len(everything)  # labels due after the last transaction: left out
+
+
+def _id(message) -> int:
+    return int(message[2]["id"])
+
+
+def _id_of_row(df, i: int) -> int:
+    return int(df["TRANSACTION_ID"].iloc[i])

@@ -136,9 +136,14 @@ class InitialStates:
     spec: FeatureSpec
 
     def load(self, entity: Entity) -> dict[int, bytes]:
-        """The states of ``entity`` (read once per process, shared by its DoFn instances:
-        read-only)."""
-        return _load(self.path, self.spec, entity)
+        """The states of ``entity`` (read once per process and version of the file, shared by
+        its DoFn instances: read-only)."""
+        from apache_beam.io.filesystems import FileSystems
+
+        _open(self.path).close()  # a clear error for a missing file
+        meta = FileSystems.match([self.path])[0].metadata_list[0]
+        version = (meta.size_in_bytes, meta.last_updated_in_seconds)
+        return _load(self.path, version, self.spec, entity)
 
     def info(self) -> StateFileInfo:
         with _open(self.path) as f:
@@ -146,7 +151,7 @@ class InitialStates:
 
 
 @functools.cache
-def _load(path: str, spec: FeatureSpec, entity: Entity) -> dict[int, bytes]:
+def _load(path: str, version: tuple, spec: FeatureSpec, entity: Entity) -> dict[int, bytes]:
     with _open(path) as f:
         return read_states(pa.BufferReader(f.read()), spec, entity)
 

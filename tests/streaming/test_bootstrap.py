@@ -97,3 +97,23 @@ def test_bootstrap_command_keys_states_by_the_jobs_pseudonyms(tmp_path, monkeypa
     assert main([*args, "--preset", "baseline", "--pseudonymise_ids", "off"]) == 0
     assert set(read_states(out, spec, spec.entities[0])) == set(df["CUSTOMER_ID"].tolist())
     assert read_info(out).id_key == ""
+
+
+def test_a_rewritten_state_file_is_read_again(tmp_path):
+    """Workers share one read per process, but a new file at the same path (a new bootstrap,
+    the demo's next run) is not answered from the old one."""
+    import os
+
+    from streaming.bootstrap import InitialStates
+
+    spec = presets.BASELINE
+    path = tmp_path / "states.parquet"
+    df = _history(spec, n=300)
+    write_states(path, replay_states(df.iloc[:100], spec), spec, 0)
+    initial = InitialStates(str(path), spec)
+    first = initial.load(spec.entities[0])
+    assert initial.load(spec.entities[0]) is first  # one read per process
+    write_states(path, replay_states(df, spec), spec, 0)
+    os.utime(path, (1, 2))  # a different modification time, whatever the clock's resolution
+    again = initial.load(spec.entities[0])
+    assert again is not first and set(again) == set(df["CUSTOMER_ID"].tolist())

@@ -115,8 +115,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole job on the emulators: train, run, replay, live progress, report",
-        description="Start the emulators, train a model on the history (or reuse it), run the "
-        "streaming job, replay the last --events transactions with labels after their delay, "
+        description="Start the emulators, train a model on the history (or reuse it), "
+        "bootstrap the card and terminal states from it, run the streaming job from them, "
+        "replay the last --events transactions with labels after their delay, "
         "show live progress, then a summary and a report (out/demo/report.md). Without the "
         "Google Cloud SDK (or with --embedded) the same core runs in process. Uses the "
         "built-in simulator when the reference data is absent.",

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from features.incremental import KIND_TX, IncrementalEngine
 from features.spec import CUSTOMER, TERMINAL, Entity, FeatureSpec
 from features.stream import slices, with_labels
+from features.table import event_times_ns
 
 _META_KEY = b"fraudstream.initial_state"
 _BATCH = 65_536
@@ -166,7 +167,24 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def pseudonymised(df: pd.DataFrame, ids) -> pd.DataFrame:
+def bootstrap(
+    df: pd.DataFrame,
+    spec: FeatureSpec,
+    path: str | Path,
+    ids=None,
+    max_lateness: timedelta = timedelta(days=1),
+    progress: bool = False,
+) -> StateFileInfo:
+    """Replay ``df`` (validated) and write its entities' states to ``path``, keyed like the
+    job's ids: by ``ids``' pseudonyms (a ``Pseudonymiser``), or clear when ``ids`` is None."""
+    if ids is not None:
+        df = _pseudonymised(df, ids)
+    states = replay_states(df, spec, max_lateness, progress)
+    end_ns = int(event_times_ns(df).max()) if len(df) else 0
+    return write_states(path, states, spec, end_ns, ids.fingerprint if ids is not None else "")
+
+
+def _pseudonymised(df: pd.DataFrame, ids) -> pd.DataFrame:
     """``df`` with card and terminal ids mapped by ``ids`` (a ``Pseudonymiser``), as the job
     maps them before they reach the entity states."""
     return df.assign(

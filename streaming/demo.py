@@ -143,14 +143,12 @@ class Progress:
 def bootstrap(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
     """The states of every card and terminal after ``history``, pseudonymised with this run's
     key (``$FRAUDSTREAM_ID_KEY``), for the job's ``--initial_state``."""
-    from streaming.bootstrap import pseudonymised, replay_states, write_states
+    from streaming.bootstrap import bootstrap as write_initial_states
     from streaming.pseudonymise import Pseudonymiser
 
-    ids = Pseudonymiser.from_env(required=True)
-    states = replay_states(pseudonymised(history, ids), spec, progress=True)
-    end = int(history["TX_DATETIME"].max().value) if len(history) else 0
     path = out / "states.parquet"
-    info = write_states(path, states, spec, end, ids.fingerprint)
+    ids = Pseudonymiser.from_env(required=True)
+    info = write_initial_states(history, spec, path, ids, progress=True)
     print(f"states of {info.entities:,} cards and terminals after {len(history):,} transactions")
     return path
 

@@ -17,7 +17,7 @@ from features.backfill import backfill
 from features.incremental import Status
 from features.spec import FeatureSpec
 from features.stream import stream_features
-from features.table import event_times_ns, read_transactions, validate
+from features.table import read_transactions, validate
 
 if TYPE_CHECKING:
     from streaming.bootstrap import StateFileInfo
@@ -51,19 +51,15 @@ def run_bootstrap(
 ) -> StateFileInfo:
     """``fraudstream bootstrap``: replay a history, write every entity's state for ``run
     --initial_state`` (see :mod:`streaming.bootstrap`); progress on stderr."""
-    from streaming.bootstrap import pseudonymised, replay_states, write_states
+    from streaming.bootstrap import bootstrap
     from streaming.pipeline import launch_pseudonymiser
 
     spec = presets.get(preset)
-    id_key = ""
     df = read_transactions(inputs, spec)
-    if pseudonymise_ids:
-        ids = launch_pseudonymiser(id_key_secret)
-        id_key, df = ids.fingerprint, pseudonymised(df, ids)
+    ids = launch_pseudonymiser(id_key_secret) if pseudonymise_ids else None
     lateness = timedelta(hours=max_lateness_hours)
-    states = replay_states(df, spec, lateness, progress=True)
-    end_ns = int(event_times_ns(df).max()) if len(df) else 0
-    info = write_states(output, states, spec, end_ns, id_key)
+    info = bootstrap(df, spec, output, ids, lateness, progress=True)
+    id_key, end_ns = info.id_key, info.end_ns
     print(
         f"wrote the states of {info.entities:,} entities ({spec.name}, "
         f"{'key ' + id_key if id_key else 'clear ids'}) up to {pd.Timestamp(end_ns)} to {output}"

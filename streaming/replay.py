@@ -38,8 +38,12 @@ def messages(
     """
     spec = presets.BASELINE  # only its columns matter here
     events = with_labels(df, spec, label_delay)
-    if not trailing_labels and len(df):
-        events = events[: int(np.flatnonzero(events.kind == KIND_TX)[-1]) + 1]
+    is_tx = np.flatnonzero(events.kind == KIND_TX)
+    first = 0
+    if seen > 0:  # just after the seen-th transaction
+        first = int(is_tx[seen - 1]) + 1 if seen <= len(is_tx) else len(events)
+    stop = int(is_tx[-1]) + 1 if not trailing_labels and len(is_tx) else len(events)
+    events = events[first:stop]
     delay_ns = int(label_delay.total_seconds() * 1e9)
     fraud = dict(
         zip(df["TRANSACTION_ID"].to_numpy().tolist(), df["TX_FRAUD"].tolist(), strict=True)
@@ -53,9 +57,6 @@ def messages(
         events.values["TX_AMOUNT"].tolist(),
         strict=True,
     ):
-        if seen > 0:
-            seen -= kind == KIND_TX
-            continue
         tx_time = pd.Timestamp(t).isoformat()
         body = {
             "TRANSACTION_ID": txid,

@@ -56,7 +56,7 @@ COPY feature_repo ./feature_repo
 RUN uv sync --frozen --no-dev \
  && uv pip install --python /opt/venv/bin/python pip \
  && /opt/venv/bin/python -m compileall -q features streaming training \
- && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.pipeline"
+ && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.job.pipeline"
 
 # ---- final image: no uv, no build caches, no dev extras, no tests, no data ----
 # No model either: the registry (--model_dir) is read from the workers' disk, so deploy an
@@ -75,7 +75,7 @@ COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/d
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 \
-    FLEX_TEMPLATE_PYTHON_PY_FILE=/template/streaming/flex_main.py \
+    FLEX_TEMPLATE_PYTHON_PY_FILE=/template/streaming/job/flex_main.py \
     NUMBA_CACHE_DIR=/tmp/numba_cache \
     PYTHONUNBUFFERED=1
 WORKDIR /template

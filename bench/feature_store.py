@@ -27,15 +27,17 @@ import numpy as np
 import pandas as pd
 
 from features import presets
-from streaming import emulators as emu
-from streaming import feature_store as fs
+from streaming.local import emulators as emu
+from streaming.store.base import EntityBatch
+from streaming.store.feast_store import FeastFeatureStore, load_definitions
+from streaming.store.names import EVENT_TIMESTAMP, stored_entities, view_name
 
 SPEC = presets.DEFAULT
 ENTITIES = 2_000  # per entity type
 WRITE_BUNDLE = 100
 SAMPLES = {1: 200, 100: 60}  # reads per size and store
 WARM_UP = 5
-OUR_STORE = "streaming.bigtable_online_store.BigtableOnlineStore"
+OUR_STORE = "streaming.store.bigtable.online_store.BigtableOnlineStore"
 
 
 def bench_feature_store() -> dict[str, float]:
@@ -74,7 +76,7 @@ def _store(tmp: Path, project: str, online: dict[str, Any]) -> Any:
     )
     config.repo_path = tmp
     store = FeatureStore(config=config, repo_path=str(tmp))
-    store.apply(fs.load_definitions().definitions(SPEC))
+    store.apply(load_definitions().definitions(SPEC))
     return store
 
 
@@ -84,7 +86,7 @@ def _measure(tmp: Path) -> dict[str, float]:
     warnings.filterwarnings("ignore", "Connecting to Bigtable emulator", RuntimeWarning)
     ours = _store(tmp, "bench_ours", {"type": OUR_STORE})
     stock = _store(tmp, "bench_stock", {"type": "bigtable"})
-    adapter = fs.FeastFeatureStore(ours, SPEC)
+    adapter = FeastFeatureStore(ours, SPEC)
     out: dict[str, float] = {}
     out.update(_writes(ours, stock, adapter))
     out.update(_reads(ours, stock, adapter))
@@ -93,31 +95,31 @@ def _measure(tmp: Path) -> dict[str, float]:
     return out
 
 
-def _bundles(rng: np.random.Generator, ids: np.ndarray) -> list[fs.EntityFeatures]:
+def _bundles(rng: np.random.Generator, ids: np.ndarray) -> list[EntityBatch]:
     now = np.datetime64(pd.Timestamp.now(tz="UTC").tz_localize(None), "ns")
     return [
-        fs.EntityFeatures(
+        EntityBatch(
             e, ids, np.full(len(ids), now), rng.normal(size=(len(ids), len(SPEC.entity_names(e))))
         )
-        for e in fs.stored_entities(SPEC)
+        for e in stored_entities(SPEC)
     ]
 
 
-def _frames(batches: list[fs.EntityFeatures]) -> dict[str, pd.DataFrame]:
+def _frames(batches: list[EntityBatch]) -> dict[str, pd.DataFrame]:
     frames = {}
     for b in batches:
         frame = pd.DataFrame(b.values, columns=SPEC.entity_names(b.entity))
         frame.insert(0, b.entity.key, b.ids)
-        frame.insert(1, fs.EVENT_TIMESTAMP, pd.to_datetime(b.event_times, utc=True))
-        frames[fs.view_name(SPEC, b.entity)] = frame
+        frame.insert(1, EVENT_TIMESTAMP, pd.to_datetime(b.event_times, utc=True))
+        frames[view_name(SPEC, b.entity)] = frame
     return frames
 
 
-def _writes(ours: Any, stock: Any, adapter: fs.FeastFeatureStore) -> dict[str, float]:
+def _writes(ours: Any, stock: Any, adapter: FeastFeatureStore) -> dict[str, float]:
     """Rows per second, bundles of WRITE_BUNDLE events, every entity of every type once."""
     from google.cloud.bigtable.data import RowMutationEntry, SetCell
 
-    from streaming.bigtable_online_store import pack, row_key, schema_tag
+    from streaming.store.bigtable.online_store import pack, row_key, schema_tag
 
     rng = np.random.default_rng(0)
     bundles = [
@@ -130,7 +132,7 @@ def _writes(ours: Any, stock: Any, adapter: fs.FeastFeatureStore) -> dict[str, f
     for bundle in bundles:
         entries.append([])
         for b in bundle:
-            view = fs.view_name(SPEC, b.entity)
+            view = view_name(SPEC, b.entity)
             tag = schema_tag(SPEC.entity_names(b.entity))
             micros = b.event_times.astype("datetime64[us]").astype(np.int64)
             for i, t, row in zip(b.ids.tolist(), micros.tolist(), b.values, strict=True):
@@ -157,7 +159,7 @@ def _writes(ours: Any, stock: Any, adapter: fs.FeastFeatureStore) -> dict[str, f
     return {f"{name}_write_rows_per_s": round(rows / s) for name, s in seconds.items()}
 
 
-def _reads(ours: Any, stock: Any, adapter: fs.FeastFeatureStore) -> dict[str, float]:
+def _reads(ours: Any, stock: Any, adapter: FeastFeatureStore) -> dict[str, float]:
     """Read latency percentiles; raw, ours and the adapter interleaved, stock in its own loop.
 
     Feast caches a read's resolved request in a module-level cache that it clears whenever
@@ -167,7 +169,7 @@ def _reads(ours: Any, stock: Any, adapter: fs.FeastFeatureStore) -> dict[str, fl
     from google.cloud.bigtable.data import ReadRowsQuery
     from google.cloud.bigtable.data.row_filters import CellsColumnLimitFilter
 
-    from streaming.bigtable_online_store import row_key
+    from streaming.store.bigtable.online_store import row_key
 
     raw_table = ours._get_provider().online_store._table(ours.config)
     ours_service = ours.get_feature_service("model_inputs")

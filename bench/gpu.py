@@ -34,7 +34,7 @@ from training import model as models
 BATCHES = (1, 64, 1_024, 65_536, 1_048_576)
 LATENCY_BATCHES = (1, 64)
 SPEEDUP_BATCH = 65_536
-SPEEDUP_GOAL = 50.0  # issue 8: GPU scoring >= 50x the 2-core CPU at batch 64 k
+SPEEDUP_GOAL = 50.0  # goal: GPU scoring >= 50x the 2-core CPU at batch 64 k
 REFERENCE_THREADS = 2  # the goal's CPU: a 2-core machine, emulated with nthread=2 on bigger ones
 PEAK_SHARE = 0.8  # recommended batch: the smallest reaching 80% of the device's peak rows/s
 SHAP_MAX_ROWS = 65_536

@@ -7,7 +7,7 @@
   with the threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus
   the time its transaction was handed to the publisher (one machine, one clock).
 
-Each job runs in its own process (``streaming.local_job``) with the job's defaults
+Each job runs in its own process (``streaming.local.job_process``) with the job's defaults
 (``--ordering arrival``) and is warmed up first (its first bundles load Numba kernels, the model
 and Feast). Run alone: ``python -m bench.pipeline``.
 """
@@ -32,12 +32,14 @@ from features import presets
 from features.backfill import backfill
 from features.synthetic import transactions
 from features.table import validate
-from streaming import emulators as emu
-from streaming import feature_store as fs
-from streaming import local_job as lj
-from streaming.pipeline import FraudstreamOptions, _read, run
+from streaming.job.options import FraudstreamOptions
+from streaming.job.pipeline import read_pubsub
+from streaming.local import emulators as emu
+from streaming.local import job_process as lj
+from streaming.local.launch import run_local
+from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY
-from streaming.replay import Publisher, replay
+from streaming.store.feast_store import apply_repo, scratch_repo
 from training import model as models
 from training.registry import Registry
 
@@ -48,8 +50,8 @@ Metrics = dict[str, float | int | str | None]
 def build_passthrough(p: beam.Pipeline, options) -> None:
     """Read both subscriptions, write every payload to ``--alerts_topic``: the reference."""
     opts = options.view_as(FraudstreamOptions)
-    tx = _read(p, "ReadTransactions", opts.transactions_subscription, None)
-    labels = _read(p, "ReadLabels", opts.labels_subscription, None)
+    tx = read_pubsub(p, "ReadTransactions", opts.transactions_subscription, None)
+    labels = read_pubsub(p, "ReadLabels", opts.labels_subscription, None)
     _ = (tx, labels) | beam.Flatten() | "Write" >> beam.io.WriteToPubSub(opts.alerts_topic)
 
 
@@ -96,8 +98,8 @@ def _throughput(kind: str, df: pd.DataFrame, models_dir: Path, tmp: Path, warm: 
     topics = lj.Topics.create(f"bench-{kind}")
     scored = tmp / f"scored-{kind}"
     if kind == "full":
-        repo = fs.scratch_repo(tmp / "repo", f"bench_{uuid.uuid4().hex[:8]}")
-        fs.apply("emulator", repo)
+        repo = scratch_repo(tmp / "repo", f"bench_{uuid.uuid4().hex[:8]}")
+        apply_repo("emulator", repo)
         args = lj.job_args(topics, models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
         args += ["--max_lateness_hours", str(24 * 90)]  # redelivered stragglers still count
         job = lj.start(args, tmp / f"{kind}.log")
@@ -215,7 +217,7 @@ def bench_pipeline(events: int = 6_000, rate: float = 200.0, seconds: float = 30
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["passthrough"]:
-        run(argv[1:], build_fn=build_passthrough)
+        run_local(argv[1:], build_fn=build_passthrough)
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=6_000)

@@ -124,7 +124,7 @@ def bench_compile() -> Metrics:
 def _bench_feature_store() -> Metrics:
     """Feast read/write latency on the Bigtable emulator: stock store, ours, raw client."""
     from bench.feature_store import bench_feature_store
-    from streaming.emulators import gcloud_available
+    from streaming.local.emulators import gcloud_available
 
     reason = gcloud_available(("bigtable",))
     if reason:

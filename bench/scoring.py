@@ -16,8 +16,8 @@ import xgboost as xgb
 from apache_beam.ml.inference.xgboost_inference import XGBoostModelHandlerNumpy
 
 from features import presets
-from streaming.scoring import BoosterHandler
-from streaming.transforms_features import FeatureRow
+from streaming.job.entity_state import FeatureRow
+from streaming.job.scoring import BoosterHandler
 from training import model as models
 from training.registry import Registry
 

@@ -4,7 +4,7 @@ For every preset and entity: a feature view whose Float64 schema is ``spec.entit
 in model order, fed online by a push source (what the stream writes) and offline by a batch
 source (parquet under ``data/offline/``, or a BigQuery table ``$FRAUDSTREAM_BQ_DATASET.<view>``
 when that variable is set: the gcp profile); one feature service per preset. Names come from
-``streaming.feature_store``; no feature name is typed here.
+``streaming.store.feast_store``; no feature name is typed here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from feast.types import Float64, Int64
 from features import presets
 from features.spec import Entity as SpecEntity
 from features.spec import FeatureSpec
-from streaming.feature_store import (
+from streaming.store.names import (
     EVENT_TIMESTAMP,
     feature_ttl,
     offline_path,

@@ -7,6 +7,7 @@ from datetime import timedelta
 from features.spec import (
     AMOUNT,
     CUSTOMER,
+    DAY,
     FRAUD,
     TERMINAL,
     Aggregate,
@@ -17,7 +18,6 @@ from features.spec import (
     SincePrevious,
 )
 
-DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 LABEL_DELAY = 7 * DAY
 _HANDBOOK_WINDOWS = (1 * DAY, 7 * DAY, 30 * DAY)

@@ -59,6 +59,12 @@ TERMINAL = Entity("terminal", "TERMINAL_ID")
 AMOUNT = Column("TX_AMOUNT", "AMOUNT")
 FRAUD = Column("TX_FRAUD", "FRAUD", is_label=True)
 
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+DEFAULT_MAX_LATENESS = DAY
+"""How much older than its entity's newest event a transaction may be and still be applied
+(``LATE``); older ones are refused (``TOO_LATE``). The default of the job, bootstrap and engine."""
+
 _NS = {"DAY": 86_400 * 10**9, "HOUR": 3_600 * 10**9, "MIN": 60 * 10**9, "SEC": 10**9}
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from streaming import emulators, materialize, monitor
+from features.spec import DEFAULT_MAX_LATENESS, HOUR
+from streaming.local import emulators as emu
 
 REFERENCE_DATA = "../shared/data/transactions.parquet"
 
@@ -41,7 +44,7 @@ def _add_backfill(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_backfill(args: argparse.Namespace) -> int:
-    from streaming.jobs import run_backfill
+    from streaming.batch.backfill import run_backfill
 
     run_backfill(args.input, args.output, args.preset)
     return 0
@@ -54,7 +57,7 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
         description="Replay a history (labels once their delay has passed) through the "
         "streaming path and write every card's and terminal's state, so that a job started "
         "where the history ends has the features of its whole history (see "
-        "streaming/bootstrap.py).",
+        "streaming/job/initial_states.py).",
     )
     _inputs(p)
     p.add_argument("--output", required=True, metavar="PATH", help="state parquet to write")
@@ -67,12 +70,12 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
         "or --id_key_secret); off for a job run with --pseudonymise_ids off",
     )
     p.add_argument("--id_key_secret", help="Secret Manager version of the id key")
-    p.add_argument("--max_lateness_hours", type=float, default=24.0)
+    p.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
     p.set_defaults(func=_run_bootstrap)
 
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
-    from streaming.jobs import run_bootstrap
+    from streaming.batch.bootstrap import run_bootstrap
 
     run_bootstrap(
         args.input,
@@ -106,7 +109,7 @@ def _add_parity(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_parity(args: argparse.Namespace) -> int:
-    from streaming.jobs import run_parity
+    from streaming.batch.parity import run_parity
 
     return run_parity(args.input, args.preset, args.events, args.out, args.json)
 
@@ -134,7 +137,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from streaming.demo import DemoConfig, run_demo
+    from streaming.local.demo import DemoConfig, run_demo
 
     config = DemoConfig(args.input, args.preset, args.events, args.rate, args.out, args.json,
                         args.embedded, args.train_days)  # fmt: skip
@@ -220,7 +223,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from streaming.replay import run_replay
+    from streaming.local.replay import run_replay
 
     run_replay(
         args.input,
@@ -253,8 +256,6 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from training.simulator import SimulatorConfig, simulate
 
     config = SimulatorConfig(args.customers, args.terminals, args.days, args.start, seed=args.seed)
@@ -263,6 +264,110 @@ def _run_simulate(args: argparse.Namespace) -> int:
     df.to_parquet(args.output, index=False)
     print(f"wrote {len(df):,} transactions ({df['TX_FRAUD'].mean():.2%} fraud) to {args.output}")
     return 0
+
+
+def _add_materialize(sub: argparse._SubParsersAction) -> None:
+    from streaming.store.names import PROFILES, REPO
+
+    p = sub.add_parser(
+        "materialize",
+        help="backfill a history into the Feast offline store and load the online store",
+        description="Compute every feature of a transaction history, write per-entity rows to "
+        "the Feast offline store of the profile and materialize each entity's newest values "
+        "into its online store. Run `feast apply` for the profile first.",
+    )
+    _inputs(p)
+    _preset(p, "default")
+    p.add_argument("--profile", default="local", choices=PROFILES,
+                   help="feature store profile (feature_repo/README.md)")  # fmt: skip
+    p.add_argument("--repo", default=str(REPO), metavar="PATH", help="Feast repository")
+    p.set_defaults(func=_run_materialize)
+
+
+def _run_materialize(args: argparse.Namespace) -> int:
+    from streaming.store.materialize import run_materialize
+
+    summary = run_materialize(args.input, args.preset, args.profile, args.repo)
+    for key, value in summary.items():
+        print(f"  {key:28s} {value}")
+    return 0
+
+
+def _add_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="render drift and alert plots from the scored events",
+        description="Read the scored events (the streaming job's parquet parts), group them in "
+        "event-time windows and write, per window, the PSI of each model input against the "
+        "champion's training reference, the alert rate and latency (monitoring.json, "
+        "monitoring.md) with plots: scores, alerts per hour, latency, drift.",
+    )
+    p.add_argument("--scored", required=True, metavar="DIR",
+                   help="directory of part-*.parquet scored events")  # fmt: skip
+    p.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="model registry: the drift reference of its current version "
+                   "(else the first 20%% of the events by time)")  # fmt: skip
+    p.add_argument("--freq", default="1h", help="window length (pandas: 1h, 15min, 1D)")
+    p.add_argument("--out", default="out/monitor", metavar="DIR", help="where to write")
+    p.set_defaults(func=_run_monitor)
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    from streaming.monitoring.command import run_monitor
+
+    summary = run_monitor(args.scored, args.model_dir, args.freq, args.out)
+    for key, value in summary.items():
+        print(f"  {key:28s} {value}")
+    return 0
+
+
+def _add_emulators(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "emulators",
+        help="start, stop or show the local Pub/Sub and Bigtable emulators",
+        description='`up` prints export lines: run  eval "$(fraudstream emulators up)".',
+    )
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument(
+        "--only", action="append", choices=emu.NAMES, help="act on this emulator only (repeatable)"
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=None,
+        help="default: $FRAUDSTREAM_EMULATOR_DIR or ./.emulators",
+    )  # fmt: skip
+    p.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
+    p.set_defaults(func=_run_emulators)
+
+
+def _run_emulators(args: argparse.Namespace) -> int:
+    """Exit codes: 0 ok, 1 failed, 2 no gcloud, 3 not all up."""
+    names = tuple(args.only or emu.NAMES)
+    directory = emu.resolve_state_dir(args.state_dir)
+    if args.action == "up":
+        reason = emu.gcloud_available(names)
+        if reason is not None:
+            print(f"emulators: {reason}", file=sys.stderr)
+            return 2
+        try:
+            infos = emu.up(names, directory, args.timeout)
+        except emu.EmulatorError as exc:
+            print(f"emulators: {exc}", file=sys.stderr)
+            return 1
+        for key, value in emu.env_for(infos).items():
+            print(f"export {key}={shlex.quote(value)}")
+        summary = ", ".join(f"{i.name} on {i.address} (pid {i.pid})" for i in infos.values())
+        print(f"emulators up: {summary}; state in {directory}", file=sys.stderr)
+        return 0
+    if args.action == "down":
+        stopped = [name for name, running in emu.down(names, directory).items() if running]
+        print(f"emulators stopped: {', '.join(stopped) or 'none was running'}", file=sys.stderr)
+        return 0
+    current = emu.status(directory)
+    for name in names:
+        info = current[name]
+        state = f"running on {info.address} (pid {info.pid})" if info else "stopped"
+        print(f"{name:<9}{state}")
+    return 0 if all(current[name] for name in names) else 3
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -279,7 +384,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _run_job(args: argparse.Namespace) -> int:
     if {"-h", "--help"} & set(args.pipeline_args):
-        from streaming.pipeline import FraudstreamOptions
+        from streaming.job.options import FraudstreamOptions
 
         parser = argparse.ArgumentParser(
             prog="fraudstream run",
@@ -291,11 +396,19 @@ def _run_job(args: argparse.Namespace) -> int:
         return 0
     import logging
 
-    from streaming.pipeline import run
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from streaming.job.options import is_local
+    from streaming.job.pipeline import pipeline_options, run
+    from streaming.local.launch import run_local
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runner = pipeline_options(args.pipeline_args).view_as(StandardOptions).runner
     try:
-        run(args.pipeline_args)
+        if is_local(runner):
+            run_local(args.pipeline_args)
+        else:
+            run(args.pipeline_args)
     except (ValueError, KeyboardInterrupt):
         raise  # bad options (exit 2) and Ctrl-C (130): main() reports them
     except Exception as exc:  # the pipeline failed while running: say why, in one line
@@ -335,12 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parity(sub)
     _add_evaluate(sub)
     _add_train(sub)
-    materialize.add_cli(sub)
-    monitor.add_cli(sub)
+    _add_materialize(sub)
+    _add_monitor(sub)
     _add_run(sub)
     _add_replay(sub)
     _add_simulate(sub)
-    emulators.add_cli(sub)
+    _add_emulators(sub)
     return parser
 
 

@@ -22,8 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+from features.incremental import Status
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 MAX_AMOUNT = 1e9  # above it, a typo or an attack; and float32 (the model's input) stays finite
@@ -218,3 +223,23 @@ def label_json(label: Label) -> str:
             "TX_FRAUD": label.fraud,
         }
     )
+
+
+def scored_record(scored: Any, features: list[str], clock: Callable[[], float] = time.time) -> dict:
+    """One scored transaction as a flat row: :data:`~streaming.schema.SCORED_COLUMNS`, then one
+    column per model input (NaN kept). The row of both the parquet and the BigQuery sink."""
+    tx = scored.tx
+    row = {
+        "transaction_id": tx.transaction_id,
+        "customer_id": tx.customer_id,
+        "terminal_id": tx.terminal_id,
+        "event_time": from_ns(tx.time_ns),
+        "score": scored.score,
+        "threshold": scored.threshold,
+        "alert": bool(scored.accepted and scored.score >= scored.threshold),
+        "model_version": scored.model_version,
+        "status": Status(scored.status).name,
+        "latency_ms": round((clock() - tx.received_at) * 1000.0, 3),
+    }
+    row.update(zip(features, scored.features.tolist(), strict=True))
+    return row

@@ -13,7 +13,7 @@ from uuid import uuid4
 
 import pytest
 
-from streaming import emulators as emu
+from streaming.local import emulators as emu
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator"}

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from features import presets
 from features.backfill import backfill
-from features.spec import FeatureSpec
+from features.spec import DAY, FeatureSpec
 from features.stream import stream_features
 from features.table import read_transactions
 from training import model as models
@@ -143,7 +143,7 @@ def evaluate(
         "train_end": str(split.train_end.date()),
         "train_days": split.train_days,
         "test_start": str(split.test_start.date()),
-        "test_end": str((split.test_end - pd.Timedelta(days=1)).date()),
+        "test_end": str((split.test_end - DAY).date()),
         "n_train": int(train.sum()),
         "n_train_fraud": int(y[train].sum()),
         "n_test": int(test.sum()),

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-DAY = pd.Timedelta(days=1)
+from features.spec import DAY
+
 WEEK = 7 * DAY
 
 

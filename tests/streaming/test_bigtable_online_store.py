@@ -21,16 +21,17 @@ import pytest
 
 from features import presets
 from features.spec import CUSTOMER
-from streaming import emulators as emu
-from streaming import feast_wire as wire
-from streaming import feature_store as fs
-from streaming.feature_store import scratch_repo
+from streaming.local import emulators as emu
+from streaming.store.base import EntityBatch
+from streaming.store.bigtable import feast_wire as wire
+from streaming.store.feast_store import FeastFeatureStore, load_definitions, scratch_repo
+from streaming.store.names import EVENT_TIMESTAMP, feature_ttl, push_source_name, stored_entities
 
 pytestmark = pytest.mark.filterwarnings("ignore:Connecting to Bigtable emulator:RuntimeWarning")
 
 SPEC = presets.DEFAULT
 KEYS = {"CUSTOMER_ID", "TERMINAL_ID"}
-STORE_TYPE = "streaming.bigtable_online_store.BigtableOnlineStore"
+STORE_TYPE = "streaming.store.bigtable.online_store.BigtableOnlineStore"
 
 
 def _online_config(**overrides: object) -> dict[str, object]:
@@ -61,28 +62,28 @@ def store(bigtable_emulator, tmp_path_factory: pytest.TempPathFactory):
     """A FeatureStore on our Bigtable store with every preset applied; torn down after."""
     tmp = tmp_path_factory.mktemp("bigtable_store")
     feast_store = _feature_store(tmp, f"bt_{uuid4().hex[:8]}")
-    feast_store.apply(fs.load_definitions().all_definitions())
+    feast_store.apply(load_definitions().all_definitions())
     yield feast_store
     feast_store.teardown()
 
 
 @pytest.fixture(scope="module")
-def adapter(store) -> fs.FeastFeatureStore:
-    return fs.FeastFeatureStore(store, SPEC)
+def adapter(store) -> FeastFeatureStore:
+    return FeastFeatureStore(store, SPEC)
 
 
 def _online(store):
     return store._get_provider().online_store
 
 
-def _batches(ids: list[int], when: datetime, seed: int = 0) -> list[fs.EntityFeatures]:
+def _batches(ids: list[int], when: datetime, seed: int = 0) -> list[EntityBatch]:
     rng = np.random.default_rng(seed)
     out = []
-    for entity in fs.stored_entities(SPEC):
+    for entity in stored_entities(SPEC):
         values = rng.normal(size=(len(ids), len(SPEC.entity_names(entity))))
         values[::2, -1] = np.nan  # e.g. seconds since the previous event of a first event
         times = np.full(len(ids), np.datetime64(when.replace(tzinfo=None), "ns"))
-        out.append(fs.EntityFeatures(entity, np.array(ids, np.int64), times, values))
+        out.append(EntityBatch(entity, np.array(ids, np.int64), times, values))
     return out
 
 
@@ -146,10 +147,10 @@ def test_feast_write_and_push_paths_store_exact_values(store):
     values = np.random.default_rng(5).normal(size=(2, len(names)))
     frame = pd.DataFrame(values, columns=names)
     frame.insert(0, "CUSTOMER_ID", ids[:2])
-    frame.insert(1, fs.EVENT_TIMESTAMP, pd.Timestamp(_now()))
+    frame.insert(1, EVENT_TIMESTAMP, pd.Timestamp(_now()))
     store.write_to_online_store("customer_features", frame)  # online_write_batch
     pushed = frame.assign(CUSTOMER_ID=ids[2:4])
-    store.push(fs.push_source_name(SPEC, CUSTOMER), pushed)
+    store.push(push_source_name(SPEC, CUSTOMER), pushed)
     got = store.get_online_features(
         features=[f"customer_features:{n}" for n in names],
         entity_rows=[{"CUSTOMER_ID": i} for i in ids[:4]],
@@ -183,17 +184,17 @@ def test_the_newest_event_wins_whatever_the_write_order(adapter):
 
 def test_values_older_than_the_ttl_read_as_missing(store, adapter):
     ids = _ids()
-    ttl = fs.feature_ttl(SPEC, CUSTOMER)
+    ttl = feature_ttl(SPEC, CUSTOMER)
     adapter.write(_batches(ids[:1], _now() - ttl - timedelta(minutes=1)))
     adapter.write(_batches(ids[1:2], _now() - ttl + timedelta(minutes=1)))
     keys = {"CUSTOMER_ID": np.array(ids[:2]), "TERMINAL_ID": np.array(ids[:2])}
     assert adapter.read(keys).found["customer"].tolist() == [False, True]
     replay = _feature_store(Path(store.repo_path), store.config.project, enforce_ttl=False)
-    assert fs.FeastFeatureStore(replay, SPEC).read(keys).found["customer"].tolist() == [True, True]
+    assert FeastFeatureStore(replay, SPEC).read(keys).found["customer"].tolist() == [True, True]
 
 
 def test_a_cell_of_another_schema_reads_as_missing(store, adapter):
-    from streaming.bigtable_online_store import pack, row_key
+    from streaming.store.bigtable.online_store import pack, row_key
 
     ids = _ids()
     adapter.write(_batches(ids[:1], _now()))
@@ -207,7 +208,7 @@ def test_a_cell_of_another_schema_reads_as_missing(store, adapter):
     online._table(store.config).bulk_mutate_rows(
         [RowMutationEntry(key, [SetCell("f", view.name.encode(), stale, micros)])]
     )
-    rows = fs.FeastFeatureStore(store, SPEC).read(
+    rows = FeastFeatureStore(store, SPEC).read(
         {"CUSTOMER_ID": np.array(ids[:1]), "TERMINAL_ID": np.array(ids[:1])}
     )
     assert rows.found["customer"].tolist() == [False]
@@ -217,7 +218,7 @@ def test_fast_response_equals_feasts_own_assembly(store, adapter):
     """Our wire-encoded response == Feast's value-by-value one, on the same rows."""
     from feast.infra.online_stores.online_store import OnlineStore
 
-    from streaming.bigtable_online_store import BigtableOnlineStore
+    from streaming.store.bigtable.online_store import BigtableOnlineStore
 
     ids = _ids()
     adapter.write(_batches(ids[:3], _now() - timedelta(seconds=30, microseconds=7)))
@@ -235,7 +236,7 @@ def test_fast_response_equals_feasts_own_assembly(store, adapter):
 
 
 def test_config_errors_name_the_field(store, tmp_path: Path):
-    from streaming.bigtable_online_store import BigtableOnlineStore, BigtableOnlineStoreConfig
+    from streaming.store.bigtable.online_store import BigtableOnlineStore, BigtableOnlineStoreConfig
 
     with pytest.raises(ValueError, match=r"online_store.instance.*BIGTABLE_INSTANCE"):
         BigtableOnlineStoreConfig(instance="${FRAUDSTREAM_BIGTABLE_INSTANCE}")
@@ -249,7 +250,7 @@ def test_update_refuses_a_feature_that_is_not_float64(store):
     from feast import Field
     from feast.types import Int64
 
-    from streaming.bigtable_online_store import BigtableOnlineStore
+    from streaming.store.bigtable.online_store import BigtableOnlineStore
 
     view = store.get_feature_view("customer_features")
     view.features = [Field(name="N", dtype=Int64)]
@@ -269,7 +270,7 @@ def test_feast_cli_applies_the_emulator_profile(bigtable_emulator, tmp_path: Pat
     assert "customer_features" in done.stdout
     from google.cloud import bigtable
 
-    from streaming.bigtable_online_store import table_name
+    from streaming.store.bigtable.online_store import table_name
 
     instance = bigtable.Client(project=emu.DEFAULT_PROJECT, admin=True).instance(
         emu.DEFAULT_BIGTABLE_INSTANCE
@@ -281,7 +282,7 @@ def test_feast_cli_applies_the_emulator_profile(bigtable_emulator, tmp_path: Pat
 
 
 def test_row_keys_table_names_and_packed_cells():
-    from streaming.bigtable_online_store import pack, row_key, row_keys, table_name, unpack
+    from streaming.store.bigtable.online_store import pack, row_key, row_keys, table_name, unpack
 
     assert row_keys(["CUSTOMER_ID"], [[42, 7]]) == [b"CUSTOMER_ID=42", b"CUSTOMER_ID=7"]
     assert row_key(["TERMINAL_ID", "CUSTOMER_ID"], [3, 4]) == b"CUSTOMER_ID=4|TERMINAL_ID=3"

@@ -12,8 +12,9 @@ from features.incremental import KIND_TX, IncrementalEngine
 from features.stream import stream_features, with_labels
 from features.synthetic import transactions
 from features.table import event_times_ns, validate
-from streaming.bootstrap import StateFileInfo, read_info, read_states, replay_states, write_states
+from streaming.batch.bootstrap import replay_states, write_states
 from streaming.cli import main
+from streaming.job.initial_states import StateFileInfo, read_info, read_states
 from streaming.pseudonymise import Pseudonymiser
 
 KEY = "ab" * 32
@@ -104,7 +105,7 @@ def test_a_rewritten_state_file_is_read_again(tmp_path):
     the demo's next run) is not answered from the old one."""
     import os
 
-    from streaming.bootstrap import InitialStates
+    from streaming.job.initial_states import InitialStates
 
     spec = presets.BASELINE
     path = tmp_path / "states.parquet"

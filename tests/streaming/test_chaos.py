@@ -26,14 +26,14 @@ from hypothesis import strategies as st
 
 from features.backfill import backfill
 from features.incremental import Status
+from streaming.job.entity_state import ORDERINGS
 from streaming.schema import parse_label, parse_transaction
-from streaming.transforms_features import ORDERINGS
 from tests.streaming import fuzz
 from tests.streaming.test_pipeline import (
     SPEC,
-    _payloads,
-    _run,
-    _stream_run,
+    run_core,
+    stream_run,
+    to_payloads,
     world,
 )
 
@@ -139,14 +139,14 @@ def test_fuzzed_messages_go_to_the_dead_letter_output_and_valid_ones_are_scored_
     bad_txs = fuzz.sample(fuzz.bad_transactions(), N_BAD_TRANSACTIONS)
     bad_labels = fuzz.sample(fuzz.bad_labels(), N_BAD_LABELS)
     odd: list[fuzz.Message] = []
-    tx_ok, label_ok = _payloads(df)
+    tx_ok, label_ok = to_payloads(df)
     rng = random.Random(7)
     txs = [m.payload for m in bad_txs] + [p.encode() for p in tx_ok] + [m.payload for m in odd]
     labels = [m.payload for m in bad_labels] + [p.encode() for p in label_ok]
     rng.shuffle(txs)
     rng.shuffle(labels)
 
-    got = _run(txs, labels, root)
+    got = run_core(txs, labels, root)
 
     # Every category is there, in numbers (the draw is derandomized: the same on every run).
     tx_categories = Counter(m.category for m in bad_txs)
@@ -217,7 +217,7 @@ def test_redelivered_messages_count_once_in_features_scores_and_alerts(world):
     delivery (the backfill's), one score and at most one alert per transaction, and one
     ``DUPLICATE`` dead letter per extra copy."""
     df, X, _, root = world
-    txs, labels = _payloads(df)
+    txs, labels = to_payloads(df)
     lateness = timedelta(days=3)
     order = df.sort_values(["TX_DATETIME", "TRANSACTION_ID"])
     cut = order["TX_DATETIME"].iloc[300]
@@ -237,7 +237,7 @@ def test_redelivered_messages_count_once_in_features_scores_and_alerts(world):
     stream.add_elements([txs[i] for i in batch], tag="transactions")
     _advance(stream, df["TX_DATETIME"].max() + SPEC.label_delay + pd.Timedelta(days=1))
     stream.advance_watermark_to_infinity()
-    got = _stream_run(stream, root, lateness)
+    got = stream_run(stream, root, lateness)
 
     scored = {s.tx.transaction_id: s for s in got["scored"]}
     assert len(got["scored"]) == len(df) == len(scored)
@@ -307,12 +307,12 @@ def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world, orderi
         TX_FRAUD=0,
     )[df.columns]
     in_time_order = ["TX_DATETIME", "TRANSACTION_ID"]
-    on_time_txs, _ = _payloads(first.sort_values(in_time_order))
-    held_txs, _ = _payloads(df.loc[late + too_late].sort_values(in_time_order))
+    on_time_txs, _ = to_payloads(first.sort_values(in_time_order))
+    held_txs, _ = to_payloads(df.loc[late + too_late].sort_values(in_time_order))
     if ordering == "event_time":  # any order: the watermark orders them
         rng.shuffle(on_time_txs)
         rng.shuffle(held_txs)
-    probe_txs, _ = _payloads(probes)
+    probe_txs, _ = to_payloads(probes)
     stream = _TestStream(output_tags={"transactions", "labels"})
     stream.add_elements(on_time_txs, tag="transactions")
     _advance(stream, end + pd.Timedelta(seconds=1))  # every delivered event is applied
@@ -322,7 +322,7 @@ def test_late_events_are_scored_and_too_late_ones_are_dead_letters(world, orderi
     # finite first: outputs of a stage after the watermark reached infinity may be dropped
     _advance(stream, end + pd.Timedelta(days=1))
     stream.advance_watermark_to_infinity()
-    got = _stream_run(stream, root, lateness, ordering)
+    got = stream_run(stream, root, lateness, ordering)
 
     dead = got["dead_letter"]
     assert Counter((d["stage"], d["error"]) for d in dead) == {

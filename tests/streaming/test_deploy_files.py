@@ -1,6 +1,6 @@
 """The Dataflow deployment files agree with the code and the lock file.
 
-* ``streaming/flex_template_metadata.json``: every template parameter is an option of
+* ``streaming/job/flex_template_metadata.json``: every template parameter is an option of
   :class:`FraudstreamOptions`, parsed from the ``--name=value`` flags the Flex Template launcher
   passes; its regexes, choices and defaults are the options' own.
 * ``Dockerfile``: the Python minor version of pyproject's ``requires-python``, the Beam version
@@ -25,12 +25,12 @@ from apache_beam.options.pipeline_options import _BeamArgumentParser
 from packaging.specifiers import SpecifierSet
 
 from features.presets import PRESETS
-from streaming import flex_main
-from streaming.feature_store import PROFILES
-from streaming.pipeline import FraudstreamOptions
+from streaming.job import flex_main
+from streaming.job.options import FraudstreamOptions
+from streaming.store.names import PROFILES
 
 REPO = Path(__file__).resolve().parents[2]
-METADATA = REPO / "streaming" / "flex_template_metadata.json"
+METADATA = REPO / "streaming" / "job" / "flex_template_metadata.json"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
@@ -202,10 +202,10 @@ def test_every_choice_option_is_an_enum_or_a_regex_of_its_choices():
 
 
 def test_flex_main_hands_its_arguments_to_the_pipeline_on_dataflow(monkeypatch):
-    import streaming.pipeline
+    import streaming.job.pipeline
 
     seen = []
-    monkeypatch.setattr(streaming.pipeline, "run", seen.append)
+    monkeypatch.setattr(streaming.job.pipeline, "run", seen.append)
     flex_main.main(["--model_dir=/models", "--preset=baseline"])
     flex_main.main(["--runner=DirectRunner", "--model_dir=/models"])
     flex_main.main(["--runner", "DataflowRunner"])

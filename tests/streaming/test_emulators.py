@@ -6,7 +6,6 @@ Tests that use an emulator fixture are marked ``emulator`` by tests/conftest.py;
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming import emulators as emu
+from streaming.cli import main
+from streaming.local import emulators as emu
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Connecting to Bigtable emulator:RuntimeWarning"  # emitted by every bigtable.Client
@@ -59,10 +59,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    emu.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["emulators", *argv])
-    return args.func(args)
+    return main(["emulators", *argv])
 
 
 def test_pubsub_publish_and_pull(

@@ -24,11 +24,12 @@ from features import presets
 from features.backfill import backfill
 from features.synthetic import transactions
 from features.table import validate
-from streaming import feature_store as fs
-from streaming import local_job as lj
+from streaming.job.parse import dead_letter
+from streaming.local import job_process as lj
+from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
-from streaming.replay import Publisher, replay
-from streaming.transforms import dead_letter
+from streaming.store.feast_store import FeastFeatureStore, apply_repo, scratch_repo
+from streaming.store.names import stored_entities
 from training import model as models
 from training.registry import Registry
 
@@ -80,8 +81,8 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
     monkeypatch.setenv(ENV_KEY, key.hex())  # the job's environment: ids are pseudonymised
     ids = Pseudonymiser(key)
     topics = lj.Topics.create("e2e")
-    repo = fs.scratch_repo(tmp_path / "repo", f"e2e_{unique_name('p').split('-')[1]}")
-    fs.apply("emulator", repo)
+    repo = scratch_repo(tmp_path / "repo", f"e2e_{unique_name('p').split('-')[1]}")
+    apply_repo("emulator", repo)
     scored_dir = tmp_path / "scored"
     # Pub/Sub may redeliver a message long after its neighbours (a pull that timed out leaves
     # its messages leased until their ack deadline); with the wall clock as watermark such an
@@ -140,14 +141,14 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
     assert len(dead) == len(BAD) + N_DUPLICATES
 
     # Each customer's and terminal's newest features are readable from Bigtable, as scored.
-    store = fs.FeastFeatureStore.open(SPEC, "emulator", repo)
+    store = FeastFeatureStore.open(SPEC, "emulator", repo)
     ordered = scored.sort_values(["event_time", "transaction_id"])
-    for entity in fs.stored_entities(SPEC):
+    for entity in stored_entities(SPEC):
         column = entity.key.lower()
         tied = ordered.duplicated([column, "event_time"], keep=False)
         last = ordered.drop_duplicates(column, keep="last")
         last = last[~tied[last.index]]  # same-time events: either may be the stored one
-        keys = {e.key: np.zeros(len(last), np.int64) for e in fs.stored_entities(SPEC)}
+        keys = {e.key: np.zeros(len(last), np.int64) for e in stored_entities(SPEC)}
         keys[entity.key] = last[column].to_numpy(np.int64)
         rows = store.read(keys)
         assert rows.found[entity.name].all()
@@ -167,13 +168,13 @@ def test_the_job_rides_out_a_bigtable_restart(
 ):
     """The Bigtable emulator is killed and restarted (empty) mid-stream: the feature writes
     wait it out (retries with backoff) and no transaction is lost."""
-    from streaming import emulators as emu
+    from streaming.local import emulators as emu
 
     root, df, _ = model_dir
     monkeypatch.setenv(ENV_KEY, secrets.token_hex(32))
     topics = lj.Topics.create("restart")
-    repo = fs.scratch_repo(tmp_path / "repo", f"rs_{unique_name('p').split('-')[1]}")
-    fs.apply("emulator", repo)
+    repo = scratch_repo(tmp_path / "repo", f"rs_{unique_name('p').split('-')[1]}")
+    apply_repo("emulator", repo)
     scored_dir = tmp_path / "scored"
     extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40)]
     job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra), tmp_path / "log")
@@ -193,9 +194,9 @@ def test_the_job_rides_out_a_bigtable_restart(
     scored = lj.read_scored(scored_dir)
     assert sorted(scored["transaction_id"]) == sorted(df["TRANSACTION_ID"]), "none lost, none twice"
     # the restarted emulator came back empty: what was written after it is readable
-    store = fs.FeastFeatureStore.open(SPEC, "emulator", repo)
+    store = FeastFeatureStore.open(SPEC, "emulator", repo)
     last = scored.sort_values(["event_time", "transaction_id"]).tail(50)
-    keys = {e.key: last[e.key.lower()].to_numpy(np.int64) for e in fs.stored_entities(SPEC)}
+    keys = {e.key: last[e.key.lower()].to_numpy(np.int64) for e in stored_entities(SPEC)}
     assert store.read(keys).found["customer"].all()
 
 
@@ -214,7 +215,7 @@ def test_a_pubsub_restart_stops_the_job_loudly(
 ):
     """The Pub/Sub emulator keeps nothing across a restart: the job's subscriptions are gone.
     It cannot recover, so it stops with exit status 1 and says why (no silent stall)."""
-    from streaming import emulators as emu
+    from streaming.local import emulators as emu
 
     root, df, _ = model_dir
     monkeypatch.setenv(ENV_KEY, secrets.token_hex(32))

@@ -8,7 +8,6 @@ and the Feast-backed reader and writer.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,22 +21,36 @@ from features.backfill import backfill
 from features.spec import CUSTOMER, TERMINAL
 from features.synthetic import transactions
 from features.table import validate
-from streaming import feature_store as fs
-from streaming import materialize
+from streaming.cli import main
+from streaming.store import materialize
+from streaming.store.base import EntityBatch
+from streaming.store.feast_store import FeastFeatureStore, scratch_repo
+from streaming.store.memory import InMemoryFeatureStore
+from streaming.store.names import (
+    EVENT_TIMESTAMP,
+    PROFILES,
+    REPO,
+    feature_ttl,
+    offline_path,
+    profile_yaml,
+    push_source_name,
+    service_name,
+    stored_entities,
+    view_name,
+)
+from streaming.store.tables import entity_batches, entity_tables
 
 SPEC = presets.DEFAULT
 NOW = datetime(2026, 1, 15, 12, 0, 0)
 
 
-def _batches(ids: list[int], times: list[datetime], seed: int = 0) -> list[fs.EntityFeatures]:
+def _batches(ids: list[int], times: list[datetime], seed: int = 0) -> list[EntityBatch]:
     rng = np.random.default_rng(seed)
     out = []
-    for entity in fs.stored_entities(SPEC):
+    for entity in stored_entities(SPEC):
         values = rng.normal(size=(len(ids), len(SPEC.entity_names(entity))))
         values[::3, 0] = np.nan  # NaN is a value
-        out.append(
-            fs.EntityFeatures(entity, np.array(ids), np.array(times, "datetime64[ns]"), values)
-        )
+        out.append(EntityBatch(entity, np.array(ids), np.array(times, "datetime64[ns]"), values))
     return out
 
 
@@ -53,59 +66,59 @@ def _recent_history(n: int = 1_500) -> pd.DataFrame:
 
 
 def test_names_are_derived_from_the_preset():
-    assert fs.view_name(SPEC, CUSTOMER) == "customer_features"
-    assert fs.view_name(presets.BASELINE, TERMINAL) == "terminal_features_baseline"
-    assert fs.push_source_name(SPEC, TERMINAL) == "terminal_features_push"
-    assert fs.service_name(SPEC) == "model_inputs"
-    assert fs.offline_path(SPEC, CUSTOMER) == "data/offline/customer_features.parquet"
-    assert fs.feature_ttl(SPEC, TERMINAL) == timedelta(days=37)  # 30-day window + 7-day delay
+    assert view_name(SPEC, CUSTOMER) == "customer_features"
+    assert view_name(presets.BASELINE, TERMINAL) == "terminal_features_baseline"
+    assert push_source_name(SPEC, TERMINAL) == "terminal_features_push"
+    assert service_name(SPEC) == "model_inputs"
+    assert offline_path(SPEC, CUSTOMER) == "data/offline/customer_features.parquet"
+    assert feature_ttl(SPEC, TERMINAL) == timedelta(days=37)  # 30-day window + 7-day delay
 
 
 def test_profile_yaml_names_each_profile_and_refuses_others():
-    assert fs.profile_yaml("local").name == "feature_store.yaml"
-    assert fs.profile_yaml("emulator") == fs.REPO / "profiles" / "emulator.yaml"
-    for profile in fs.PROFILES:
-        assert fs.profile_yaml(profile).is_file()
+    assert profile_yaml("local").name == "feature_store.yaml"
+    assert profile_yaml("emulator") == REPO / "profiles" / "emulator.yaml"
+    for profile in PROFILES:
+        assert profile_yaml(profile).is_file()
     with pytest.raises(ValueError, match=r"'staging'.*local"):
-        fs.profile_yaml("staging")
+        profile_yaml("staging")
 
 
 def test_entity_tables_hold_each_entitys_state_after_each_event():
     df = validate(transactions(n=800), SPEC)
     features = backfill(df, SPEC)
-    tables = fs.entity_tables(df, features, SPEC)
+    tables = entity_tables(df, features, SPEC)
     merged = df.merge(features, on="TRANSACTION_ID")
-    for entity in fs.stored_entities(SPEC):
+    for entity in stored_entities(SPEC):
         names = SPEC.entity_names(entity)
         table = tables[entity.name]
-        assert list(table.columns) == [entity.key, fs.EVENT_TIMESTAMP, *names]
-        assert not table.duplicated([entity.key, fs.EVENT_TIMESTAMP]).any()
+        assert list(table.columns) == [entity.key, EVENT_TIMESTAMP, *names]
+        assert not table.duplicated([entity.key, EVENT_TIMESTAMP]).any()
         # Of same-time events of one entity, the last to arrive holds the state.
         last = merged.sort_values("TRANSACTION_ID").groupby([entity.key, "TX_DATETIME"]).last()
         expected = last.reset_index().sort_values([entity.key, "TX_DATETIME"])[names]
         np.testing.assert_array_equal(table[names].to_numpy(), expected.to_numpy())
-    newest = fs.entity_tables(df, features, SPEC, latest_only=True)["customer"]
+    newest = entity_tables(df, features, SPEC, latest_only=True)["customer"]
     assert newest["CUSTOMER_ID"].is_unique
     by_max = merged.groupby("CUSTOMER_ID")["TX_DATETIME"].max()
-    assert (newest.set_index("CUSTOMER_ID")[fs.EVENT_TIMESTAMP] == by_max).all()
+    assert (newest.set_index("CUSTOMER_ID")[EVENT_TIMESTAMP] == by_max).all()
 
 
 def test_entity_batches_keep_the_newest_row_per_entity():
     df = validate(transactions(n=300), SPEC)
     frame = df.merge(backfill(df, SPEC), on="TRANSACTION_ID")
-    batches = {b.entity.name: b for b in fs.entity_batches(frame, SPEC)}
+    batches = {b.entity.name: b for b in entity_batches(frame, SPEC)}
     customer = batches["customer"]
     assert sorted(customer.ids.tolist()) == sorted(df["CUSTOMER_ID"].unique().tolist())
     assert customer.values.shape == (len(customer.ids), len(SPEC.entity_names(CUSTOMER)))
     with pytest.raises(ValueError, match=r"customer.*3 ids"):
-        fs.EntityFeatures(CUSTOMER, np.arange(3), np.zeros(2, "datetime64[ns]"), np.zeros((3, 2)))
+        EntityBatch(CUSTOMER, np.arange(3), np.zeros(2, "datetime64[ns]"), np.zeros((3, 2)))
 
 
 # --------------------------------------------------------------------------- in-memory fake
 
 
 def test_in_memory_store_reads_back_newest_values_in_one_round_trip():
-    store = fs.InMemoryFeatureStore(SPEC, clock=lambda: NOW)
+    store = InMemoryFeatureStore(SPEC, clock=lambda: NOW)
     written = _batches([1, 2, 3], [NOW - timedelta(minutes=5)] * 3)
     store.write(written)
     store.write(_batches([2], [NOW - timedelta(days=1)], seed=9))  # older: does not win
@@ -121,15 +134,15 @@ def test_in_memory_store_reads_back_newest_values_in_one_round_trip():
 
 
 def test_in_memory_store_expires_values_after_the_ttl():
-    store = fs.InMemoryFeatureStore(SPEC, clock=lambda: NOW)
-    ttl = fs.feature_ttl(SPEC, CUSTOMER)
+    store = InMemoryFeatureStore(SPEC, clock=lambda: NOW)
+    ttl = feature_ttl(SPEC, CUSTOMER)
     store.write(_batches([1, 2], [NOW - ttl - timedelta(seconds=1), NOW - ttl]))
     rows = store.read({"CUSTOMER_ID": np.array([1, 2]), "TERMINAL_ID": np.array([1, 2])})
     assert rows.found["customer"].tolist() == [False, True]
 
 
 def test_read_refuses_bad_key_columns():
-    store = fs.InMemoryFeatureStore(SPEC)
+    store = InMemoryFeatureStore(SPEC)
     with pytest.raises(ValueError, match="TERMINAL_ID"):
         store.read({"CUSTOMER_ID": np.array([1])})
     with pytest.raises(ValueError, match="differ in length"):
@@ -145,7 +158,7 @@ def local_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from click.testing import CliRunner
     from feast.cli.cli import cli
 
-    repo = fs.scratch_repo(tmp_path_factory.mktemp("feature_repo") / "repo", "fs_local_test")
+    repo = scratch_repo(tmp_path_factory.mktemp("feature_repo") / "repo", "fs_local_test")
     result = CliRunner().invoke(cli, ["-c", str(repo), "apply"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return repo
@@ -158,8 +171,8 @@ def test_feast_cli_lists_one_view_per_preset_and_entity(local_repo: Path):
     result = CliRunner().invoke(cli, ["-c", str(local_repo), "feature-views", "list"])
     assert result.exit_code == 0, result.output
     for spec in presets.PRESETS.values():
-        for entity in fs.stored_entities(spec):
-            assert fs.view_name(spec, entity) in result.output
+        for entity in stored_entities(spec):
+            assert view_name(spec, entity) in result.output
 
 
 def test_registered_views_match_the_spec(local_repo: Path):
@@ -169,15 +182,15 @@ def test_registered_views_match_the_spec(local_repo: Path):
 
     store = FeatureStore(repo_path=str(local_repo))
     for spec in presets.PRESETS.values():
-        for entity in fs.stored_entities(spec):
-            view = store.get_feature_view(fs.view_name(spec, entity))
+        for entity in stored_entities(spec):
+            view = store.get_feature_view(view_name(spec, entity))
             assert [f.name for f in view.features] == spec.entity_names(entity)
             assert {f.dtype for f in view.features} == {Float64}
             assert view.entity_columns[0].name == entity.key
-            assert view.ttl == fs.feature_ttl(spec, entity)
-        service = store.get_feature_service(fs.service_name(spec))
+            assert view.ttl == feature_ttl(spec, entity)
+        service = store.get_feature_service(service_name(spec))
         assert [p.name for p in service.feature_view_projections] == [
-            fs.view_name(spec, e) for e in fs.stored_entities(spec)
+            view_name(spec, e) for e in stored_entities(spec)
         ]
 
 
@@ -187,11 +200,11 @@ def test_adapter_refuses_a_registry_that_disagrees_with_the_spec(local_repo: Pat
     store = FeatureStore(repo_path=str(local_repo))
     shrunk = dataclasses.replace(SPEC, aggregates=SPEC.aggregates[:-1])
     with pytest.raises(ValueError, match=r"terminal_features.*feast apply"):
-        fs.FeastFeatureStore(store, shrunk)
+        FeastFeatureStore(store, shrunk)
 
 
 def test_local_profile_writes_and_reads_back_exact_values(local_repo: Path):
-    adapter = fs.FeastFeatureStore.open(SPEC, "local", local_repo)
+    adapter = FeastFeatureStore.open(SPEC, "local", local_repo)
     now = datetime.now().replace(microsecond=0)
     written = _batches([10, 11], [now - timedelta(minutes=1)] * 2, seed=3)
     adapter.write(written)
@@ -207,18 +220,14 @@ def test_materialize_loads_the_newest_backfilled_values(local_repo: Path, tmp_pa
     df = _recent_history()
     source = tmp_path / "transactions.parquet"
     df.to_parquet(source)
-    parser = argparse.ArgumentParser()
-    materialize.add_cli(parser.add_subparsers())
-    args = parser.parse_args(
-        ["materialize", "--input", str(source), "--profile", "local", "--repo", str(local_repo)]
-    )
-    assert args.func(args) == 0
-    assert (local_repo / fs.offline_path(SPEC, CUSTOMER)).is_file()
+    argv = ["materialize", "--input", str(source), "--profile", "local", "--repo", str(local_repo)]
+    assert main(argv) == 0
+    assert (local_repo / offline_path(SPEC, CUSTOMER)).is_file()
 
-    newest = fs.entity_tables(df, backfill(df, SPEC), SPEC, latest_only=True)
+    newest = entity_tables(df, backfill(df, SPEC), SPEC, latest_only=True)
     customers = newest["customer"]["CUSTOMER_ID"].to_numpy()
     terminals = newest["terminal"]["TERMINAL_ID"].to_numpy()[: len(customers)]
-    adapter = fs.FeastFeatureStore.open(SPEC, "local", local_repo)
+    adapter = FeastFeatureStore.open(SPEC, "local", local_repo)
     rows = adapter.read({"CUSTOMER_ID": customers, "TERMINAL_ID": terminals})
     width = len(SPEC.entity_names(CUSTOMER))
     expected = newest["customer"][SPEC.entity_names(CUSTOMER)].to_numpy()
@@ -237,7 +246,7 @@ def test_materialize_loads_the_newest_backfilled_values(local_repo: Path, tmp_pa
 def test_materialize_asks_for_feast_apply_first(tmp_path: Path):
     from feast import FeatureStore
 
-    repo = fs.scratch_repo(tmp_path / "repo", "fs_not_applied")
+    repo = scratch_repo(tmp_path / "repo", "fs_not_applied")
     df = _recent_history(200)
     df.to_parquet(tmp_path / "t.parquet")
     store = FeatureStore(repo_path=str(repo))

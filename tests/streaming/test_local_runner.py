@@ -16,8 +16,9 @@ from google.cloud.pubsub_v1.types import PubsubMessage, PullResponse, ReceivedMe
 
 from features import presets
 from features.plan import EntityPlan
-from streaming import local_runner as lr
-from streaming.transforms_features import _ChainLink, _OrderedEntityState
+from streaming.job.arrival import _ChainLink
+from streaming.job.event_time import _OrderedEntityState
+from streaming.local import runner as lr
 
 SUBSCRIPTION = "projects/p/subscriptions/s"
 

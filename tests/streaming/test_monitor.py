@@ -1,8 +1,7 @@
-"""streaming/monitor.py: window records, plots and the ``monitor`` command end to end."""
+"""streaming/stats.py: window records, plots and the ``monitor`` command end to end."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streaming import monitor
+from streaming.cli import main
+from streaming.monitoring import report
+from streaming.monitoring import stats as monitoring
 from training.drift import PSI_SIGNIFICANT, Reference, reference_profile, save_reference
 
 FEATURES = ["amount", "tx_count_1d", "fraud_ratio_7d"]
@@ -71,7 +72,7 @@ def reference() -> Reference:
 
 
 def test_window_stats(scored: pd.DataFrame, reference: Reference) -> None:
-    stats = monitor.window_stats(scored, reference, FEATURES, "1h", source="test")
+    stats = monitoring.window_stats(scored, reference, FEATURES, "1h", source="test")
     assert list(stats["window_start"]) == [START + pd.Timedelta(hours=h) for h in range(4)]
     assert list(stats["events"]) == [300, 120, 0, 400]
     assert list(stats["alerts"]) == [5, 10, 0, 20]
@@ -92,24 +93,28 @@ def test_window_record_from_streamed_batches(scored: pd.DataFrame, reference: Re
     """The Beam side: counts summed over batches of rows give the offline record."""
     hour = scored[scored["event_time"] < START + pd.Timedelta(hours=1)]
     rows = hour.to_dict("records")
-    parts = [monitor.WindowCounts.of_rows(reference, rows[i : i + 64]) for i in range(0, 300, 64)]
-    counts = monitor.WindowCounts.merge(reference, parts)
-    record = monitor.window_record(
+    parts = [
+        monitoring.WindowCounts.of_rows(reference, rows[i : i + 64]) for i in range(0, 300, 64)
+    ]
+    counts = monitoring.WindowCounts.merge(reference, parts)
+    record = monitoring.window_record(
         reference, counts, START, START + pd.Timedelta(hours=1), source="test"
     )
-    offline = json.loads(json.dumps(monitor.window_records(hour, reference, FEATURES)[0]))
+    offline = json.loads(json.dumps(monitoring.window_records(hour, reference, FEATURES)[0]))
     assert json.loads(json.dumps(record)) == {**offline, "reference": "test"}
     assert record["window_start"] == "2018-09-01T00:00:00"
     assert record["events"] == 300 and record["alerts"] == 5
-    empty = monitor.window_record(reference, monitor.WindowCounts.empty(reference), START, START)
+    empty = monitoring.window_record(
+        reference, monitoring.WindowCounts.empty(reference), START, START
+    )
     assert empty["max_psi"] is None and empty["alert_rate"] is None
     json.dumps(empty, allow_nan=False)  # no NaN in the JSON
 
 
 def test_render_writes_pngs(scored: pd.DataFrame, reference: Reference, tmp_path: Path) -> None:
-    stats = monitor.window_stats(scored, reference, FEATURES)
-    paths = monitor.render(scored, stats, tmp_path)
-    assert [p.name for p in paths] == list(monitor.PLOTS)
+    stats = monitoring.window_stats(scored, reference, FEATURES)
+    paths = report.render(scored, stats, tmp_path)
+    assert [p.name for p in paths] == list(report.PLOTS)
     for p in paths:
         assert p.stat().st_size > 1_000
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,13 +129,10 @@ def _write_parts(df: pd.DataFrame, directory: Path) -> None:
 
 
 def _run(scored_dir: Path, out: Path, model_dir: Path | None) -> int:
-    parser = argparse.ArgumentParser()
-    monitor.add_cli(parser.add_subparsers(dest="command"))
     argv = ["monitor", "--scored", str(scored_dir), "--out", str(out), "--freq", "1h"]
     if model_dir is not None:
         argv += ["--model-dir", str(model_dir)]
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_with_registry_reference(
@@ -151,7 +153,7 @@ def test_cli_with_registry_reference(
     assert records[3]["max_psi_feature"] == "amount" and records[3]["drift"] == "significant"
     md = (out / "monitoring.md").read_text()
     assert "0.25" in md and "| amount |" in md and "model v0001" in md
-    for name in monitor.PLOTS:
+    for name in report.PLOTS:
         assert (out / name).stat().st_size > 0
 
 
@@ -169,12 +171,12 @@ def test_cli_without_reference(scored: pd.DataFrame, tmp_path: Path, capsys) -> 
     assert records[0]["reference"].startswith("first 20%")
     assert records[3]["drift"] == "significant"  # hour 3 still stands out
     assert "first 20%" in (out / "monitoring.md").read_text()
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(monitor.PLOTS)
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(report.PLOTS)
 
 
-def test_cli_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no such scored-events directory"):
-        _run(tmp_path / "missing", tmp_path / "out", None)
+def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(tmp_path / "missing", tmp_path / "out", None) == 2
+    assert "no such scored-events directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no part-"):
-        _run(tmp_path / "empty", tmp_path / "out", None)
+    assert _run(tmp_path / "empty", tmp_path / "out", None) == 2
+    assert "no part-" in capsys.readouterr().err

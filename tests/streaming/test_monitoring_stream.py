@@ -8,10 +8,9 @@ import pytest
 
 from features import presets
 from features.incremental import Status
-from streaming.monitor import window_records
-from streaming.schema import Transaction, time_ns
-from streaming.scoring import Scored
-from streaming.sinks import scored_record
+from streaming.job.scoring import Scored
+from streaming.monitoring.stats import window_records
+from streaming.schema import Transaction, scored_record, time_ns
 from training.drift import reference_profile
 
 SPEC = presets.BASELINE
@@ -51,7 +50,7 @@ def test_windowed_records_equal_the_offline_ones():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_stream import TestStream, TimestampedValue
 
-    from streaming.sinks import MonitorWindows
+    from streaming.monitoring.stage import MonitorWindows
 
     rows = _scored(6_000)  # 2,000 a window: small windows read a higher PSI
     rng = np.random.default_rng(1)

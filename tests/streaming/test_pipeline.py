@@ -19,9 +19,10 @@ from features.backfill import backfill
 from features.incremental import Status
 from features.synthetic import transactions
 from features.table import validate
-from streaming.bootstrap import InitialStates, replay_states, write_states
-from streaming.pipeline import ScoreTransactions
-from streaming.scoring import BoosterHandler
+from streaming.batch.bootstrap import replay_states, write_states
+from streaming.job.initial_states import InitialStates
+from streaming.job.pipeline import ScoreTransactions
+from streaming.job.scoring import BoosterHandler
 from training import model as models
 from training.registry import Registry
 
@@ -29,7 +30,7 @@ SPEC = presets.BASELINE
 OPTIONS = PipelineOptions([])
 
 
-def _payloads(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+def to_payloads(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     txs, labels = [], []
     for row in df.itertuples(index=False):
         tx = {
@@ -78,7 +79,7 @@ def _keep(element, name: str) -> None:
     _GOT.setdefault(name, []).append(element)
 
 
-def _run(txs: list, labels: list, model_dir) -> dict[str, list]:
+def run_core(txs: list, labels: list, model_dir) -> dict[str, list]:
     _GOT.clear()
 
     # The portable FnApiRunner (what DirectRunner falls back to, without trying Prism first):
@@ -88,13 +89,14 @@ def _run(txs: list, labels: list, model_dir) -> dict[str, list]:
             "transactions": p | "Tx" >> beam.Create(txs, reshuffle=False),
             "labels": p | "Labels" >> beam.Create(labels, reshuffle=False),
         }
-        out = inputs | ScoreTransactions(SPEC, BoosterHandler(str(model_dir), SPEC.name))
+        handler = BoosterHandler(str(model_dir), SPEC.name)
+        out = inputs | ScoreTransactions(SPEC, handler, ordering="event_time")
         for name in ("scored", "dead_letter", "alerts"):
             _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
     return {name: list(_GOT.get(name, [])) for name in ("scored", "dead_letter", "alerts")}
 
 
-def _stream_run(
+def stream_run(
     stream: _TestStream,
     root,
     max_lateness: timedelta = timedelta(days=1),
@@ -134,9 +136,9 @@ def _assert_backfill_parity(got: dict[str, list], df, X, booster, redelivered: i
 @pytest.mark.slow
 def test_every_transaction_gets_the_backfill_features_and_the_offline_score(world):
     df, X, booster, root = world
-    txs, labels = _payloads(df)
+    txs, labels = to_payloads(df)
     bad = ["{not json", json.dumps({"TRANSACTION_ID": 1}), b"\xff\xfe"]
-    got = _run(txs + bad + txs[:25], labels, root)  # 25 duplicates
+    got = run_core(txs + bad + txs[:25], labels, root)  # 25 duplicates
     scored = {s.tx.transaction_id: s for s in got["scored"]}
     assert len(got["scored"]) == len(df) == len(scored)
     streamed_x = np.stack([scored[i].features for i in df["TRANSACTION_ID"]])
@@ -162,20 +164,20 @@ def test_streaming_mode_on_the_direct_runner_gives_the_same_features_and_scores(
     """The same core in streaming mode (watermarks and event-time timers) on the DirectRunner,
     transactions (and 10 copies) first, labels after: the watermark orders them."""
     df, X, booster, root = world
-    txs, labels = _payloads(df)
+    txs, labels = to_payloads(df)
     stream = (
         _TestStream(output_tags={"transactions", "labels"})
         .add_elements(txs + txs[:10], tag="transactions")
         .add_elements(labels, tag="labels")
         .advance_watermark_to_infinity()
     )
-    _assert_backfill_parity(_stream_run(stream, root), df, X, booster, redelivered=10)
+    _assert_backfill_parity(stream_run(stream, root), df, X, booster, redelivered=10)
 
 
 def _arrival_events(df: pd.DataFrame) -> list[tuple]:
     """The replay's order (``features.stream.with_labels``): transactions at their time, each
     label at its label time, labels first at equal times; ``(time, kind, row, tag, payload)``."""
-    txs, labels = _payloads(df)
+    txs, labels = to_payloads(df)
     times = df["TX_DATETIME"].tolist()
     return sorted(
         [(t, 1, i, "transactions", p) for i, (t, p) in enumerate(zip(times, txs, strict=True))]
@@ -208,9 +210,9 @@ def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_orde
     for tag, payloads in runs:
         stream.add_elements(payloads, tag=tag)
     # redelivered (the newest: a copy older than the lateness would be TOO_LATE)
-    stream.add_elements(_payloads(df.iloc[-5:])[0], tag="transactions")
+    stream.add_elements(to_payloads(df.iloc[-5:])[0], tag="transactions")
     stream.advance_watermark_to_infinity()
-    got = _stream_run(stream, root, ordering="arrival")
+    got = stream_run(stream, root, ordering="arrival")
     _assert_backfill_parity(got, df, X, booster, redelivered=5)
 
 
@@ -233,7 +235,7 @@ def test_a_job_started_from_bootstrapped_states_has_the_features_of_the_whole_hi
     for tag, payloads in _in_arrival_order(df, events[seen:]):
         stream.add_elements(payloads, tag=tag)
     stream.advance_watermark_to_infinity()
-    got = _stream_run(stream, root, ordering=ordering, initial=InitialStates(str(path), SPEC))
+    got = stream_run(stream, root, ordering=ordering, initial=InitialStates(str(path), SPEC))
     live = df.iloc[cut:]
     _assert_backfill_parity(got, live, X[cut:], booster, redelivered=0)
     cold = backfill(live.reset_index(drop=True), SPEC)[SPEC.names].to_numpy()
@@ -260,14 +262,14 @@ def test_the_orderings_differ_on_a_transaction_delivered_after_a_newer_one(
         TRANSACTION_ID=[10**9, 10**9 + 1],
         TX_DATETIME=[first.TX_DATETIME, first.TX_DATETIME + pd.Timedelta(hours=1)],
     )
-    earlier, later = _payloads(pair)[0]
+    earlier, later = to_payloads(pair)[0]
     stream = (
         _TestStream(output_tags={"transactions", "labels"})
         .add_elements([later], tag="transactions")
         .add_elements([earlier], tag="transactions")
         .advance_watermark_to_infinity()
     )
-    got = _stream_run(stream, root, ordering=ordering)
+    got = stream_run(stream, root, ordering=ordering)
     by_id = {s.tx.transaction_id: s for s in got["scored"]}
     assert [Status(by_id[i].status).name for i in (10**9 + 1, 10**9)] == statuses
     count = SPEC.names.index("CUSTOMER_ID_NB_TX_1DAY_WINDOW")

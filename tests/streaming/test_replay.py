@@ -8,7 +8,7 @@ import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
-from streaming.replay import replay
+from streaming.local.replay import replay
 from streaming.schema import parse_label, parse_transaction
 
 DELAY = timedelta(days=7)
@@ -97,7 +97,7 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
 def test_a_feed_after_bootstrapped_transactions_has_only_what_they_did_not_see():
     """``seen=k``: the first k transactions, and the labels that arrived before the k-th, were
     applied by the bootstrap; the labels still due for them come in the feed."""
-    from streaming.replay import messages
+    from streaming.local.replay import messages
 
     df = transactions(n=200, days=30)
     delay = timedelta(days=7)

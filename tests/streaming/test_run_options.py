@@ -6,7 +6,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming.pipeline import build
+from streaming.job.pipeline import build
 
 SUBS = ["--transactions_subscription", "projects/demo-project/subscriptions/tx",
         "--labels_subscription", "projects/demo-project/subscriptions/labels"]  # fmt: skip
@@ -41,7 +41,7 @@ def test_a_local_launch_checks_the_model_and_the_key_first(tmp_path, monkeypatch
 
 def test_a_launch_checks_the_initial_state_file_against_the_spec_and_the_key(tmp_path, monkeypatch):
     from features import presets
-    from streaming.bootstrap import write_states
+    from streaming.batch.bootstrap import write_states
 
     monkeypatch.setenv("FRAUDSTREAM_ID_KEY", "ab" * 32)
     job = ["--model_dir", str(tmp_path / "none"), "--preset", "baseline", *SUBS]

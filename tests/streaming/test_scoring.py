@@ -40,7 +40,7 @@ def registry(tmp_path) -> Registry:
 
 
 def test_a_promoted_version_scores_after_the_next_poll(registry):
-    from streaming.scoring import LiveModel
+    from streaming.job.scoring import LiveModel
 
     clock = _Clock()
     live = LiveModel(registry.root, SPEC, "cpu", poll_s=10, clock=clock)
@@ -55,7 +55,7 @@ def test_a_promoted_version_scores_after_the_next_poll(registry):
 @pytest.mark.chaos
 @pytest.mark.parametrize("fault", ["corrupt booster", "other spec", "missing meta"])
 def test_a_faulty_version_is_rejected_and_the_previous_keeps_scoring(registry, fault, caplog):
-    from streaming.scoring import LiveModel
+    from streaming.job.scoring import LiveModel
 
     clock = _Clock()
     live = LiveModel(registry.root, SPEC, "cpu", poll_s=1, clock=clock)
@@ -70,7 +70,7 @@ def test_a_faulty_version_is_rejected_and_the_previous_keeps_scoring(registry, f
             target.unlink()
     registry.promote(bad)
     clock.now = 1
-    with caplog.at_level(logging.ERROR, logger="streaming.scoring"):
+    with caplog.at_level(logging.ERROR, logger="streaming.job.scoring"):
         assert live.get().version == "v0001"
     assert "rejected, v0001 keeps scoring" in caplog.text
     good = _save(registry, 4)
@@ -80,7 +80,7 @@ def test_a_faulty_version_is_rejected_and_the_previous_keeps_scoring(registry, f
 
 
 def test_no_usable_champion_fails_at_start(tmp_path):
-    from streaming.scoring import LiveModel
+    from streaming.job.scoring import LiveModel
 
     registry = Registry(tmp_path / "models")
     version = _save(registry, 1, spec_fingerprint="0123456789abcdef")
@@ -90,7 +90,7 @@ def test_no_usable_champion_fails_at_start(tmp_path):
 
 
 def test_the_handler_shares_one_live_model_per_process(registry):
-    from streaming.scoring import BoosterHandler
+    from streaming.job.scoring import BoosterHandler
 
     a = BoosterHandler(registry.root, SPEC.name, device="cpu").load_model()
     b = BoosterHandler(registry.root, SPEC.name, device="cpu").load_model()

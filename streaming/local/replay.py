@@ -33,7 +33,7 @@ def messages(
 
     The first ``seen`` transactions of ``df``, and the labels that arrive before the last of
     them, count as delivered already (to a job started from their states, see
-    :mod:`streaming.bootstrap`): only the labels still due for them are yielded.
+    :mod:`streaming.job.initial_states`): only the labels still due for them are yielded.
     ``trailing_labels=False`` ends with the last transaction (labels due later are left out).
     """
     spec = presets.BASELINE  # only its columns matter here

@@ -12,8 +12,6 @@ file is replaced; with any other (gcp: BigQuery) the rows are appended through
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,44 +24,16 @@ from features import presets
 from features.backfill import backfill
 from features.spec import FeatureSpec
 from features.table import read_transactions
-from streaming.feature_store import (
+from streaming.pseudonymise import Pseudonymiser
+from streaming.store.names import (
     EVENT_TIMESTAMP,
-    PROFILES,
     REPO,
-    entity_tables,
     offline_path,
     profile_yaml,
     stored_entities,
     view_name,
 )
-from streaming.pseudonymise import Pseudonymiser
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``materialize`` sub-command; dispatch with ``args.func(args)``."""
-    parser = subparsers.add_parser(
-        "materialize",
-        help="backfill a history into the Feast offline store and load the online store",
-        description="Compute every feature of a transaction history, write per-entity rows to "
-        "the Feast offline store of the profile and materialize each entity's newest values "
-        "into its online store. Run `feast apply` for the profile first.",
-    )
-    parser.add_argument("--input", action="append", required=True, metavar="PATH",
-                        help="transactions parquet (repeatable)")  # fmt: skip
-    parser.add_argument("--preset", default="default", help="feature preset: baseline or default")
-    parser.add_argument("--profile", default="local", choices=PROFILES,
-                        help="feature store profile (feature_repo/README.md)")  # fmt: skip
-    parser.add_argument("--repo", default=str(REPO), metavar="PATH", help="Feast repository")
-    parser.set_defaults(func=run_cli)
-    return parser
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run ``materialize`` and print a summary; 0 on success."""
-    summary = run_materialize(args.input, args.preset, args.profile, args.repo)
-    for key, value in summary.items():
-        print(f"  {key:28s} {value}")
-    return 0
+from streaming.store.tables import entity_tables
 
 
 def run_materialize(
@@ -157,15 +127,3 @@ def _registered_views(store: Any, spec: FeatureSpec) -> list[str]:
             f"{store.config.project!r}: run `feast apply` for this profile first"
         )
     return names
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m streaming.materialize ...`` without the full fraudstream CLI."""
-    parser = argparse.ArgumentParser(prog="python -m streaming.materialize")
-    add_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["materialize", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,17 +13,14 @@ The module imports nothing heavy at load time: ``grpc`` is imported only to prob
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,59 +187,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``emulators up|down|status`` sub-command; dispatch with ``args.func(args)``."""
-    parser = subparsers.add_parser(
-        "emulators",
-        help="start, stop or show the local Pub/Sub and Bigtable emulators",
-        description='`up` prints export lines: run  eval "$(fraudstream emulators up)".',
-    )
-    parser.add_argument("action", choices=("up", "down", "status"))
-    parser.add_argument(
-        "--only", action="append", choices=NAMES, help="act on this emulator only (repeatable)"
-    )
-    parser.add_argument(
-        "--state-dir", type=Path, default=None, help=f"default: ${STATE_DIR_ENV} or ./.emulators"
-    )
-    parser.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
-    parser.set_defaults(func=run_cli)
-    return parser
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Run the ``emulators`` sub-command. Exit codes: 0 ok, 1 failed, 2 no gcloud, 3 not all up."""
-    names = tuple(args.only or NAMES)
-    directory = resolve_state_dir(args.state_dir)
-    if args.action == "up":
-        reason = gcloud_available(names)
-        if reason is not None:
-            print(f"emulators: {reason}", file=sys.stderr)
-            return 2
-        try:
-            infos = up(names, directory, args.timeout)
-        except EmulatorError as exc:
-            print(f"emulators: {exc}", file=sys.stderr)
-            return 1
-        for key, value in env_for(infos).items():
-            print(f"export {key}={shlex.quote(value)}")
-        summary = ", ".join(f"{i.name} on {i.address} (pid {i.pid})" for i in infos.values())
-        print(f"emulators up: {summary}; state in {directory}", file=sys.stderr)
-        return 0
-    if args.action == "down":
-        stopped = [name for name, was_running in down(names, directory).items() if was_running]
-        print(f"emulators stopped: {', '.join(stopped) or 'none was running'}", file=sys.stderr)
-        return 0
-    current = status(directory)
-    for name in names:
-        info = current[name]
-        state = f"running on {info.address} (pid {info.pid})" if info else "stopped"
-        print(f"{name:<9}{state}")
-    return 0 if all(current[name] for name in names) else 3
 
 
 # --------------------------------------------------------------------------- internals
@@ -529,16 +473,3 @@ def _log_tail(directory: Path, name: str, lines: int = 40) -> str:
     """The last ``lines`` lines of the emulator's log since its latest start."""
     tail = "\n".join(_log_since_start(directory, name).splitlines()[-lines:])
     return f"--- last lines of {_log_file(directory, name)} ---\n{tail}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m streaming.emulators up|down|status`` without the full fraudstream CLI."""
-    parser = argparse.ArgumentParser(prog="python -m streaming.emulators")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_cli(subparsers)
-    args = parser.parse_args(["emulators", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,23 +20,14 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from features.incremental import KIND_TX, IncrementalEngine
-from features.spec import CUSTOMER, TERMINAL, Entity, FeatureSpec
-from features.stream import slices, with_labels
-from features.table import event_times_ns
+from features.spec import Entity, FeatureSpec
 
-_META_KEY = b"fraudstream.initial_state"
-_BATCH = 65_536
+META_KEY = b"fraudstream.initial_state"
 
 
 @dataclass(frozen=True)
@@ -66,58 +57,12 @@ class StateFileInfo:
             )
 
 
-def replay_states(
-    df: pd.DataFrame,
-    spec: FeatureSpec,
-    max_lateness: timedelta = timedelta(days=1),
-    progress: bool = False,
-) -> dict[Entity, dict[int, bytes]]:
-    """Each entity's exported state after replaying ``df`` (validated, arrival order); a
-    progress bar on stderr with ``progress``.
-
-    Labels are applied when they arrive (``label_delay`` after their transaction); those that
-    arrive after the last transaction are left to the live feed.
-    """
-    events = with_labels(df, spec)
-    is_tx = np.flatnonzero(events.kind == KIND_TX)
-    known = events[: int(is_tx[-1]) + 1] if len(is_tx) else events  # labels due by the end
-    engine = IncrementalEngine(spec, max_lateness)
-    with tqdm(total=len(known), desc="bootstrap", unit="ev", unit_scale=True,
-              disable=not progress) as bar:  # fmt: skip
-        for part in slices(known, _BATCH):
-            engine.process(part)
-            bar.update(len(part))
-    return {e: {key: engine.export(e, key) for key in engine.stores[e]} for e in spec.entities}
-
-
-def write_states(
-    path: str | Path,
-    states: dict[Entity, dict[int, bytes]],
-    spec: FeatureSpec,
-    end_ns: int,
-    id_key: str = "",
-) -> StateFileInfo:
-    """Write ``states`` (from :func:`replay_states`) with the metadata the job checks."""
-    rows = [(e.name, key, blob) for e, by_key in states.items() for key, blob in by_key.items()]
-    info = StateFileInfo(spec.name, list(spec.names), id_key, int(end_ns), len(rows))
-    table = pa.table(
-        {
-            "entity": pa.array([r[0] for r in rows], pa.string()),
-            "id": pa.array([r[1] for r in rows], pa.int64()),
-            "state": pa.array([r[2] for r in rows], pa.binary()),
-        }
-    ).replace_schema_metadata({_META_KEY: json.dumps(info.__dict__).encode()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, str(path))
-    return info
-
-
 def read_info(source) -> StateFileInfo:
     """The metadata of a state file (a path or an open binary file)."""
     meta = pq.read_schema(source).metadata or {}
-    if _META_KEY not in meta:
+    if META_KEY not in meta:
         raise ValueError(f"{source}: not a fraudstream initial state file (no metadata)")
-    return StateFileInfo(**json.loads(meta[_META_KEY]))
+    return StateFileInfo(**json.loads(meta[META_KEY]))
 
 
 def read_states(source, spec: FeatureSpec, entity: Entity) -> dict[int, bytes]:
@@ -165,31 +110,3 @@ def _open(path: str):
     if not FileSystems.exists(path):
         raise ValueError(f"--initial_state {path}: no such file (see fraudstream bootstrap)")
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def bootstrap(
-    df: pd.DataFrame,
-    spec: FeatureSpec,
-    path: str | Path,
-    ids=None,
-    max_lateness: timedelta = timedelta(days=1),
-    progress: bool = False,
-) -> StateFileInfo:
-    """Replay ``df`` (validated) and write its entities' states to ``path``, keyed like the
-    job's ids: by ``ids``' pseudonyms (a ``Pseudonymiser``), or clear when ``ids`` is None."""
-    if ids is not None:
-        df = _pseudonymised(df, ids)
-    states = replay_states(df, spec, max_lateness, progress)
-    end_ns = int(event_times_ns(df).max()) if len(df) else 0
-    return write_states(path, states, spec, end_ns, ids.fingerprint if ids is not None else "")
-
-
-def _pseudonymised(df: pd.DataFrame, ids) -> pd.DataFrame:
-    """``df`` with card and terminal ids mapped by ``ids`` (a ``Pseudonymiser``), as the job
-    maps them before they reach the entity states."""
-    return df.assign(
-        **{
-            CUSTOMER.key: ids.customers(df[CUSTOMER.key].to_numpy()),
-            TERMINAL.key: ids.terminals(df[TERMINAL.key].to_numpy()),
-        }
-    )

@@ -35,12 +35,17 @@ from tqdm import tqdm
 
 from features import presets
 from features.backfill import backfill
-from features.spec import FeatureSpec
+from features.spec import DAY, FeatureSpec
 from features.table import read_transactions, validate
-from streaming import local_job as lj
+from streaming.job.entity_state import DEFAULT_ORDERING
+from streaming.local import job_process as lj
 from training.protocol import card_precision_at_k
 
-DAY = pd.Timedelta(days=1)
+EMBEDDED_ORDERING = "event_time"
+"""The embedded demo's: its source is one bounded batch, with no arrival order to apply events
+in; under ``event_time`` each card's and terminal's events apply in the order the job's default
+(``arrival``) sees them on the in-order feed the emulator demo replays, so both modes score
+alike."""
 
 
 @dataclass
@@ -143,7 +148,7 @@ class Progress:
 def bootstrap(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
     """The states of every card and terminal after ``history``, pseudonymised with this run's
     key (``$FRAUDSTREAM_ID_KEY``), for the job's ``--initial_state``."""
-    from streaming.bootstrap import bootstrap as write_initial_states
+    from streaming.batch.bootstrap import bootstrap as write_initial_states
     from streaming.pseudonymise import Pseudonymiser
 
     path = out / "states.parquet"
@@ -156,9 +161,9 @@ def bootstrap(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
 def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: FeatureSpec,
                    config: DemoConfig, states: Path,
                    progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    from streaming import emulators as emu
-    from streaming import feature_store as fs
-    from streaming.replay import Publisher, replay
+    from streaming.local import emulators as emu
+    from streaming.local.replay import Publisher, replay
+    from streaming.store.feast_store import apply_repo, scratch_repo
 
     out = Path(config.out)
     state = out / "emulators"
@@ -169,10 +174,10 @@ def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec:
     job = None
     try:
         topics = lj.Topics.create("demo")
-        repo = fs.scratch_repo(out / f"feature_repo-{uuid.uuid4().hex[:6]}", "fraudstream_demo")
-        fs.apply("emulator", repo)
-        args = lj.job_args(topics, models, spec.name, progress.scored_dir, repo,
-                           ["--initial_state", str(states)])  # fmt: skip
+        repo = scratch_repo(out / f"feature_repo-{uuid.uuid4().hex[:6]}", "fraudstream_demo")
+        apply_repo("emulator", repo)
+        extra = ["--initial_state", str(states), "--ordering", DEFAULT_ORDERING]
+        args = lj.job_args(topics, models, spec.name, progress.scored_dir, repo, extra)
         job = lj.start(args, out / "job.log")
         print(f"job started (log: {out / 'job.log'}); replaying {len(events):,} transactions")
         publisher = Publisher(lj.PROJECT)
@@ -225,16 +230,16 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from streaming import feature_store as fs
-    from streaming.bootstrap import InitialStates
-    from streaming.pipeline import ScoreTransactions
-    from streaming.replay import messages
-    from streaming.scoring import BoosterHandler
-    from streaming.sinks import WriteFeatures, WriteScored
-    from streaming.transforms import PseudonymiseIds
+    from streaming.job.ids import PseudonymiseIds
+    from streaming.job.initial_states import InitialStates
+    from streaming.job.pipeline import ScoreTransactions
+    from streaming.job.scoring import BoosterHandler
+    from streaming.job.sinks import WriteFeatures, WriteScored
+    from streaming.local.replay import messages
+    from streaming.store.feast_store import apply_repo, scratch_repo, shared_store
 
-    repo = fs.scratch_repo(Path(config.out) / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
-    fs.apply("local", repo)
+    repo = scratch_repo(Path(config.out) / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
+    apply_repo("local", repo)
     payloads: dict[str, list[bytes]] = {"tx": [], "label": []}
     seen = len(feed) - len(events)
     for kind, data, _, _ in messages(feed, spec.label_delay, seen, trailing_labels=False):
@@ -248,10 +253,10 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
             "labels": p | "Labels" >> beam.Create(payloads["label"], reshuffle=False),
         }
         core = ScoreTransactions(spec, BoosterHandler(models, spec.name),
-                                 pseudonymise=PseudonymiseIds(),
+                                 pseudonymise=PseudonymiseIds(), ordering=EMBEDDED_ORDERING,
                                  initial=InitialStates(str(states), spec))  # fmt: skip
         out = inputs | core
-        store = functools.partial(fs.shared_store, spec.name, "local", str(repo))
+        store = functools.partial(shared_store, spec.name, "local", str(repo))
         _ = out["features"] | WriteFeatures(spec, store)
         _ = out["scored"] | WriteScored(spec.names, directory=str(progress.scored_dir))
         _ = out["alerts"] | "KeepAlerts" >> beam.Map(_collect, "alerts")
@@ -338,7 +343,7 @@ def run_demo(config: DemoConfig) -> int:
 def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.DataFrame,
          source: str, models: Path, out: Path) -> int:  # fmt: skip
     """The demo after its model is ready (``run_demo`` restores the environment after it)."""
-    from streaming.emulators import gcloud_available
+    from streaming.local.emulators import gcloud_available
     from streaming.pseudonymise import ENV_KEY, Pseudonymiser
 
     if not os.environ.get(ENV_KEY):
@@ -380,7 +385,7 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
 def report(summary: dict, scored_dir: Path, models: Path, out: Path) -> None:
     """``out/report.md``: the summary table, the monitoring windows and the PNGs (score
     histogram, alerts per hour, latency, drift; written by ``fraudstream monitor``'s code)."""
-    from streaming.monitor import run_monitor
+    from streaming.monitoring.command import run_monitor
 
     monitoring = run_monitor(scored_dir, models, "1h", out)
     lines = ["# fraudstream demo", "", "| | |", "|---|---|"]

@@ -31,9 +31,9 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from features import presets
 from features.spec import FeatureSpec
+from streaming.job.common import NAMESPACE
+from streaming.job.entity_state import FeatureRow
 from streaming.schema import Transaction
-from streaming.transforms import NAMESPACE
-from streaming.transforms_features import FeatureRow
 from training.model import contributions, detect_device, predict
 from training.registry import CURRENT, ModelVersion, Registry, RegistryError
 

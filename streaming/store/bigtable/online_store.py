@@ -3,7 +3,7 @@
 Register it in ``feature_store.yaml`` by class path::
 
     online_store:
-      type: streaming.bigtable_online_store.BigtableOnlineStore
+      type: streaming.store.bigtable.online_store.BigtableOnlineStore
       instance: my-instance
 
 Layout (one table per Feast project, see :func:`table_name`):
@@ -47,7 +47,7 @@ from feast.utils import _get_table_entity_values
 from google.api_core import exceptions as gexc
 from pydantic import PositiveFloat, PositiveInt, StrictStr, field_validator
 
-from streaming import feast_wire as wire
+from streaming.store.bigtable import feast_wire as wire
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ ReadResult = list[tuple[datetime | None, dict[str, ValueProto] | None]]
 class BigtableOnlineStoreConfig(FeastConfigBaseModel):
     """``online_store:`` section of feature_store.yaml for :class:`BigtableOnlineStore`."""
 
-    type: Literal["streaming.bigtable_online_store.BigtableOnlineStore"] = (
-        "streaming.bigtable_online_store.BigtableOnlineStore"
+    type: Literal["streaming.store.bigtable.online_store.BigtableOnlineStore"] = (
+        "streaming.store.bigtable.online_store.BigtableOnlineStore"
     )
     project_id: StrictStr | None = None
     """GCP project; None: the client's default (``demo-project`` style on the emulator)."""
@@ -238,8 +238,9 @@ class BigtableOnlineStore(OnlineStore):
 
         Overrides the base class's per-view loop (documented there as the place to batch;
         Feast is pinned below 0.68, where its signature is this one). The response vectors
-        are encoded straight from the packed arrays (:mod:`streaming.feast_wire`), equal to
-        what Feast's ``_populate_response_from_feature_data`` builds value by value.
+        are encoded straight from the packed arrays
+        (:mod:`streaming.store.bigtable.feast_wire`), equal to what Feast's
+        ``_populate_response_from_feature_data`` builds value by value.
         """
         plans = []
         for view, requested in grouped_refs:

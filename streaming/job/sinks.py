@@ -18,31 +18,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from features.incremental import Status
 from features.spec import FeatureSpec
-from streaming.feature_store import EntityFeatures, OnlineFeatureWriter, stored_entities
-from streaming.schema import from_ns
-from streaming.transforms import NAMESPACE, Clock
-
-
-def scored_record(scored: Any, features: list[str], clock: Clock = time.time) -> dict:
-    """One scored transaction as a flat row: :data:`~streaming.schema.SCORED_COLUMNS`, then one
-    column per model input (NaN kept). The row of both the parquet and the BigQuery sink."""
-    tx = scored.tx
-    row = {
-        "transaction_id": tx.transaction_id,
-        "customer_id": tx.customer_id,
-        "terminal_id": tx.terminal_id,
-        "event_time": from_ns(tx.time_ns),
-        "score": scored.score,
-        "threshold": scored.threshold,
-        "alert": bool(scored.accepted and scored.score >= scored.threshold),
-        "model_version": scored.model_version,
-        "status": Status(scored.status).name,
-        "latency_ms": round((clock() - tx.received_at) * 1000.0, 3),
-    }
-    row.update(zip(features, scored.features.tolist(), strict=True))
-    return row
+from streaming.job.common import NAMESPACE, Clock
+from streaming.schema import from_ns, scored_record
+from streaming.store.base import EntityBatch, OnlineFeatureWriter
+from streaming.store.names import stored_entities
 
 
 class _WriteParquetParts(beam.DoFn):
@@ -133,9 +113,6 @@ def _bigquery_row(row: dict) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------- online store
-
-
 class _WriteFeatures(beam.DoFn):
     """Buffer a bundle's feature rows; write each entity's newest values in one round trip."""
 
@@ -165,7 +142,7 @@ class _WriteFeatures(beam.DoFn):
         X = np.stack([r.features for r in rows])
         times = np.array([from_ns(r.tx.time_ns) for r in rows], "datetime64[ns]")
         batches = [
-            EntityFeatures(
+            EntityBatch(
                 entity=e,
                 ids=np.array([getattr(r.tx, e.key.lower()) for r in rows], np.int64),
                 event_times=times,
@@ -182,7 +159,7 @@ class _WriteFeatures(beam.DoFn):
 class WriteFeatures(beam.PTransform):
     """Accepted feature rows -> each entity's fresh values in the online store, batched per
     bundle. ``open_writer`` builds the writer on the worker (e.g. a ``functools.partial`` of
-    :meth:`~streaming.feature_store.FeastFeatureStore.open`): stores are not picklable."""
+    :meth:`~streaming.store.feast_store.FeastFeatureStore.open`): stores are not picklable."""
 
     def __init__(self, spec: FeatureSpec, open_writer: Callable[[], OnlineFeatureWriter]) -> None:
         super().__init__()
@@ -190,107 +167,3 @@ class WriteFeatures(beam.PTransform):
 
     def expand(self, rows):
         return rows | "Write" >> beam.ParDo(_WriteFeatures(self.spec, self.open_writer))
-
-
-# --------------------------------------------------------------------------- monitoring
-
-
-class _MonitorCombine(beam.CombineFn):
-    """Scored rows of one window -> :class:`~streaming.monitor.WindowCounts` (additive bin
-    counts of every model input and the score, alerts, a latency histogram)."""
-
-    BATCH = 1024
-
-    def __init__(self, reference: Any) -> None:
-        self.reference = reference
-
-    def create_accumulator(self) -> tuple[list, Any]:
-        from streaming.monitor import WindowCounts
-
-        return [], WindowCounts.empty(self.reference)
-
-    def add_input(self, acc: tuple[list, Any], row: dict) -> tuple[list, Any]:
-        from streaming.monitor import WindowCounts
-
-        rows, counts = acc
-        rows.append(row)
-        if len(rows) >= self.BATCH:
-            return [], counts + WindowCounts.of_rows(self.reference, rows)
-        return rows, counts
-
-    def merge_accumulators(self, accs: Any) -> tuple[list, Any]:
-        from streaming.monitor import WindowCounts
-
-        rows, total = [], WindowCounts.empty(self.reference)
-        for part_rows, counts in accs:
-            rows.extend(part_rows)
-            total = total + counts
-        return rows, total
-
-    def extract_output(self, acc: tuple[list, Any]) -> Any:
-        from streaming.monitor import WindowCounts
-
-        rows, counts = acc
-        return counts + WindowCounts.of_rows(self.reference, rows)
-
-
-class _WindowRecord(beam.DoFn):
-    def __init__(self, reference: Any, source: str) -> None:
-        self.reference, self.source = reference, source
-
-    def process(self, counts: Any, window=beam.DoFn.WindowParam):
-        from streaming.monitor import window_record
-
-        yield window_record(
-            self.reference,
-            counts,
-            window.start.to_utc_datetime(),
-            window.end.to_utc_datetime(),
-            self.source,
-        )
-
-
-class MonitorWindows(beam.PTransform):
-    """Scored transactions -> one monitoring record per event-time window: events, alerts,
-    alert rate, latency p50/p99, the PSI of every model input and of the score against the
-    model's training reference (:mod:`training.drift`; thresholds 0.1 and 0.25), the largest.
-
-    A window's record is emitted when the watermark passes its end, then again, refined, every
-    ``refresh_s`` of processing time while late rows arrive (accumulating panes, up to
-    ``allowed_lateness_days``): a consumer keeps the newest record per ``window_start``. Local
-    replays of old data are all late (the DirectRunner's watermark is the wall clock), so they
-    are reported through these refinements.
-    """
-
-    def __init__(
-        self,
-        features: list[str],
-        reference: Any,
-        window_s: int = 3600,
-        refresh_s: int = 30,
-        allowed_lateness_days: int = 3650,
-        source: str = "",
-        clock: Clock = time.time,
-    ) -> None:
-        super().__init__()
-        self.features, self.reference, self.window_s = features, reference, window_s
-        self.refresh_s, self.lateness_days = refresh_s, allowed_lateness_days
-        self.source, self.clock = source, clock
-
-    def expand(self, scored):
-        from apache_beam.transforms import trigger, window
-
-        late = trigger.AfterProcessingTime(self.refresh_s)
-        return (
-            scored
-            | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
-            | "EventTimeWindows"
-            >> beam.WindowInto(
-                window.FixedWindows(self.window_s),
-                trigger=trigger.AfterWatermark(late=late),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.lateness_days * 86_400,
-            )
-            | "Counts" >> beam.CombineGlobally(_MonitorCombine(self.reference)).without_defaults()
-            | "Record" >> beam.ParDo(_WindowRecord(self.reference, self.source))
-        )

@@ -1,8 +1,8 @@
 """The streaming job: Pub/Sub transactions and labels -> features -> scores -> alerts (+ DLQ).
 
-Only wiring lives here; every stage is a composite in ``streaming/transforms*.py`` or
-``streaming/scoring.py``. :class:`ScoreTransactions` is the core, from payloads to alerts and
-dead letters, testable without Pub/Sub.
+Only wiring lives here; every stage is a composite in a module of :mod:`streaming.job`.
+:class:`ScoreTransactions` is the core, from payloads to alerts and dead letters, testable
+without Pub/Sub.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -19,129 +18,55 @@ from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
 from features import presets
 from features.incremental import Status
-from features.spec import FeatureSpec
-from streaming.bootstrap import InitialStates
-from streaming.feature_store import PROFILES, REPO, shared_store
-from streaming.local_runner import freeze_startup_objects, is_local, tune_local_runner
+from features.spec import DEFAULT_MAX_LATENESS, FeatureSpec
+from streaming.job.alerts import Alerts, to_message
+from streaming.job.arrival import EntityChain
+from streaming.job.common import Clock
+from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
+from streaming.job.event_time import EntityFeatures
+from streaming.job.ids import PseudonymiseIds
+from streaming.job.initial_states import InitialStates
+from streaming.job.join import JoinFeatures
+from streaming.job.options import FraudstreamOptions, is_local
+from streaming.job.parse import ParseAndValidate, dead_letter
+from streaming.job.scoring import BoosterHandler, Score
+from streaming.job.sinks import WriteFeatures, WriteScored
+from streaming.monitoring.stage import MonitorWindows
 from streaming.schema import parse_label, parse_transaction, transaction_json
-from streaming.scoring import BoosterHandler, Score
-from streaming.sinks import MonitorWindows, WriteFeatures, WriteScored
-from streaming.transforms import (
-    Alerts,
-    Clock,
-    ParseAndValidate,
-    PseudonymiseIds,
-    dead_letter,
-    to_message,
-)
-from streaming.transforms_features import (
-    ORDERINGS,
-    EntityChain,
-    EntityFeatures,
-    JoinFeatures,
-)
+from streaming.store.feast_store import shared_store
 
 if TYPE_CHECKING:
     from streaming.pseudonymise import Pseudonymiser
 
+
 log = logging.getLogger(__name__)
-
-
-class FraudstreamOptions(PipelineOptions):
-    """Command-line options of the streaming job (``fraudstream run --help`` lists them)."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        io = "Pub/Sub: a subscription (projects/P/subscriptions/S) or a topic (projects/P/topics/T)"
-        parser.add_argument("--transactions_subscription", help=io)
-        parser.add_argument("--transactions_topic", help="used when no subscription is given")
-        parser.add_argument("--labels_subscription", help="fraud labels; see streaming/schema.py")
-        parser.add_argument("--labels_topic")
-        parser.add_argument("--alerts_topic", help="alerts, JSON with the attribute `dedupe`")
-        parser.add_argument("--dlq_topic", help="dead letters: payload, error, stage, time")
-        parser.add_argument("--model_dir", help="model registry directory; `current` scores")
-        parser.add_argument("--preset", default="default", help="feature preset of the model")
-        parser.add_argument("--threshold", type=float, default=None, help="override the model's")
-        parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        parser.add_argument("--scoring_batch_size", type=int, default=512)
-        parser.add_argument(
-            "--model_poll_s", type=float, default=10.0, help="how often `current` is re-checked"
-        )
-        parser.add_argument("--max_lateness_hours", type=float, default=24.0)
-        parser.add_argument(
-            "--ordering",
-            default="arrival",
-            choices=ORDERINGS,
-            help="arrival: score each transaction as it arrives (lowest latency); event_time: "
-            "apply each card's and terminal's events in event-time order once the watermark "
-            "passes them (exact for any delivery order, adds the watermark's delay)",
-        )
-        parser.add_argument(
-            "--initial_state",
-            help="card and terminal states to start from (`fraudstream bootstrap`): each "
-            "entity's state is loaded from it when the job first sees the entity",
-        )
-        parser.add_argument(
-            "--feature_store",
-            default="none",
-            choices=("none", "feast"),
-            help="write fresh entity features to the Feast online store (`feast`)",
-        )
-        parser.add_argument(
-            "--feature_store_profile",
-            default="emulator",
-            choices=PROFILES,
-            help="feature_repo profile: local (sqlite), emulator (Bigtable emulator), gcp",
-        )
-        parser.add_argument("--feature_repo", default=str(REPO), help="the applied Feast repo")
-        parser.add_argument("--scored_dir", help="scored events as parquet files (local runs)")
-        parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
-        parser.add_argument(
-            "--monitoring_topic",
-            help="per-window drift (PSI) and alert-rate records, JSON (see streaming/monitor.py)",
-        )
-        parser.add_argument("--monitoring_window_s", type=int, default=3600)
-        parser.add_argument(
-            "--pseudonymise_ids",
-            default="on",
-            choices=("on", "off"),
-            help="keyed pseudonyms for card and terminal ids (key: $FRAUDSTREAM_ID_KEY or "
-            "--id_key_secret); off keeps clear ids everywhere",
-        )
-        parser.add_argument(
-            "--id_key_secret", help="Secret Manager version of the id key (read on workers)"
-        )
-        parser.add_argument(
-            "--clear_ids_in_alerts",
-            action="store_true",
-            help="alerts also carry clear ids (customer_id_clear, terminal_id_clear)",
-        )
 
 
 class ScoreTransactions(beam.PTransform):
     """``{"transactions": payloads, "labels": payloads}`` -> ``{"alerts", "dead_letter",
     "scored", "features"}``: parse, entity features, join, score, alert (``features``: the
-    accepted :class:`~streaming.transforms_features.FeatureRow` of each transaction).
+    accepted :class:`~streaming.job.entity_state.FeatureRow` of each transaction).
 
     Redelivered transactions are caught by the entity states (status ``DUPLICATE``), late ones
     beyond the allowed lateness too (``TOO_LATE``): both go to the dead-letter output with that
     reason, so every valid transaction is scored once.
 
-    ``ordering``: ``event_time`` (the default here: exact for any delivery order, batch runs
-    included) waits for the watermark; ``arrival`` (the streaming job's default) scores each
-    transaction as it arrives (:mod:`streaming.transforms_features` has both contracts)."""
+    ``ordering``: ``arrival`` (the default) scores each transaction as it arrives;
+    ``event_time`` waits for the watermark and is exact for any delivery order, batch runs
+    included (:mod:`streaming.job.arrival`, :mod:`streaming.job.event_time`)."""
 
     def __init__(
         self,
         spec: FeatureSpec,
         handler: BoosterHandler,
-        max_lateness: timedelta = timedelta(days=1),
+        max_lateness: timedelta = DEFAULT_MAX_LATENESS,
         clock: Clock = time.time,
         pseudonymise: PseudonymiseIds | None = None,
-        ordering: str = "event_time",
+        ordering: str = DEFAULT_ORDERING,
         initial: InitialStates | None = None,
     ) -> None:
         super().__init__()
@@ -193,7 +118,7 @@ def _rejected(row, clock: Clock) -> dict:
     return dead_letter(transaction_json(row.tx), Status(row.status).name, "features", clock)
 
 
-def _read(p: beam.Pipeline, label: str, subscription: str | None, topic: str | None):
+def read_pubsub(p: beam.Pipeline, label: str, subscription: str | None, topic: str | None):
     if not (subscription or topic):
         raise ValueError(f"{label}: give a subscription or a topic")
     return p | label >> beam.io.ReadFromPubSub(
@@ -239,10 +164,10 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     if local:
         handler.load_model()  # fail now, with the registry's reason, not on a worker
     inputs = {
-        "transactions": _read(
+        "transactions": read_pubsub(
             p, "ReadTransactions", opts.transactions_subscription, opts.transactions_topic
         ),
-        "labels": _read(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
+        "labels": read_pubsub(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
     core = ScoreTransactions(
@@ -334,41 +259,27 @@ def _pubsub_message(alert: dict) -> beam.io.PubsubMessage:
     return beam.io.PubsubMessage(data, attributes)
 
 
+def pipeline_options(argv: Sequence[str] | None = None) -> PipelineOptions:
+    """The job's options from ``argv``: always streaming; without ``--runner``, the
+    ``BundleBasedDirectRunner`` (the DirectRunner would first try to download the Prism runner).
+    """
+    options = PipelineOptions(argv)
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if standard.runner is None:
+        standard.runner = "BundleBasedDirectRunner"
+    return options
+
+
 def run(
     argv: Sequence[str] | None = None,
     build_fn: Callable[[beam.Pipeline, PipelineOptions], object] = build,
-) -> None:
-    """Entry point: parse options, build (``build_fn``) and run the streaming job until it is
-    stopped.
+) -> PipelineResult:
+    """Build (``build_fn``) and submit the job; returns without waiting for it.
 
-    Without ``--runner`` the job runs on the ``BundleBasedDirectRunner`` (the DirectRunner
-    would first try to download the Prism runner), with the local Pub/Sub read tuned
-    (:mod:`streaming.local_runner`). Ctrl-C or SIGTERM cancels a local run.
+    On Dataflow the job runs on until it is drained or cancelled. Local runs go through
+    :func:`streaming.local.launch.run_local`, which tunes the local runner first and waits.
     """
-    options = PipelineOptions(argv)
-    options.view_as(StandardOptions).streaming = True
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        standard.runner = "BundleBasedDirectRunner"
-    local = is_local(standard.runner)
-    if local:
-        tune_local_runner()
-    p = beam.Pipeline(options=options)
-    build_fn(p, options)
-    if local:
-        freeze_startup_objects()  # after build: imports, the model and Feast are loaded
-    result = p.run()
-    if not local:
-        return  # Dataflow: the job runs on; `gcloud dataflow jobs cancel` or drain stops it
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result.wait_until_finish()
-    except KeyboardInterrupt:
-        log.info("stopping the pipeline")
-        result.cancel()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    p = beam.Pipeline(options=pipeline_options(argv))
+    build_fn(p, p.options)
+    return p.run()

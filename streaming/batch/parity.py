@@ -1,10 +1,10 @@
-"""Batch jobs behind the CLI: backfill a history, and the parity check (backfill == stream)."""
+"""``fraudstream parity``: backfill and stream a whole history, check they agree bit for bit,
+and compare the baseline with the published golden file."""
 
 from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,51 +20,7 @@ from features.stream import stream_features
 from features.table import read_transactions, validate
 
 if TYPE_CHECKING:
-    from streaming.bootstrap import StateFileInfo
-
-
-def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:
-    """``fraudstream backfill``: read, compute, write parquet; progress on stderr."""
-    spec = presets.get(preset)
-    with tqdm(total=3, desc="backfill", unit="step") as bar:
-        bar.set_postfix_str(f"reading {len(inputs)} file(s)")
-        df = read_transactions(inputs, spec)
-        bar.update()
-        bar.set_postfix_str(f"computing {len(spec.names)} features of {len(df):,} events")
-        features = backfill(df, spec)
-        bar.update()
-        bar.set_postfix_str(f"writing {output}")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        features.to_parquet(output, index=False)
-        bar.update()
-    print(f"wrote {len(features):,} rows x {len(spec.names)} features ({spec.name}) to {output}")
-    return features
-
-
-def run_bootstrap(
-    inputs: list[str],
-    output: str,
-    preset: str,
-    pseudonymise_ids: bool = True,
-    id_key_secret: str | None = None,
-    max_lateness_hours: float = 24.0,
-) -> StateFileInfo:
-    """``fraudstream bootstrap``: replay a history, write every entity's state for ``run
-    --initial_state`` (see :mod:`streaming.bootstrap`); progress on stderr."""
-    from streaming.bootstrap import bootstrap
-    from streaming.pipeline import launch_pseudonymiser
-
-    spec = presets.get(preset)
-    df = read_transactions(inputs, spec)
-    ids = launch_pseudonymiser(id_key_secret) if pseudonymise_ids else None
-    lateness = timedelta(hours=max_lateness_hours)
-    info = bootstrap(df, spec, output, ids, lateness, progress=True)
-    id_key, end_ns = info.id_key, info.end_ns
-    print(
-        f"wrote the states of {info.entities:,} entities ({spec.name}, "
-        f"{'key ' + id_key if id_key else 'clear ids'}) up to {pd.Timestamp(end_ns)} to {output}"
-    )
-    return info
+    pass
 
 
 def stream(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:

@@ -48,7 +48,6 @@ DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_IDLE_WAIT_S = 0.1
 PUBLISH_MAX_LATENCY_S = 0.001
 GC_SETTLE_S = 30.0
-LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -244,11 +243,6 @@ def tune_direct_pubsub_read(
 
         parallel.__init__ = __init__
         evaluator._fraudstream_tuned = True
-
-
-def is_local(runner: str | None) -> bool:
-    """Whether ``--runner`` names a Python DirectRunner (the default when absent)."""
-    return runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
 
 
 def cache_dofn_introspection() -> None:

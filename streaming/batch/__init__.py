@@ -1,0 +1,1 @@
+"""Batch commands over a whole history: backfill, the parity check, and initial states."""

@@ -1,0 +1,41 @@
+"""The streaming job on a local runner, tuned, until Ctrl-C or SIGTERM stops it."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from streaming.job.pipeline import build, pipeline_options
+from streaming.local.runner import freeze_startup_objects, tune_local_runner
+
+log = logging.getLogger(__name__)
+
+
+def run_local(
+    argv: Sequence[str] | None = None,
+    build_fn: Callable[[beam.Pipeline, PipelineOptions], object] = build,
+) -> None:
+    """Run the job on the local runner ``argv`` names (default: ``BundleBasedDirectRunner``)
+    with the patches of :mod:`streaming.local.runner`, until it is stopped; Ctrl-C or SIGTERM
+    cancels it."""
+    tune_local_runner()
+    p = beam.Pipeline(options=pipeline_options(argv))
+    build_fn(p, p.options)
+    freeze_startup_objects()  # after build: imports, the model and Feast are loaded
+    result = p.run()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        log.info("stopping the pipeline")
+        result.cancel()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,1 @@
+"""Our Feast online store on Bigtable (``online_store``) and its wire encodings."""

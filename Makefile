@@ -40,7 +40,7 @@ lint: install  ## ruff, then the dependency audit
 	$(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory audit
 
-audit: install  ## pip-audit of the locked dependencies (needs pypi.org's JSON API; --strict fails when it cannot check)
+audit: install  ## pip-audit of the locked dependencies (needs the package index's JSON API; --strict fails when it cannot check)
 	$(UV) export --frozen --extra dev --no-emit-project --format requirements-txt -q -o $(VENV)/audit-requirements.txt
 	$(BIN)/pip-audit --strict --progress-spinner off --require-hashes --disable-pip -r $(VENV)/audit-requirements.txt
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,6 @@ from features.spec import FeatureSpec
 from features.stream import stream_features
 from features.table import read_transactions, validate
 
-if TYPE_CHECKING:
-    pass
-
 
 def stream(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     """Replay ``df`` through the incremental path (labels after the delay), with progress."""
@@ -29,7 +25,9 @@ def stream(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         return stream_features(df, spec, batch_size=2_000, progress=bar.update)
 
 
-def _load_demo_data(path: str, spec: FeatureSpec, events: int | None) -> tuple[pd.DataFrame, str]:
+def _load_history(path: str, spec: FeatureSpec, events: int | None) -> tuple[pd.DataFrame, str]:
+    """The first ``events`` transactions of ``path``, or of a seeded simulated history when the
+    file is absent; and where they came from."""
     if Path(path).exists():
         df, source = read_transactions([path], spec), path
     else:
@@ -48,7 +46,7 @@ def run_parity(
 ) -> int:
     """Backfill, stream, compare, summarise. Returns 0 when stream == backfill everywhere."""
     spec = presets.get(preset)
-    df, source = _load_demo_data(path, spec, events)
+    df, source = _load_history(path, spec, events)
     print(
         f"{len(df):,} transactions from {source}, preset {spec.name} ({len(spec.names)} features)"
     )

@@ -145,15 +145,15 @@ class Progress:
 # --------------------------------------------------------------------------- the two modes
 
 
-def bootstrap(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
+def bootstrap_states(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
     """The states of every card and terminal after ``history``, pseudonymised with this run's
     key (``$FRAUDSTREAM_ID_KEY``), for the job's ``--initial_state``."""
-    from streaming.batch.bootstrap import bootstrap as write_initial_states
+    from streaming.batch.bootstrap import bootstrap
     from streaming.pseudonymise import Pseudonymiser
 
     path = out / "states.parquet"
     ids = Pseudonymiser.from_env(required=True)
-    info = write_initial_states(history, spec, path, ids, progress=True)
+    info = bootstrap(history, spec, path, ids, progress=True)
     print(f"states of {info.entities:,} cards and terminals after {len(history):,} transactions")
     return path
 
@@ -355,7 +355,7 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
         print(f"{reason}: running the embedded mode instead")
     scored_dir = out / f"scored-{uuid.uuid4().hex[:6]}"
     history = df.iloc[: len(df) - len(events)]
-    states = bootstrap(history, spec, out)
+    states = bootstrap_states(history, spec, out)
     # the feed: the slice, and the labels due during it for the history's last days
     pending = history["TX_DATETIME"] >= history["TX_DATETIME"].max() - spec.label_delay - DAY
     feed = df.iloc[int(np.argmax(pending.to_numpy())) if len(history) else 0 :]

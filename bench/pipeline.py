@@ -66,7 +66,7 @@ def world(root: Path, n: int = 12_000) -> tuple[pd.DataFrame, Path]:
     registry = Registry(root / "models")
     meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
             "threshold": float(np.quantile(models.predict(booster, X), 0.97))}  # fmt: skip
-    registry.promote(registry.save(booster, meta).name)
+    registry.promote(registry.save(booster, meta))
     return df, registry.root
 
 

@@ -50,7 +50,7 @@ def bench_scoring(rows: int = 4_096, seed: int = 0) -> dict[str, float]:
             "spec_fingerprint": spec.fingerprint(),
             "threshold": threshold,
         }
-        registry.promote(registry.save(booster, meta).name)
+        registry.promote(registry.save(booster, meta))
         ours = BoosterHandler(registry.root, spec.name)
         our_model = ours.load_model()
         stock_path = str(Path(tmp) / "stock.json")

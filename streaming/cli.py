@@ -201,6 +201,34 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_promote(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "promote",
+        help="make a registry version the champion the running job scores with",
+        description="Point the registry's `current` at VERSION (a local path or gs://; the "
+        "running job picks it up within --model_poll_s). Lists the versions without --version.",
+    )
+    p.add_argument("--model_dir", "--model-dir", required=True, metavar="DIR",
+                   help="the model registry (path or gs:// URI)")  # fmt: skip
+    p.add_argument("--version", default=None, help="e.g. v0003 (default: list the versions)")
+    p.set_defaults(func=_run_promote)
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from training.registry import Registry
+
+    registry = Registry(args.model_dir, create=False)
+    if args.version is None:
+        champion = registry.current_version()
+        for version in registry.versions():
+            print(f"{version}{'  (current)' if version == champion else ''}")
+        return 0
+    registry.load(args.version)  # refuse a version that does not load
+    registry.promote(args.version)
+    print(f"{args.version} is the champion of {registry.root}")
+    return 0
+
+
 def _add_replay(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "replay",
@@ -448,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parity(sub)
     _add_evaluate(sub)
     _add_train(sub)
+    _add_promote(sub)
     _add_materialize(sub)
     _add_monitor(sub)
     _add_run(sub)

@@ -262,9 +262,13 @@ def save_reference(reference: Reference, model_version_dir: str | Path) -> Path:
 
 
 def load_reference(model_version_dir: str | Path) -> Reference:
-    """Read ``drift_reference.json`` of a version directory (``DIR/current`` works too);
+    """Read ``drift_reference.json`` of a version directory (a local path or a ``gs://`` URI);
     FileNotFoundError if there is none."""
-    path = Path(model_version_dir) / REFERENCE_FILE
-    if not path.exists():
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(str(model_version_dir), REFERENCE_FILE)
+    if not FileSystems.exists(path):
         raise FileNotFoundError(f"{path}: no drift reference for this model version")
-    return Reference.from_json(path.read_text())
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return Reference.from_json(f.read().decode())

@@ -23,7 +23,7 @@ from features.table import read_transactions
 from training import model as models
 from training.drift import reference_profile, save_reference
 from training.protocol import DAY, Split, in_window, metrics, scored_rows
-from training.registry import Registry, RegistryError
+from training.registry import META_FILE, MODEL_FILE, Registry, RegistryError, to_json
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,14 @@ def run_train(
         "threshold_cards_per_day": rate,
         "promotion": {"decision": "promoted" if wins else "kept champion", "reason": reason},
     }
-    path = registry.save(booster, meta)
-    # the drift reference of the streaming job's monitoring: training inputs, and the
-    # validation scores (out of sample, like the scores the stream will produce)
-    save_reference(reference_profile(X[train], spec.names, scores=scores), path)
-    write_report(path, booster, spec.names, X[val], y[val], scores, meta)
+    with registry.writing(meta) as path:
+        booster.save_model(path / MODEL_FILE)
+        (path / META_FILE).write_text(to_json(meta))
+        # the drift reference of the streaming job's monitoring: training inputs, and the
+        # validation scores (out of sample, like the scores the stream will produce)
+        save_reference(reference_profile(X[train], spec.names, scores=scores), path)
+        write_report(path, booster, spec.names, X[val], y[val], scores, meta)
+        (path / "decision.json").write_text(json.dumps(meta["promotion"], indent=2) + "\n")
     if wins:
         registry.promote(meta["version"])
     print(
@@ -161,8 +164,8 @@ def run_train(
         f"{meta['validation_start']}..{meta['validation_end']}; threshold {threshold:.4f} "
         f"(~{rate:.0f} cards/day)"
     )
-    print(f"{meta['promotion']['decision']}: {reason}; report: {path / 'report.md'}")
-    (path / "decision.json").write_text(json.dumps(meta["promotion"], indent=2) + "\n")
+    report = registry.uri(meta["version"], "report.md")
+    print(f"{meta['promotion']['decision']}: {reason}; report: {report}")
     return meta
 
 

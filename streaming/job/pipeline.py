@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -209,12 +208,12 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
 
 def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
     """The monitoring stage against the champion's training reference (read at launch)."""
-    from pathlib import Path
-
     from training.drift import load_reference
-    from training.registry import CURRENT
+    from training.registry import Registry
 
-    current = Path(opts.model_dir) / CURRENT
+    current = Registry(opts.model_dir, create=False).champion_uri()
+    if current is None:
+        raise ValueError(f"--monitoring_topic: no champion in {opts.model_dir}")
     try:
         reference = load_reference(current)
     except FileNotFoundError as exc:
@@ -222,9 +221,7 @@ def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
             f"--monitoring_topic: the model at {current} has no drift reference ({exc}); "
             "retrain it with this version (`fraudstream train` saves one)"
         ) from exc
-    return MonitorWindows(
-        spec.names, reference, opts.monitoring_window_s, source=os.path.realpath(current)
-    )
+    return MonitorWindows(spec.names, reference, opts.monitoring_window_s, source=current)
 
 
 def _initial_states(path: str, spec: FeatureSpec, id_key: str | None) -> InitialStates:

@@ -4,13 +4,17 @@ The booster is loaded on the worker (:meth:`BoosterHandler.load_model`): booster
 picklable, so nothing model-related is captured when the pipeline is built.
 
 Hot swap: the loaded "model" is a :class:`LiveModel`, which follows the registry's ``current``
-symlink. At most every ``poll_s`` seconds a batch checks where ``current`` points (one
-``readlink``); when it points elsewhere the new version is loaded and checked against the
-preset, and the next rows are scored by it. A version that does not load or does not match is
-rejected with a logged reason and the ``model_rejected`` counter, and the previous one keeps
-scoring. We poll instead of using ``WatchFilePattern`` as a side input because the registry's
-contract is the atomically swapped symlink (a file pattern would see a version's files before
-it is promoted), and polling behaves the same on every runner.
+pointer (a local path or ``gs://``, read through Beam's ``FileSystems``). At most every
+``poll_s`` seconds a batch reads the pointer (one small object); when it names another version,
+that version is loaded and checked against the preset, and the next rows are scored by it. A
+version that does not load or does not match, or an unreadable pointer, is rejected with a
+logged reason and the ``model_rejected`` counter, and the previous one keeps scoring.
+
+Why not Beam's ``WatchFilePattern`` feeding RunInference's model-update side input: it emits
+the newest file matching a pattern, so it would load each version as soon as its files appear,
+before (and whether or not) the registry's gate promotes it, and it has no way to refuse a
+broken version and keep the previous one. The registry's contract is the promoted pointer, so
+the job polls that pointer; polling behaves the same on every runner.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from streaming.job.common import NAMESPACE
 from streaming.job.entity_state import FeatureRow
 from streaming.schema import Transaction
 from training.model import contributions, detect_device, predict
-from training.registry import CURRENT, ModelVersion, Registry, RegistryError
+from training.registry import ModelVersion, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,8 @@ class LiveModel:
         self.swaps = Metrics.counter(NAMESPACE, "model_swaps")
         self.rejected = Metrics.counter(NAMESPACE, "model_rejected")
 
-    def _current_target(self) -> str:
-        return os.path.realpath(self.registry.root / CURRENT)
+    def _current_target(self) -> str | None:
+        return self.registry.current_version()
 
     def _load(self) -> ModelVersion:
         model = self.registry.load()
@@ -101,7 +105,12 @@ class LiveModel:
         return self.model
 
     def _follow(self) -> None:
-        target = self._current_target()
+        try:
+            target = self._current_target()
+        except (RegistryError, OSError) as exc:  # an unreadable pointer: keep scoring
+            self.rejected.inc()
+            log.error("champion pointer unreadable, %s keeps scoring: %s", self.model.version, exc)
+            return
         if target == self._target:
             return
         self._target = target

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from apache_beam.io.filesystems import FileSystems
 
 from streaming.monitoring.report import render, write_markdown
 from streaming.monitoring.stats import (
@@ -70,8 +71,10 @@ def resolve_reference(
     columns = feature_columns(scored)
     note = None
     if model_dir is not None:
-        version_dir = Path(model_dir) / "current"
-        if (version_dir / REFERENCE_FILE).exists():
+        from training.registry import Registry
+
+        version_dir = Registry(model_dir, create=False).champion_uri() or f"{model_dir}/current"
+        if FileSystems.exists(FileSystems.join(version_dir, REFERENCE_FILE)):
             ref = load_reference(version_dir)
             features = [n for n in ref.names if n in scored.columns]
             missing = [n for n in ref.names if n not in scored.columns]
@@ -81,7 +84,7 @@ def resolve_reference(
                 )
             if missing:
                 note = f"features of the reference missing from the scored events: {missing}"
-            version = version_dir.resolve().name
+            version = version_dir.rstrip("/").rsplit("/", 1)[-1]
             return ref.subset(features), features, f"model {version} ({version_dir})", note
         note = f"no {REFERENCE_FILE} in {version_dir}"
     else:

@@ -70,7 +70,7 @@ def model_dir(tmp_path_factory) -> tuple[Path, pd.DataFrame, float]:
     registry = Registry(root)
     meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
             "threshold": threshold}  # fmt: skip
-    registry.promote(registry.save(booster, meta).name)
+    registry.promote(registry.save(booster, meta))
     return root, df, threshold
 
 

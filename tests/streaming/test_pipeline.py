@@ -67,7 +67,7 @@ def world(tmp_path_factory):
         "spec_fingerprint": SPEC.fingerprint(),
         "threshold": 0.5,
     }
-    registry.promote(registry.save(booster, meta).name)
+    registry.promote(registry.save(booster, meta))
     return df, X, booster, root
 
 

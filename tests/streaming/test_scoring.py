@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def _save(registry: Registry, seed: int, **meta_overrides) -> str:
     booster = models.train(X, y, models.Params(5))
     meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
             "threshold": 0.5, **meta_overrides}  # fmt: skip
-    return registry.save(booster, meta).name
+    return registry.save(booster, meta)
 
 
 class _Clock:
@@ -63,12 +64,12 @@ def test_a_faulty_version_is_rejected_and_the_previous_keeps_scoring(registry, f
         bad = _save(registry, 3, spec_fingerprint="0123456789abcdef")
     else:
         bad = _save(registry, 3)
-        target = registry.root / bad / (MODEL_FILE if fault == "corrupt booster" else META_FILE)
-        if fault == "corrupt booster":
-            target.write_bytes(b"not a model")
-        else:
-            target.unlink()
     registry.promote(bad)
+    target = Path(registry.root) / bad / (MODEL_FILE if fault == "corrupt booster" else META_FILE)
+    if fault == "corrupt booster":
+        target.write_bytes(b"not a model")
+    elif fault == "missing meta":
+        target.unlink()  # after promotion: `promote` refuses a version without meta.json
     clock.now = 1
     with caplog.at_level(logging.ERROR, logger="streaming.job.scoring"):
         assert live.get().version == "v0001"

@@ -54,7 +54,7 @@ def test_a_better_challenger_replaces_a_worse_champion(history, tmp_path):
     bad = models_.train(X, shuffled, models_.Params(n_estimators=20))
     registry = Registry(tmp_path / "models")
     meta = {"preset": spec.name, "features": spec.names, "spec_fingerprint": spec.fingerprint()}
-    registry.promote(registry.save(bad, meta).name)
+    registry.promote(registry.save(bad, meta))
     result = run_train([history], "2018-05-28", 56, str(tmp_path / "models"), preset="baseline")
     assert result["metrics"]["ap"] > result["champion_metrics"]["ap"]
     assert result["promotion"]["decision"] == "promoted"

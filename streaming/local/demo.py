@@ -79,7 +79,7 @@ def load_data(path: str, spec: FeatureSpec) -> tuple[pd.DataFrame, str]:
 def ensure_model(df: pd.DataFrame, replay_start: pd.Timestamp, config: DemoConfig) -> Path:
     """The registry under ``out/models`` with a champion trained on the days before
     ``replay_start`` whose labels were known then; reused when trained for the same data."""
-    from training.registry import Registry
+    from training.registry import Registry, RegistryError
     from training.train import data_fingerprint, run_train
 
     root = Path(config.out) / "models"
@@ -87,7 +87,11 @@ def ensure_model(df: pd.DataFrame, replay_start: pd.Timestamp, config: DemoConfi
     history = df[df["TX_DATETIME"] < train_end]
     key = f"{config.preset}:{train_end.date()}:{config.train_days}:{data_fingerprint(history)}"
     registry = Registry(root)
-    champion = registry.champion()
+    try:
+        champion = registry.champion()
+    except RegistryError as exc:  # e.g. a registry of an older fraudstream: train anew
+        print(f"not reusing the model in {root}: {exc}")
+        champion = None
     if champion is not None and champion.meta.get("demo_key") == key:
         print(f"reusing model {champion.version} (trained for this data and window)")
         return root

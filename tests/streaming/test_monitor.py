@@ -141,7 +141,8 @@ def test_cli_with_registry_reference(
     _write_parts(scored, tmp_path / "scored")
     registry = tmp_path / "models"
     (registry / "v0001").mkdir(parents=True)
-    (registry / "current").symlink_to("v0001", target_is_directory=True)
+    (registry / "v0001" / "meta.json").write_text("{}")
+    (registry / "current").write_text('{"version": "v0001"}')
     save_reference(reference, registry / "v0001")
     out = tmp_path / "monitor"
     assert _run(tmp_path / "scored", out, registry) == 0
@@ -161,7 +162,8 @@ def test_cli_without_reference(scored: pd.DataFrame, tmp_path: Path, capsys) -> 
     _write_parts(scored, tmp_path / "scored")
     registry = tmp_path / "models"
     (registry / "v0001").mkdir(parents=True)
-    (registry / "current").symlink_to("v0001", target_is_directory=True)
+    (registry / "v0001" / "meta.json").write_text("{}")
+    (registry / "current").write_text('{"version": "v0001"}')
     out = tmp_path / "monitor"
     assert _run(tmp_path / "scored", out, registry) == 0
     printed = capsys.readouterr().out

@@ -119,7 +119,7 @@ def _writes(ours: Any, stock: Any, adapter: FeastFeatureStore) -> dict[str, floa
     """Rows per second, bundles of WRITE_BUNDLE events, every entity of every type once."""
     from google.cloud.bigtable.data import RowMutationEntry, SetCell
 
-    from streaming.store.bigtable.online_store import pack, row_key, schema_tag
+    from streaming.store.bigtable.codec import pack, row_key, schema_tag
 
     rng = np.random.default_rng(0)
     bundles = [
@@ -169,7 +169,7 @@ def _reads(ours: Any, stock: Any, adapter: FeastFeatureStore) -> dict[str, float
     from google.cloud.bigtable.data import ReadRowsQuery
     from google.cloud.bigtable.data.row_filters import CellsColumnLimitFilter
 
-    from streaming.store.bigtable.online_store import row_key
+    from streaming.store.bigtable.codec import row_key
 
     raw_table = ours._get_provider().online_store._table(ours.config)
     ours_service = ours.get_feature_service("model_inputs")

@@ -105,7 +105,7 @@ class FeastFeatureStore(OnlineFeatureReader, OnlineFeatureWriter):
 
     def write(self, batches: Sequence[EntityBatch]) -> None:
         if self._packed is not None:
-            from streaming.store.bigtable.online_store import row_keys
+            from streaming.store.bigtable.codec import row_keys
 
             arrays = [
                 (

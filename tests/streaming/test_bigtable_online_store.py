@@ -1,4 +1,4 @@
-"""Our Feast online store on the real Bigtable emulator, and its protobuf wire encoding.
+"""Our Feast online store (the Feast contract) on the real Bigtable emulator.
 
 One FeatureStore per module (a fresh Feast project, hence a fresh table) with every preset's
 definitions applied. The emulator restart test runs last: the emulator forgets everything.
@@ -23,7 +23,6 @@ from features import presets
 from features.spec import CUSTOMER
 from streaming.local import emulators as emu
 from streaming.store.base import EntityBatch
-from streaming.store.bigtable import feast_wire as wire
 from streaming.store.feast_store import FeastFeatureStore, load_definitions, scratch_repo
 from streaming.store.names import EVENT_TIMESTAMP, feature_ttl, push_source_name, stored_entities
 
@@ -194,7 +193,7 @@ def test_values_older_than_the_ttl_read_as_missing(store, adapter):
 
 
 def test_a_cell_of_another_schema_reads_as_missing(store, adapter):
-    from streaming.store.bigtable.online_store import pack, row_key
+    from streaming.store.bigtable.codec import pack, row_key
 
     ids = _ids()
     adapter.write(_batches(ids[:1], _now()))
@@ -270,64 +269,12 @@ def test_feast_cli_applies_the_emulator_profile(bigtable_emulator, tmp_path: Pat
     assert "customer_features" in done.stdout
     from google.cloud import bigtable
 
-    from streaming.store.bigtable.online_store import table_name
+    from streaming.store.bigtable.codec import table_name
 
     instance = bigtable.Client(project=emu.DEFAULT_PROJECT, admin=True).instance(
         emu.DEFAULT_BIGTABLE_INSTANCE
     )
     assert instance.table(table_name(project)).exists()
-
-
-# --------------------------------------------------------------------------- layout
-
-
-def test_row_keys_table_names_and_packed_cells():
-    from streaming.store.bigtable.online_store import pack, row_key, row_keys, table_name, unpack
-
-    assert row_keys(["CUSTOMER_ID"], [[42, 7]]) == [b"CUSTOMER_ID=42", b"CUSTOMER_ID=7"]
-    assert row_key(["TERMINAL_ID", "CUSTOMER_ID"], [3, 4]) == b"CUSTOMER_ID=4|TERMINAL_ID=3"
-    assert table_name("fraudstream") == "fraudstream-packed"
-    long = table_name("p" * 80)
-    assert len(long) <= 50 and long != table_name("p" * 79)
-    values = np.array([1.5, np.nan, -0.0, 1e308])
-    tag, event_us, back = unpack(pack(7, -123, values))
-    assert (tag, event_us) == (7, -123)
-    np.testing.assert_array_equal(back, values)
-
-
-# --------------------------------------------------------------------------- wire format
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_wire_encoding_equals_protobufs(seed: int):
-    from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
-    from feast.protos.feast.types.Value_pb2 import Value
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    rng = np.random.default_rng(seed)
-    n, width = 40, 3
-    values = rng.normal(size=(n, width)) * 10.0 ** rng.integers(-300, 300, (n, width))
-    values[rng.random((n, width)) < 0.2] = np.nan
-    values[0, 0], values[1, 0] = 0.0, -0.0
-    present = rng.random(n) < 0.7
-    event_us = rng.integers(-(10**15), 10**16, n)
-    event_us[:3] = [0, 1_000_000, 999]  # zero seconds and/or zero nanos
-    expected = GetOnlineFeaturesResponse()
-    for j in range(width):
-        stamps = [Timestamp() for _ in range(n)]
-        for i in np.flatnonzero(present):
-            stamps[i].FromMicroseconds(int(event_us[i]))
-        expected.results.append(
-            GetOnlineFeaturesResponse.FeatureVector(
-                values=[Value(double_val=v) if p else Value()
-                        for v, p in zip(values[:, j], present, strict=True)],
-                statuses=[wire.PRESENT if p else wire.NOT_FOUND for p in present],
-                event_timestamps=stamps,
-            )
-        )  # fmt: skip
-    got = GetOnlineFeaturesResponse()
-    got.MergeFromString(wire.feature_vectors(values, present, event_us))
-    assert got.SerializeToString() == expected.SerializeToString()
 
 
 # --------------------------------------------------------------------------- restart (last)

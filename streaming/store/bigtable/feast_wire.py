@@ -3,8 +3,9 @@
 Feast builds an online response one ``Value`` message per feature per row (about 1 µs each in
 Python); for a bundle that is most of the time a read costs beyond the Bigtable RPC. Encoding
 the vectors with numpy and parsing them with ``MergeFromString`` (C) gives the same message.
-Only what a Float64 feature view needs is encoded; ``tests/streaming/test_bigtable_online_store``
-checks the result equals Feast's own ``_populate_response_from_feature_data``.
+Only what a Float64 feature view needs is encoded. ``tests/streaming/test_bigtable_feast_wire``
+checks the result equals protobuf's own encoding, ``tests/streaming/test_bigtable_online_store``
+that it equals Feast's own ``_populate_response_from_feature_data``.
 
 Wire format (proto3): ``results`` is field 2 of the response; in a FeatureVector ``values``
 (field 1) are ``Value`` messages with ``double_val`` (field 5, fixed64), ``statuses`` (field 2)

@@ -6,34 +6,29 @@ Register it in ``feature_store.yaml`` by class path::
       type: streaming.store.bigtable.online_store.BigtableOnlineStore
       instance: my-instance
 
-Layout (one table per Feast project, see :func:`table_name`):
+Contract (the Feast ``OnlineStore`` interface plus :meth:`BigtableOnlineStore.write_arrays`):
 
-* row key: :func:`row_key` of the entity key (``CUSTOMER_ID=42``), so every view of an entity
-  lives in one row and a bundle's entities of all views are read with one ``ReadRows``;
-* column family ``f``, qualifier = feature view name, value = a 13-byte header (format version,
-  CRC32 of the view's feature names, event time in µs) then the view's features as
-  little-endian float64, in schema order. Only Float64 features can be stored.
+* one table per Feast project; rows, cells and their encoding are
+  :mod:`streaming.store.bigtable.codec`'s: every view of an entity lives in one row, so a
+  bundle's entities of all views are read with one ``ReadRows`` and written with one
+  ``MutateRows`` per ``rows_per_write`` rows;
 * cell timestamp = event time (ms; Bigtable's granularity): the newest event wins whatever the
-  arrival order, and a read takes the latest cell only (``CellsColumnLimitFilter(1)``).
-
-Reads honour the view's ``ttl`` (an older value reads as missing); a value written under another
-schema (its CRC differs) reads as missing too. Reads and writes retry UNAVAILABLE and
-DEADLINE_EXCEEDED with exponential backoff within ``operation_timeout_s``.
+  arrival order, and a read takes the latest cell only (``CellsColumnLimitFilter(1)``);
+* reads honour the view's ``ttl`` (an older value reads as missing, unless ``enforce_ttl`` is
+  false); a value written under another schema reads as missing too;
+* reads and writes retry UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff within
+  ``operation_timeout_s``; so do table creation and deletion
+  (:mod:`streaming.store.bigtable.admin`);
+* a missing table raises LookupError (run ``feast apply``), except with
+  ``recreate_missing_table`` (emulator), where a read returns missing and a write recreates it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import os
 import re
-import struct
-import time
-import warnings
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -42,23 +37,15 @@ from feast.infra.online_stores.online_store import OnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
-from feast.types import Float64
 from feast.utils import _get_table_entity_values
 from google.api_core import exceptions as gexc
 from pydantic import PositiveFloat, PositiveInt, StrictStr, field_validator
 
+from streaming.store.bigtable import admin, codec
 from streaming.store.bigtable import feast_wire as wire
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "f"
-_HEADER = struct.Struct("<BIq")  # format version, CRC32 of the feature names, event time (µs)
-_FORMAT = 1
-_RETRYABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded)
-_EMULATOR_ENV = "BIGTABLE_EMULATOR_HOST"
-_TABLE_MAX = 50
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ReadResult = list[tuple[datetime | None, dict[str, ValueProto] | None]]
 
 
@@ -75,7 +62,7 @@ class BigtableOnlineStoreConfig(FeastConfigBaseModel):
     emulator_host: StrictStr | None = None
     """``host:port`` of a Bigtable emulator; must agree with $BIGTABLE_EMULATOR_HOST if set."""
     operation_timeout_s: PositiveFloat = 60.0
-    """Budget of one read or write, retries included."""
+    """Budget of one read, write or table operation, retries included."""
     attempt_timeout_s: PositiveFloat = 10.0
     """Budget of one RPC attempt."""
     rows_per_write: PositiveInt = 10_000
@@ -96,84 +83,15 @@ class BigtableOnlineStoreConfig(FeastConfigBaseModel):
         return value
 
 
-def row_keys(join_keys: Sequence[str], columns: Sequence[Sequence[Any]]) -> list[bytes]:
-    """Bigtable row keys of entities given by column: ``b"CUSTOMER_ID=42"``; a composite key
-    joins its parts sorted by name with ``|``.
-
-    The one place ids become keys: swap it to pseudonymise (a keyed hash) or salt hot ranges.
-    """
-    if len(join_keys) == 1:
-        prefix = f"{join_keys[0]}="
-        return [f"{prefix}{value}".encode() for value in columns[0]]
-    order = sorted(range(len(join_keys)), key=join_keys.__getitem__)
-    return [
-        "|".join(f"{join_keys[i]}={row[i]}" for i in order).encode()
-        for row in zip(*columns, strict=True)
-    ]
-
-
-def row_key(join_keys: Sequence[str], values: Sequence[Any]) -> bytes:
-    """The row key of one entity (see :func:`row_keys`)."""
-    return row_keys(join_keys, [[v] for v in values])[0]
-
-
-def table_name(project: str) -> str:
-    """The table of a Feast project: ``<project>-packed``, hashed to fit Bigtable's 50 chars."""
-    name = f"{project}-packed"
-    if len(name) <= _TABLE_MAX:
-        return name
-    digest = hashlib.sha256(project.encode()).hexdigest()[:12]
-    return f"{project[: _TABLE_MAX - len(digest) - 9]}-{digest}-packed"
-
-
-def schema_tag(feature_names: Sequence[str]) -> int:
-    """CRC32 of a view's feature names in order: a cell packed under another schema is stale."""
-    return zlib.crc32("\x1f".join(feature_names).encode())
-
-
-def _cell_dtype(width: int) -> np.dtype:
-    """The packed cell as a numpy record (no padding: the header is 13 bytes)."""
-    return np.dtype([("version", "u1"), ("tag", "<u4"), ("t", "<i8"), ("v", "<f8", (width,))])
-
-
-def pack(tag: int, event_us: int, values: np.ndarray) -> bytes:
-    """One cell value: header + float64 little-endian values."""
-    return _HEADER.pack(_FORMAT, tag, event_us) + np.ascontiguousarray(values, "<f8").tobytes()
-
-
-def unpack(cell: bytes) -> tuple[int, int, np.ndarray]:
-    """``(schema tag, event time µs, values)`` of a cell written by :func:`pack`."""
-    version, tag, event_us = _HEADER.unpack_from(cell)
-    if version != _FORMAT:
-        raise ValueError(f"unknown packed-cell format {version} (expected {_FORMAT})")
-    return tag, event_us, np.frombuffer(cell, "<f8", offset=_HEADER.size)
-
-
-def to_micros(ts: datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is taken as UTC (Feast's convention)."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def feature_names(view: FeatureView) -> list[str]:
-    """A view's features in schema order; ValueError names a feature that is not Float64."""
-    for feature in view.features:
-        if feature.dtype != Float64:
-            raise ValueError(
-                f"feature view {view.name!r}: feature {feature.name!r} is {feature.dtype}; "
-                f"{BigtableOnlineStore.__name__} stores Float64 features only"
-            )
-    return [f.name for f in view.features]
-
-
 class BigtableOnlineStore(OnlineStore):
-    """Feast online store: packed float64 rows on Bigtable, every view of a read in one RPC."""
+    """Feast online store: packed float64 rows on Bigtable, every view of a read in one RPC.
+
+    Its clients are built on first use from that call's ``online_store`` settings and kept.
+    """
 
     def __init__(self) -> None:
         self._data_client: Any = None
-        self._admin_client: Any = None
+        self._admin: admin.TableAdmin | None = None
         self._tables: dict[str, Any] = {}
         self._layouts: dict[tuple[str, tuple[str, ...]], tuple[int, list[str]]] = {}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -193,12 +111,12 @@ class BigtableOnlineStore(OnlineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         """Write rows of one view; per entity only its newest row (by event time) is kept."""
-        names = feature_names(table)
+        names = codec.feature_names(table)
         keys, times, values = [], np.empty(len(data), np.int64), np.empty((len(data), len(names)))
         for i, (entity_key, features, event_ts, _created) in enumerate(data):
-            keys.append(_proto_row_key(entity_key))
-            times[i] = to_micros(event_ts)
-            values[i] = [_as_float(features.get(n), table.name, n) for n in names]
+            keys.append(codec.proto_row_key(entity_key))
+            times[i] = codec.to_micros(event_ts)
+            values[i] = [codec.as_float(features.get(n), table.name, n) for n in names]
         self.write_arrays(config, [(table, keys, times, values)])
         if progress:
             progress(len(data))
@@ -211,8 +129,8 @@ class BigtableOnlineStore(OnlineStore):
         requested_features: list[str] | None = None,
     ) -> ReadResult:
         """Latest live values of ``table`` for each key, ``(None, None)`` where there is none."""
-        keys = [_proto_row_key(k) for k in entity_keys]
-        requested = requested_features or feature_names(table)
+        keys = [codec.proto_row_key(k) for k in entity_keys]
+        requested = requested_features or codec.feature_names(table)
         cells = self._fetch(config, [table], keys)
         present, event_us, values = self._decode(config, table, requested, keys, cells)
         out: ReadResult = []
@@ -221,7 +139,7 @@ class BigtableOnlineStore(OnlineStore):
                 out.append((None, None))
                 continue
             features = {n: ValueProto(double_val=v) for n, v in zip(requested, row, strict=True)}
-            out.append((_EPOCH + timedelta(microseconds=t), features))
+            out.append((codec.from_micros(t), features))
         return out
 
     def _read_features_per_fv(
@@ -287,19 +205,17 @@ class BigtableOnlineStore(OnlineStore):
         scan); they are never read, and a view re-created with another schema ignores them.
         """
         for view in tables_to_keep:
-            feature_names(view)
+            codec.feature_names(view)
         if tables_to_keep:
-            self._ensure_table(config)
+            self._table_admin(config).ensure(codec.table_name(config.project), codec.FAMILY)
 
     def teardown(
         self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]
     ) -> None:
         """Delete the project's table (all views live in it)."""
-        table = self._admin(config).table(table_name(config.project))
-        try:
-            _retry(table.delete, config.online_store.operation_timeout_s)
-        except gexc.NotFound:
-            logger.info("table %s was already gone", table.table_id)
+        table_id = codec.table_name(config.project)
+        if not self._table_admin(config).delete(table_id):
+            logger.info("table %s was already gone", table_id)
         self._tables.pop(config.project, None)
 
     # ------------------------------------------------------------------ batched paths
@@ -329,12 +245,12 @@ class BigtableOnlineStore(OnlineStore):
                 row_cells = cells.setdefault(key, {})
                 previous = row_cells.get(qualifier)
                 if previous is None or previous[0] <= t:
-                    row_cells[qualifier] = (t, pack(tag, t, row))
+                    row_cells[qualifier] = (t, codec.pack(tag, t, row))
         entries = [
             RowMutationEntry(
                 key,
                 [
-                    SetCell(FAMILY, q, value, timestamp_micros=t - t % 1000)
+                    SetCell(codec.FAMILY, q, value, timestamp_micros=t - t % 1000)
                     for q, (t, value) in c.items()
                 ],
             )
@@ -357,7 +273,7 @@ class BigtableOnlineStore(OnlineStore):
             RowFilterChain,
         )
 
-        unique = list(dict.fromkeys(keys))
+        unique: list[str | bytes] = list(dict.fromkeys(keys))
         if not unique:
             return {}
         names = sorted({view.name for view in views})
@@ -382,27 +298,10 @@ class BigtableOnlineStore(OnlineStore):
         """
         tag, names = self._layout(view)
         ttl = view.ttl if view.ttl and config.online_store.enforce_ttl else None
-        oldest = to_micros(self.clock() - ttl) if ttl else np.iinfo(np.int64).min
-        qualifier, size = view.name.encode(), _HEADER.size + 8 * len(names)
-        n = len(keys)
-        present, event_us = np.zeros(n, bool), np.zeros(n, np.int64)
-        values = np.full((n, len(names)), np.nan)
-        hits = [(i, cell) for i, key in enumerate(keys) if (cell := cells.get((key, qualifier)))]
-        sized = [(i, cell) for i, cell in hits if len(cell) == size]
-        if len(sized) < len(hits):
-            logger.warning("%s: %d cells of another size read as missing", view.name,
-                           len(hits) - len(sized))  # fmt: skip
-        if sized:
-            rows = np.array([i for i, _ in sized])
-            packed = np.frombuffer(b"".join(c for _, c in sized), _cell_dtype(len(names)))
-            fresh = packed["t"] >= oldest
-            same = (packed["version"] == _FORMAT) & (packed["tag"] == tag)
-            if not same.all():
-                logger.warning("%s: %d cells of another schema read as missing", view.name,
-                               int((~same).sum()))  # fmt: skip
-            ok = fresh & same
-            present[rows[ok]], event_us[rows[ok]] = True, packed["t"][ok]
-            values[rows[ok]] = packed["v"][ok]
+        oldest = codec.to_micros(self.clock() - ttl) if ttl else int(np.iinfo(np.int64).min)
+        qualifier = view.name.encode()
+        found = [cells.get((key, qualifier)) for key in keys]
+        present, event_us, values = codec.decode(found, tag, len(names), oldest, view.name)
         return present, event_us, values[:, [names.index(n) for n in requested]]
 
     def _layout(self, view: FeatureView) -> tuple[int, list[str]]:
@@ -410,8 +309,8 @@ class BigtableOnlineStore(OnlineStore):
         key = (view.name, tuple(f.name for f in view.features))
         layout = self._layouts.get(key)
         if layout is None:
-            names = feature_names(view)
-            layout = self._layouts[key] = (schema_tag(names), names)
+            names = codec.feature_names(view)
+            layout = self._layouts[key] = (codec.schema_tag(names), names)
         return layout
 
     def _read(self, config: RepoConfig, query: Any) -> list[Any]:
@@ -422,7 +321,7 @@ class BigtableOnlineStore(OnlineStore):
                 query,
                 operation_timeout=settings.operation_timeout_s,
                 attempt_timeout=settings.attempt_timeout_s,
-                retryable_errors=_RETRYABLE,
+                retryable_errors=admin.RETRYABLE,
             )
         except gexc.NotFound:
             if not settings.recreate_missing_table:
@@ -433,6 +332,7 @@ class BigtableOnlineStore(OnlineStore):
         from google.cloud.bigtable.data.exceptions import MutationsExceptionGroup
 
         settings = config.online_store
+        table_id = codec.table_name(config.project)
         for attempt in (1, 2):
             self.write_rpcs += 1
             try:
@@ -440,114 +340,39 @@ class BigtableOnlineStore(OnlineStore):
                     entries,
                     operation_timeout=settings.operation_timeout_s,
                     attempt_timeout=settings.attempt_timeout_s,
-                    retryable_errors=_RETRYABLE,
+                    retryable_errors=admin.RETRYABLE,
                 )
                 return
             except MutationsExceptionGroup as group:
-                causes = [_final_cause(e) for e in group.exceptions]
+                causes = [admin.final_cause(e) for e in group.exceptions]
                 table_gone = all(isinstance(c, gexc.NotFound) for c in causes)
                 if not table_gone:
                     raise
                 if attempt == 2 or not settings.recreate_missing_table:
                     raise _missing_table(config) from group
-                logger.warning("table %s vanished: recreating it", table_name(config.project))
-                self._ensure_table(config)
-
-    def _ensure_table(self, config: RepoConfig) -> None:
-        from google.cloud.bigtable import column_family
-
-        table = self._admin(config).table(table_name(config.project))
-        budget = config.online_store.operation_timeout_s
-        if not _retry(table.exists, budget):
-            logger.info("creating Bigtable table %s", table.table_id)
-            try:
-                gc_rule = column_family.MaxVersionsGCRule(1)
-                _retry(lambda: table.create(column_families={FAMILY: gc_rule}), budget)
-            except gexc.AlreadyExists:
-                pass  # created concurrently
-        elif FAMILY not in _retry(table.list_column_families, budget):
-            _retry(table.column_family(FAMILY, column_family.MaxVersionsGCRule(1)).create, budget)
+                logger.warning("table %s vanished: recreating it", table_id)
+                self._table_admin(config).ensure(table_id, codec.FAMILY)
 
     def _table(self, config: RepoConfig) -> Any:
+        """The data client's table of the project (a test and benchmark probe too)."""
         table = self._tables.get(config.project)
         if table is None:
             settings = config.online_store
             if self._data_client is None:
-                from google.cloud.bigtable.data import BigtableDataClient
-
-                with _emulator(settings):
-                    self._data_client = BigtableDataClient(project=settings.project_id)
-            table = self._data_client.get_table(settings.instance, table_name(config.project))
+                self._data_client = admin.data_client(settings)
+            table = self._data_client.get_table(settings.instance, codec.table_name(config.project))
             self._tables[config.project] = table
         return table
 
-    def _admin(self, config: RepoConfig) -> Any:
-        if self._admin_client is None:
-            from google.cloud import bigtable
-
-            with _emulator(config.online_store):
-                self._admin_client = bigtable.Client(
-                    project=config.online_store.project_id, admin=True
-                )
-        return self._admin_client.instance(config.online_store.instance)
-
-
-def _retry(call: Callable[[], Any], budget_s: float) -> Any:
-    """``call()``, retried on UNAVAILABLE / DEADLINE_EXCEEDED with backoff for ``budget_s``."""
-    deadline, delay = time.monotonic() + budget_s, 0.1
-    while True:
-        try:
-            return call()
-        except _RETRYABLE:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-@contextlib.contextmanager
-def _emulator(settings: BigtableOnlineStoreConfig) -> Iterator[None]:
-    """Point a client built inside at ``emulator_host`` (the library reads the environment
-    only) and silence its "Connecting to Bigtable emulator" warning, expected here."""
-    host = settings.emulator_host
-    current = os.environ.get(_EMULATOR_ENV)
-    if host is not None and current is None:
-        os.environ[_EMULATOR_ENV] = host  # kept: later clients of this process agree
-    elif host is not None and current != host:
-        raise ValueError(
-            f"online_store.emulator_host is {host!r} but ${_EMULATOR_ENV} is {current!r}; "
-            "they must agree"
-        )
-    with warnings.catch_warnings():
-        if os.environ.get(_EMULATOR_ENV):
-            warnings.filterwarnings("ignore", "Connecting to Bigtable emulator", RuntimeWarning)
-        yield
-
-
-def _final_cause(failed: BaseException) -> BaseException | None:
-    """What finally failed a mutation entry: its cause, or the last of its retried attempts."""
-    from google.cloud.bigtable.data.exceptions import RetryExceptionGroup
-
-    cause = failed.__cause__
-    while isinstance(cause, RetryExceptionGroup) and cause.exceptions:
-        cause = cause.exceptions[-1]
-    return cause
+    def _table_admin(self, config: RepoConfig) -> admin.TableAdmin:
+        if self._admin is None:
+            self._admin = admin.TableAdmin(config.online_store)
+        return self._admin
 
 
 def _missing_table(config: RepoConfig) -> LookupError:
-    return LookupError(
-        f"Bigtable table {table_name(config.project)!r} not found in instance "
-        f"{config.online_store.instance!r}: run `feast apply` for project {config.project!r}"
-    )
-
-
-def _native(value: ValueProto) -> Any:
-    kind = value.WhichOneof("val")
-    return getattr(value, kind) if kind else None
-
-
-def _proto_row_key(entity_key: EntityKeyProto) -> bytes:
-    return row_key(list(entity_key.join_keys), [_native(v) for v in entity_key.entity_values])
+    table_id = codec.table_name(config.project)
+    return admin.missing_table(table_id, config.online_store.instance, config.project)
 
 
 def _view_row_keys(
@@ -559,13 +384,4 @@ def _view_row_keys(
     if set(columns) != expected or not all(columns.values()):
         return None
     names = list(columns)
-    return row_keys(names, [[_native(v) for v in columns[k]] for k in names])
-
-
-def _as_float(value: ValueProto | None, view: str, name: str) -> float:
-    kind = value.WhichOneof("val") if value is not None else None
-    if kind in (None, "null_val"):
-        return float("nan")
-    if kind in ("double_val", "float_val", "int64_val", "int32_val", "bool_val"):
-        return float(getattr(value, kind))
-    raise ValueError(f"feature view {view!r}: feature {name!r} has a {kind} value, not a number")
+    return codec.row_keys(names, [[codec.native(v) for v in columns[k]] for k in names])

@@ -9,6 +9,7 @@ the group id, so stopping signals the whole tree. Emulators outlive the process 
 them (``fraudstream emulators up`` then ``down``); call :func:`stop` or :func:`down` to end them.
 
 The module imports nothing heavy at load time: ``grpc`` is imported only to probe readiness.
+Process groups are read with ``psutil``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+
 DEFAULT_PROJECT = "demo-project"  # Beam rejects project ids shorter than 6 characters.
 DEFAULT_BIGTABLE_INSTANCE = "demo-instance"
 HOST = "127.0.0.1"
@@ -46,6 +49,7 @@ _PROBES = {
 }
 _LOG_MARKER = "=== fraudstream: starting "
 _STOP_GRACE_S = 10.0
+_ENDED = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started by this process, reaped on stop
 
 
@@ -254,51 +258,36 @@ def _current(directory: Path, name: str) -> EmulatorInfo | None:
     return None
 
 
-def _group_members(pgid: int) -> list[int] | None:
-    """Non-zombie pids in process group ``pgid``; None where /proc is unavailable."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return None
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of group ``pgid`` that still run (zombies excluded)."""
     members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+    for process in psutil.process_iter(["status"]):
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rfind(")") + 2 :].split()  # state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
+            in_group = os.getpgid(process.pid) == pgid
+        except (ProcessLookupError, PermissionError):  # exited meanwhile, or not ours to see
+            continue
+        if in_group and process.info["status"] not in _ENDED:
+            members.append(process)
     return members
 
 
 def _group_alive(pgid: int) -> bool:
-    """True while any process of group ``pgid`` runs (zombies excluded where /proc exists)."""
-    members = _group_members(pgid)
-    if members is not None:
-        return bool(members)
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+    """True while any process of group ``pgid`` runs (zombies excluded)."""
+    return bool(_group_members(pgid))
 
 
 def _is_emulator_group(pgid: int) -> bool:
     """Alive, and not a reused pid: a member's command line names an emulator."""
-    members = _group_members(pgid)
-    if members is None:
-        return _group_alive(pgid)
-    return any(_looks_like_emulator(pid) for pid in members)
+    return any(_looks_like_emulator(process) for process in _group_members(pgid))
 
 
-def _looks_like_emulator(pid: int) -> bool:
+def _looks_like_emulator(process: psutil.Process) -> bool:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        cmdline = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return not cmdline or b"emulator" in cmdline  # empty while it execs: give it the benefit
+    # empty while it execs: give it the benefit of the doubt
+    return not cmdline or any("emulator" in part for part in cmdline)
 
 
 def _reap(pid: int) -> bool:
@@ -316,10 +305,10 @@ def _kill_group(pgid: int) -> None:
     """SIGTERM the emulator, then its gcloud parent (the group), then SIGKILL what is left."""
     # The emulator (java / cbtemulator) goes first: gcloud then reaps it and exits by itself, so
     # no orphaned zombie is left to an init that may be slow or a test runner that never reaps.
-    children = [pid for pid in _group_members(pgid) or [] if pid != pgid]
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    children = [process for process in _group_members(pgid) if process.pid != pgid]
+    for process in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()  # SIGTERM, unless the pid was reused meanwhile
     if not (children and _wait_group_gone(pgid, _STOP_GRACE_S)):
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -422,10 +411,12 @@ def _wait_ready(info: EmulatorInfo, directory: Path, timeout: float) -> None:
 
 def _answers(info: EmulatorInfo, timeout: float) -> bool:
     """True if the emulator answers its probe RPC with anything but 'unavailable'."""
-    import grpc  # deferred: keeps this module fast to import
+    import grpc  # deferred, with numpy (feast_wire): keeps this module fast to import
+
+    from streaming.store.bigtable.feast_wire import varint
 
     method, parent = _PROBES[info.name]
-    request = b"\x0a" + _varint(len(parent.encode())) + parent.encode()  # field 1: parent
+    request = b"\x0a" + varint(len(parent.encode())) + parent.encode()  # field 1: parent
     options = [("grpc.enable_http_proxy", 0)]
     with grpc.insecure_channel(info.address, options=options) as channel:
         try:
@@ -434,15 +425,6 @@ def _answers(info: EmulatorInfo, timeout: float) -> bool:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             return code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     return True
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _wait_port_free(port: int, timeout: float) -> None:

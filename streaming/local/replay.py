@@ -10,8 +10,10 @@ possible. Messages carry the event time in the ``event_time`` attribute (for Bea
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import timedelta
 
 import numpy as np
@@ -154,23 +156,51 @@ def run_replay(
 
 class Publisher:
     """A :data:`Publish` to topic ids of one project with the Pub/Sub client (the emulator when
-    ``PUBSUB_EMULATOR_HOST`` is set). Publishes are asynchronous; every 1,000 messages, and on
-    :meth:`flush`, it waits until they are all accepted (a failed publish raises there)."""
+    ``PUBSUB_EMULATOR_HOST`` is set). Publishes are asynchronous; the client's flow control
+    blocks a publish while ``window`` messages are unsent. A failed publish raises at the next
+    publish or at :meth:`flush`, which waits until every message is accepted."""
 
     def __init__(self, project: str, window: int = 1_000) -> None:
         from google.cloud import pubsub_v1
+        from google.cloud.pubsub_v1.types import LimitExceededBehavior, PublishFlowControl
 
-        self.client = pubsub_v1.PublisherClient()
+        flow = PublishFlowControl(
+            message_limit=window, limit_exceeded_behavior=LimitExceededBehavior.BLOCK
+        )
+        options = pubsub_v1.types.PublisherOptions(flow_control=flow)
+        self.client = pubsub_v1.PublisherClient(publisher_options=options)
         self.project, self.window = project, window
-        self._futures: list = []
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._failed: BaseException | None = None
 
     def __call__(self, topic: str, data: bytes, attrs: dict[str, str]) -> None:
+        self._raise_failed()
         path = self.client.topic_path(self.project, topic)
-        self._futures.append(self.client.publish(path, data, **attrs))
-        if len(self._futures) >= self.window:
-            self.flush()
+        future = self.client.publish(path, data, **attrs)  # blocks while `window` are unsent
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._settled)
 
     def flush(self) -> None:
-        for future in self._futures:
-            future.result()
-        self._futures.clear()
+        """Wait until every message published so far is accepted; raise the first failure."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            error = future.exception()
+            if error is not None:
+                raise error
+        self._raise_failed()
+
+    def _settled(self, future: Future) -> None:
+        error = future.exception()
+        with self._lock:
+            self._pending.discard(future)
+            if error is not None and self._failed is None:
+                self._failed = error
+
+    def _raise_failed(self) -> None:
+        with self._lock:
+            failed = self._failed
+        if failed is not None:
+            raise failed

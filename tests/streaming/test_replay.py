@@ -8,7 +8,7 @@ import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
-from streaming.local.replay import replay
+from streaming.local.replay import Publisher, replay
 from streaming.schema import parse_label, parse_transaction
 
 DELAY = timedelta(days=7)
@@ -92,6 +92,27 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
     expected = int((transactions(n=120, days=10)["TX_DATETIME"] >= "2018-04-03").sum())
     assert len(received["tx"]) == len(received["labels"]) == expected
     assert all(parse_label(m.data).fraud in (0, 1) for m in received["labels"])
+
+
+def test_the_publisher_leaves_its_window_to_the_clients_flow_control(monkeypatch):
+    from google.cloud.pubsub_v1.types import LimitExceededBehavior
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")  # no credentials; never called
+    flow = Publisher("demo-project", window=7).client.publisher_options.flow_control
+    assert flow.message_limit == 7
+    assert flow.limit_exceeded_behavior == LimitExceededBehavior.BLOCK
+
+
+def test_a_failed_publish_raises_at_flush_and_at_every_later_publish(pubsub_emulator, unique_name):
+    from google.api_core import exceptions
+
+    publish = Publisher("demo-project", window=2)
+    for i in range(3):  # past the window: the client blocks until the first ones settle
+        publish(unique_name("no-such-topic"), b"{}", {"id": str(i)})
+    with pytest.raises(exceptions.NotFound):
+        publish.flush()
+    with pytest.raises(exceptions.NotFound):
+        publish(unique_name("no-such-topic"), b"{}", {"id": "3"})
 
 
 def test_a_feed_after_bootstrapped_transactions_has_only_what_they_did_not_see():

@@ -44,7 +44,7 @@ WORKDIR /template
 COPY pyproject.toml uv.lock ./
 RUN uv python install 3.11 \
  && uv sync --frozen --no-dev --no-install-project
-# The project: editable, so the sources stay in /template (streaming/feature_store.py finds
+# The project: editable, so the sources stay in /template (streaming/store/names.py finds
 # feature_repo/ next to its package; a wheel install would lose it). README.md is the
 # package's readme, needed to build its metadata.
 COPY README.md ./
@@ -59,8 +59,8 @@ RUN uv sync --frozen --no-dev \
  && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.job.pipeline"
 
 # ---- final image: no uv, no build caches, no dev extras, no tests, no data ----
-# No model either: the registry (--model_dir) is read from the workers' disk, so deploy an
-# image derived from this one, e.g. `FROM IMAGE` + `COPY models /models` (model_dir=/models).
+# No model either: the workers read the registry from --model_dir (gs://BUCKET/models), and
+# follow its `current` pointer, so a promoted model reaches a running job without a new image.
 FROM ${CUDA_IMAGE}
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv

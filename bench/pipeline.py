@@ -39,6 +39,7 @@ from streaming.local import job_process as lj
 from streaming.local.launch import run_local
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY
+from streaming.schema import count_scored
 from streaming.store.feast_store import apply_repo, scratch_repo
 from training import model as models
 from training.registry import Registry
@@ -103,7 +104,7 @@ def _throughput(kind: str, df: pd.DataFrame, models_dir: Path, tmp: Path, warm: 
         args = lj.job_args(topics, models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
         args += ["--max_lateness_hours", str(24 * 90)]  # redelivered stragglers still count
         job = lj.start(args, tmp / f"{kind}.log")
-        outputs: Callable[[], int] = lambda: lj.count_scored(scored)  # noqa: E731
+        outputs: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
         per_tx = 1
     else:
         args = ["--transactions_subscription", topics.subscriptions["tx"],
@@ -147,12 +148,12 @@ def _latency(df: pd.DataFrame, models_dir: Path, tmp: Path, rate: float, warm: i
         tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
         replay(df.iloc[:warm], publish, tx, labels, SPEC.label_delay)
         publisher.flush()
-        _wait(lambda: lj.count_scored(scored), warm, 300, job)
+        _wait(lambda: count_scored(scored), warm, 300, job)
         lj.drain(topics.subscriptions["alerts"], wait_s=2)
         sent.clear()
         replay(df.iloc[warm:], publish, tx, labels, SPEC.label_delay, rate=rate)
         publisher.flush()
-        _wait(lambda: lj.count_scored(scored), len(df), 300, job)
+        _wait(lambda: count_scored(scored), len(df), 300, job)
         time.sleep(2)
         alerts = lj.drain(topics.subscriptions["alerts"], wait_s=5)
     finally:

@@ -50,7 +50,7 @@ SCORED_COLUMNS = (
     "status",
     "latency_ms",
 )
-"""The fixed columns of a scored event (``streaming/sinks.py``); one column per model input
+"""The fixed columns of a scored event (:func:`scored_record`); one column per model input
 follows them."""
 LABEL_FIELDS = (
     "TRANSACTION_ID",
@@ -243,3 +243,40 @@ def scored_record(scored: Any, features: list[str], clock: Callable[[], float] =
     }
     row.update(zip(features, scored.features.tolist(), strict=True))
     return row
+
+
+def scored_files(directory: str) -> list[str]:
+    """The scored sink's finished ``part-*.parquet`` files under ``directory`` (a local path or
+    a ``gs://`` URI), sorted; files being written have hidden temporary names and are skipped."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(str(directory), "part-*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def read_scored(directory: str) -> Any:
+    """Every scored row written under ``directory`` so far, as a pandas DataFrame (empty if
+    none); the sink's file names are deterministic, so each row is in one file."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    frames = []
+    for path in scored_files(directory):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            frames.append(pq.read_table(f).to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def count_scored(directory: str) -> int:
+    """How many scored rows are written under ``directory`` (reads parquet footers only)."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    total = 0
+    for path in scored_files(directory):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from tqdm import tqdm
 
 from features import presets
@@ -57,7 +59,8 @@ def write_states(
     end_ns: int,
     id_key: str = "",
 ) -> StateFileInfo:
-    """Write ``states`` (from :func:`replay_states`) with the metadata the job checks."""
+    """Write ``states`` (from :func:`replay_states`) with the metadata the job checks, to a
+    local path or a ``gs://`` URI."""
     rows = [(e.name, key, blob) for e, by_key in states.items() for key, blob in by_key.items()]
     info = StateFileInfo(spec.name, list(spec.names), id_key, int(end_ns), len(rows))
     table = pa.table(
@@ -67,8 +70,11 @@ def write_states(
             "state": pa.array([r[2] for r in rows], pa.binary()),
         }
     ).replace_schema_metadata({META_KEY: json.dumps(info.__dict__).encode()})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, str(path))
+    path = str(path)
+    if FileSystems.get_scheme(path) in (None, "file"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        pq.write_table(table, f)
     return info
 
 

@@ -61,12 +61,29 @@ class FraudstreamOptions(PipelineOptions):
             choices=PROFILES,
             help="feature_repo profile: local (sqlite), emulator (Bigtable emulator), gcp",
         )
-        parser.add_argument("--feature_repo", default=str(REPO), help="the applied Feast repo")
+        parser.add_argument(
+            "--feature_repo",
+            default=str(REPO),
+            help="the Feast repository (a directory in the worker image; default: the one "
+            "installed with fraudstream)",
+        )
+        parser.add_argument(
+            "--feast_registry",
+            help="the Feast registry, e.g. gs://BUCKET/fraudstream/registry.db (overrides the "
+            "profile's; the gcp profile needs it or $FRAUDSTREAM_FEAST_REGISTRY)",
+        )
+        parser.add_argument(
+            "--bigtable_project", help="GCP project of the Bigtable online store (overrides)"
+        )
+        parser.add_argument(
+            "--bigtable_instance", help="Bigtable instance of the online store (overrides)"
+        )
         parser.add_argument("--scored_dir", help="scored events as parquet files (local runs)")
         parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
         parser.add_argument(
             "--monitoring_topic",
-            help="per-window drift (PSI) and alert-rate records, JSON (see streaming/monitor.py)",
+            help="per-window drift (PSI) and alert-rate records, JSON "
+            "(see streaming/monitoring/stats.py)",
         )
         parser.add_argument("--monitoring_window_s", type=int, default=3600)
         parser.add_argument(

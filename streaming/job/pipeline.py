@@ -36,7 +36,7 @@ from streaming.job.scoring import BoosterHandler, Score
 from streaming.job.sinks import WriteFeatures, WriteScored
 from streaming.monitoring.stage import MonitorWindows
 from streaming.schema import parse_label, parse_transaction, transaction_json
-from streaming.store.feast_store import shared_store
+from streaming.store.feast_store import StoreSettings, shared_store
 
 if TYPE_CHECKING:
     from streaming.pseudonymise import Pseudonymiser
@@ -186,9 +186,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
             | "WriteDLQ" >> beam.io.WriteToPubSub(opts.dlq_topic)
         )
     if opts.feature_store == "feast":
-        writer = functools.partial(
-            shared_store, spec.name, opts.feature_store_profile, opts.feature_repo
-        )
+        writer = functools.partial(shared_store, spec.name, store_settings(opts))
         if local:
             writer()  # fail now if the repository is not applied or disagrees with the spec
         _ = out["features"] | "WriteFeatures" >> WriteFeatures(spec, writer)
@@ -222,6 +220,17 @@ def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
             "retrain it with this version (`fraudstream train` saves one)"
         ) from exc
     return MonitorWindows(spec.names, reference, opts.monitoring_window_s, source=current)
+
+
+def store_settings(opts: FraudstreamOptions) -> StoreSettings:
+    """The Feast store the job writes to, from its options alone."""
+    return StoreSettings(
+        opts.feature_store_profile,
+        opts.feature_repo,
+        registry=opts.feast_registry,
+        bigtable_project=opts.bigtable_project,
+        bigtable_instance=opts.bigtable_instance,
+    )
 
 
 def _initial_states(path: str, spec: FeatureSpec, id_key: str | None) -> InitialStates:

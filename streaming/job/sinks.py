@@ -1,22 +1,24 @@
 """Where the job's results go besides Pub/Sub: the scored-events sink and the online store.
 
-Both write once per bundle (buffer in ``process``, flush in ``finish_bundle``), the usual Beam
-pattern for batched writes: one parquet file, or one online-store round trip, per bundle.
-A failed write raises, so the runner retries the bundle (Dataflow) or the job stops loudly
-(DirectRunner); nothing is dropped silently.
+Scored files are windowed, grouped per firing and written through ``FileSystems`` under
+deterministic names; the online store is
+written once per bundle (buffer in ``process``, flush in ``finish_bundle``), one round trip per
+bundle. A failed write raises, so the runner retries the bundle (Dataflow) or the job stops
+loudly (DirectRunner); nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms import trigger, window
+from apache_beam.typehints import KV
 
 from features.spec import FeatureSpec
 from streaming.job.common import NAMESPACE, Clock
@@ -24,44 +26,76 @@ from streaming.schema import from_ns, scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
 
+SCORED_WINDOW_S = 3600
+"""Scored files are grouped by the hour of their transactions' event time."""
+SCORED_ALLOWED_LATENESS_S = 3650 * 86_400
+"""Rows of any age are written: a local replay of old data is all late (the DirectRunner's
+watermark is the wall clock); a window's later rows go to further panes, never dropped."""
 
-class _WriteParquetParts(beam.DoFn):
-    """Each bundle's rows -> ``<directory>/part-<uuid>.parquet`` (written to a temporary name,
-    then renamed, so a reader never sees half a file)."""
+
+SCORED_SHARDS = 4
+"""Files per window and firing (rows are spread by transaction id)."""
+
+
+def part_name(window: Any, pane: Any, shard: int) -> str:
+    """``part-<window start>-p<pane>-s<shard>.parquet``: a function of the window, the firing
+    and the shard only, so a retried bundle writes the same name (replacing, never
+    duplicating) while each firing of a window gets names of its own."""
+    start = getattr(window, "start", None)
+    try:
+        stamp = start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+    except (AttributeError, OverflowError):  # the global window (unbounded start)
+        stamp = "global"
+    index = pane.index if pane is not None else 0
+    return f"part-{stamp}-p{index:05d}-s{shard:03d}.parquet"
+
+
+class _WriteParquetPart(beam.DoFn):
+    """One firing's rows of one shard -> one parquet file named by :func:`part_name`, through
+    ``FileSystems`` (a local path or ``gs://``). Locally it is written to a hidden temporary
+    name and renamed; an object store replaces an object whole."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.files = Metrics.counter(NAMESPACE, "scored_files")
 
-    def setup(self) -> None:
-        Path(self.directory).mkdir(parents=True, exist_ok=True)
-
-    def start_bundle(self) -> None:
-        self.rows: list[dict] = []
-
-    def process(self, row: dict):
-        self.rows.append(row)
-
-    def finish_bundle(self) -> None:
-        if not self.rows:
-            return
+    def process(
+        self,
+        element: tuple[int, Iterable[dict]],
+        window=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
+    ):
         import pyarrow as pa
         import pyarrow.parquet as pq
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
 
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = Path(self.directory) / f".{name}.tmp"
-        pq.write_table(pa.Table.from_pylist(self.rows), tmp)
-        tmp.rename(Path(self.directory) / name)
+        shard, rows = element
+        name = part_name(window, pane, shard)
+        local = FileSystems.get_scheme(self.directory) in (None, "file")
+        target = FileSystems.join(self.directory, name)
+        written = FileSystems.join(self.directory, f".{name}.tmp") if local else target
+        with FileSystems.create(written, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pq.write_table(pa.Table.from_pylist(list(rows)), f)
+        if local:
+            FileSystems.rename([written], [target])
         self.files.inc()
-        self.rows = []
+        yield target
 
 
 class WriteScored(beam.PTransform):
-    """Every scored transaction -> parquet files under ``directory`` (local runs) or a BigQuery
-    table ``project:dataset.table`` (on GCP; not exercised by the tests here).
+    """Every scored transaction -> parquet files under ``directory`` (a local path or a
+    ``gs://`` URI) or a BigQuery table ``project:dataset.table`` (Storage Write API).
 
-    ``fraudstream monitor`` and the demo's summary read the parquet files
-    (``pandas.read_parquet(directory)``).
+    Rows are windowed by the hour of their event time and grouped every ``flush_s`` seconds of
+    processing time (a pane per firing); each firing's shard is one file with the
+    deterministic name of :func:`part_name`, so a reader never sees half a file and a retried
+    bundle replaces its file instead of adding one. ``fraudstream monitor`` and the demo read
+    them with :func:`streaming.schema.read_scored`.
+
+    Not ``fileio.WriteToFiles``: its file names carry the pane of the rows as written, not of
+    the firing that groups them (Beam leaves pane indices out of its default naming), so two
+    firings of one window can get the same names and the second would replace the first.
     """
 
     def __init__(
@@ -70,16 +104,36 @@ class WriteScored(beam.PTransform):
         directory: str | None = None,
         table: str | None = None,
         clock: Clock = time.time,
+        flush_s: int = 5,
     ) -> None:
         super().__init__()
         if (directory is None) == (table is None):
             raise ValueError("WriteScored: give exactly one of directory and table")
         self.features, self.directory, self.table, self.clock = features, directory, table, clock
+        self.flush_s = flush_s
 
     def expand(self, scored):
         rows = scored | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
         if self.directory is not None:
-            return rows | "WriteParquet" >> beam.ParDo(_WriteParquetParts(self.directory))
+            streaming = rows.pipeline.options.view_as(StandardOptions).streaming
+            flush = trigger.AfterProcessingTime(int(self.flush_s))
+            fire = trigger.AfterWatermark(early=flush, late=flush) if streaming else None
+            return (
+                rows
+                | "HourWindows"
+                >> beam.WindowInto(
+                    window.FixedWindows(SCORED_WINDOW_S),
+                    trigger=fire,  # batch: each window once, at the end
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                    allowed_lateness=SCORED_ALLOWED_LATENESS_S,
+                )
+                | "KeyByShard"
+                >> beam.Map(lambda r: (r["transaction_id"] % SCORED_SHARDS, r)).with_output_types(
+                    KV[int, dict]
+                )
+                | "GroupFiring" >> beam.GroupByKey()
+                | "WriteParquet" >> beam.ParDo(_WriteParquetPart(self.directory))
+            )
         return (
             rows
             | "ToBigQueryRow" >> beam.Map(_bigquery_row)
@@ -89,7 +143,7 @@ class WriteScored(beam.PTransform):
                 schema=bigquery_schema(self.features),
                 create_disposition=beam.io.BigQueryDisposition.CREATE_IF_NEEDED,
                 write_disposition=beam.io.BigQueryDisposition.WRITE_APPEND,
-                method=beam.io.WriteToBigQuery.Method.STREAMING_INSERTS,
+                method=beam.io.WriteToBigQuery.Method.STORAGE_WRITE_API,
             )
         )
 

@@ -39,6 +39,7 @@ from features.spec import DAY, FeatureSpec
 from features.table import read_transactions, validate
 from streaming.job.entity_state import DEFAULT_ORDERING
 from streaming.local import job_process as lj
+from streaming.schema import read_scored
 from training.protocol import card_precision_at_k
 
 EMBEDDED_ORDERING = "event_time"
@@ -240,7 +241,7 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
     from streaming.job.scoring import BoosterHandler
     from streaming.job.sinks import WriteFeatures, WriteScored
     from streaming.local.replay import messages
-    from streaming.store.feast_store import apply_repo, scratch_repo, shared_store
+    from streaming.store.feast_store import StoreSettings, apply_repo, scratch_repo, shared_store
 
     repo = scratch_repo(Path(config.out) / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
     apply_repo("local", repo)
@@ -260,7 +261,7 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
                                  pseudonymise=PseudonymiseIds(), ordering=EMBEDDED_ORDERING,
                                  initial=InitialStates(str(states), spec))  # fmt: skip
         out = inputs | core
-        store = functools.partial(shared_store, spec.name, "local", str(repo))
+        store = functools.partial(shared_store, spec.name, StoreSettings("local", str(repo)))
         _ = out["features"] | WriteFeatures(spec, store)
         _ = out["scored"] | WriteScored(spec.names, directory=str(progress.scored_dir))
         _ = out["alerts"] | "KeepAlerts" >> beam.Map(_collect, "alerts")
@@ -369,7 +370,7 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
         alerts, dead = run(feed, events, models, spec, config, states, progress)
     finally:
         progress.close()
-    scored = lj.read_scored(scored_dir)
+    scored = read_scored(scored_dir)
     if scored.empty:
         print(f"\nno transaction was scored: see {out / 'job.log'}")
         return 1

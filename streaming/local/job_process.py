@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 PROJECT = "demo-project"
 KINDS = ("tx", "labels", "alerts", "dlq")
 
@@ -126,18 +124,3 @@ def drain(subscription: str, wait_s: float = 5.0) -> list:
         subscriber.acknowledge(
             subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages]
         )
-
-
-def read_scored(directory: Path | str) -> pd.DataFrame:
-    """The scored events written so far (parts are renamed into place whole)."""
-    parts = sorted(Path(directory).glob("part-*.parquet"))
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-
-
-def count_scored(directory: Path | str) -> int:
-    """How many scored events are written (reads parquet footers only)."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in Path(directory).glob("part-*.parquet"))

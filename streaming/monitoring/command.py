@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from apache_beam.io.filesystems import FileSystems
 
+from streaming import schema
 from streaming.monitoring.report import render, write_markdown
 from streaming.monitoring.stats import (
     latency_counts,
@@ -31,16 +32,15 @@ REFERENCE_HEAD_SHARE = 0.2  # without a stored reference: the first 20 % of even
 
 
 def read_scored(directory: str | Path) -> pd.DataFrame:
-    """The scored sink's ``part-*.parquet`` files of ``directory`` (hidden temporary files of
-    parts being written are skipped), concatenated."""
-    directory = Path(directory)
-    if not directory.is_dir():
+    """The scored sink's ``part-*.parquet`` files of ``directory`` (a path or ``gs://``),
+    concatenated; FileNotFoundError when there is no directory or no part."""
+    directory = str(directory)
+    if FileSystems.get_scheme(directory) in (None, "file") and not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory}: no such scored-events directory")
-    parts = sorted(directory.glob("part-*.parquet"))
-    if not parts:
+    scored = schema.read_scored(directory)
+    if scored.empty:
         raise FileNotFoundError(f"{directory}: no part-*.parquet files (scored events)")
-    frames = [pd.read_parquet(p) for p in parts]
-    return pd.concat(frames, ignore_index=True)
+    return scored
 
 
 def feature_columns(scored: pd.DataFrame) -> list[str]:

@@ -104,7 +104,7 @@ class WindowCounts:
 
     @classmethod
     def of_rows(cls, reference: Reference, rows: Sequence[dict]) -> WindowCounts:
-        """Counts of scored rows (``streaming/sinks.py`` ``scored_record`` dicts)."""
+        """Counts of scored rows (:func:`streaming.schema.scored_record` dicts)."""
         if not rows:
             return cls.empty(reference)
         X = np.array([[row[n] for n in reference.names] for row in rows], dtype=np.float64)

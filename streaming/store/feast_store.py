@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,13 +58,60 @@ def scratch_repo(target: Path | str, project: str, repo: Path | str = REPO) -> P
     return target
 
 
-def apply_repo(profile: str, repo: Path | str = REPO) -> Any:
-    """``feast apply`` of the repository's definitions with ``profile``; returns the
-    ``FeatureStore`` (imports Feast). The emulator profile needs ``BIGTABLE_EMULATOR_HOST``."""
-    from feast import FeatureStore
+@dataclass(frozen=True)
+class StoreSettings:
+    """Where the Feast store is: a profile of a repository, and the values that override the
+    profile's (pipeline options, so Dataflow workers receive them with the job; the ``gcp``
+    profile's ``${FRAUDSTREAM_*}`` variables are then not needed on a worker).
 
-    store = FeatureStore(repo_path=str(repo), fs_yaml_file=profile_yaml(profile, repo))
-    store.apply(load_definitions(repo).all_definitions())
+    ``repo`` is a directory on the machine that opens the store (on Dataflow: in the worker
+    image); the registry may be a ``gs://`` URI."""
+
+    profile: str = "local"
+    repo: str = str(REPO)
+    registry: str | None = None
+    """The Feast registry (e.g. ``gs://bucket/fraudstream/registry.db``)."""
+    bigtable_project: str | None = None
+    bigtable_instance: str | None = None
+
+    def repo_config(self) -> Any:
+        """The ``RepoConfig`` (imports Feast): the profile's yaml with ``${VAR}`` expanded as
+        Feast does, then the overrides; a profile value still naming ``${VAR}`` is refused by
+        the online store's config with what to set."""
+        import os
+
+        import yaml
+        from feast.repo_config import RepoConfig
+
+        raw = yaml.safe_load(os.path.expandvars(profile_yaml(self.profile, self.repo).read_text()))
+        if self.registry:
+            raw["registry"] = self.registry
+        online = raw.setdefault("online_store", {})
+        if self.bigtable_project:
+            online["project_id"] = self.bigtable_project
+        if self.bigtable_instance:
+            online["instance"] = self.bigtable_instance
+        config = RepoConfig(**raw)
+        config.repo_path = Path(self.repo)
+        return config
+
+    def feature_store(self) -> Any:
+        """A Feast ``FeatureStore`` with these settings (imports Feast; costs seconds)."""
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=self.repo, config=self.repo_config())
+
+
+def _settings(profile: str | StoreSettings, repo: Path | str) -> StoreSettings:
+    return profile if isinstance(profile, StoreSettings) else StoreSettings(profile, str(repo))
+
+
+def apply_repo(profile: str | StoreSettings, repo: Path | str = REPO) -> Any:
+    """``feast apply`` of the repository's definitions with ``profile`` (or full settings);
+    returns the ``FeatureStore``. The emulator profile needs ``BIGTABLE_EMULATOR_HOST``."""
+    settings = _settings(profile, repo)
+    store = settings.feature_store()
+    store.apply(load_definitions(settings.repo).all_definitions())
     return store
 
 
@@ -95,13 +143,14 @@ class FeastFeatureStore(OnlineFeatureReader, OnlineFeatureWriter):
 
     @classmethod
     def open(
-        cls, spec: FeatureSpec, profile: str = "local", repo: Path | str = REPO
+        cls, spec: FeatureSpec, profile: str | StoreSettings = "local", repo: Path | str = REPO
     ) -> FeastFeatureStore:
-        """A store on ``repo`` with ``profile``'s feature_store.yaml (imports Feast)."""
-        from feast import FeatureStore
-
-        store = FeatureStore(repo_path=str(repo), fs_yaml_file=profile_yaml(profile, repo))
-        return cls(store, spec)
+        """A store on ``repo`` with ``profile``'s feature_store.yaml, or with full
+        :class:`StoreSettings` (imports Feast)."""
+        settings = (
+            profile if isinstance(profile, StoreSettings) else StoreSettings(profile, str(repo))
+        )
+        return cls(settings.feature_store(), spec)
 
     def write(self, batches: Sequence[EntityBatch]) -> None:
         if self._packed is not None:
@@ -140,12 +189,12 @@ class FeastFeatureStore(OnlineFeatureReader, OnlineFeatureWriter):
 
 
 @functools.lru_cache(maxsize=8)
-def shared_store(preset: str, profile: str, repo: str = str(REPO)) -> FeastFeatureStore:
+def shared_store(preset: str, settings: StoreSettings) -> FeastFeatureStore:
     """One :class:`FeastFeatureStore` per process and settings, shared by the pipeline's DoFns
     (opening one costs seconds; the DirectRunner sets up a new DoFn for every bundle)."""
     from features import presets
 
-    return FeastFeatureStore.open(presets.get(preset), profile, repo)
+    return FeastFeatureStore.open(presets.get(preset), settings)
 
 
 def _response_rows(

@@ -28,6 +28,7 @@ from streaming.job.parse import dead_letter
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
+from streaming.schema import count_scored, read_scored
 from streaming.store.feast_store import FeastFeatureStore, apply_repo, scratch_repo
 from streaming.store.names import stored_entities
 from training import model as models
@@ -99,14 +100,14 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
         replay(df.head(N_DUPLICATES), publish, tx, labels, SPEC.label_delay)  # redeliveries
         publish.flush()
         deadline = time.monotonic() + 240
-        while lj.count_scored(scored_dir) < N_TX and time.monotonic() < deadline:
+        while count_scored(scored_dir) < N_TX and time.monotonic() < deadline:
             assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             time.sleep(1)
         time.sleep(3)  # the last alerts and dead letters are on their way to Pub/Sub
     finally:
         assert lj.stop(job) == 0, "the job stops cleanly on Ctrl-C"
 
-    scored = lj.read_scored(scored_dir)
+    scored = read_scored(scored_dir)
     dead = [json.loads(m.data) for m in lj.drain(topics.subscriptions["dlq"])]
     reasons = sorted(d["error"] for d in dead if d["stage"] == "features")
     assert len(scored) == N_TX, f"every valid transaction is scored once; refused: {reasons}"
@@ -191,7 +192,7 @@ def test_the_job_rides_out_a_bigtable_restart(
         _wait_scored(job, scored_dir, len(df), tmp_path / "log")
     finally:
         assert lj.stop(job) == 0, (tmp_path / "log").read_text()[-3000:]
-    scored = lj.read_scored(scored_dir)
+    scored = read_scored(scored_dir)
     assert sorted(scored["transaction_id"]) == sorted(df["TRANSACTION_ID"]), "none lost, none twice"
     # the restarted emulator came back empty: what was written after it is readable
     store = FeastFeatureStore.open(SPEC, "emulator", repo)
@@ -202,9 +203,9 @@ def test_the_job_rides_out_a_bigtable_restart(
 
 def _wait_scored(job, scored_dir: Path, n: int, log: Path, timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
-    while lj.count_scored(scored_dir) < n:
+    while count_scored(scored_dir) < n:
         assert job.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{lj.count_scored(scored_dir)} of {n} scored"
+        assert time.monotonic() < deadline, f"{count_scored(scored_dir)} of {n} scored"
         time.sleep(1)
 
 

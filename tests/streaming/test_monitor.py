@@ -1,4 +1,4 @@
-"""streaming/stats.py: window records, plots and the ``monitor`` command end to end."""
+"""streaming/monitoring: window records, plots and the ``monitor`` command end to end."""
 
 from __future__ import annotations
 

@@ -1,0 +1,115 @@
+"""``ParseAndValidate`` alone: valid payloads -> typed records stamped by the clock; every bad
+one -> a dead letter with the schema's reason and the stage; both counted per stage."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from apache_beam import Create
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.util import assert_that, equal_to
+
+from streaming.job.common import NAMESPACE
+from streaming.job.parse import ParseAndValidate
+from streaming.schema import Label, Transaction, parse_label, parse_transaction, time_ns
+from tests.streaming.job.stages import batch_pipeline
+
+NOW = 1_700_000_000.0
+NOW_ISO = "2023-11-14T22:13:20+00:00"
+TX = {
+    "TRANSACTION_ID": 17,
+    "TX_DATETIME": "2018-04-01T07:19:05",
+    "CUSTOMER_ID": 5,
+    "TERMINAL_ID": 33,
+    "TX_AMOUNT": 57.16,
+}
+LABEL = {k: v for k, v in TX.items() if k != "TX_AMOUNT"} | {
+    "LABEL_DATETIME": "2018-04-08T07:19:05",
+    "TX_FRAUD": 1,
+}
+TX_NS = time_ns(datetime(2018, 4, 1, 7, 19, 5))
+
+
+def _dead(payload: str, error: str, stage: str, encoding: str = "text") -> dict:
+    return {
+        "payload": payload,
+        "payload_encoding": encoding,
+        "error": error,
+        "stage": stage,
+        "time": NOW_ISO,
+    }
+
+
+def test_records_and_dead_letters_of_transactions_and_labels() -> None:
+    """Both parsers, as the job applies them: str and bytes payloads; bad JSON, a missing
+    field, bytes that are not UTF-8 (kept as base64) and a label before its transaction."""
+    later = json.dumps(TX | {"TRANSACTION_ID": 18, "TX_AMOUNT": 3})
+    missing = json.dumps({"TRANSACTION_ID": 1})
+    early = json.dumps(LABEL | {"LABEL_DATETIME": "2018-03-01T00:00:00"})
+    p = batch_pipeline()
+    txs = (
+        p
+        | "Transactions"
+        >> Create([json.dumps(TX), later.encode(), "{not json", missing, b"\xff\xfe"])
+        | "ParseTransactions"
+        >> ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW)
+    )
+    labels = (
+        p
+        | "Labels" >> Create([json.dumps(LABEL).encode(), early])
+        | "ParseLabels" >> ParseAndValidate(parse_label, "parse_labels", lambda: NOW)
+    )
+    assert_that(
+        txs.records,
+        equal_to(
+            [
+                Transaction(17, TX_NS, 5, 33, 57.16, received_at=NOW),
+                Transaction(18, TX_NS, 5, 33, 3.0, received_at=NOW),
+            ]
+        ),
+        label="TransactionRecords",
+    )
+    stage = "parse_transactions"
+    assert_that(
+        txs.dead_letter,
+        equal_to(
+            [
+                _dead(
+                    "{not json",
+                    "payload is not JSON (Expecting property name enclosed in double quotes "
+                    "at char 1)",
+                    stage,
+                ),
+                _dead(
+                    missing,
+                    "missing field(s) ['TX_DATETIME', 'CUSTOMER_ID', 'TERMINAL_ID', 'TX_AMOUNT']",
+                    stage,
+                ),
+                _dead(
+                    "//4=", "payload is not UTF-8 (invalid start byte at byte 0)", stage, "base64"
+                ),
+            ]
+        ),
+        label="TransactionDeadLetters",
+    )
+    label_ns = time_ns(datetime(2018, 4, 8, 7, 19, 5))
+    assert_that(
+        labels.records,
+        equal_to([Label(17, 5, 33, TX_NS, label_ns, 1, received_at=NOW)]),
+        label="LabelRecords",
+    )
+    assert_that(
+        labels.dead_letter,
+        equal_to([_dead(early, "LABEL_DATETIME is before TX_DATETIME", "parse_labels")]),
+        label="LabelDeadLetters",
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    assert {c.key.metric.name: c.result for c in counters} == {
+        "parse_transactions_ok": 2,
+        "parse_transactions_dead_letter": 3,
+        "parse_labels_ok": 1,
+        "parse_labels_dead_letter": 1,
+    }

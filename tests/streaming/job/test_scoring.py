@@ -1,0 +1,72 @@
+"""``Score`` alone: feature rows -> the offline model's scores, reason codes for the rows at or
+above the threshold only, everything else carried over from the row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from apache_beam import Create
+from apache_beam.testing.util import BeamAssertException, assert_that
+
+from features.incremental import Status
+from streaming.job.entity_state import FeatureRow
+from streaming.job.scoring import BoosterHandler, Score
+from tests.streaming.job.stages import SPEC, batch_pipeline, to_transactions
+from training import model as models
+
+TOP_K = 3
+
+
+def _expected_reasons(booster: xgb.Booster, x: np.ndarray) -> list[tuple[str, float, float]]:
+    """The row's ``TOP_K`` largest SHAP contributions (stable order on ties), offline, with the
+    row's values (float64, as the row carries them)."""
+    contrib = models.contributions(booster, x[None, :])[0, :-1]
+    top = np.argsort(-contrib, kind="stable")[:TOP_K]
+    return [(SPEC.names[j], float(x[j]), float(contrib[j])) for j in top]
+
+
+def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
+    world: tuple[pd.DataFrame, np.ndarray], model: tuple[xgb.Booster, Path]
+) -> None:
+    """Batches of at most 16 rows; the threshold (overriding the model's) is the median score,
+    so about half the rows alert."""
+    df, X = world
+    booster, root = model
+    offline = models.predict(booster, X.astype(np.float32))
+    threshold = float(np.median(offline))
+    statuses = [Status.OK if i % 2 else Status.LATE for i in range(len(df))]
+    rows = [
+        FeatureRow(tx, x, int(status), computed_at=100.0 + i)
+        for i, (tx, x, status) in enumerate(zip(to_transactions(df), X, statuses, strict=True))
+    ]
+    by_id = dict(zip(df["TRANSACTION_ID"].tolist(), range(len(df)), strict=True))
+
+    def match(scored: Iterable) -> None:
+        scored = list(scored)
+        if sorted(s.tx.transaction_id for s in scored) != sorted(by_id):
+            raise BeamAssertException("not exactly one scored row per feature row")
+        alerting = 0
+        for s in scored:
+            i = by_id[s.tx.transaction_id]
+            row = rows[i]
+            assert s.tx == row.tx and s.status == row.status and s.accepted
+            assert s.computed_at == row.computed_at
+            np.testing.assert_array_equal(s.features, row.features)
+            assert (s.score, s.threshold, s.model_version) == (offline[i], threshold, "v0001")
+            if s.score < threshold:
+                assert s.reasons == (), s.tx.transaction_id
+                continue
+            alerting += 1
+            expected = _expected_reasons(booster, X[i])
+            assert [r[0] for r in s.reasons] == [r[0] for r in expected]
+            np.testing.assert_array_equal([r[1] for r in s.reasons], [r[1] for r in expected])
+            np.testing.assert_allclose([r[2] for r in s.reasons], [r[2] for r in expected], 1e-5)
+        assert 0 < alerting < len(scored), alerting
+
+    handler = BoosterHandler(str(root), SPEC.name, threshold, top_k=TOP_K, max_batch_size=16)
+    with batch_pipeline() as p:
+        assert_that(p | Create(rows) | Score(handler), match)

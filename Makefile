@@ -20,8 +20,8 @@ install: $(VENV)/.installed  ## create .venv from the lock file (uv), with compi
 test: install  ## every test, the emulator ones included (they start and stop the emulators)
 	$(BIN)/pytest
 
-test-fast: install  ## the tests that need neither the emulators nor ../shared
-	$(BIN)/pytest -m "not emulator and not reference"
+test-fast: install  ## the tests that need neither the emulators nor ../shared, and are not slow
+	$(BIN)/pytest -m "not emulator and not reference and not slow"
 
 chaos: install  ## fuzzed input, redelivery, model faults (also part of make test)
 	$(BIN)/pytest -m chaos

@@ -16,7 +16,7 @@ import pytest
 from streaming.local import emulators as emu
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator"}
+_EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator", "gcs_emulator"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -74,6 +74,22 @@ def bigtable_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
     valid) but changes the pid and empties the emulator.
     """
     yield from _run_emulator("bigtable", emulator_state_dir)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
+    """The Cloud Storage emulator (in memory), with STORAGE_EMULATOR_HOST set for the session:
+    google-cloud-storage and Beam's ``gs://`` file system then use it anonymously."""
+    yield from _run_emulator("gcs", emulator_state_dir)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator: emu.EmulatorInfo, unique_name: Callable[[str], str]) -> str:
+    """A new, empty bucket on the GCS emulator; its name (use ``gs://NAME/...``)."""
+    from google.cloud import storage
+
+    client = storage.Client(project=emu.DEFAULT_PROJECT)
+    return client.create_bucket(unique_name("fraudstream")).name
 
 
 @pytest.fixture(scope="session")

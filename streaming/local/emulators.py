@@ -1,8 +1,11 @@
-"""Start, stop and inspect the local Pub/Sub and Bigtable emulators.
+"""Start, stop and inspect the local Pub/Sub, Bigtable and Cloud Storage emulators.
 
-Each emulator runs as ``gcloud beta emulators <name> start`` in its own process group (gcloud
-spawns a java child for Pub/Sub and the ``cbtemulator`` binary for Bigtable), bound to
-127.0.0.1 on a free port. A state directory (``FRAUDSTREAM_EMULATOR_DIR``, else ``.emulators/``
+Pub/Sub and Bigtable run as ``gcloud beta emulators <name> start`` (gcloud spawns a java child
+for Pub/Sub and the ``cbtemulator`` binary for Bigtable); Cloud Storage runs as
+``python -m gcp_storage_emulator start --in-memory`` (the ``gcp-storage-emulator`` package, a
+dev dependency), which google-cloud-storage and Beam's ``gs://`` file system reach through
+``STORAGE_EMULATOR_HOST``. Each runs in its own process group, bound to 127.0.0.1 on a free
+port. A state directory (``FRAUDSTREAM_EMULATOR_DIR``, else ``.emulators/``
 in the working directory) holds ``<name>.json`` (pid, host, port, started_at), ``<name>.log``
 and a ``<name>.lock`` that serialises start/stop across processes. The process id recorded is
 the group id, so stopping signals the whole tree. Emulators outlive the process that started
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,11 +39,16 @@ import psutil
 DEFAULT_PROJECT = "demo-project"  # Beam rejects project ids shorter than 6 characters.
 DEFAULT_BIGTABLE_INSTANCE = "demo-instance"
 HOST = "127.0.0.1"
-NAMES = ("pubsub", "bigtable")
+NAMES = ("pubsub", "bigtable", "gcs")
 STATE_DIR_ENV = "FRAUDSTREAM_EMULATOR_DIR"
 DEFAULT_STATE_DIR = ".emulators"
 
-_ENV_VARS = {"pubsub": "PUBSUB_EMULATOR_HOST", "bigtable": "BIGTABLE_EMULATOR_HOST"}
+_ENV_VARS = {
+    "pubsub": "PUBSUB_EMULATOR_HOST",
+    "bigtable": "BIGTABLE_EMULATOR_HOST",
+    "gcs": "STORAGE_EMULATOR_HOST",
+}
+_GCLOUD = ("pubsub", "bigtable")  # started through gcloud; gcs is a Python package
 # A cheap real RPC per emulator; each request message is just ``{parent: <resource>}``.
 _PROBES = {
     "pubsub": ("/google.pubsub.v1.Publisher/ListTopics", f"projects/{DEFAULT_PROJECT}"),
@@ -82,6 +92,16 @@ class EmulatorInfo:
 
 def gcloud_available(names: Iterable[str] = NAMES) -> str | None:
     """Return None if the emulators in ``names`` can be started, else a human reason."""
+    names = tuple(names)
+    for name in names:
+        _check_name(name)
+    if "gcs" in names and importlib.util.find_spec("gcp_storage_emulator") is None:
+        return (
+            "the gcp-storage-emulator package is not installed (pip install gcp-storage-emulator)"
+        )
+    names = tuple(n for n in names if n in _GCLOUD)
+    if not names:
+        return None
     gcloud = shutil.which("gcloud")
     if gcloud is None:
         return "gcloud not found on PATH (install the Google Cloud SDK)"
@@ -174,8 +194,12 @@ def down(names: Iterable[str] = NAMES, state_dir: Path | None = None) -> dict[st
 
 
 def env_for(infos: dict[str, EmulatorInfo]) -> dict[str, str]:
-    """Environment variables that point the Google client libraries at ``infos``."""
-    env = {info.env_var: info.address for info in infos.values()}
+    """Environment variables that point the Google client libraries at ``infos``
+    (google-cloud-storage wants a URL: ``http://host:port``)."""
+    env = {
+        info.env_var: f"http://{info.address}" if info.name == "gcs" else info.address
+        for info in infos.values()
+    }
     env["PUBSUB_PROJECT_ID"] = DEFAULT_PROJECT
     return env
 
@@ -341,6 +365,9 @@ def _stop_locked(name: str, directory: Path) -> bool:
 
 
 def _command(name: str, port: int, directory: Path) -> list[str]:
+    if name == "gcs":
+        return [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", HOST,
+                "--port", str(port), "--in-memory"]  # fmt: skip
     base = ["gcloud", "beta", "emulators", name, "start", f"--host-port={HOST}:{port}"]
     if name == "pubsub":
         data_dir = directory / "pubsub-data"
@@ -411,6 +438,8 @@ def _wait_ready(info: EmulatorInfo, directory: Path, timeout: float) -> None:
 
 def _answers(info: EmulatorInfo, timeout: float) -> bool:
     """True if the emulator answers its probe RPC with anything but 'unavailable'."""
+    if info.name == "gcs":
+        return _answers_http(info, timeout)
     import grpc  # deferred, with numpy (feast_wire): keeps this module fast to import
 
     from streaming.store.bigtable.feast_wire import varint
@@ -425,6 +454,20 @@ def _answers(info: EmulatorInfo, timeout: float) -> bool:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             return code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     return True
+
+
+def _answers_http(info: EmulatorInfo, timeout: float) -> bool:
+    """True if the storage emulator lists the buckets of the default project."""
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{info.address}/storage/v1/b?project={DEFAULT_PROJECT}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _wait_port_free(port: int, timeout: float) -> None:

@@ -114,8 +114,9 @@ def test_status_reports_both_running(
 ) -> None:
     current = emu.status(emulator_state_dir)
 
-    assert set(current) == {"pubsub", "bigtable"}
-    for name, info in current.items():
+    assert set(current) == {"pubsub", "bigtable", "gcs"}
+    for name in emulators:  # the fixture starts Pub/Sub and Bigtable
+        info = current[name]
         assert info is not None
         assert (info.name, info.host, info.port) == (name, "127.0.0.1", emulators[name].port)
         assert info.address == f"127.0.0.1:{info.port}"
@@ -209,7 +210,7 @@ def test_stale_state_file_is_reported_stopped_and_removed(tmp_path: Path) -> Non
         json.dumps({"name": "bigtable", "pid": dead.pid, "host": "127.0.0.1", "port": 1})
     )
 
-    assert emu.status(tmp_path) == {"pubsub": None, "bigtable": None}
+    assert emu.status(tmp_path) == {"pubsub": None, "bigtable": None, "gcs": None}
     assert not state_file.exists()
     state_file.write_text("{not json")
     assert emu.stop("bigtable", tmp_path) is False
@@ -234,3 +235,34 @@ def test_state_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert emu.resolve_state_dir(Path("/x/y")) == Path("/x/y")
     with pytest.raises(ValueError, match="unknown emulator 'redis'"):
         emu.start("redis", tmp_path)
+
+
+def test_the_gcs_emulator_starts_answers_and_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``emulators up --only gcs`` exports the URL google-cloud-storage wants; a bucket and an
+    object round-trip through it; ``down`` ends its process group."""
+    from google.cloud import storage
+
+    state_dir = str(tmp_path / "state")
+    try:
+        assert _cli("up", "--only", "gcs", "--state-dir", state_dir) == 0
+        info = emu.status(Path(state_dir))["gcs"]
+        assert info is not None and info.host == "127.0.0.1"
+        assert f"export STORAGE_EMULATOR_HOST=http://{info.address}" in capsys.readouterr().out
+        client = storage.Client(
+            project=emu.DEFAULT_PROJECT,
+            client_options={"api_endpoint": f"http://{info.address}"},
+            credentials=_anonymous(),
+        )
+        client.create_bucket("probe").blob("x").upload_from_string(b"42")
+        assert client.bucket("probe").blob("x").download_as_bytes() == b"42"
+    finally:
+        assert _cli("down", "--only", "gcs", "--state-dir", state_dir) == 0
+    assert not _group_alive(info.pid)
+
+
+def _anonymous():
+    from google.auth.credentials import AnonymousCredentials
+
+    return AnonymousCredentials()

@@ -19,7 +19,7 @@ FEATURES = ["f0", "f1"]
 HOUR_S = 3600
 
 
-def _scored(i: int) -> SimpleNamespace:
+def scored_row(i: int) -> SimpleNamespace:
     """A scored transaction ``i``, ``i`` minutes after 2018-08-15T00:00 (three event hours)."""
     from datetime import datetime, timedelta
 
@@ -43,7 +43,7 @@ def _write(rows: list, directory: Path) -> None:
 def test_rows_are_written_once_by_event_hour_and_a_rerun_replaces_rather_than_duplicates(
     tmp_path: Path,
 ) -> None:
-    rows = [_scored(i) for i in range(150)]
+    rows = [scored_row(i) for i in range(150)]
     _write(rows, tmp_path)
     first = scored_files(str(tmp_path))
     assert len(first) == 3 * 4  # per event hour (00, 01, 02), one file per shard
@@ -83,7 +83,7 @@ def test_successive_firings_of_one_window_write_files_of_their_own(tmp_path: Pat
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_stream import TestStream as _TestStream  # not a test class
 
-    rows = [_scored(i) for i in range(40)]  # all in the 00:00 hour
+    rows = [scored_row(i) for i in range(40)]  # all in the 00:00 hour
     stream = _TestStream().advance_watermark_to(0)
     stream.add_elements([TimestampedValue(r, r.tx.time_ns / 1e9) for r in rows[:20]])
     stream.advance_processing_time(10)

@@ -1,0 +1,142 @@
+"""Everything the job reads or writes on ``gs://``, on the GCS emulator: Beam's FileSystems,
+the model registry and its hot swap, initial states, the scored sink, ``train``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from features import presets
+from features.synthetic import transactions
+from features.table import validate
+from streaming.cli import main
+from training import model as models
+from training.registry import CURRENT, MODEL_FILE, Registry, RegistryError
+
+SPEC = presets.BASELINE
+
+
+def _write(uri: str, data: bytes) -> None:
+    with FileSystems.create(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+
+
+def _save(registry: Registry, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(200, len(SPEC.names))).astype(np.float32)
+    booster = models.train(X, (X[:, seed % 3] > 0).astype(int), models.Params(3))
+    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
+            "threshold": 0.5}  # fmt: skip
+    return registry.save(booster, meta)
+
+
+def test_beam_filesystems_reach_the_emulator(gcs_bucket: str) -> None:
+    uri = f"gs://{gcs_bucket}/a/b.bin"
+    _write(uri, b"\x00hello")
+    assert FileSystems.exists(uri)
+    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        assert f.read() == b"\x00hello"
+    listed = FileSystems.match([f"gs://{gcs_bucket}/a/*"])[0].metadata_list
+    assert [m.path for m in listed] == [uri]
+
+
+def test_registry_on_gcs_saves_promotes_and_loads(gcs_bucket: str) -> None:
+    registry = Registry(f"gs://{gcs_bucket}/models")
+    first, second = _save(registry, 1), _save(registry, 2)
+    assert registry.versions() == [first, second] and registry.champion() is None
+    registry.promote(second)
+    assert registry.load().version == second
+    pointer = json.loads(FileSystems.open(registry.uri(CURRENT)).read())
+    assert pointer["version"] == second
+    again = Registry(f"gs://{gcs_bucket}/models", create=False)  # a worker's view
+    assert again.current_version() == second and again.new_version() == "v0003"
+
+
+def test_hot_swap_follows_a_gcs_promotion_and_refuses_a_broken_version(gcs_bucket, caplog):
+    import logging
+
+    from streaming.job.scoring import LiveModel
+
+    registry = Registry(f"gs://{gcs_bucket}/models")
+    registry.promote(_save(registry, 1))
+    now = [0.0]
+    live = LiveModel(registry.root, SPEC, "cpu", poll_s=1, clock=lambda: now[0])
+    assert live.get().version == "v0001"
+
+    registry.promote(_save(registry, 2))
+    now[0] = 1
+    assert live.get().version == "v0002"  # the next batch scores with the promoted model
+
+    broken = _save(registry, 3)
+    _write(registry.uri(broken, MODEL_FILE), b"not a model")
+    registry.promote(broken)
+    now[0] = 2
+    with caplog.at_level(logging.ERROR, logger="streaming.job.scoring"):
+        assert live.get().version == "v0002"
+    assert "rejected, v0002 keeps scoring" in caplog.text
+
+    _write(registry.uri(CURRENT), b"{not json")
+    now[0] = 3
+    assert live.get().version == "v0002"
+    assert "pointer unreadable" in caplog.text
+
+
+def test_a_missing_gcs_registry_is_a_clear_error(gcs_bucket: str) -> None:
+    with pytest.raises(RegistryError, match="no such model directory"):
+        Registry(f"gs://{gcs_bucket}/nothing-here", create=False)
+
+
+def test_train_writes_and_promotes_a_version_on_gcs(gcs_bucket: str, tmp_path) -> None:
+    history = tmp_path / "history.parquet"
+    validate(transactions(n=3_000, customers=80, terminals=60, days=42), SPEC).to_parquet(history)
+    model_dir = f"gs://{gcs_bucket}/models"
+    argv = ["train", "--input", str(history), "--train-end", "2018-05-11", "--train-days", "21",
+            "--model-dir", model_dir, "--preset", SPEC.name]  # fmt: skip
+    assert main(argv) == 0
+    registry = Registry(model_dir, create=False)
+    assert registry.current_version() == "v0001"
+    for name in ("model.ubj", "meta.json", "drift_reference.json", "report.md"):
+        assert FileSystems.exists(registry.uri("v0001", name)), name
+    assert registry.load().features == SPEC.names
+
+
+def test_bootstrap_writes_states_the_job_reads_from_gcs(gcs_bucket: str, tmp_path) -> None:
+    from streaming.job.initial_states import InitialStates
+
+    history = tmp_path / "history.parquet"
+    validate(transactions(n=1_500, customers=40, terminals=30, days=20), SPEC).to_parquet(history)
+    uri = f"gs://{gcs_bucket}/states/baseline.parquet"
+    argv = ["bootstrap", "--input", str(history), "--output", uri, "--preset", SPEC.name,
+            "--pseudonymise_ids", "off"]  # fmt: skip
+    assert main(argv) == 0
+    initial = InitialStates(uri, SPEC)
+    info = initial.info()
+    assert info.entities > 0 and info.spec == SPEC.name
+    customers = initial.load(SPEC.entities[0])
+    assert len(customers) == 40 and all(isinstance(v, bytes) for v in customers.values())
+
+
+def test_scored_files_on_gcs(gcs_bucket: str) -> None:
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from streaming.job.sinks import WriteScored
+    from streaming.schema import read_scored
+    from tests.streaming.test_scored_sink import FEATURES, scored_row
+
+    directory = f"gs://{gcs_bucket}/scored"
+    rows = [scored_row(i) for i in range(90)]
+    for _ in range(2):  # the second run stands for a retried bundle: same files, no duplicate
+        with TestPipeline() as p:
+            _ = (
+                p
+                | beam.Create(rows)
+                | beam.Map(lambda s: beam.window.TimestampedValue(s, s.tx.time_ns / 1e9))
+                | WriteScored(FEATURES, directory=directory, clock=lambda: 0.0)
+            )
+    scored = read_scored(directory)
+    assert sorted(scored["transaction_id"]) == list(range(90))

@@ -122,7 +122,7 @@ def test_status_reports_both_running(
         assert info.address == f"127.0.0.1:{info.port}"
         assert os.environ[info.env_var] == info.address
         assert _group_alive(info.pid)
-    assert emu.env_for(current) == {
+    assert emu.env_for({n: current[n] for n in emulators}) == {
         "PUBSUB_EMULATOR_HOST": current["pubsub"].address,
         "BIGTABLE_EMULATOR_HOST": current["bigtable"].address,
         "PUBSUB_PROJECT_ID": "demo-project",

@@ -75,13 +75,18 @@ def job_args(
 
 
 def start(
-    args: list[str], log_path: Path | str, module: tuple[str, ...] = ("streaming.cli", "run")
+    args: list[str],
+    log_path: Path | str,
+    module: tuple[str, ...] = ("streaming.cli", "run"),
+    env: dict[str, str] | None = None,
+    cwd: Path | str | None = None,
 ) -> subprocess.Popen:
     """Start ``fraudstream run ARGS`` (``python -m MODULE ARGS`` with this interpreter),
-    output to ``log_path``."""
+    output to ``log_path``; ``env`` (default: this process's) and ``cwd`` as given."""
     log = open(log_path, "w")  # noqa: SIM115 - the child writes to it until it stops
     command = [sys.executable, "-m", *module, *args]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    environ = dict(os.environ) if env is None else env
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=cwd)
 
 
 def stop(job: subprocess.Popen, timeout_s: float = 60.0) -> int:

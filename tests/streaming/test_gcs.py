@@ -140,3 +140,36 @@ def test_scored_files_on_gcs(gcs_bucket: str) -> None:
             )
     scored = read_scored(directory)
     assert sorted(scored["transaction_id"]) == list(range(90))
+
+
+@pytest.mark.parametrize(
+    "broken", ["no registry", "older registry", "unreadable pointer", "no state file"]
+)
+def test_a_bad_gcs_input_stops_the_launch_with_one_line(
+    gcs_bucket: str, broken: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models, states = f"gs://{gcs_bucket}/models", f"gs://{gcs_bucket}/states.parquet"
+    if broken != "no registry":
+        registry = Registry(models)
+        version = _save(registry, 1)
+        registry.promote(version)
+        if broken == "older registry":  # `current` as the directory link an older version wrote
+            _write(registry.uri(CURRENT, "meta.json"), b"{}")
+        elif broken == "unreadable pointer":
+            _write(registry.uri(CURRENT), b"v0001")
+    argv = ["run", "--model_dir", models, "--preset", SPEC.name, "--pseudonymise_ids", "off",
+            "--transactions_topic", "projects/p/topics/t",
+            "--labels_topic", "projects/p/topics/l"]  # fmt: skip
+    if broken == "no state file":
+        argv += ["--initial_state", states]
+    capsys.readouterr()  # the training's progress bar
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    expected = {
+        "no registry": "no such model directory",
+        "older registry": "older fraudstream",
+        "unreadable pointer": "unreadable champion pointer",
+        "no state file": "no such file",
+    }[broken]
+    assert expected in err

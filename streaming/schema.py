@@ -1,32 +1,39 @@
-"""Wire schemas of the pipeline's inputs: transactions and late fraud labels (JSON, UTF-8).
+"""Wire contract of the pipeline's inputs: transactions and late fraud labels (JSON, UTF-8).
 
-Transaction message (one JSON object, exactly these fields)::
+The contract is published as JSON Schema in ``streaming/schemas/`` (``transaction.json``,
+``label.json``, with a version); the parsers here read their time pattern from it and the
+tests hold them to it. Transaction message::
 
-    {"TRANSACTION_ID": 17, "TX_DATETIME": "2018-04-01T07:19:05", "CUSTOMER_ID": 5,
+    {"TRANSACTION_ID": 17, "TX_DATETIME": "2018-04-01T07:19:05Z", "CUSTOMER_ID": 5,
      "TERMINAL_ID": 33, "TX_AMOUNT": 57.16}
 
 Label message (fraud feedback, published after the transaction)::
 
     {"TRANSACTION_ID": 17, "CUSTOMER_ID": 5, "TERMINAL_ID": 33,
-     "TX_DATETIME": "2018-04-01T07:19:05", "LABEL_DATETIME": "2018-04-08T07:19:05",
+     "TX_DATETIME": "2018-04-01T07:19:05Z", "LABEL_DATETIME": "2018-04-08T07:19:05Z",
      "TX_FRAUD": 1}
 
-Ids are JSON integers (not booleans, not floats), ``TX_AMOUNT`` a finite number ``>= 0``,
-times naive ISO-8601 strings (one time zone, microsecond precision, as in the reference data),
-``TX_FRAUD`` 0 or 1; amounts at most :data:`MAX_AMOUNT`, times in [1970, 2200). A payload is at
-most :data:`MAX_PAYLOAD_BYTES`. :func:`parse_transaction`
-and :func:`parse_label` return a typed record or raise ``ValueError`` with the reason.
+What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset (converted to
+UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
+by default); amounts as JSON integers or decimals; fields this version does not know, which
+are ignored and reported to an ``unknown`` callback (refused with ``strict_fields``). Refused,
+with a ``ValueError`` that names the field and the reason: ids that are not JSON integers
+(booleans, or floats such as ``5.0``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
+[1970, 2200), ``TX_FRAUD`` other than 0 or 1, payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from features.incremental import Status
 
@@ -36,6 +43,20 @@ MIN_TIME = datetime(1970, 1, 1)  # event times the engine represents (int64 ns: 
 MAX_TIME = datetime(2200, 1, 1)  # kept to a plausible range
 _EPOCH = datetime(1970, 1, 1)
 _INT64_MAX = 2**63 - 1
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+def load_schema(kind: str) -> dict:
+    """The published JSON Schema of ``transaction`` or ``label`` messages."""
+    return json.loads((SCHEMAS / f"{kind}.json").read_text())
+
+
+_TRANSACTION_SCHEMA = load_schema("transaction")
+WIRE_VERSION: str = _TRANSACTION_SCHEMA["version"]
+"""The version of the wire contract (both schemas carry it)."""
+_TIME = re.compile(_TRANSACTION_SCHEMA["$defs"]["time"]["pattern"])
+_FRACTION = re.compile(r"\.(\d{1,9})")
 
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
 SCORED_COLUMNS = (
@@ -60,6 +81,36 @@ LABEL_FIELDS = (
     "LABEL_DATETIME",
     "TX_FRAUD",
 )
+
+
+@dataclass(frozen=True)
+class WireContract:
+    """How tolerant the parsers are: the time zone of naive times, and whether fields this
+    version does not know are refused (``strict_fields``) or ignored and reported."""
+
+    naive_time_zone: str = "UTC"
+    strict_fields: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.naive_time_zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"--naive_time_zone {self.naive_time_zone!r}: not an IANA time zone "
+                "(e.g. UTC, Europe/Brussels)"
+            ) from exc
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The zone of naive times; None for UTC (no conversion needed)."""
+        return (
+            None if self.naive_time_zone in ("UTC", "Etc/UTC") else ZoneInfo(self.naive_time_zone)
+        )
+
+
+DEFAULT_CONTRACT = WireContract()
+Unknown = Callable[[list[str]], None]
+"""Called with the sorted names of the fields a message has and this version does not know."""
 
 
 def time_ns(dt: datetime) -> int:
@@ -118,13 +169,19 @@ def _decode(payload: bytes | str) -> dict:
     return doc
 
 
-def _check_fields(doc: dict, fields: tuple[str, ...]) -> None:
+def _check_fields(
+    doc: dict, fields: tuple[str, ...], contract: WireContract, unknown: Unknown | None
+) -> None:
     missing = [f for f in fields if f not in doc]
     if missing:
         raise ValueError(f"missing field(s) {missing}")
+    if len(doc) == len(fields):
+        return
     extra = sorted(set(doc) - set(fields))
-    if extra:
-        raise ValueError(f"unexpected field(s) {extra}")
+    if contract.strict_fields:
+        raise ValueError(f"unexpected field(s) {extra} (--strict_fields)")
+    if unknown is not None:
+        unknown(extra)
 
 
 def _int(doc: dict, name: str) -> int:
@@ -136,21 +193,34 @@ def _int(doc: dict, name: str) -> int:
     return value
 
 
-def _time(doc: dict, name: str) -> int:
+def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
+    """Epoch nanoseconds (UTC) of an RFC 3339 or naive ISO 8601 time (see the schemas)."""
     value = doc[name]
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be an ISO-8601 string, got {type(value).__name__}")
+        raise ValueError(f"{name} must be an RFC 3339 time string, got {type(value).__name__}")
+    if not _TIME.match(value):
+        raise ValueError(
+            f"{name} is not an RFC 3339 or ISO 8601 time (e.g. 2018-08-15T10:02:00Z): {value!r}"
+        )
+    nanos = 0
+    fraction = _FRACTION.search(value)
+    if fraction is not None and len(fraction.group(1)) > 6:  # datetime keeps microseconds
+        digits = fraction.group(1)
+        nanos = int(digits[6:].ljust(3, "0"))
+        value = value[: fraction.start(1) + 6] + value[fraction.end(1) :]
     try:
         dt = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError(f"{name} is not an ISO-8601 time: {value!r}") from exc
+    except ValueError as exc:  # e.g. February 30th
+        raise ValueError(f"{name} is not a valid time: {value!r} ({exc})") from exc
+    if dt.tzinfo is None and zone is not None:
+        dt = dt.replace(tzinfo=zone)
     if dt.tzinfo is not None:
-        raise ValueError(f"{name} must be naive (no UTC offset), got {value!r}")
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
     if not MIN_TIME <= dt < MAX_TIME:
         raise ValueError(
-            f"{name} must be in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}), got {value!r}"
+            f"{name} must be in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}) UTC, got {doc[name]!r}"
         )
-    return time_ns(dt)
+    return time_ns(dt) + nanos
 
 
 def _amount(doc: dict, name: str) -> float:
@@ -163,13 +233,18 @@ def _amount(doc: dict, name: str) -> float:
     return value
 
 
-def parse_transaction(payload: bytes | str, received_at: float = 0.0) -> Transaction:
+def parse_transaction(
+    payload: bytes | str,
+    received_at: float = 0.0,
+    contract: WireContract = DEFAULT_CONTRACT,
+    unknown: Unknown | None = None,
+) -> Transaction:
     """A :class:`Transaction` from a JSON payload; ``ValueError`` says what is wrong."""
     doc = _decode(payload)
-    _check_fields(doc, TRANSACTION_FIELDS)
+    _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
     return Transaction(
         transaction_id=_int(doc, "TRANSACTION_ID"),
-        time_ns=_time(doc, "TX_DATETIME"),
+        time_ns=_time(doc, "TX_DATETIME", contract.zone),
         customer_id=_int(doc, "CUSTOMER_ID"),
         terminal_id=_int(doc, "TERMINAL_ID"),
         amount=_amount(doc, "TX_AMOUNT"),
@@ -177,14 +252,20 @@ def parse_transaction(payload: bytes | str, received_at: float = 0.0) -> Transac
     )
 
 
-def parse_label(payload: bytes | str, received_at: float = 0.0) -> Label:
+def parse_label(
+    payload: bytes | str,
+    received_at: float = 0.0,
+    contract: WireContract = DEFAULT_CONTRACT,
+    unknown: Unknown | None = None,
+) -> Label:
     """A :class:`Label` from a JSON payload; ``ValueError`` says what is wrong."""
     doc = _decode(payload)
-    _check_fields(doc, LABEL_FIELDS)
+    _check_fields(doc, LABEL_FIELDS, contract, unknown)
     fraud = _int(doc, "TX_FRAUD")
     if fraud not in (0, 1):
         raise ValueError(f"TX_FRAUD must be 0 or 1, got {fraud}")
-    tx_time, label_time = _time(doc, "TX_DATETIME"), _time(doc, "LABEL_DATETIME")
+    tx_time = _time(doc, "TX_DATETIME", contract.zone)
+    label_time = _time(doc, "LABEL_DATETIME", contract.zone)
     if label_time < tx_time:
         raise ValueError("LABEL_DATETIME is before TX_DATETIME")
     return Label(

@@ -35,6 +35,18 @@ class FraudstreamOptions(PipelineOptions):
         parser.add_argument(
             "--model_poll_s", type=float, default=10.0, help="how often `current` is re-checked"
         )
+        parser.add_argument(
+            "--naive_time_zone",
+            default="UTC",
+            help="IANA time zone of message times written without Z or an offset (wire "
+            "contract: streaming/schemas/)",
+        )
+        parser.add_argument(
+            "--strict_fields",
+            action="store_true",
+            help="dead-letter messages with fields the wire contract does not know (default: "
+            "ignore them, counted per field name)",
+        )
         parser.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
         parser.add_argument(
             "--ordering",

@@ -6,6 +6,7 @@ Processing time comes from an injectable ``clock`` (seconds since the epoch).
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,10 +14,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from streaming.job.common import NAMESPACE, Clock
 
 DEAD_LETTER = "dead_letter"
+Parse = Callable[..., Any]
+"""``parse(payload, received_at, unknown=callback) -> record``; raises ``ValueError``."""
+log = logging.getLogger(__name__)
 
 
 def dead_letter(payload: bytes | str, error: str, stage: str, clock: Clock = time.time) -> dict:
@@ -37,19 +43,32 @@ def dead_letter(payload: bytes | str, error: str, stage: str, clock: Clock = tim
     }
 
 
+MAX_FIELD_COUNTERS = 50
+"""Distinct unknown field names counted by name per worker; more go to ``..._other``."""
+LOG_EVERY = 10_000
+"""After its first sighting, an unknown field is logged once per this many messages."""
+
+
 class _Parse(beam.DoFn):
     """A DoFn rather than ``beam.Map(parse).with_exception_handling()``: Beam's wrapper hands
     the dead-letter output ``repr(exc)`` and a traceback, and the dead letter's ``error`` is the
-    schema's message to the producer (``str(exc)``), counted per stage."""
+    schema's message to the producer (``str(exc)``), counted per stage.
 
-    def __init__(self, parse: Callable[[bytes | str, float], Any], stage: str, clock: Clock):
+    A record leaves stamped with its own event time (a transaction's ``TX_DATETIME``, a label's
+    ``LABEL_DATETIME``): the message attribute ``event_time`` is optional."""
+
+    def __init__(self, parse: Parse, stage: str, clock: Clock):
         self.parse, self.stage, self.clock = parse, stage, clock
         self.ok = Metrics.counter(NAMESPACE, f"{stage}_ok")
         self.bad = Metrics.counter(NAMESPACE, f"{stage}_dead_letter")
 
+    def setup(self) -> None:
+        self.field_counters: dict[str, Any] = {}
+        self.unknown_seen = 0
+
     def process(self, payload: bytes | str):
         try:
-            record = self.parse(payload, self.clock())
+            record = self.parse(payload, self.clock(), unknown=self._unknown)
         except ValueError as exc:  # the schema raises ValueError (UTF-8 and JSON errors too)
             self.bad.inc()
             yield beam.pvalue.TaggedOutput(
@@ -57,19 +76,46 @@ class _Parse(beam.DoFn):
             )
             return
         self.ok.inc()
-        yield record
+        event_ns = getattr(record, "label_time_ns", record.time_ns)
+        yield TimestampedValue(record, Timestamp(micros=event_ns // 1_000))
+
+    def _unknown(self, names: list[str]) -> None:
+        """Count each unknown field by name; log a field's first sighting, then a sample."""
+        self.unknown_seen += 1
+        for name in names:
+            counter = self.field_counters.get(name)
+            if counter is None:
+                key = _metric_name(name)
+                if len(self.field_counters) >= MAX_FIELD_COUNTERS:
+                    key = "other"
+                else:
+                    log.info(
+                        "%s: ignoring field %r this wire version does not know", self.stage, name
+                    )
+                counter = Metrics.counter(NAMESPACE, f"{self.stage}_unknown_field_{key}")
+                self.field_counters[name] = counter
+            counter.inc()
+        if self.unknown_seen % LOG_EVERY == 0:
+            log.info("%s: %d messages with unknown fields so far (e.g. %s)", self.stage,
+                     self.unknown_seen, names)  # fmt: skip
+
+
+def _metric_name(field: str) -> str:
+    """A field name as a metric name part: letters, digits and ``_``, at most 64 characters."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in field)[:64] or "_"
 
 
 class ParseAndValidate(beam.PTransform):
-    """Payloads -> typed records (main output) and dead letters (tag ``dead_letter``).
+    """Payloads -> typed records (main output, stamped with their event time) and dead letters
+    (tag ``dead_letter``).
 
-    ``parse`` is :func:`streaming.schema.parse_transaction` or ``parse_label``; ``stage`` names
-    the stage in dead letters and in the counters ``<stage>_ok`` / ``<stage>_dead_letter``.
+    ``parse`` is :func:`streaming.schema.parse_transaction` or ``parse_label`` (with the job's
+    :class:`~streaming.schema.WireContract` bound); ``stage`` names the stage in dead letters
+    and in the counters ``<stage>_ok``, ``<stage>_dead_letter`` and
+    ``<stage>_unknown_field_<name>`` (fields ignored by the tolerant contract).
     """
 
-    def __init__(
-        self, parse: Callable[[bytes | str, float], Any], stage: str, clock: Clock = time.time
-    ) -> None:
+    def __init__(self, parse: Parse, stage: str, clock: Clock = time.time) -> None:
         super().__init__()
         self.parse, self.stage, self.clock = parse, stage, clock
 

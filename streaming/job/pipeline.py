@@ -35,7 +35,13 @@ from streaming.job.parse import ParseAndValidate, dead_letter
 from streaming.job.scoring import BoosterHandler, Score
 from streaming.job.sinks import WriteFeatures, WriteScored
 from streaming.monitoring.stage import MonitorWindows
-from streaming.schema import parse_label, parse_transaction, transaction_json
+from streaming.schema import (
+    DEFAULT_CONTRACT,
+    WireContract,
+    parse_label,
+    parse_transaction,
+    transaction_json,
+)
 from streaming.store.feast_store import StoreSettings, shared_store
 
 if TYPE_CHECKING:
@@ -67,19 +73,23 @@ class ScoreTransactions(beam.PTransform):
         pseudonymise: PseudonymiseIds | None = None,
         ordering: str = DEFAULT_ORDERING,
         initial: InitialStates | None = None,
+        contract: WireContract = DEFAULT_CONTRACT,
     ) -> None:
         super().__init__()
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
         self.pseudonymise, self.ordering, self.initial = pseudonymise, ordering, initial
+        self.contract = contract
 
     def expand(self, inputs):
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
-            parse_transaction, "parse_transactions", self.clock
+            functools.partial(parse_transaction, contract=self.contract),
+            "parse_transactions",
+            self.clock,
         )
         labels = inputs["labels"] | "ParseLabels" >> ParseAndValidate(
-            parse_label, "parse_labels", self.clock
+            functools.partial(parse_label, contract=self.contract), "parse_labels", self.clock
         )
         # No dedupe stage: the entity states catch redelivered transactions, and applying a
         # label twice sets the same value (a zero delta).
@@ -169,8 +179,15 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         "labels": read_pubsub(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
+    contract = WireContract(opts.naive_time_zone, opts.strict_fields)
     core = ScoreTransactions(
-        spec, handler, lateness, pseudonymise=pseudonymise, ordering=opts.ordering, initial=initial
+        spec,
+        handler,
+        lateness,
+        pseudonymise=pseudonymise,
+        ordering=opts.ordering,
+        initial=initial,
+        contract=contract,
     )
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from apache_beam import Create
+from apache_beam import Create, DoFn, Map, ParDo
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import TimestampedValue as Stamped
 
 from streaming.job.common import NAMESPACE
 from streaming.job.parse import ParseAndValidate
@@ -113,3 +114,34 @@ def test_records_and_dead_letters_of_transactions_and_labels() -> None:
         "parse_labels_ok": 1,
         "parse_labels_dead_letter": 1,
     }
+
+
+def test_unknown_fields_are_counted_by_name_and_records_carry_their_event_time() -> None:
+    """A producer's added fields are ignored and counted per name; each record is stamped
+    with its own time, so the ``event_time`` attribute is optional."""
+
+    class _Stamp(DoFn):
+        def process(self, record, ts=DoFn.TimestampParam):
+            yield record.transaction_id, ts.micros
+
+    upgraded = [json.dumps(TX | {"CURRENCY": "EUR"}), json.dumps(TX | {"CURRENCY": "EUR",
+                "CHANNEL": "web", "TRANSACTION_ID": 19})]  # fmt: skip
+    p = batch_pipeline()
+    txs = (
+        p
+        | Create([*upgraded, json.dumps(TX | {"TRANSACTION_ID": 20})])
+        | Map(lambda payload: Stamped(payload, 0))  # a publish time unrelated to the event
+        | ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW)
+    )
+    assert_that(
+        txs.records | ParDo(_Stamp()),
+        equal_to([(17, TX_NS // 1_000), (19, TX_NS // 1_000), (20, TX_NS // 1_000)]),
+    )
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
+    got = {c.key.metric.name: c.result for c in counters}
+    assert got["parse_transactions_ok"] == 3
+    assert got["parse_transactions_unknown_field_CURRENCY"] == 2
+    assert got["parse_transactions_unknown_field_CHANNEL"] == 1
+    assert "parse_transactions_dead_letter" not in got or got["parse_transactions_dead_letter"] == 0

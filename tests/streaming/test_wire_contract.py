@@ -1,0 +1,147 @@
+"""The published wire contract (``streaming/schemas/*.json``) and the parsers agree.
+
+Each case is judged by the JSON Schema (jsonschema, draft 2020-12) and by the parser; they must
+reach the same verdict. JSON Schema cannot say two things the contract says, so those cases are
+listed in :data:`STRICTER_THAN_SCHEMA`: ids written as floats (``5.0`` is an integer to JSON
+Schema) and calendar-invalid dates (a pattern cannot know February has no 30th).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from streaming.schema import (
+    LABEL_FIELDS,
+    TRANSACTION_FIELDS,
+    WIRE_VERSION,
+    WireContract,
+    load_schema,
+    parse_label,
+    parse_transaction,
+    time_ns,
+)
+
+SCHEMAS = {kind: load_schema(kind) for kind in ("transaction", "label")}
+REGISTRY = Registry().with_resources(
+    (s["$id"], Resource.from_contents(s)) for s in SCHEMAS.values()
+)
+VALIDATORS = {k: Draft202012Validator(s, registry=REGISTRY) for k, s in SCHEMAS.items()}
+PARSERS = {"transaction": parse_transaction, "label": parse_label}
+
+TX = {"TRANSACTION_ID": 17, "TX_DATETIME": "2018-08-15T10:02:00", "CUSTOMER_ID": 5,
+      "TERMINAL_ID": 33, "TX_AMOUNT": 57.16}  # fmt: skip
+LABEL = {"TRANSACTION_ID": 17, "CUSTOMER_ID": 5, "TERMINAL_ID": 33,
+         "TX_DATETIME": "2018-08-15T10:02:00Z", "LABEL_DATETIME": "2018-08-22T10:02:00Z",
+         "TX_FRAUD": 1}  # fmt: skip
+
+CASES = [
+    ("transaction", TX),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15T10:02:00Z"}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15T12:02:00+02:00"}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15T05:02:00.123456789-05:00"}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15 10:02:00"}),
+    ("transaction", {**TX, "CURRENCY": "EUR"}),
+    ("transaction", {**TX, "TX_AMOUNT": 57}),
+    ("transaction", {**TX, "TX_AMOUNT": 0}),
+    ("transaction", {**TX, "TX_AMOUNT": -1}),
+    ("transaction", {**TX, "TX_AMOUNT": 2e9}),
+    ("transaction", {**TX, "TX_AMOUNT": "57.16"}),
+    ("transaction", {**TX, "CUSTOMER_ID": True}),
+    ("transaction", {**TX, "CUSTOMER_ID": "5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": -5}),
+    ("transaction", {**TX, "CUSTOMER_ID": 5.0}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15"}),
+    ("transaction", {**TX, "TX_DATETIME": "20180815T100200Z"}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-08-15T10:02"}),
+    ("transaction", {**TX, "TX_DATETIME": "1969-12-31T23:59:59Z"}),
+    ("transaction", {**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
+    ("transaction", {**TX, "TX_DATETIME": 1534327320}),
+    ("transaction", {k: v for k, v in TX.items() if k != "TERMINAL_ID"}),
+    ("label", LABEL),
+    ("label", {**LABEL, "SOURCE": "chargeback"}),
+    ("label", {**LABEL, "TX_FRAUD": True}),
+    ("label", {**LABEL, "TX_FRAUD": 2}),
+    ("label", {**LABEL, "TX_FRAUD": "1"}),
+    ("label", {**LABEL, "LABEL_DATETIME": "2018-08-22 12:02:00+02:00"}),
+    ("label", {k: v for k, v in LABEL.items() if k != "TX_FRAUD"}),
+]
+STRICTER_THAN_SCHEMA = {
+    json.dumps({**TX, "CUSTOMER_ID": 5.0}),
+    json.dumps({**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
+}
+
+
+def _parser_accepts(kind: str, payload: str) -> bool:
+    try:
+        PARSERS[kind](payload)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("kind", "doc"), CASES)
+def test_the_parser_and_the_published_schema_agree(kind: str, doc: dict) -> None:
+    payload = json.dumps(doc)
+    schema_accepts = VALIDATORS[kind].is_valid(json.loads(payload))
+    if payload in STRICTER_THAN_SCHEMA:
+        assert schema_accepts and not _parser_accepts(kind, payload)
+    else:
+        assert _parser_accepts(kind, payload) == schema_accepts
+
+
+def test_the_schemas_list_the_fields_the_parsers_require_and_carry_one_version() -> None:
+    assert tuple(SCHEMAS["transaction"]["required"]) == TRANSACTION_FIELDS
+    assert tuple(SCHEMAS["label"]["required"]) == LABEL_FIELDS
+    assert SCHEMAS["label"]["version"] == SCHEMAS["transaction"]["version"] == WIRE_VERSION
+    for schema in SCHEMAS.values():
+        Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2018-08-15T10:02:00Z",
+        "2018-08-15T12:02:00+02:00",
+        "2018-08-15T05:02:00-05:00",
+        "2018-08-15T10:02:00.000Z",
+        "2018-08-15T10:02:00",
+        "2018-08-15 10:02:00",
+    ],
+)
+def test_every_spelling_of_one_instant_is_the_same_utc_time(written: str) -> None:
+    tx = parse_transaction(json.dumps({**TX, "TX_DATETIME": written}))
+    assert tx.time_ns == time_ns(datetime(2018, 8, 15, 10, 2))
+
+
+def test_nanoseconds_are_kept() -> None:
+    tx = parse_transaction(json.dumps({**TX, "TX_DATETIME": "2018-08-15T10:02:00.123456789Z"}))
+    assert tx.time_ns == time_ns(datetime(2018, 8, 15, 10, 2)) + 123_456_789
+
+
+def test_naive_times_are_read_in_the_configured_time_zone() -> None:
+    contract = WireContract(naive_time_zone="Europe/Brussels")  # UTC+2 in August
+    tx = parse_transaction(json.dumps({**TX, "TX_DATETIME": "2018-08-15T12:02:00"}), 0.0, contract)
+    assert tx.time_ns == time_ns(datetime(2018, 8, 15, 10, 2))
+    explicit = json.dumps({**TX, "TX_DATETIME": "2018-08-15T10:02:00Z"})
+    assert parse_transaction(explicit, 0.0, contract).time_ns == tx.time_ns  # offset wins
+
+
+def test_an_unknown_time_zone_is_refused_with_the_option_name() -> None:
+    with pytest.raises(ValueError, match="--naive_time_zone 'Mars/Olympus'"):
+        WireContract(naive_time_zone="Mars/Olympus")
+
+
+def test_unknown_fields_are_reported_or_with_strict_fields_refused() -> None:
+    payload = json.dumps({**TX, "CURRENCY": "EUR", "CHANNEL": "web"})
+    seen: list[list[str]] = []
+    tx = parse_transaction(payload, unknown=seen.append)
+    assert tx.amount == TX["TX_AMOUNT"] and seen == [["CHANNEL", "CURRENCY"]]
+    parse_transaction(json.dumps(TX), unknown=seen.append)
+    assert len(seen) == 1  # nothing reported for a message without unknown fields
+    with pytest.raises(ValueError, match=r"unexpected field\(s\) \['CHANNEL', 'CURRENCY'\]"):
+        parse_transaction(payload, contract=WireContract(strict_fields=True))

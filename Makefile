@@ -15,7 +15,12 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev --python $(PYTHON) --compile-bytecode
 	@touch $@
 
-install: $(VENV)/.installed  ## create .venv from the lock file (uv), with compiled bytecode
+NODE_PRODUCER := tests/producers/node
+$(NODE_PRODUCER)/node_modules/.package-lock.json: $(NODE_PRODUCER)/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix $(NODE_PRODUCER) --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node.js producer test will be skipped"; fi
+
+install: $(VENV)/.installed $(NODE_PRODUCER)/node_modules/.package-lock.json  ## .venv from the lock file (uv); the Node.js test producer (npm ci)
 
 test: install  ## every test, the emulator ones included (they start and stop the emulators)
 	$(BIN)/pytest

@@ -1,0 +1,162 @@
+"""Producers nobody here wrote publish to the emulator and the job scores what they send: the
+``gcloud pubsub topics publish`` CLI, and a service written with Pub/Sub's official Node.js
+client (``tests/producers/node``). Every message of the wire contract's cases gets its alert
+(the job runs with threshold 0, so every scored transaction alerts) or its dead letter with
+the field and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features import presets
+from features.backfill import backfill
+from features.synthetic import transactions
+from features.table import validate
+from streaming.local import job_process as lj
+from training import model as models
+from training.registry import Registry
+
+SPEC = presets.BASELINE
+NODE_PRODUCER = Path(__file__).resolve().parents[1] / "producers" / "node"
+
+
+def contract_cases(base_id: int, floats_stay_floats: bool = True) -> list[tuple]:
+    """(message, attributes, expected dead-letter reason or None for an alert): RFC 3339 with
+    Z and with an offset, a naive time, an added field, an integer amount, no event_time
+    attribute; an id written as a float, a boolean id. ``floats_stay_floats``: False for a
+    JavaScript producer, whose JSON.stringify writes 5.0 as 5 (a valid id)."""
+
+    def tx(i: int, **fields) -> dict:
+        i += base_id
+        doc = {"TRANSACTION_ID": i, "TX_DATETIME": "2018-08-15T10:02:00Z", "CUSTOMER_ID": i,
+               "TERMINAL_ID": i, "TX_AMOUNT": 42.5}  # fmt: skip
+        return doc | fields
+
+    stamp = {"event_time": "2018-08-15T10:02:00Z"}
+    return [
+        (tx(0), stamp, None),
+        (tx(1, TX_DATETIME="2018-08-15T12:02:00+02:00"), stamp, None),
+        (tx(2, TX_DATETIME="2018-08-15T10:02:00"), stamp, None),
+        (tx(3, CURRENCY="EUR"), stamp, None),
+        (tx(4, TX_AMOUNT=42), stamp, None),
+        (tx(5), {}, None),
+        (
+            tx(6, CUSTOMER_ID=5.0),
+            stamp,
+            "CUSTOMER_ID must be an integer" if floats_stay_floats else None,
+        ),
+        (tx(7, TERMINAL_ID=True), stamp, "TERMINAL_ID must be an integer"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    df = validate(transactions(n=1_500, customers=40, terminals=30, days=20), SPEC)
+    X = backfill(df, SPEC)[SPEC.names].to_numpy(np.float32)
+    booster = models.train(X, df["TX_FRAUD"].to_numpy(), models.Params(10))
+    registry = Registry(tmp_path_factory.mktemp("models"))
+    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
+            "threshold": 0.5}  # fmt: skip
+    registry.promote(registry.save(booster, meta))
+    return Path(registry.root)
+
+
+@pytest.fixture
+def job(pubsub_emulator, model_dir, tmp_path):
+    """The job on its own topics, every accepted transaction alerting (threshold 0)."""
+    topics = lj.Topics.create("producers")
+    args = lj.job_args(topics, model_dir, SPEC.name, tmp_path / "scored",
+                       extra=["--threshold", "0", "--pseudonymise_ids", "off",
+                              "--device", "cpu"])  # fmt: skip
+    process = lj.start(args, tmp_path / "job.log")
+    try:
+        yield topics, process, tmp_path / "job.log"
+    finally:
+        lj.stop(process)
+
+
+def _wait_for(job, cases) -> tuple[dict[int, dict], dict[int, dict]]:
+    """Alerts and dead letters by transaction id, once every case has one."""
+    topics, process, log = job
+    alerts, dead, deadline = {}, {}, time.monotonic() + 180
+    while len(alerts) + len(dead) < len(cases):
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"{len(alerts)} alerts, {len(dead)} dead letters"
+        for m in lj.drain(topics.subscriptions["alerts"], wait_s=2):
+            alert = json.loads(m.data)
+            alerts[alert["transaction_id"]] = alert
+        for m in lj.drain(topics.subscriptions["dlq"], wait_s=2):
+            letter = json.loads(m.data)
+            dead[json.loads(letter["payload"])["TRANSACTION_ID"]] = letter
+    return alerts, dead
+
+
+def _assert_per_message(cases, alerts: dict, dead: dict) -> None:
+    for message, _, reason in cases:
+        tid = message["TRANSACTION_ID"]
+        if reason is None:
+            assert tid in alerts and tid not in dead, (message, dead.get(tid))
+            assert alerts[tid]["event_time"] == "2018-08-15T10:02:00", message  # in UTC
+            assert alerts[tid]["model_version"] == "v0001"
+        else:
+            assert tid in dead and tid not in alerts, message
+            assert reason in dead[tid]["error"] and dead[tid]["stage"] == "parse_transactions"
+
+
+@pytest.mark.slow
+def test_the_gcloud_cli_as_producer(job, tmp_path: Path) -> None:
+    if shutil.which("gcloud") is None:
+        pytest.skip("gcloud not found on PATH (the Google Cloud SDK)")
+    topics = job[0]
+    token = tmp_path / "token"
+    token.write_text("emulator")  # the emulator takes any token; gcloud wants one
+    env = os.environ | {
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{os.environ['PUBSUB_EMULATOR_HOST']}/",
+        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token),
+        "CLOUDSDK_CORE_PROJECT": lj.PROJECT,
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+    }
+    cases = contract_cases(9_000_000)
+    for message, attributes, _ in cases:
+        command = ["gcloud", "pubsub", "topics", "publish", topics.topic_id("tx"),
+                   f"--message={json.dumps(message)}"]  # fmt: skip
+        if attributes:
+            command.append("--attribute=" + ",".join(f"{k}={v}" for k, v in attributes.items()))
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "messageIds" in done.stdout
+    alerts, dead = _wait_for(job, cases)
+    _assert_per_message(cases, alerts, dead)
+
+
+@pytest.mark.slow
+def test_a_node_service_with_the_official_client_as_producer(job) -> None:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        reason = "node and npm not found on PATH: the Node.js producer test needs them"
+        print(reason)
+        pytest.skip(reason)
+    if not (NODE_PRODUCER / "node_modules" / "@google-cloud" / "pubsub").is_dir():
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_PRODUCER,
+                                   capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    topics = job[0]
+    cases = contract_cases(9_100_000, floats_stay_floats=False)
+    lines = "".join(json.dumps({"data": m, "attributes": a}) + "\n" for m, a, _ in cases)
+    done = subprocess.run([node, "publish.mjs", lj.PROJECT, topics.topic_id("tx")],
+                          input=lines, cwd=NODE_PRODUCER, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == len(cases)
+    alerts, dead = _wait_for(job, cases)
+    _assert_per_message(cases, alerts, dead)

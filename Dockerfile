@@ -12,8 +12,13 @@
 # tests/streaming/test_deploy_files.py checks the versions below against pyproject.toml and
 # uv.lock, and the Makefile's uv version.
 #
-# Build (from the repo root; BuildKit not required):
+# Build (from the repo root; BuildKit not required), push, and build the template: see
+# docs/deploy.md, which also lists the GCP resources and roles. In short:
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/fraudstream:TAG .
+#   docker push REGION-docker.pkg.dev/PROJECT/REPO/fraudstream:TAG
+#   gcloud dataflow flex-template build gs://BUCKET/fraudstream/templates/fraudstream.json \
+#     --image REGION-docker.pkg.dev/PROJECT/REPO/fraudstream:TAG --sdk-language PYTHON \
+#     --metadata-file streaming/job/flex_template_metadata.json
 #
 # GPU: XGBoost's manylinux wheel ships its CUDA code (NCCL comes from the locked
 # nvidia-nccl-cu12 wheel); the host driver comes from Dataflow's `install-nvidia-driver`
@@ -57,25 +62,38 @@ RUN uv sync --frozen --no-dev \
  && uv pip install --python /opt/venv/bin/python pip \
  && /opt/venv/bin/python -m compileall -q features streaming training \
  && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.job.pipeline"
+# The jar of Beam's Java expansion service that expands WriteToBigQuery's Storage Write API
+# (--scored_table) when the launcher builds the job: resolved and fetched by the installed Beam
+# (its own version, from Maven Central) now, so a launch downloads nothing. The final image
+# points Beam at it with BEAM_SERVICE_OVERRIDES (flex_main applies it while building).
+RUN /opt/venv/bin/python -c "from apache_beam.utils.subprocess_server import JavaJarServer as J; print(J.local_jar(J.path_to_beam_jar('sdks:java:io:google-cloud-platform:expansion-service:build'), cache_dir='/opt/beam-jars'))"
 
 # ---- final image: no uv, no build caches, no dev extras, no tests, no data ----
 # No model either: the workers read the registry from --model_dir (gs://BUCKET/models), and
 # follow its `current` pointer, so a promoted model reaches a running job without a new image.
 FROM ${CUDA_IMAGE}
+# A Java runtime for that expansion service: only the launcher runs it, at launch (the workers
+# run the expanded BigQuery write in Dataflow's Java SDK container, not in this image).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /template /template
+COPY --from=build /opt/beam-jars /opt/beam-jars
 COPY --from=beam /opt/apache/beam /opt/apache/beam
 COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher
 # RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT: Beam's boot otherwise creates a fresh venv on
 # start-up, which would not see the packages of /opt/venv. The Flex Template needs no
 # FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE / _SETUP_FILE: everything is installed here, and a
 # setup file would make every worker pip-install the project again at start-up. Pass
-# `sdk_container_image=` this same image when running the template.
+# `sdk_container_image=` this same image when running the template. BEAM_SERVICE_OVERRIDES
+# names the expansion service's jar fetched above (its version is Beam's: the tests check it).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1 \
     FLEX_TEMPLATE_PYTHON_PY_FILE=/template/streaming/job/flex_main.py \
+    BEAM_SERVICE_OVERRIDES='{"sdks:java:io:google-cloud-platform:expansion-service:build":"/opt/beam-jars/beam-sdks-java-io-google-cloud-platform-expansion-service-2.77.0.jar"}' \
     NUMBA_CACHE_DIR=/tmp/numba_cache \
     PYTHONUNBUFFERED=1
 WORKDIR /template

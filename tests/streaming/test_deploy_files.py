@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 import tomllib
 from functools import cache
 from pathlib import Path
 
 import apache_beam as beam
 import pytest
+import yaml
 from apache_beam.io.gcp import bigquery
 from apache_beam.options.pipeline_options import _BeamArgumentParser
 from apache_beam.runners.direct.direct_runner import DirectRunner
@@ -310,6 +314,28 @@ def test_flex_main_hands_its_arguments_to_the_pipeline_on_dataflow(monkeypatch):
         ["--runner=DirectRunner", "--model_dir=/models"],
         ["--runner", "DataflowRunner"],
     ]
+
+
+def test_gcloud_builds_the_template_spec_from_the_metadata():
+    """``gcloud dataflow flex-template build --print-only``, as docs/deploy.md runs it (offline:
+    it prints the spec instead of uploading it), takes every parameter as written."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.skip("gcloud (Google Cloud SDK) is not installed")
+    image = "europe-west1-docker.pkg.dev/acme-fraud/fraudstream/fraudstream:test"
+    done = subprocess.run(
+        [gcloud, "dataflow", "flex-template", "build",
+         "gs://acme-fraud/fraudstream/templates/fraudstream.json", f"--image={image}",
+         "--sdk-language=PYTHON", f"--metadata-file={METADATA}", "--print-only",
+         "--project=acme-fraud"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spec = json.loads(yaml.safe_load(done.stdout))  # a YAML block holding the JSON spec
+    assert spec["image"] == image
+    assert spec["sdkInfo"] == {"language": "PYTHON"}
+    assert spec["metadata"]["parameters"] == _metadata()["parameters"]
 
 
 @pytest.fixture

@@ -90,7 +90,11 @@ class FraudstreamOptions(PipelineOptions):
         parser.add_argument(
             "--bigtable_instance", help="Bigtable instance of the online store (overrides)"
         )
-        parser.add_argument("--scored_dir", help="scored events as parquet files (local runs)")
+        parser.add_argument(
+            "--scored_dir",
+            help="scored events as parquet files under a path or gs:// prefix (one file per "
+            "event hour, trigger firing and shard)",
+        )
         parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
         parser.add_argument(
             "--monitoring_topic",

@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from features.spec import DEFAULT_MAX_LATENESS, HOUR
 from streaming.local import emulators as emu
 
 REFERENCE_DATA = "../shared/data/transactions.parquet"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option by its first long spelling (and any short one): flags are snake_case,
+    as the job's Beam options are, and any other long spelling is an alias kept for older
+    command lines, accepted but not listed."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if len(longs) > 1:
+            action = copy.copy(action)
+            action.option_strings = [
+                s for s in action.option_strings if not s.startswith("--") or s == longs[0]
+            ]
+        return super()._format_action_invocation(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and its sub-commands' parsers) with :class:`_HelpFormatter`."""
+
+    def __init__(
+        self, *args: Any, formatter_class: type[argparse.HelpFormatter] = _HelpFormatter, **kw: Any
+    ) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kw)
 
 
 def _inputs(p: argparse.ArgumentParser) -> None:
@@ -27,7 +53,7 @@ def _inputs(p: argparse.ArgumentParser) -> None:
 def _preset(p: argparse.ArgumentParser, default: str) -> None:
     from features.presets import PRESETS
 
-    p.add_argument("--preset", default=default, help=f"feature preset: {', '.join(PRESETS)}")
+    p.add_argument("--preset", default=default, choices=tuple(PRESETS), help="feature preset")
 
 
 def _add_backfill(sub: argparse._SubParsersAction) -> None:
@@ -129,7 +155,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     _preset(p, "default")
     p.add_argument("--events", type=int, default=5_000, help="transactions to replay")
     p.add_argument("--rate", type=float, default=None, metavar="EPS", help="events/s (max: none)")
-    p.add_argument("--train-days", type=int, default=56, help="training window in days (>= 21)")
+    p.add_argument("--train_days", "--train-days", type=int, default=56,
+                   help="training window in days (>= 21)")  # fmt: skip
     p.add_argument("--embedded", action="store_true", help="in process, without the emulators")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="where to write results")
     p.add_argument("--json", default=None, metavar="PATH", help="write the summary as JSON")
@@ -148,16 +175,24 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="the handbook's evaluation protocol on stream-computed features",
-        description="Train on the window ending at DATE + 7 days, skip a 7-day delay, test on "
-        "the next 7 days (known-compromised cards removed day by day) with test features from "
-        "the streaming path; report AUC ROC, AP and CP@100 beside the published table.",
+        description="Train on the --train_days days ending at DATE + 7 days, skip a 7-day "
+        "delay, test on the next 7 days (known-compromised cards removed day by day) with test "
+        "features from the streaming path; report AUC ROC, AP and CP@100 beside the published "
+        "table.",
     )
     _inputs(p)
-    p.add_argument("--train-start", required=True, metavar="DATE", help="the protocol's DATE")
-    p.add_argument("--train-days", type=int, default=7, help="days of training (>= 7)")
+    p.add_argument("--train_start", "--train-start", required=True, metavar="DATE",
+                   help="the protocol's DATE")  # fmt: skip
+    p.add_argument(
+        "--train_days", "--train-days", type=int, default=84,
+        help="days of training (>= 7; default 84, the project's recommendation, as the "
+        "README's results use; 7 reproduces the handbook's setting)",
+    )  # fmt: skip
     _preset(p, "default")
-    p.add_argument("--no-tune", action="store_true", help="skip the hyperparameter search")
-    p.add_argument("--no-feedback", action="store_true", help="skip the investigator-feedback line")
+    p.add_argument("--no_tune", "--no-tune", action="store_true",
+                   help="skip the hyperparameter search")  # fmt: skip
+    p.add_argument("--no_feedback", "--no-feedback", action="store_true",
+                   help="skip the investigator-feedback line")  # fmt: skip
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.set_defaults(func=_run_evaluate)
 
@@ -185,11 +220,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text, description=text + " (see training/train.py).")
         _inputs(p)
         if name == "train":
-            p.add_argument("--train-end", required=True, metavar="DATE", help="window end (excl.)")
-        p.add_argument("--train-days", type=int, default=84, help="window length in days (>= 21)")
-        p.add_argument("--model-dir", required=True, metavar="DIR", help="the model registry")
+            p.add_argument("--train_end", "--train-end", required=True, metavar="DATE",
+                           help="window end (excl.)")  # fmt: skip
+        p.add_argument("--train_days", "--train-days", type=int, default=84,
+                       help="window length in days (>= 21)")  # fmt: skip
+        p.add_argument("--model_dir", "--model-dir", required=True, metavar="DIR",
+                       help="the model registry")  # fmt: skip
         _preset(p, "default")
-        p.add_argument("--cards-per-day", type=int, default=100, help="alert threshold objective")
+        p.add_argument("--cards_per_day", "--cards-per-day", type=int, default=100,
+                       help="alert threshold objective")  # fmt: skip
         p.set_defaults(func=_run_train)
 
 
@@ -244,20 +283,25 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     pace.add_argument("--rate", type=float, default=None, metavar="EPS")
     pace.add_argument("--speedup", type=float, default=None, metavar="X")
     p.add_argument("--project", required=True)
-    p.add_argument("--topic", required=True, help="transactions topic id")
-    p.add_argument("--labels-topic", required=True, help="labels topic id")
-    p.add_argument("--label-delay-days", type=float, default=7.0)
+    p.add_argument("--transactions_topic", "--topic", required=True,
+                   help="transactions topic (id or projects/P/topics/T)")  # fmt: skip
+    p.add_argument("--labels_topic", "--labels-topic", required=True, help="labels topic")
+    p.add_argument("--label_delay_days", "--label-delay-days", type=float, default=7.0)
     p.set_defaults(func=_run_replay)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
     from streaming.local.replay import run_replay
+    from streaming.setup import require_topics, resource_id
 
+    topic = resource_id(args.project, "topics", args.transactions_topic)
+    labels_topic = resource_id(args.project, "topics", args.labels_topic)
+    require_topics(args.project, (topic, labels_topic))  # before reading the input
     run_replay(
         args.input,
         args.project,
-        args.topic,
-        args.labels_topic,
+        topic,
+        labels_topic,
         args.start,
         args.end,
         args.rate,
@@ -306,16 +350,19 @@ def _add_materialize(sub: argparse._SubParsersAction) -> None:
     )
     _inputs(p)
     _preset(p, "default")
-    p.add_argument("--profile", default="local", choices=PROFILES,
+    p.add_argument("--feature_store_profile", "--profile", default="local", choices=PROFILES,
                    help="feature store profile (feature_repo/README.md)")  # fmt: skip
-    p.add_argument("--repo", default=str(REPO), metavar="PATH", help="Feast repository")
+    p.add_argument("--feature_repo", "--repo", default=str(REPO), metavar="PATH",
+                   help="Feast repository")  # fmt: skip
     p.set_defaults(func=_run_materialize)
 
 
 def _run_materialize(args: argparse.Namespace) -> int:
     from streaming.store.materialize import run_materialize
 
-    summary = run_materialize(args.input, args.preset, args.profile, args.repo)
+    summary = run_materialize(
+        args.input, args.preset, args.feature_store_profile, args.feature_repo
+    )
     for key, value in summary.items():
         print(f"  {key:28s} {value}")
     return 0
@@ -332,7 +379,7 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scored", required=True, metavar="DIR",
                    help="directory of part-*.parquet scored events")  # fmt: skip
-    p.add_argument("--model-dir", default=None, metavar="DIR",
+    p.add_argument("--model_dir", "--model-dir", default=None, metavar="DIR",
                    help="model registry: the drift reference of its current version "
                    "(else the first 20%% of the events by time)")  # fmt: skip
     p.add_argument("--freq", default="1h", help="window length (pandas: 1h, 15min, 1D)")
@@ -352,7 +399,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
 def _add_emulators(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "emulators",
-        help="start, stop or show the local Pub/Sub and Bigtable emulators",
+        help="start, stop or show the local Pub/Sub, Bigtable and Cloud Storage emulators",
         description='`up` prints export lines: run  eval "$(fraudstream emulators up)".',
     )
     p.add_argument("action", choices=("up", "down", "status"))
@@ -360,7 +407,7 @@ def _add_emulators(sub: argparse._SubParsersAction) -> None:
         "--only", action="append", choices=emu.NAMES, help="act on this emulator only (repeatable)"
     )
     p.add_argument(
-        "--state-dir", type=Path, default=None,
+        "--state_dir", "--state-dir", type=Path, default=None,
         help="default: $FRAUDSTREAM_EMULATOR_DIR or ./.emulators",
     )  # fmt: skip
     p.add_argument("--timeout", type=float, default=90.0, help="start-up timeout, seconds")
@@ -398,6 +445,71 @@ def _run_emulators(args: argparse.Namespace) -> int:
     return 0 if all(current[name] for name in names) else 3
 
 
+def _add_setup(sub: argparse._SubParsersAction) -> None:
+    from streaming.setup import DEFAULT_BUDGET_S, PROFILES, TOPIC_KINDS
+    from streaming.store.names import REPO
+
+    p = sub.add_parser(
+        "setup",
+        help="create the topics, subscriptions, Bigtable table, Feast registry and bucket",
+        description="Create what `fraudstream run` needs, each only if missing (a second run "
+        "changes nothing): the Pub/Sub topics with one subscription of the same name each, "
+        "the Bigtable table and applied Feast repository of the profile, and with --bucket "
+        "(or a gs:// --feast_registry) the GCS bucket. The emulator profile uses the emulators "
+        'that eval "$(fraudstream emulators up)" exports; gcp a real project. Prints the '
+        "`fraudstream run` options that use them.",
+    )
+    p.add_argument("--feature_store_profile", "--profile", default="emulator", choices=PROFILES,
+                   help="emulator (the local emulators) or gcp (a real project)")  # fmt: skip
+    p.add_argument(
+        "--project", default=None,
+        help="default: demo-project on the emulator, else $FRAUDSTREAM_GCP_PROJECT",
+    )  # fmt: skip
+    for kind in TOPIC_KINDS:
+        p.add_argument(
+            f"--{kind}_topic", default=kind, metavar="ID",
+            help=f"{kind} topic id, also its subscription's (default: %(default)s)",
+        )  # fmt: skip
+    p.add_argument("--feature_repo", default=str(REPO), metavar="PATH", help="Feast repository")
+    p.add_argument("--feast_registry", default=None,
+                   help="the Feast registry, e.g. gs://BUCKET/fraudstream/registry.db "
+                   "(default: the profile's)")  # fmt: skip
+    p.add_argument("--bigtable_project", default=None, help="default: the profile's")
+    p.add_argument("--bigtable_instance", default=None, help="default: the profile's")
+    p.add_argument("--bucket", default=None, help="a GCS bucket to create (e.g. for gs:// paths)")
+    p.add_argument("--bucket_location", default=None, help="the bucket's location (gcp)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_BUDGET_S, metavar="S",
+                   help="seconds to retry an unreachable service, per resource")  # fmt: skip
+    p.set_defaults(func=_run_setup)
+
+
+def _run_setup(args: argparse.Namespace) -> int:
+    from streaming.setup import TOPIC_KINDS, SetupConfig, run_flags, run_setup
+
+    config = SetupConfig(
+        profile=args.feature_store_profile,
+        project=args.project,
+        topics={kind: getattr(args, f"{kind}_topic") for kind in TOPIC_KINDS},
+        feature_repo=args.feature_repo,
+        feast_registry=args.feast_registry,
+        bigtable_project=args.bigtable_project,
+        bigtable_instance=args.bigtable_instance,
+        bucket=args.bucket,
+        bucket_location=args.bucket_location,
+        budget_s=args.timeout,
+    )
+    outcomes = run_setup(config)
+    changed = sum(o.state != "exists" for o in outcomes)
+    print(
+        f"{changed} created or applied, {len(outcomes) - changed} existed "
+        f"({config.profile} profile, project {config.resolved_project()}); run the job with:"
+    )
+    flags = run_flags(config)
+    pairs = [" ".join(shlex.quote(f) for f in flags[i : i + 2]) for i in range(0, len(flags), 2)]
+    print("fraudstream run " + " \\\n    ".join(pairs) + " \\\n    --model_dir ... --preset ...")
+    return 0
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
@@ -414,7 +526,7 @@ def _run_job(args: argparse.Namespace) -> int:
     if {"-h", "--help"} & set(args.pipeline_args):
         from streaming.job.options import FraudstreamOptions
 
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog="fraudstream run",
             description="The job's options; any other Beam pipeline option (--runner, "
             "--project, --region, --sdk_container_image, ...) is passed to Beam.",
@@ -422,6 +534,7 @@ def _run_job(args: argparse.Namespace) -> int:
         FraudstreamOptions._add_argparse_args(parser)
         parser.print_help()
         return 0
+    check_job_flags(args.pipeline_args)
     import logging
 
     from apache_beam.options.pipeline_options import StandardOptions
@@ -440,32 +553,64 @@ def _run_job(args: argparse.Namespace) -> int:
     except (ValueError, KeyboardInterrupt):
         raise  # bad options (exit 2) and Ctrl-C (130): main() reports them
     except Exception as exc:  # the pipeline failed while running: say why, in one line
-        cause = _reason(exc)
-        logging.getLogger("fraudstream").exception("the pipeline failed")
+        cause, explained = _reason(exc)
+        log = logging.getLogger("fraudstream")
+        if explained:  # its message says what to do; the traceback only at debug level
+            log.debug("the pipeline failed", exc_info=True)
+        else:
+            log.exception("the pipeline failed")
         print(f"fraudstream run: the pipeline failed: {cause}", file=sys.stderr)
         return 1
     return 0
 
 
-def _reason(exc: BaseException) -> str:
-    """Why, in one line: the first exception of the chain raised by this project (its message
-    was written for the user), else the deepest one with a one-line message (a gRPC error's
-    is a multi-line dump; the client library's wrapper of it says the same in one line)."""
+def check_job_flags(pipeline_args: Sequence[str]) -> None:
+    """ValueError for a flag no Beam options class knows that is a near miss of one of the
+    job's own options (Beam would ignore it, e.g. a job without alerts for ``--alert_topic``).
+    Every option of every registered ``PipelineOptions`` subclass passes; so does an unknown
+    flag unlike any of the job's (Beam warns that it discards it)."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from streaming.job.options import FraudstreamOptions
+
+    parsers: list[argparse.ArgumentParser] = []  # Beam's parser over every options class
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(pipeline_args))
+    ours = [f"--{name}" for name in FraudstreamOptions([]).get_all_options(current_only=True)]
+    for flag in (u.split("=", 1)[0] for u in unknown if u.startswith("--")):
+        near = difflib.get_close_matches(flag, ours, n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"unknown option {flag}: did you mean {near[0]}?")
+
+
+def _reason(exc: BaseException) -> tuple[str, bool]:
+    """Why, in one line, and whether that line explains it: the first exception of the chain
+    raised by this project (its message was written for the user), else a cloud client's error
+    said with what to do (:func:`streaming.setup.cloud_error`), else the deepest one with a
+    one-line message (a gRPC error's is a multi-line dump; the client library's wrapper of it
+    says the same in one line)."""
+    from streaming.setup import cloud_error
+
     chain = [exc]
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
     ours = [e for e in chain if type(e).__module__.split(".")[0] in _PACKAGES]
     if ours:
-        return str(ours[0])
+        return str(ours[0]), True
+    line = cloud_error(exc)
+    if line is not None:
+        return line, True
     one_line = [str(e) for e in chain if str(e) and "\n" not in str(e).strip()]
-    return one_line[-1] if one_line else str(chain[-1]).strip().splitlines()[0]
+    return (one_line[-1] if one_line else str(chain[-1]).strip().splitlines()[0]), False
 
 
 _PACKAGES = ("streaming", "features", "training")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fraudstream",
         description="Streaming feature and inference engine for real-time fraud detection.",
     )
@@ -479,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_promote(sub)
     _add_materialize(sub)
     _add_monitor(sub)
+    _add_setup(sub)
     _add_run(sub)
     _add_replay(sub)
     _add_simulate(sub)
@@ -487,13 +633,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status: 0 ok, 1 failed (a cloud
+    resource missing or unreachable, no credentials: one line on stderr), 2 bad input or usage
+    (argparse's message), 130 interrupted."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command != "run" and extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_:  # --help (0) or a usage error (2), printed by argparse
+        return int(exit_.code or 0)
     if args.command == "run":
         args.pipeline_args = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from features.table import InputError
 
     try:
@@ -504,6 +655,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fraudstream {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from streaming.setup import cloud_error
+
+        line = cloud_error(exc)
+        if line is None:
+            raise  # not a cloud error: a bug, whose traceback is wanted
+        print(f"fraudstream {args.command}: {line}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -56,3 +56,29 @@ def test_a_launch_checks_the_initial_state_file_against_the_spec_and_the_key(tmp
         _build([*job, "--initial_state", path])
     with pytest.raises(ValueError, match="no such model directory"):  # the file is fine
         _build([*job, "--pseudonymise_ids", "off", "--initial_state", path])
+
+
+@pytest.mark.parametrize(
+    ("flag", "meant"),
+    [("--alert_topic", "--alerts_topic"), ("--model-dir", "--model_dir"),
+     ("--transaction_subscription", "--transactions_subscription"),
+     ("--scored_dirs", "--scored_dir")],
+)  # fmt: skip
+def test_run_refuses_a_near_miss_of_a_job_option_in_one_line(flag, meant, capsys):
+    from streaming.cli import main
+
+    assert main(["run", *SUBS, f"{flag}=projects/demo-project/topics/a"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fraudstream run: error: unknown option {flag}: did you mean {meant}?\n"
+
+
+def test_beam_options_and_unlike_flags_pass_to_beam():
+    from streaming.cli import check_job_flags
+
+    dataflow = ["--runner", "DataflowRunner", "--project", "p", "--region", "europe-west1",
+                "--temp_location", "gs://b/tmp", "--streaming", "--sdk_container_image", "img",
+                "--machine_type", "n1-standard-4", "--experiments=use_runner_v2",
+                "--dataflow_service_options", "worker_accelerator=type:t4;count:1",
+                "--max_num_workers", "4", "--save_main_session", "--job_name", "fraud"]  # fmt: skip
+    check_job_flags([*dataflow, *SUBS, "--alerts_topic", "projects/p/topics/alerts"])
+    check_job_flags([*SUBS, "--some_runner_flag", "1"])  # Beam warns and discards it

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from features import presets
 from features.spec import DEFAULT_MAX_LATENESS, HOUR
 from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
 from streaming.store.names import PROFILES, REPO
@@ -28,7 +29,12 @@ class FraudstreamOptions(PipelineOptions):
         parser.add_argument("--alerts_topic", help="alerts, JSON with the attribute `dedupe`")
         parser.add_argument("--dlq_topic", help="dead letters: payload, error, stage, time")
         parser.add_argument("--model_dir", help="model registry directory; `current` scores")
-        parser.add_argument("--preset", default="default", help="feature preset of the model")
+        parser.add_argument(
+            "--preset",
+            default="default",
+            choices=tuple(presets.PRESETS),
+            help="feature preset of the model",
+        )
         parser.add_argument("--threshold", type=float, default=None, help="override the model's")
         parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
         parser.add_argument("--scoring_batch_size", type=int, default=512)

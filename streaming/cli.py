@@ -77,16 +77,26 @@ def _run_backfill(args: argparse.Namespace) -> int:
 
 
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
+    from streaming.store.names import PROFILES, REPO
+
     p = sub.add_parser(
         "bootstrap",
         help="card and terminal states for a job's start (fraudstream run --initial_state)",
         description="Replay a history (labels once their delay has passed) through the "
         "streaming path and write every card's and terminal's state, so that a job started "
-        "where the history ends has the features of its whole history (see "
-        "streaming/job/initial_states.py).",
+        "where the history ends has the features of its whole history: to a parquet file "
+        "(--output; run --initial_state FILE) and/or to the Bigtable state table of the "
+        "job's Feast settings (--to_store; run --initial_state store, which reads an entity's "
+        "state the first time the job sees it). See streaming/job/initial_states.py.",
     )
     _inputs(p)
-    p.add_argument("--output", required=True, metavar="PATH", help="state parquet to write")
+    p.add_argument("--output", metavar="PATH", help="state parquet to write (path or gs://)")
+    p.add_argument(
+        "--to_store",
+        action="store_true",
+        help="write the states to Bigtable, table <feast project>-states of the online store's "
+        "instance (replacing what it held), for `run --initial_state store`",
+    )
     _preset(p, "default")
     p.add_argument(
         "--pseudonymise_ids",
@@ -97,12 +107,32 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--id_key_secret", help="Secret Manager version of the id key")
     p.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
+    store = p.add_argument_group("with --to_store: the job's Feast settings (as `run` takes them)")
+    store.add_argument("--feature_store_profile", default="emulator", choices=PROFILES,
+                       help="feature_repo profile: emulator or gcp (Bigtable)")  # fmt: skip
+    store.add_argument("--feature_repo", default=str(REPO), metavar="PATH",
+                       help="the Feast repository")  # fmt: skip
+    store.add_argument("--feast_registry", help="the Feast registry (overrides the profile's)")
+    store.add_argument("--bigtable_project", help="GCP project of Bigtable (overrides)")
+    store.add_argument("--bigtable_instance", help="Bigtable instance (overrides)")
     p.set_defaults(func=_run_bootstrap)
 
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
     from streaming.batch.bootstrap import run_bootstrap
+    from streaming.store.feast_store import StoreSettings
 
+    if args.output is None and not args.to_store:
+        raise ValueError("give --output FILE, --to_store, or both")
+    store = None
+    if args.to_store:
+        store = StoreSettings(
+            args.feature_store_profile,
+            args.feature_repo,
+            registry=args.feast_registry,
+            bigtable_project=args.bigtable_project,
+            bigtable_instance=args.bigtable_instance,
+        )
     run_bootstrap(
         args.input,
         args.output,
@@ -110,6 +140,7 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
         args.pseudonymise_ids == "on",
         args.id_key_secret,
         args.max_lateness_hours,
+        store=store,
     )
     return 0
 

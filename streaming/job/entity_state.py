@@ -19,8 +19,11 @@ Two orderings (:data:`ORDERINGS`):
   backfill's for any delivery order (batch runs, replays), at the cost of the watermark's delay
   (seconds on Dataflow).
 
-With an initial state file (``--initial_state``, :mod:`streaming.job.initial_states`), an
-entity whose Beam state is empty starts from its replayed history instead of from nothing.
+With initial states (``--initial_state``, a file or the Bigtable state store:
+:mod:`streaming.job.initial_states`), an entity starts from its replayed history instead of
+from nothing. Its initial state is looked up once, the first time its key is seen (Beam state
+never written); from then on Beam state holds it, :data:`NO_STATE` when the lookup found none
+and the event left none, so no event looks it up again.
 
 Unlike ``IncrementalEngine`` (which rejects a transaction too late for *any* entity from all of
 them), each entity here decides alone: a transaction too late for one entity still updates the
@@ -46,10 +49,12 @@ from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
 from streaming.job.common import NAMESPACE
-from streaming.job.initial_states import InitialStates
+from streaming.job.initial_states import InitialStates, StateLookup
 from streaming.schema import Label, Transaction
 
 _MAX_CACHED_ROWS = 1024  # entities a worker's scratch store holds before it is rebuilt
+NO_STATE = b"\0"
+"""Beam state of an entity seen with no state to keep (no exported state is one byte long)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +125,28 @@ class EntityStateFn(beam.DoFn):
         name = plan.entity.name
         self.counters = {s: Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status}
         self.bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_loaded")
+        self.not_bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_missing")
 
     def setup(self) -> None:
         self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
-        self.initial_states = self.initial.load(self.plan.entity) if self.initial else {}
+        self.initial_state = self.initial.lookup(self.plan.entity) if self.initial else None
+
+    def _first_sight(self, lookup: StateLookup, key: int) -> bytes:
+        """The initial state of ``key`` (``b""``: none), looked up once per key: the caller
+        writes Beam state after it. One read per call from the store: buffering a bundle's
+        keys to read them together would hold back its events (and their order) until the
+        bundle ends, and Beam state is only at hand while an element is processed."""
+        blob = lookup(key)
+        (self.bootstrapped if blob else self.not_bootstrapped).inc()
+        return blob or b""
 
     def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:
         blob = state.read()
-        if not blob and key in self.initial_states:  # first sight of a bootstrapped entity
-            blob = self.initial_states[key]
-            self.bootstrapped.inc()
+        lookup = self.initial_state if blob is None else None  # first sight: look it up
+        if lookup is not None:
+            blob = self._first_sight(lookup, key)
+        elif blob == NO_STATE:
+            blob = b""
         if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store):
             self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
         if blob:
@@ -153,6 +170,8 @@ class EntityStateFn(beam.DoFn):
         exported = self.store.export(key)
         if exported:
             state.write(exported)
+        elif lookup is not None:
+            state.write(NO_STATE)  # seen: not looked up again
         if not is_tx:
             return None
         return EntityBlock(event, plan.entity.name, out[0], int(status[0]))

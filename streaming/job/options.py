@@ -64,8 +64,10 @@ class FraudstreamOptions(PipelineOptions):
         )
         parser.add_argument(
             "--initial_state",
-            help="card and terminal states to start from (`fraudstream bootstrap`): each "
-            "entity's state is loaded from it when the job first sees the entity",
+            help="card and terminal states to start from (`fraudstream bootstrap`): a state "
+            "file (path or gs://), or `store` for the Bigtable state table of the Feast "
+            "settings below (`bootstrap --to_store`); each entity's state is loaded when the job "
+            "first sees the entity (from the store: one read per entity)",
         )
         parser.add_argument(
             "--feature_store",

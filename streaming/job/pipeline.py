@@ -28,7 +28,7 @@ from streaming.job.common import Clock
 from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
 from streaming.job.event_time import EntityFeatures
 from streaming.job.ids import PseudonymiseIds
-from streaming.job.initial_states import InitialStates
+from streaming.job.initial_states import STORE, InitialStates
 from streaming.job.join import JoinFeatures
 from streaming.job.options import FraudstreamOptions, is_local
 from streaming.job.parse import ParseAndValidate, dead_letter
@@ -161,7 +161,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     elif opts.clear_ids_in_alerts:
         raise ValueError("--clear_ids_in_alerts needs --pseudonymise_ids on (ids are clear)")
     spec = presets.get(opts.preset)
-    initial = _initial_states(opts.initial_state, spec, id_key) if opts.initial_state else None
+    initial = _initial_states(opts, spec, id_key, local) if opts.initial_state else None
     handler = BoosterHandler(
         opts.model_dir,
         opts.preset,
@@ -250,13 +250,20 @@ def store_settings(opts: FraudstreamOptions) -> StoreSettings:
     )
 
 
-def _initial_states(path: str, spec: FeatureSpec, id_key: str | None) -> InitialStates:
-    """Check a state file at launch: written for this spec and, where the id key's fingerprint
-    is known here (``""``: clear ids), with this job's ids. Workers check the spec again."""
-    initial = InitialStates(path, spec)
-    info = initial.info()
-    info.check(spec, id_key)
-    log.info("initial states: %d entities up to %s from %s", info.entities, info.end_ns, path)
+def _initial_states(
+    opts: FraudstreamOptions, spec: FeatureSpec, id_key: str | None, local: bool
+) -> InitialStates:
+    """The job's initial states, checked at launch: written for this spec and, where the id
+    key's fingerprint is known here (``""``: clear ids), with this job's ids. A state file is
+    checked on any runner; the Bigtable state store (``store``) on a local runner only (a
+    remote launcher may not reach it). Workers check the spec again."""
+    store = store_settings(opts) if opts.initial_state == STORE else None
+    initial = InitialStates(opts.initial_state, spec, store)
+    if initial.in_store and not local:
+        return initial
+    info = initial.check(id_key)
+    log.info("initial states: %d entities up to %s from %s", info.entities, info.end_ns,
+             initial.describe())  # fmt: skip
     return initial
 
 

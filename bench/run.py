@@ -133,6 +133,19 @@ def _bench_feature_store() -> Metrics:
     return bench_feature_store()
 
 
+def _bench_state_store() -> Metrics:
+    """Initial states from Bigtable: states loaded per second, a worker's memory at two store
+    sizes (on the Bigtable emulator)."""
+    from bench.state_store import bench_state_store
+    from streaming.local.emulators import gcloud_available
+
+    reason = gcloud_available(("bigtable",))
+    if reason:
+        print(f"bench: state_store skipped: {reason}", file=sys.stderr)
+        return {}
+    return bench_state_store()
+
+
 def _bench_scoring() -> Metrics:
     """Our batched scoring handler against Beam's stock XGBoost handler (same model, rows)."""
     from bench.scoring import bench_scoring
@@ -188,12 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["backfill", "incremental", "compile", "feature_store", "scoring", "pipeline"],
+        choices=[
+            "backfill",
+            "incremental",
+            "compile",
+            "feature_store",
+            "state_store",
+            "scoring",
+            "pipeline",
+        ],
     )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
     chosen = args.only or [
-        "backfill", "incremental", "compile", "feature_store", "scoring", "pipeline"
+        "backfill", "incremental", "compile", "feature_store", "state_store", "scoring", "pipeline"
     ]  # fmt: skip
     if not Path(args.data).exists():
         print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
@@ -205,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "incremental": lambda: bench_incremental(df),
         "compile": bench_compile,
         "feature_store": _bench_feature_store,
+        "state_store": _bench_state_store,
         "scoring": _bench_scoring,
         "pipeline": _bench_pipeline,
     }

@@ -21,7 +21,7 @@ from apache_beam.transforms import trigger, window
 from apache_beam.typehints import KV
 
 from features.spec import FeatureSpec
-from streaming.job.common import NAMESPACE, Clock
+from streaming.job.common import NAMESPACE, Clock, at_event_time
 from streaming.schema import from_ns, scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
@@ -113,7 +113,11 @@ class WriteScored(beam.PTransform):
         self.flush_s = flush_s
 
     def expand(self, scored):
-        rows = scored | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
+        rows = (
+            scored
+            | "AtEventTime" >> beam.Map(at_event_time)
+            | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
+        )
         if self.directory is not None:
             streaming = rows.pipeline.options.view_as(StandardOptions).streaming
             flush = trigger.AfterProcessingTime(int(self.flush_s))

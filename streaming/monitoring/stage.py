@@ -7,7 +7,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from streaming.job.common import Clock
+from streaming.job.common import Clock, at_event_time
 from streaming.schema import scored_record
 
 
@@ -99,6 +99,7 @@ class MonitorWindows(beam.PTransform):
         late = trigger.AfterProcessingTime(self.refresh_s)
         return (
             scored
+            | "AtEventTime" >> beam.Map(at_event_time)
             | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
             | "EventTimeWindows"
             >> beam.WindowInto(

@@ -98,3 +98,19 @@ def test_successive_firings_of_one_window_write_files_of_their_own(tmp_path: Pat
     panes = {name.split("-p")[1][:5] for name in names}
     assert len(panes) >= 2, names  # at least two firings, each with its own files
     assert sorted(read_scored(str(tmp_path))["transaction_id"]) == list(range(40))
+
+
+def test_rows_stamped_at_the_end_of_the_global_window_land_in_their_event_hour(tmp_path: Path):
+    """RunInference emits its batches at the global window's end: the sink stamps each row with
+    its event time again, so files still follow the event hours."""
+    rows = [scored_row(i) for i in range(90)]
+    end = GlobalWindow().max_timestamp()
+    with TestPipeline() as p:
+        _ = (
+            p
+            | beam.Create(rows)
+            | beam.Map(lambda s: TimestampedValue(s, end))
+            | WriteScored(FEATURES, directory=str(tmp_path), clock=lambda: 0.0)
+        )
+    hours = {Path(f).name.split("-")[1] for f in scored_files(str(tmp_path))}
+    assert hours == {"20180815T000000", "20180815T010000"}

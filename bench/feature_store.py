@@ -15,7 +15,6 @@ writer. Run alone: ``python -m bench.feature_store``.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,18 +44,9 @@ def bench_feature_store() -> dict[str, float]:
     ``<store>_write_rows_per_s`` and ``feast_read100_vs_raw`` (ours through Feast / raw, p50).
     """
     with tempfile.TemporaryDirectory(prefix="bench-feature-store-") as tmp:
-        state = Path(tmp) / "emulator"
-        saved = os.environ.get("BIGTABLE_EMULATOR_HOST")
-        try:
-            info = emu.start("bigtable", state)
-            os.environ["BIGTABLE_EMULATOR_HOST"] = info.address
-            return _measure(Path(tmp))
-        finally:
-            emu.stop("bigtable", state)
-            if saved is None:
-                os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
-            else:
-                os.environ["BIGTABLE_EMULATOR_HOST"] = saved
+        root = Path(tmp)
+        with emu.running("bigtable", root / "emulator"):
+            return _measure(root)
 
 
 def _store(tmp: Path, project: str, online: dict[str, Any]) -> Any:

@@ -15,7 +15,6 @@ same for a state file of each size (the file path loads the whole file into ever
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -64,18 +63,9 @@ def bench_state_store() -> dict[str, float | int]:
     ``states_loaded_per_s_batched``, ``states_written_per_s``, ``worker_rss_mb_small_store``,
     ``worker_rss_mb_large_store`` and the same for files (``worker_rss_mb_*_file``)."""
     with tempfile.TemporaryDirectory(prefix="bench-state-store-") as tmp:
-        state = Path(tmp) / "emulator"
-        saved = os.environ.get("BIGTABLE_EMULATOR_HOST")
-        try:
-            info = emu.start("bigtable", state)
-            os.environ["BIGTABLE_EMULATOR_HOST"] = info.address
-            return _measure(Path(tmp))
-        finally:
-            emu.stop("bigtable", state)
-            if saved is None:
-                os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
-            else:
-                os.environ["BIGTABLE_EMULATOR_HOST"] = saved
+        root = Path(tmp)
+        with emu.running("bigtable", root / "emulator"):
+            return _measure(root)
 
 
 def _measure(tmp: Path) -> dict[str, float | int]:

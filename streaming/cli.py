@@ -120,19 +120,11 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
     from streaming.batch.bootstrap import run_bootstrap
-    from streaming.store.feast_store import StoreSettings
+    from streaming.job.pipeline import store_settings
 
     if args.output is None and not args.to_store:
         raise ValueError("give --output FILE, --to_store, or both")
-    store = None
-    if args.to_store:
-        store = StoreSettings(
-            args.feature_store_profile,
-            args.feature_repo,
-            registry=args.feast_registry,
-            bigtable_project=args.bigtable_project,
-            bigtable_instance=args.bigtable_instance,
-        )
+    store = store_settings(args) if args.to_store else None
     run_bootstrap(
         args.input,
         args.output,

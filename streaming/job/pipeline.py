@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -239,8 +239,9 @@ def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:
     return MonitorWindows(spec.names, reference, opts.monitoring_window_s, source=current)
 
 
-def store_settings(opts: FraudstreamOptions) -> StoreSettings:
-    """The Feast store the job writes to, from its options alone."""
+def store_settings(opts: Any) -> StoreSettings:
+    """The Feast store of the job's options alone (``FraudstreamOptions``, or any namespace with
+    the same attributes, as the ``bootstrap`` command's)."""
     return StoreSettings(
         opts.feature_store_profile,
         opts.feature_repo,

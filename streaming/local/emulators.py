@@ -193,6 +193,25 @@ def down(names: Iterable[str] = NAMES, state_dir: Path | None = None) -> dict[st
     return {name: stop(name, state_dir) for name in names}
 
 
+@contextlib.contextmanager
+def running(name: str, state_dir: Path) -> Iterator[EmulatorInfo]:
+    """Emulator ``name`` started in ``state_dir`` with the client libraries pointed at it
+    (``os.environ``) for the block; stopped and the environment restored after it."""
+    info = start(name, state_dir)
+    env = env_for({name: info})
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield info
+    finally:
+        stop(name, state_dir)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def env_for(infos: dict[str, EmulatorInfo]) -> dict[str, str]:
     """Environment variables that point the Google client libraries at ``infos``
     (google-cloud-storage wants a URL: ``http://host:port``)."""

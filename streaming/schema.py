@@ -56,6 +56,7 @@ _TRANSACTION_SCHEMA = load_schema("transaction")
 WIRE_VERSION: str = _TRANSACTION_SCHEMA["version"]
 """The version of the wire contract (both schemas carry it)."""
 _TIME = re.compile(_TRANSACTION_SCHEMA["$defs"]["time"]["pattern"])
+_YEAR = re.compile(r"^([0-9]{4})-")
 _FRACTION = re.compile(r"\.(\d{1,9})")
 
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
@@ -199,6 +200,11 @@ def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
     if not isinstance(value, str):
         raise ValueError(f"{name} must be an RFC 3339 time string, got {type(value).__name__}")
     if not _TIME.match(value):
+        year = _YEAR.match(value)
+        if year and not MIN_TIME.year <= int(year.group(1)) < MAX_TIME.year:
+            raise ValueError(
+                f"{name} must be in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}) UTC, got {value!r}"
+            )
         raise ValueError(
             f"{name} is not an RFC 3339 or ISO 8601 time (e.g. 2018-08-15T10:02:00Z): {value!r}"
         )

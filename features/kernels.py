@@ -73,14 +73,14 @@ def _kahan_add(acc, i, v):
 
 
 @njit(cache=True, inline="always")
-def _step(times, vals, c, n, hi, win, b, e, total, comp):
-    """Move one range ``[b, e)`` to the window ``(hi - win, hi]`` over ``times[:n]``.
+def _step(times, vals, c, n, hi, window_ns, b, e, total, comp):
+    """Move one range ``[b, e)`` to the window ``(hi - window_ns, hi]`` over ``times[:n]``.
 
     ``total, comp`` is the compensated sum of column c over the range; returns the new
     ``(b, e, total, comp)``. Every caller (backfill, stream, one column or many) goes through
     here, so all of them do the same floating-point operations in the same order.
     """
-    lo = hi - win
+    lo = hi - window_ns
     while b < e and times[b] <= lo:  # leave first, so an emptied window restarts at 0
         total, comp = _kahan(total, comp, -vals[b, c])
         b += 1
@@ -97,21 +97,27 @@ def _step(times, vals, c, n, hi, win, b, e, total, comp):
 
 
 @njit(cache=True, inline="always")
-def advance(times, vals, n, ptr, acc, win, dly, t):
-    """Move every slot's range to the window ending at ``t`` over ``times[:n]``."""
+def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, t):
+    """Move every slot's range to the window ending at ``t`` over ``times[:n]``.
+
+    ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)``; ``acc`` holds the
+    (sum, compensation) pair of every (slot, column), updated with the ranges.
+    """
     n_cols = vals.shape[1]
-    for s in range(win.shape[0]):
-        hi = t - dly[s]
-        b0 = ptr[2 * s]
-        e0 = ptr[2 * s + 1]
+    for s in range(windows_ns.shape[0]):
+        hi = t - delays_ns[s]
+        b0 = ranges[2 * s]
+        e0 = ranges[2 * s + 1]
         b, e = b0, e0
         for c in range(n_cols):  # the range moves the same way for every column
             i = 2 * (s * n_cols + c)
-            b, e, total, comp = _step(times, vals, c, n, hi, win[s], b0, e0, acc[i], acc[i + 1])
+            b, e, total, comp = _step(
+                times, vals, c, n, hi, windows_ns[s], b0, e0, acc[i], acc[i + 1]
+            )
             acc[i] = total
             acc[i + 1] = comp
-        ptr[2 * s] = b
-        ptr[2 * s + 1] = e
+        ranges[2 * s] = b
+        ranges[2 * s + 1] = e
 
 
 @njit(cache=True, inline="always")
@@ -152,22 +158,28 @@ def _scan_value(vals, b, e, c, op):
 
 
 @njit(cache=True, inline="always")
-def emit(vals, ptr, sums, fslot, fcol, fop, out):
-    """Write each feature into ``out``; ``sums[s * C + c]`` is column c's sum over slot s."""
+def emit(vals, ranges, sums, feature_slot, feature_column, feature_op, out):
+    """Write feature f (slot, column and op given by the ``feature_*`` arrays) into ``out[f]``.
+
+    ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)`` in ``vals``;
+    ``sums[s * C + c]`` is column c's sum over it.
+    """
     n_cols = vals.shape[1]
-    for f in range(fslot.shape[0]):
-        s = fslot[f]
-        c = fcol[f]
-        b = ptr[2 * s]
-        e = ptr[2 * s + 1]
-        if fop[f] <= OP_MEAN:
-            out[f] = _simple_value(e - b, sums[s * n_cols + c], fop[f])
+    for f in range(feature_slot.shape[0]):
+        s = feature_slot[f]
+        c = feature_column[f]
+        op = feature_op[f]
+        b = ranges[2 * s]
+        e = ranges[2 * s + 1]
+        if op <= OP_MEAN:
+            out[f] = _simple_value(e - b, sums[s * n_cols + c], op)
         else:
-            out[f] = _scan_value(vals, b, e, c, fop[f])
+            out[f] = _scan_value(vals, b, e, c, op)
 
 
 @njit(cache=True, inline="always")
 def _acc_sums(acc, sums):
+    """``sums[i]`` = compensated sum i of ``acc`` (its (sum, compensation) pair, added)."""
     for i in range(sums.shape[0]):
         sums[i] = acc[2 * i] + acc[2 * i + 1]
 
@@ -216,16 +228,18 @@ def in_order(times, txids):
 
 
 @njit(cache=True, parallel=True)
-def group_rows(keys, lo, n_groups, order, times, vals, tv, vv, rows, n_threads):
+def group_rows(
+    keys, lo, n_groups, order, times, vals, grouped_times, grouped_vals, rows, n_threads
+):
     """Make each entity's events contiguous, taken in ``order`` (a stable counting sort).
 
     Row r belongs to group ``keys[r] - lo`` (in ``range(n_groups)``).
 
-    ``order`` lists row indices, or is empty for rows already in order. Fills ``tv``/``vv``
-    (times, values in entity order) and ``rows[p]`` (the input row now at p); returns ``starts``
-    (each group's first position, then n). Each of up to ``n_threads`` threads sorts one
-    contiguous chunk of the order into its own sub-range of every group, after the chunks
-    before it: the result is the serial stable sort's.
+    ``order`` lists row indices, or is empty for rows already in order. Fills
+    ``grouped_times``/``grouped_vals`` (times, values in entity order) and ``rows[p]`` (the
+    input row now at p); returns ``starts`` (each group's first position, then n). Each of up
+    to ``n_threads`` threads sorts one contiguous chunk of the order into its own sub-range of
+    every group, after the chunks before it: the result is the serial stable sort's.
     """
     n = keys.shape[0]
     n_cols = vals.shape[1]
@@ -250,15 +264,15 @@ def group_rows(keys, lo, n_groups, order, times, vals, tv, vv, rows, n_threads):
             g = keys[r] - lo
             p = fill[k, g]
             fill[k, g] = p + 1
-            tv[p] = times[r]
+            grouped_times[p] = times[r]
             for c in range(n_cols):
-                vv[p, c] = vals[r, c]
+                grouped_vals[p, c] = vals[r, c]
             rows[p] = r
     return starts
 
 
 @njit(cache=True)
-def _passes(n_slots, n_cols, fslot, fcol, fop):
+def _passes(n_slots, n_cols, feature_slot, feature_column, feature_op):
     """The backfill's walks: one per (slot, column) with count/sum/mean features, one per
     (slot, column) with scanned features.
 
@@ -266,7 +280,7 @@ def _passes(n_slots, n_cols, fslot, fcol, fop):
     each scanning walk's feature indices (-1 padded). Names are unique, so a (slot, column)
     has at most one feature of each op.
     """
-    n_feat = fslot.shape[0]
+    n_feat = feature_slot.shape[0]
     walks = np.full((2 * n_slots * n_cols, 6), -1, np.int64)
     feats = np.full((2 * n_slots * n_cols, max(n_feat, 1)), -1, np.int64)
     k = 0
@@ -275,12 +289,17 @@ def _passes(n_slots, n_cols, fslot, fcol, fop):
             for scans in range(2):
                 j = 0
                 for f in range(n_feat):
-                    if fslot[f] != s or fcol[f] != c or (fop[f] > OP_MEAN) != (scans == 1):
+                    op = feature_op[f]
+                    if (
+                        feature_slot[f] != s
+                        or feature_column[f] != c
+                        or (op > OP_MEAN) != (scans == 1)
+                    ):
                         continue
                     if scans:
                         feats[k, j] = f
                     else:
-                        walks[k, 3 + fop[f]] = f
+                        walks[k, 3 + op] = f
                     j += 1
                 if j:
                     walks[k, 0] = s
@@ -291,62 +310,80 @@ def _passes(n_slots, n_cols, fslot, fcol, fop):
 
 
 @njit(cache=True, parallel=True)
-def backfill_entity(starts, tv, vv, rows, win, dly, fslot, fcol, fop, since_prev, blk, out, col0):
+def backfill_entity(
+    starts,
+    grouped_times,
+    grouped_vals,
+    rows,
+    windows_ns,
+    delays_ns,
+    feature_slot,
+    feature_column,
+    feature_op,
+    since_prev,
+    scratch,
+    out,
+    col0,
+):
     """Features of every event, each as seen at its own time.
 
-    ``tv``/``vv`` hold each entity's events contiguously in (time, arrival) order, entity g at
-    ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p (see
-    :func:`group_rows`). Row r's aggregates go to ``out[r, col0:]``, followed (if
-    ``since_prev``) by seconds since the entity's previous event. ``blk`` is scratch (n x width,
-    C order). Entities run in parallel.
+    ``grouped_times``/``grouped_vals`` hold each entity's events contiguously in (time, arrival)
+    order, entity g at ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p
+    (see :func:`group_rows`). Slot s is the window ``windows_ns[s]`` ending ``delays_ns[s]``
+    before the event; feature f is op ``feature_op[f]`` of column ``feature_column[f]`` over
+    slot ``feature_slot[f]``. Row r's aggregates go to ``out[r, col0:]``, followed (if
+    ``since_prev``) by seconds since the entity's previous event. ``scratch`` is n x width,
+    C order. Entities run in parallel.
 
     Each entity's history is walked once per (slot, column): the range and its sum live in
     registers, and :func:`_step` does what :func:`advance` does for the stream, column by
     column, so the values are bit-identical. Scanned features (std, min, max) get a walk of
-    their own, to keep the scan out of the count/sum/mean loop. Values go to ``blk`` at their
-    input row: one cache line per event, which the entity's next walks find still cached;
-    a last parallel pass copies ``blk`` into ``out`` sequentially.
+    their own, to keep the scan out of the count/sum/mean loop. Values go to ``scratch`` at
+    their input row: one cache line per event, which the entity's next walks find still cached;
+    a last parallel pass copies ``scratch`` into ``out`` sequentially.
 
     Large arrays come from the caller: numpy allocates them with huge pages, and first-touch
     page faults otherwise dominate on virtual machines.
     """
-    n = tv.shape[0]
-    n_feat = fslot.shape[0]
+    n = grouped_times.shape[0]
+    n_feat = feature_slot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    walks, feats = _passes(win.shape[0], vv.shape[1], fslot, fcol, fop)
+    walks, feats = _passes(
+        windows_ns.shape[0], grouped_vals.shape[1], feature_slot, feature_column, feature_op
+    )
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
-        t = tv[a : a + m]
-        v = vv[a : a + m]
+        t = grouped_times[a : a + m]
+        v = grouped_vals[a : a + m]
         r = rows[a : a + m]
         for k in range(walks.shape[0]):
             s, c, scans = walks[k, 0], walks[k, 1], walks[k, 2]
             f_count, f_sum, f_mean = walks[k, 3], walks[k, 4], walks[k, 5]
-            w, d = win[s], dly[s]
+            w, d = windows_ns[s], delays_ns[s]
             b, e, total, comp = 0, 0, 0.0, 0.0
             if scans:
                 for i in range(m):
                     b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
                     for f in feats[k]:
                         if f >= 0:
-                            blk[r[i], f] = _scan_value(v, b, e, c, fop[f])
+                            scratch[r[i], f] = _scan_value(v, b, e, c, feature_op[f])
                 continue
             for i in range(m):
                 b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
                 if f_count >= 0:
-                    blk[r[i], f_count] = _simple_value(e - b, total + comp, OP_COUNT)
+                    scratch[r[i], f_count] = _simple_value(e - b, total + comp, OP_COUNT)
                 if f_sum >= 0:
-                    blk[r[i], f_sum] = _simple_value(e - b, total + comp, OP_SUM)
+                    scratch[r[i], f_sum] = _simple_value(e - b, total + comp, OP_SUM)
                 if f_mean >= 0:
-                    blk[r[i], f_mean] = _simple_value(e - b, total + comp, OP_MEAN)
+                    scratch[r[i], f_mean] = _simple_value(e - b, total + comp, OP_MEAN)
         if since_prev and m > 0:
-            blk[r[0], n_feat] = np.nan
+            scratch[r[0], n_feat] = np.nan
             for i in range(1, m):
-                blk[r[i], n_feat] = (t[i] - t[i - 1]) / NS_PER_S
+                scratch[r[i], n_feat] = (t[i] - t[i - 1]) / NS_PER_S
     for i in prange(n):
         for f in range(width):
-            out[i, col0 + f] = blk[i, f]
+            out[i, col0 + f] = scratch[i, f]
 
 
 @njit(cache=True, inline="always")
@@ -402,20 +439,120 @@ def compact(row, n_slots, n_cols, cap, cutoff):
     row[0] = n - m
 
 
+@njit(cache=True, inline="always")
+def _ranges_and_sums(row, n_slots, n_cols):
+    """Views of a state row's slot ranges (``start, end`` per slot, int64) and running sums
+    (``[sum, compensation]`` per (slot, column), float64)."""
+    sums_at = HEADER + 2 * n_slots
+    ranges = row[HEADER:sums_at]
+    acc = row[sums_at : sums_at + 2 * n_slots * n_cols].view(np.float64)
+    return ranges, acc
+
+
+@njit(cache=True, inline="always")
+def _find_buffered(times, txids, end, t, txid):
+    """Index of the buffered event with time t and transaction id ``txid``, or -1.
+
+    ``end`` is one past the last event at or before t (:func:`_upper_bound_recent`, which the
+    callers evaluate themselves: nested in here, it would cost reference-count updates). The
+    few events at time t are searched from the newest back.
+    """
+    k = end - 1
+    while k >= 0 and times[k] == t and txids[k] != txid:
+        k -= 1
+    if k >= 0 and times[k] == t:
+        return k
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _apply_label(vals, ranges, acc, k, c, value):
+    """Set column c (a label column) of buffered event k to ``value``.
+
+    Each slot whose range holds event k gets the change added to its running sum of column c;
+    the other slots see the new value once their range reaches event k.
+    """
+    n_cols = vals.shape[1]
+    delta = value - vals[k, c]
+    vals[k, c] = value
+    for s in range(ranges.shape[0] // 2):
+        if ranges[2 * s] <= k < ranges[2 * s + 1]:
+            _kahan_add(acc, 2 * (s * n_cols + c), delta)
+
+
+@njit(cache=True, inline="always")
+def _make_room(records, n, k):
+    """Move buffered events ``k..n-1`` up by one, freeing index k of a buffer of n events.
+
+    Only a late event is inserted before the end (k < n); otherwise k == n and nothing moves.
+    """
+    for i in range(n, k, -1):
+        for w in range(records.shape[1]):
+            records[i, w] = records[i - 1, w]
+
+
+@njit(cache=True, inline="always")
+def _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns):
+    """Update the slot ranges and running sums for a late event just inserted at index k.
+
+    The ranges still describe the windows ending at ``newest`` (minus each slot's delay): a
+    range past index k moves up by one, and a range whose window holds t also takes the event
+    and adds its values to its sums.
+    """
+    n_cols = vals.shape[1]
+    for s in range(windows_ns.shape[0]):
+        hi = newest - delays_ns[s]
+        lo = hi - windows_ns[s]
+        if t <= lo:  # before the window: the whole range moves up
+            ranges[2 * s] += 1
+            ranges[2 * s + 1] += 1
+        elif t <= hi:  # inside the window: the range grows by the event
+            ranges[2 * s + 1] += 1
+            for c in range(n_cols):
+                _kahan_add(acc, 2 * (s * n_cols + c), vals[k, c])
+
+
+@njit(cache=True, inline="always")
+def _ranges_at(times, vals, k, t, windows_ns, delays_ns, ranges, sums):
+    """Slot ranges and plain sums of the windows ending at t over ``times[:k + 1]``.
+
+    For a late event at index k, seen at its own time: the events after it are not in its
+    windows. Fills ``ranges`` (``start, end`` per slot) and ``sums[s * C + c]``.
+    """
+    n_cols = vals.shape[1]
+    for s in range(windows_ns.shape[0]):
+        hi = t - delays_ns[s]
+        e = min(_upper_bound(times, k + 1, hi), k + 1)
+        b = _upper_bound(times, e, hi - windows_ns[s])
+        ranges[2 * s] = b
+        ranges[2 * s + 1] = e
+        for c in range(n_cols):
+            total = 0.0
+            for i in range(b, e):
+                total += vals[i, c]
+            sums[s * n_cols + c] = total
+
+
+@njit(cache=True, inline="always")
+def _seconds_since(t, previous):
+    """Seconds from ``previous`` to t, NaN when there is no previous event (``NO_TIME``)."""
+    return (t - previous) / NS_PER_S if previous != NO_TIME else np.nan
+
+
 @njit(cache=True)
 def process(
     arena,
-    slots,
-    kinds,
-    ev_times,
-    ev_txids,
-    ev_vals,
-    label_cols,
-    win,
-    dly,
-    fslot,
-    fcol,
-    fop,
+    arena_rows,
+    event_kinds,
+    event_times,
+    event_txids,
+    event_vals,
+    label_columns,
+    windows_ns,
+    delays_ns,
+    feature_slot,
+    feature_column,
+    feature_op,
     since_prev,
     keep_ns,
     lateness_ns,
@@ -425,108 +562,98 @@ def process(
 ):
     """Apply events ``first..`` in order to the states in ``arena`` (one row per entity).
 
-    Transactions write their features to ``out[j]``; labels set ``label_cols`` of a buffered
-    transaction; ``KIND_SKIP`` events are left alone. ``slots[j]`` is event j's arena row (-1
-    only for a label of an unknown entity). Returns the index of the first event not applied:
-    ``len(kinds)`` when all were, else an event whose entity's buffer is full (the caller grows
-    the arena and calls again).
+    Event j is of kind ``event_kinds[j]`` (``KIND_TX``, ``KIND_LABEL`` or ``KIND_SKIP``: left
+    alone), at ``event_times[j]`` (ns), for transaction ``event_txids[j]``, with values
+    ``event_vals[j]`` (one per column of the state); ``arena_rows[j]`` is its entity's arena
+    row (-1 only for a label of an unknown entity). ``status[j]`` gets an ``ST_*`` code.
+
+    A transaction writes its features to ``out[j]``: feature f is op ``feature_op[f]`` of
+    column ``feature_column[f]`` over slot ``feature_slot[f]``, slot s being the window of
+    ``windows_ns[s]`` ending ``delays_ns[s]`` before the transaction; then, if ``since_prev``,
+    seconds since the entity's previous transaction. A transaction older than the entity's
+    newest by ``lateness_ns`` or more is rejected; a full buffer first drops the events
+    ``keep_ns`` or more older than the newest (see :func:`compact`). A label sets the
+    ``label_columns`` of its buffered transaction (same time and id) to its values.
+
+    Returns the index of the first event not applied: ``len(event_kinds)`` when all were, else
+    an event whose entity's buffer is full (the caller grows the arena and calls again).
     """
-    n_slots = win.shape[0]
-    n_cols = ev_vals.shape[1]
-    n_feat = fslot.shape[0]
+    n_slots = windows_ns.shape[0]
+    n_cols = event_vals.shape[1]
+    n_feat = feature_slot.shape[0]
+    uses_labels = label_columns.shape[0] > 0
     sums = np.zeros(n_slots * n_cols, np.float64)
-    for j in range(first, kinds.shape[0]):
-        if kinds[j] == KIND_SKIP:
+    own_ranges = np.empty(2 * n_slots, np.int64)  # a late event's ranges at its own time
+    for j in range(first, event_kinds.shape[0]):
+        kind = event_kinds[j]
+        if kind == KIND_SKIP:
             continue
-        if slots[j] < 0 or (kinds[j] == KIND_LABEL and label_cols.shape[0] == 0):
-            status[j] = ST_LABEL_NOT_USED if label_cols.shape[0] == 0 else ST_LABEL_UNKNOWN_ENTITY
+        if arena_rows[j] < 0 or (kind == KIND_LABEL and not uses_labels):
+            status[j] = ST_LABEL_UNKNOWN_ENTITY if uses_labels else ST_LABEL_NOT_USED
             continue
-        row = arena[slots[j]]
+        row = arena[arena_rows[j]]
+        n = row[0]
         cap = row[1]
         newest = row[2]
-        t = ev_times[j]
-        acc_off = HEADER + 2 * n_slots
-        ptr = row[HEADER:acc_off]
-        acc = row[acc_off : acc_off + 2 * n_slots * n_cols].view(np.float64)
+        t = event_times[j]
+        txid = event_txids[j]
+        ranges, acc = _ranges_and_sums(row, n_slots, n_cols)
         records, times, txids, vals = events_of(row, n_slots, n_cols, cap)
-        n = row[0]
-        if kinds[j] == KIND_LABEL:
-            k = _upper_bound_recent(times, n, t) - 1
-            while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
-                k -= 1
-            if k < 0 or times[k] != t:
-                status[j] = ST_LABEL_EXPIRED if n == 0 or t < times[0] else ST_LABEL_UNMATCHED
-                continue
-            for c in label_cols:
-                delta = ev_vals[j, c] - vals[k, c]
-                vals[k, c] = ev_vals[j, c]
-                for s in range(n_slots):
-                    if ptr[2 * s] <= k < ptr[2 * s + 1]:
-                        _kahan_add(acc, 2 * (s * n_cols + c), delta)
-            status[j] = ST_LABEL_APPLIED
+
+        if kind == KIND_LABEL:
+            k = _find_buffered(times, txids, _upper_bound_recent(times, n, t), t, txid)
+            if k >= 0:
+                for c in label_columns:
+                    _apply_label(vals, ranges, acc, k, c, event_vals[j, c])
+                status[j] = ST_LABEL_APPLIED
+            elif n == 0 or t < times[0]:
+                status[j] = ST_LABEL_EXPIRED
+            else:
+                status[j] = ST_LABEL_UNMATCHED
             continue
-        late = newest != NO_TIME and t < newest
+
+        seen_any = newest != NO_TIME
+        late = seen_any and t < newest
         if late and t <= newest - lateness_ns:
             status[j] = ST_TOO_LATE
             continue
-        if newest != NO_TIME and t <= newest:  # only then can a copy be buffered
-            k = _upper_bound_recent(times, n, t) - 1
-            while k >= 0 and times[k] == t and txids[k] != ev_txids[j]:
-                k -= 1
-            if k >= 0 and times[k] == t:  # redelivered: the original is buffered
-                status[j] = ST_DUPLICATE
-                continue
-        if n == cap and newest != NO_TIME:
+        # Only a transaction at or before the newest time can have a buffered copy.
+        if (
+            seen_any
+            and t <= newest
+            and _find_buffered(times, txids, _upper_bound_recent(times, n, t), t, txid) >= 0
+        ):
+            status[j] = ST_DUPLICATE
+            continue
+        if n == cap and seen_any:
             compact(row, n_slots, n_cols, cap, newest - keep_ns)
             n = row[0]
-        if n == cap:
+        if n == cap:  # still full: the caller grows the arena and calls again from j
             return j
         k = _upper_bound_recent(times, n, t) if late else n
-        for i in range(n, k, -1):  # make room at k (late events only)
-            for w in range(2 + n_cols):
-                records[i, w] = records[i - 1, w]
+        _make_room(records, n, k)
         times[k] = t
-        txids[k] = ev_txids[j]
+        txids[k] = txid
         for c in range(n_cols):
-            vals[k, c] = ev_vals[j, c]
-        for c in label_cols:  # a transaction's label is unknown until its label event
+            vals[k, c] = event_vals[j, c]
+        for c in label_columns:  # a transaction's label is unknown until its label event
             vals[k, c] = 0.0
         row[0] = n + 1
+
         if not late:
             row[2] = t
-            advance(times, vals, n + 1, ptr, acc, win, dly, t)
+            advance(times, vals, n + 1, ranges, acc, windows_ns, delays_ns, t)
             _acc_sums(acc, sums)
-            emit(vals, ptr, sums, fslot, fcol, fop, out[j])
+            emit(vals, ranges, sums, feature_slot, feature_column, feature_op, out[j])
             if since_prev:
-                out[j, n_feat] = (t - newest) / NS_PER_S if newest != NO_TIME else np.nan
+                out[j, n_feat] = _seconds_since(t, newest)
             status[j] = ST_OK
-            continue
-        # Late: shift the ranges (windows still end at `newest`), then compute this event's
-        # features at its own time by scanning the buffer up to and including it.
-        for s in range(n_slots):
-            hi = newest - dly[s]
-            lo = hi - win[s]
-            if t <= lo:
-                ptr[2 * s] += 1
-                ptr[2 * s + 1] += 1
-            elif t <= hi:
-                ptr[2 * s + 1] += 1
-                for c in range(n_cols):
-                    _kahan_add(acc, 2 * (s * n_cols + c), vals[k, c])
-        scan_ptr = np.empty(2 * n_slots, np.int64)
-        for s in range(n_slots):
-            hi = t - dly[s]
-            e = min(_upper_bound(times, k + 1, hi), k + 1)
-            b = _upper_bound(times, e, hi - win[s])
-            scan_ptr[2 * s] = b
-            scan_ptr[2 * s + 1] = e
-            for c in range(n_cols):
-                tot = 0.0
-                for i in range(b, e):
-                    tot += vals[i, c]
-                sums[s * n_cols + c] = tot
-        emit(vals, scan_ptr, sums, fslot, fcol, fop, out[j])
-        if since_prev:
-            out[j, n_feat] = (t - times[k - 1]) / NS_PER_S if k > 0 else np.nan
-        status[j] = ST_LATE
-    return kinds.shape[0]
+        else:
+            # The state's windows still end at `newest`; this event's own windows end at t.
+            _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns)
+            _ranges_at(times, vals, k, t, windows_ns, delays_ns, own_ranges, sums)
+            emit(vals, own_ranges, sums, feature_slot, feature_column, feature_op, out[j])
+            if since_prev:
+                out[j, n_feat] = _seconds_since(t, times[k - 1] if k > 0 else NO_TIME)
+            status[j] = ST_LATE
+    return event_kinds.shape[0]

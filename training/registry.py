@@ -67,6 +67,18 @@ class ModelVersion:
             )
 
 
+def model_meta(spec: FeatureSpec, threshold: float, **fields: object) -> dict:
+    """The least ``meta.json`` a version needs to be loaded for ``spec``: its preset, feature
+    list and fingerprint, and the alert threshold (``fields`` add to it)."""
+    return {
+        "preset": spec.name,
+        "features": spec.names,
+        "spec_fingerprint": spec.fingerprint(),
+        "threshold": threshold,
+        **fields,
+    }
+
+
 class Registry:
     """Versions of models under one root: a local directory or a ``gs://`` prefix."""
 

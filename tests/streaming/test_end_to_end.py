@@ -32,7 +32,7 @@ from streaming.schema import count_scored, read_scored
 from streaming.store.feast_store import FeastFeatureStore, apply_repo, scratch_repo
 from streaming.store.names import stored_entities
 from training import model as models
-from training.registry import Registry
+from training.registry import Registry, model_meta
 
 SPEC = presets.BASELINE
 N_TX = 2_500
@@ -69,8 +69,7 @@ def model_dir(tmp_path_factory) -> tuple[Path, pd.DataFrame, float]:
     threshold = float(np.quantile(models.predict(booster, X), 0.95))  # about 5 % alert
     root = tmp_path_factory.mktemp("models")
     registry = Registry(root)
-    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
-            "threshold": threshold}  # fmt: skip
+    meta = model_meta(SPEC, threshold)
     registry.promote(registry.save(booster, meta))
     return root, df, threshold
 

@@ -15,7 +15,7 @@ from features.synthetic import transactions
 from features.table import validate
 from streaming.cli import main
 from training import model as models
-from training.registry import CURRENT, MODEL_FILE, Registry, RegistryError
+from training.registry import CURRENT, MODEL_FILE, Registry, RegistryError, model_meta
 
 SPEC = presets.BASELINE
 
@@ -29,8 +29,7 @@ def _save(registry: Registry, seed: int) -> str:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(200, len(SPEC.names))).astype(np.float32)
     booster = models.train(X, (X[:, seed % 3] > 0).astype(int), models.Params(3))
-    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
-            "threshold": 0.5}  # fmt: skip
+    meta = model_meta(SPEC, 0.5)
     return registry.save(booster, meta)
 
 

@@ -24,7 +24,7 @@ from streaming.job.initial_states import InitialStates
 from streaming.job.pipeline import ScoreTransactions
 from streaming.job.scoring import BoosterHandler
 from training import model as models
-from training.registry import Registry
+from training.registry import Registry, model_meta
 
 SPEC = presets.BASELINE
 OPTIONS = PipelineOptions([])
@@ -61,12 +61,7 @@ def world(tmp_path_factory):
     booster = models.train(X.astype(np.float32), df["TX_FRAUD"].to_numpy(), models.Params(20))
     root = tmp_path_factory.mktemp("models")
     registry = Registry(root)
-    meta = {
-        "preset": SPEC.name,
-        "features": SPEC.names,
-        "spec_fingerprint": SPEC.fingerprint(),
-        "threshold": 0.5,
-    }
+    meta = model_meta(SPEC, 0.5)
     registry.promote(registry.save(booster, meta))
     return df, X, booster, root
 

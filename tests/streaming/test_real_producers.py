@@ -23,7 +23,7 @@ from features.synthetic import transactions
 from features.table import validate
 from streaming.local import job_process as lj
 from training import model as models
-from training.registry import Registry
+from training.registry import Registry, model_meta
 
 SPEC = presets.BASELINE
 NODE_PRODUCER = Path(__file__).resolve().parents[1] / "producers" / "node"
@@ -64,8 +64,7 @@ def model_dir(tmp_path_factory) -> Path:
     X = backfill(df, SPEC)[SPEC.names].to_numpy(np.float32)
     booster = models.train(X, df["TX_FRAUD"].to_numpy(), models.Params(10))
     registry = Registry(tmp_path_factory.mktemp("models"))
-    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
-            "threshold": 0.5}  # fmt: skip
+    meta = model_meta(SPEC, 0.5)
     registry.promote(registry.save(booster, meta))
     return Path(registry.root)
 

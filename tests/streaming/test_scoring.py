@@ -10,7 +10,7 @@ import pytest
 
 from features import presets
 from training import model as models
-from training.registry import META_FILE, MODEL_FILE, Registry, RegistryError
+from training.registry import META_FILE, MODEL_FILE, Registry, RegistryError, model_meta
 
 SPEC = presets.BASELINE
 
@@ -20,8 +20,7 @@ def _save(registry: Registry, seed: int, **meta_overrides) -> str:
     X = rng.normal(size=(300, len(SPEC.names))).astype(np.float32)
     y = (X[:, seed % X.shape[1]] > 0.5).astype(int)
     booster = models.train(X, y, models.Params(5))
-    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
-            "threshold": 0.5, **meta_overrides}  # fmt: skip
+    meta = model_meta(SPEC, 0.5, **meta_overrides)
     return registry.save(booster, meta)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from features import presets
 from training import model as models
-from training.registry import CURRENT, META_FILE, Registry, RegistryError
+from training.registry import CURRENT, META_FILE, Registry, RegistryError, model_meta
 
 SPEC = presets.BASELINE
 
@@ -23,8 +23,7 @@ def _save(registry: Registry, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(200, len(SPEC.names))).astype(np.float32)
     booster = models.train(X, (X[:, 0] > 0).astype(int), models.Params(3))
-    meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
-            "threshold": 0.5}  # fmt: skip
+    meta = model_meta(SPEC, 0.5)
     return registry.save(booster, meta)
 
 

@@ -14,7 +14,7 @@ from features.synthetic import transactions
 from features.table import validate
 from tests.streaming.job.stages import SPEC
 from training import model as models
-from training.registry import Registry
+from training.registry import Registry, model_meta
 
 
 @pytest.fixture(scope="session")
@@ -35,11 +35,6 @@ def model(
     booster = models.train(X.astype(np.float32), df["TX_FRAUD"].to_numpy(), models.Params(10))
     root = tmp_path_factory.mktemp("models")
     registry = Registry(root)
-    meta = {
-        "preset": SPEC.name,
-        "features": SPEC.names,
-        "spec_fingerprint": SPEC.fingerprint(),
-        "threshold": 0.5,
-    }
+    meta = model_meta(SPEC, 0.5)
     registry.promote(registry.save(booster, meta))
     return booster, root

@@ -3,8 +3,10 @@
 For every preset and entity: a feature view whose Float64 schema is ``spec.entity_names(entity)``
 in model order, fed online by a push source (what the stream writes) and offline by a batch
 source (parquet under ``data/offline/``, or a BigQuery table ``$FRAUDSTREAM_BQ_DATASET.<view>``
-when that variable is set: the gcp profile); one feature service per preset. Names come from
-``streaming.store.feast_store``; no feature name is typed here.
+when that variable is set: the gcp profile); one feature service per preset. A preset with
+batch features also has, per entity, a batch view of ``spec.lookup_stored_names(entity)`` fed
+by the daily batch job's snapshots (offline only; ``feast materialize`` loads them online).
+Names come from ``streaming.store.names``; no feature name is typed here.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from features.spec import Entity as SpecEntity
 from features.spec import FeatureSpec
 from streaming.store.names import (
     EVENT_TIMESTAMP,
+    batch_entities,
+    batch_offline_dir,
+    batch_ttl,
+    batch_view_name,
     feature_ttl,
     offline_path,
     push_source_name,
@@ -81,6 +87,10 @@ def definitions(spec: FeatureSpec, bq_dataset: str | None = None) -> list[object
         )
         objects += [feast_entity, push, view]
         views.append(view)
+    for spec_entity in batch_entities(spec):
+        if spec_entity not in stored_entities(spec):
+            objects.append(entity(spec_entity))
+        objects.append(batch_view(spec, spec_entity, bq_dataset))
     objects.append(
         FeatureService(
             name=service_name(spec),
@@ -90,6 +100,36 @@ def definitions(spec: FeatureSpec, bq_dataset: str | None = None) -> list[object
         )
     )
     return objects
+
+
+def batch_view(spec: FeatureSpec, spec_entity: SpecEntity, bq_dataset: str | None) -> FeatureView:
+    """The view of ``spec_entity``'s batch features: daily snapshots, looked up by the stream
+    (not in the feature service: the stream derives deviations from them)."""
+    name = batch_view_name(spec, spec_entity)
+    if bq_dataset:
+        from feast import BigQuerySource
+
+        source: DataSource = BigQuerySource(
+            name=f"{name}_batch", table=f"{bq_dataset}.{name}", timestamp_field=EVENT_TIMESTAMP
+        )
+    else:
+        source = FileSource(
+            name=f"{name}_batch",
+            path=batch_offline_dir(spec, spec_entity),
+            timestamp_field=EVENT_TIMESTAMP,
+        )
+    return FeatureView(
+        name=name,
+        entities=[entity(spec_entity)],
+        ttl=batch_ttl(),
+        schema=[
+            Field(name=spec_entity.key, dtype=Int64),
+            *(Field(name=n, dtype=Float64) for n in spec.lookup_stored_names(spec_entity)),
+        ],
+        source=source,
+        online=True,
+        tags={"preset": spec.name, "spec_fingerprint": spec.fingerprint(), "kind": "batch"},
+    )
 
 
 def all_definitions(bq_dataset: str | None = None) -> list[object]:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from features import kernels
+from features.batch import lookup_columns
 from features.plan import EntityPlan, fill_derived
 from features.spec import FeatureSpec
 from features.table import event_times_ns
@@ -81,18 +82,24 @@ def compute(
     return out
 
 
-def backfill(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+def backfill(
+    df: pd.DataFrame, spec: FeatureSpec, lookups: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """Features of every row of ``df`` (validated by :func:`features.table.validate`).
 
     Returns a frame with ``TRANSACTION_ID`` and one float64 column per ``spec.names``, in the
     row order of ``df``. Labels are taken as known: delayed aggregates use them once they are
     ``delay`` old, exactly what the stream sees when each label arrives within its delay.
+    The spec's batch features are joined point in time from ``lookups`` (snapshot tables,
+    :func:`features.batch.snapshots`; default: those of ``df`` itself).
     """
     times = event_times_ns(df)
     txids = df["TRANSACTION_ID"].to_numpy(np.int64)
     ids = {e.key: df[e.key].to_numpy(np.int64) for e in spec.entities}
     values = {c: df[c].to_numpy(np.float64) for c in spec.value_columns}
     matrix = compute(spec, times, txids, ids, values)
+    if spec.lookups:
+        matrix[:, len(spec.stream_names) :] = lookup_columns(df, spec, lookups)
     out = pd.DataFrame(matrix, columns=spec.names, index=df.index, copy=False)
     out.insert(0, "TRANSACTION_ID", txids)
     return out

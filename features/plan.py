@@ -98,7 +98,7 @@ def fill_derived(
     fill = kernels.calendar_parallel if len(times_ns) >= _PARALLEL_ROWS else kernels.calendar
     fill(kinds, np.ascontiguousarray(times_ns, np.int64), out, len(spec.raw))
     position = {name: i for i, name in enumerate(spec.names)}
-    first = len(spec.names) - len(spec.ratios)
+    first = len(spec.stream_names) - len(spec.ratios)
     for j, ratio in enumerate(spec.ratios, start=first):
         denom = out[:, position[ratio.aggregate.name(spec.label_delay)]]
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -11,7 +11,9 @@ from features.spec import (
     FRAUD,
     TERMINAL,
     Aggregate,
+    AmountProfile,
     Calendar,
+    CompromiseScore,
     FeatureSpec,
     Op,
     Ratio,
@@ -103,7 +105,21 @@ FEEDBACK = FeatureSpec(
     label_delay=LABEL_DELAY,
 )
 
-PRESETS: dict[str, FeatureSpec] = {s.name: s for s in (BASELINE, DEFAULT, FEEDBACK)}
+# ``default`` plus batch features looked up from the feature store: the card's 90-day habits
+# (the transaction's deviation from them is computed in the stream) and the terminal's
+# common-point-of-compromise score over 28 days.
+ENRICHED = FeatureSpec(
+    name="enriched",
+    raw=DEFAULT.raw,
+    calendar=DEFAULT.calendar,
+    aggregates=DEFAULT.aggregates,
+    since_previous=DEFAULT.since_previous,
+    ratios=DEFAULT.ratios,
+    label_delay=LABEL_DELAY,
+    lookups=(AmountProfile(90 * DAY), CompromiseScore(28 * DAY)),
+)
+
+PRESETS: dict[str, FeatureSpec] = {s.name: s for s in (BASELINE, DEFAULT, FEEDBACK, ENRICHED)}
 
 
 def get(name: str) -> FeatureSpec:

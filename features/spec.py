@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
@@ -134,6 +135,87 @@ class Ratio:
         return f"{self.column.name}_TO_{self.aggregate.name(label_delay)}"
 
 
+@dataclass(frozen=True)
+class AmountProfile:
+    """A batch feature: the customer's habits over a long window, served from the feature store.
+
+    Computed once a day by the batch job for each customer (``features.batch``), as of
+    midnight ``D`` from the customer's transactions in ``[D - window, D)``: their number, the
+    amount's median and median absolute deviation, the usual hour of day (circular mean) and
+    how spread the hours are (``1 -`` the mean resultant length: 0 = always the same hour, 1 =
+    uniform). The stream looks the row up and computes the transaction's deviation from it:
+    ``(amount - median) / (MAD + 1)`` and the circular distance in hours from the usual hour.
+    """
+
+    window: timedelta = timedelta(days=90)
+    entity: Entity = CUSTOMER
+
+    def stored_names(self) -> list[str]:
+        w = duration_label(self.window)
+        key = f"{self.entity.key}_PROFILE"
+        return [
+            f"{key}_NB_TX_{w}",
+            f"{key}_MEDIAN_AMOUNT_{w}",
+            f"{key}_MAD_AMOUNT_{w}",
+            f"{key}_USUAL_HOUR_{w}",
+            f"{key}_HOUR_SPREAD_{w}",
+        ]
+
+    def derived_names(self) -> list[str]:
+        w = duration_label(self.window)
+        return [f"TX_AMOUNT_PROFILE_DEVIATION_{w}", f"TX_HOUR_PROFILE_DEVIATION_{w}"]
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """Source columns the batch job reads."""
+        return (AMOUNT,)
+
+    @property
+    def defaults(self) -> tuple[float, ...]:
+        """Values of a customer with no transaction in the window (or none stored)."""
+        return (0.0, math.nan, math.nan, math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class CompromiseScore:
+    """A batch feature: the terminal's common-point-of-compromise score, from the store.
+
+    Computed once a day for each terminal as of midnight ``D``: among the cards that used the
+    terminal in ``[D - window, D)``, the share with a fraud at or after their first use there
+    that is known at ``D`` (its transaction is at least the spec's label delay old), and their
+    number. A population feature: it needs every card's labels, which no entity state holds.
+    """
+
+    window: timedelta = timedelta(days=28)
+    entity: Entity = TERMINAL
+
+    def stored_names(self) -> list[str]:
+        w = duration_label(self.window)
+        return [f"{self.entity.key}_CPC_NB_CARDS_{w}", f"{self.entity.key}_CPC_SCORE_{w}"]
+
+    def derived_names(self) -> list[str]:
+        return []
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """Source columns the batch job reads (and the card id: ``CUSTOMER``'s key)."""
+        return (FRAUD,)
+
+    @property
+    def defaults(self) -> tuple[float, ...]:
+        """Values of a terminal no card used in the window (or none stored)."""
+        return (0.0, 0.0)
+
+
+Lookup = AmountProfile | CompromiseScore
+"""A batch feature: computed daily from the history, materialized into the online store and
+looked up by the stream (``EnrichFromFeatureStore``); joined point-in-time for training."""
+
+BATCH_CADENCE = DAY
+"""Batch features are computed as of each midnight; a transaction at ``t`` uses the values as
+of ``t``'s midnight (the materialization before it)."""
+
+
 class Calendar(StrEnum):
     """Calendar features of the event time (naive, one time zone)."""
 
@@ -144,7 +226,8 @@ class Calendar(StrEnum):
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The model's inputs, in order: raw columns, calendar, per-entity features, ratios."""
+    """The model's inputs, in order: raw columns, calendar, per-entity features, ratios, then
+    the looked-up batch features (stored values, then the deviations the stream derives)."""
 
     name: str
     raw: tuple[Column, ...] = (AMOUNT,)
@@ -154,6 +237,8 @@ class FeatureSpec:
     ratios: tuple[Ratio, ...] = ()
     label_delay: timedelta = timedelta(days=7)
     entities: tuple[Entity, ...] = field(default=(CUSTOMER, TERMINAL))
+    lookups: tuple[Lookup, ...] = field(default=(), repr=False)
+    """Batch features looked up from the feature store; their columns come last."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -179,6 +264,15 @@ class FeatureSpec:
                 )
             if ratio.column.is_label:
                 raise ValueError(f"{ratio.name(self.label_delay)}: a label cannot be a ratio input")
+        for lookup in self.lookups:
+            if lookup.entity not in self.entities:
+                raise ValueError(f"{lookup}: entity {lookup.entity.name!r} is not in the spec")
+            if lookup.window <= timedelta(0) or to_ns(lookup.window) % to_ns(BATCH_CADENCE):
+                raise ValueError(f"{lookup}: window must be a positive number of days")
+            if isinstance(lookup, CompromiseScore) and CUSTOMER not in self.entities:
+                raise ValueError(f"{lookup}: needs the card entity {CUSTOMER.name!r}")
+        if len({(type(k), k.entity) for k in self.lookups}) < len(self.lookups):
+            raise ValueError("one lookup of a kind per entity (their views would collide)")
         for raw in self.raw:
             if raw.is_label:
                 raise ValueError(f"raw column {raw.name} is a label (leakage)")
@@ -190,12 +284,31 @@ class FeatureSpec:
     @cached_property
     def names(self) -> list[str]:
         """Every feature name, in model-input order (do not mutate the list)."""
+        return self.stream_names + self.lookup_names
+
+    @cached_property
+    def stream_names(self) -> list[str]:
+        """The features the kernels compute (all but the lookups), first in model order."""
         return (
             [c.name for c in self.raw]
             + [c.value for c in self.calendar]
             + [n for e in self.entities for n in self.entity_names(e)]
             + [r.name(self.label_delay) for r in self.ratios]
         )
+
+    @cached_property
+    def lookup_names(self) -> list[str]:
+        """The looked-up features, after the stream's: each lookup's stored values, then every
+        lookup's derived deviations."""
+        stored = [n for k in self.lookups for n in k.stored_names()]
+        return stored + [n for k in self.lookups for n in k.derived_names()]
+
+    def entity_lookups(self, entity: Entity) -> tuple[Lookup, ...]:
+        return tuple(k for k in self.lookups if k.entity == entity)
+
+    def lookup_stored_names(self, entity: Entity) -> list[str]:
+        """The values of ``entity``'s batch view (its lookups' stored names), in model order."""
+        return [n for k in self.entity_lookups(entity) for n in k.stored_names()]
 
     def entity_aggregates(self, entity: Entity) -> tuple[Aggregate, ...]:
         return tuple(a for a in self.aggregates if a.entity == entity)
@@ -224,6 +337,7 @@ class FeatureSpec:
     def value_columns(self) -> list[str]:
         """Numeric event columns the features read (raw, ratio numerators, aggregate sources)."""
         cols = {c.name for c in self.raw} | {r.column.name for r in self.ratios}
+        cols |= {c.name for k in self.lookups for c in k.columns}
         return sorted(cols | {a.column.name for a in self.aggregates})
 
     @property
@@ -239,5 +353,8 @@ class FeatureSpec:
 
     def fingerprint(self) -> str:
         """A stable hash of the spec: a model trained on one spec refuses another."""
-        doc = json.dumps({"names": self.names, "spec": repr(self)}, sort_keys=True)
+        fields = {"names": self.names, "spec": repr(self)}
+        if self.lookups:  # not in repr: the fingerprints of specs without lookups stay as they were
+            fields["lookups"] = repr(self.lookups)
+        doc = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:16]

@@ -12,7 +12,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from features.incremental import KIND_LABEL, KIND_TX, Batch, IncrementalEngine
+from features.batch import lookup_columns
+from features.incremental import KIND_LABEL, KIND_TX, Batch, IncrementalEngine, Status
 from features.spec import FeatureSpec, to_ns
 from features.table import event_times_ns
 
@@ -56,12 +57,15 @@ def stream_features(
     batch_size: int = 4096,
     engine: IncrementalEngine | None = None,
     progress: Callable[[int], object] | None = None,
+    lookups: dict[str, pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
     """Features of every transaction of ``df`` computed by the incremental path.
 
     Events are fed in arrival order (labels after the delay) in micro-batches; the result is
     indexed like ``df`` with ``TRANSACTION_ID``, the features and a ``STATUS`` column.
-    ``progress`` is called with the number of events of each micro-batch done.
+    ``progress`` is called with the number of events of each micro-batch done. The spec's
+    batch features of accepted transactions are joined point in time from ``lookups``
+    (default: the snapshots of ``df`` itself), as the job looks them up.
     """
     engine = engine or IncrementalEngine(spec)
     batch = with_labels(df, spec)
@@ -80,6 +84,9 @@ def stream_features(
         start += len(part)
         if progress is not None:
             progress(len(part))
+    if spec.lookups:
+        accepted = status <= Status.LATE
+        feats[accepted, len(spec.stream_names) :] = lookup_columns(df, spec, lookups)[accepted]
     out = pd.DataFrame(feats, columns=spec.names, index=df.index)
     out.insert(0, "TRANSACTION_ID", df["TRANSACTION_ID"].to_numpy())
     out["STATUS"] = status

@@ -156,7 +156,7 @@ def evaluate(
         "tuning": tuning,
         "cp_at_100_ceiling_delayed_labels": delayed_label_ceiling(df, test),
     }
-    if feedback:
+    if feedback and not spec.lookups:  # the feedback preset has no batch features
         result["feedback"] = evaluate_feedback(df, split, spec, booster, params)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result

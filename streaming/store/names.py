@@ -3,7 +3,9 @@
 Per preset and entity one feature view (``customer_features`` for the default preset,
 ``customer_features_baseline`` for the others), its push source ``<view>_push`` and parquet
 batch source ``data/offline/<view>.parquet``, and one feature service per preset
-(``model_inputs``, ``model_inputs_baseline``) with the model's entity inputs.
+(``model_inputs``, ``model_inputs_baseline``) with the model's entity inputs. A preset with
+batch features (lookups) has per entity a batch view ``<entity>_batch_features[_<preset>]``
+whose offline rows are daily snapshot files in ``data/offline/<view>/``.
 ``feature_repo/definitions.py`` builds the objects from these names.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from features.batch import LOOKUP_TTL, lookup_entities
 from features.spec import Entity, FeatureSpec
 
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
@@ -70,3 +73,24 @@ def profile_yaml(profile: str, repo: Path | str = REPO) -> Path:
     return (
         repo / "feature_store.yaml" if profile == "local" else repo / "profiles" / f"{profile}.yaml"
     )
+
+
+def batch_view_name(spec: FeatureSpec, entity: Entity) -> str:
+    """``customer_batch_features`` (default preset) or ``customer_batch_features_<preset>``."""
+    return f"{entity.name}_batch_features{_suffix(spec)}"
+
+
+def batch_offline_dir(spec: FeatureSpec, entity: Entity) -> str:
+    """The batch view's parquet source: a directory of one file per as-of day (relative to the
+    feature repository)."""
+    return f"data/offline/{batch_view_name(spec, entity)}"
+
+
+def batch_ttl() -> timedelta:
+    """How long a snapshot value is served after its as-of midnight."""
+    return LOOKUP_TTL
+
+
+def batch_entities(spec: FeatureSpec) -> list[Entity]:
+    """The spec's entities with batch features (one batch view each), in model order."""
+    return lookup_entities(spec)

@@ -25,6 +25,7 @@ from features.spec import DEFAULT_MAX_LATENESS, FeatureSpec
 from streaming.job.alerts import Alerts, to_message
 from streaming.job.arrival import EntityChain
 from streaming.job.common import Clock
+from streaming.job.enrich import EnrichFromFeatureStore
 from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
 from streaming.job.event_time import EntityFeatures
 from streaming.job.ids import PseudonymiseIds
@@ -43,6 +44,7 @@ from streaming.schema import (
     transaction_json,
 )
 from streaming.store.feast_store import StoreSettings, shared_store
+from streaming.store.lookup import LookupReader, shared_lookup_reader
 
 if TYPE_CHECKING:
     from streaming.pseudonymise import Pseudonymiser
@@ -62,7 +64,10 @@ class ScoreTransactions(beam.PTransform):
 
     ``ordering``: ``arrival`` (the default) scores each transaction as it arrives;
     ``event_time`` waits for the watermark and is exact for any delivery order, batch runs
-    included (:mod:`streaming.job.arrival`, :mod:`streaming.job.event_time`)."""
+    included (:mod:`streaming.job.arrival`, :mod:`streaming.job.event_time`).
+
+    ``lookup``: opens the reader of the spec's batch features (required when the spec has
+    lookups): accepted rows go through :class:`EnrichFromFeatureStore` before scoring."""
 
     def __init__(
         self,
@@ -74,13 +79,19 @@ class ScoreTransactions(beam.PTransform):
         ordering: str = DEFAULT_ORDERING,
         initial: InitialStates | None = None,
         contract: WireContract = DEFAULT_CONTRACT,
+        lookup: Callable[[], LookupReader] | None = None,
     ) -> None:
         super().__init__()
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
+        if spec.lookups and lookup is None:
+            raise ValueError(
+                f"preset {spec.name!r} looks up batch features: give the feature store to read "
+                "them from (--feature_store feast)"
+            )
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
         self.pseudonymise, self.ordering, self.initial = pseudonymise, ordering, initial
-        self.contract = contract
+        self.contract, self.lookup = contract, lookup
 
     def expand(self, inputs):
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
@@ -115,6 +126,10 @@ class ScoreTransactions(beam.PTransform):
         accepted, rejected = rows | "SplitRejected" >> beam.Partition(
             lambda row, _: 0 if row.accepted else 1, 2
         )
+        if self.spec.lookups:
+            accepted = accepted | "EnrichFromFeatureStore" >> EnrichFromFeatureStore(
+                self.spec, self.lookup, self.clock
+            )
         scored = accepted | "Score" >> Score(self.handler)
         alerts = scored | "Alerts" >> Alerts(self.spec.names, self.clock)
         refused = rejected | "RejectedToDeadLetter" >> beam.Map(_rejected, self.clock)
@@ -180,6 +195,16 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
     contract = WireContract(opts.naive_time_zone, opts.strict_fields)
+    lookup = None
+    if spec.lookups:
+        if opts.feature_store != "feast":
+            raise ValueError(
+                f"preset {spec.name!r} looks up batch features in the Feast store: pass "
+                "--feature_store feast (and the store's settings)"
+            )
+        lookup = functools.partial(shared_lookup_reader, spec.name, store_settings(opts))
+        if local:
+            lookup()  # fail now if the batch views are not applied or disagree with the spec
     core = ScoreTransactions(
         spec,
         handler,
@@ -188,6 +213,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         ordering=opts.ordering,
         initial=initial,
         contract=contract,
+        lookup=lookup,
     )
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:

@@ -260,6 +260,20 @@ class BigtableOnlineStore(OnlineStore):
         for start in range(0, len(entries), step):
             self._mutate(config, entries[start : start + step])
 
+    def read_arrays(
+        self, config: RepoConfig, requests: Sequence[tuple[FeatureView, Sequence[bytes]]]
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(present, event µs, values)`` of each ``(view, row keys)`` request, all in one
+        ReadRows: every feature of the view, the latest cell, no ttl applied (the caller
+        decides what is fresh, e.g. by event time)."""
+        cells = self._fetch(
+            config, [view for view, _ in requests], [k for _, ks in requests for k in ks]
+        )
+        return [
+            self._decode(config, view, codec.feature_names(view), keys, cells, enforce_ttl=False)
+            for view, keys in requests
+        ]
+
     # ------------------------------------------------------------------ internals
 
     def _fetch(
@@ -291,13 +305,16 @@ class BigtableOnlineStore(OnlineStore):
         requested: Sequence[str],
         keys: Sequence[bytes],
         cells: dict[tuple[bytes, bytes], bytes],
+        enforce_ttl: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(present (n,), event µs (n,), values (n, requested))`` of ``view`` for ``keys``.
 
-        Not present: no cell, a cell of another schema, or one older than the view's ttl.
+        Not present: no cell, a cell of another schema, or (with ``enforce_ttl`` and the
+        config's) one older than the view's ttl.
         """
         tag, names = self._layout(view)
-        ttl = view.ttl if view.ttl and config.online_store.enforce_ttl else None
+        enforce = enforce_ttl and config.online_store.enforce_ttl
+        ttl = view.ttl if view.ttl and enforce else None
         oldest = codec.to_micros(self.clock() - ttl) if ttl else int(np.iinfo(np.int64).min)
         qualifier = view.name.encode()
         found = [cells.get((key, qualifier)) for key in keys]

@@ -1,0 +1,235 @@
+"""``EnrichFromFeatureStore``: the batch features of each transaction, looked up in the store.
+
+A spec's lookups (a card's 90-day profile, a terminal's compromise score: ``features.batch``)
+are computed once a day by the batch job, as of midnight, and materialized into the online
+store. This stage fills their columns of each accepted :class:`FeatureRow`:
+
+* **batched**: a bundle's rows are held until the bundle ends (or ``max_batch`` rows), and the
+  cards and terminals not in the cache are read in one round trip (:class:`LookupReader`);
+* **cached per worker, by materialization**: an entity's values are kept with the as-of
+  midnight of the snapshot they come from. A transaction on that day (or earlier: a late one)
+  uses them; one on a later day reads the entity again, once. When the store has nothing newer
+  yet (the daily job has not run), the older values are used, within ``LOOKUP_TTL``, and the
+  entity is read again after ``recheck_s`` seconds of processing time;
+* **defaults** where the store has no live row (an entity the batch job has not seen, or older
+  than ``LOOKUP_TTL`` at the transaction's time), counted per entity;
+* transient store errors are retried by the online store within its budget
+  (``operation_timeout_s``); past it the bundle fails and the runner retries it.
+
+A transaction at ``t`` thus gets the snapshot of ``t``'s midnight, as
+:func:`features.batch.point_in_time` gives the training set, when the daily materialization has
+run before ``t``'s day starts. The deviations from the stored profile are computed here, with
+:func:`features.batch.complete`, the function the training join uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
+
+from features.batch import LOOKUP_TTL, complete, defaults, lookup_entities, midnight
+from features.spec import FeatureSpec, to_ns
+from streaming.job.common import NAMESPACE, Clock
+from streaming.job.entity_state import FeatureRow, entity_id
+from streaming.store.lookup import LookupReader
+
+_TTL_NS = to_ns(LOOKUP_TTL)
+DEFAULT_RECHECK_S = 300.0
+DEFAULT_MAX_BATCH = 2_048
+DEFAULT_CACHE_ENTRIES = 500_000
+
+
+@dataclass(slots=True)
+class _Cached:
+    as_of_ns: int
+    """The snapshot's as-of midnight (0: the store had no row)."""
+    values: np.ndarray
+    valid_day: int
+    """The latest transaction day (midnight, ns) these values serve."""
+    recheck_at: float
+    """Processing time after which a transaction of ``valid_day`` reads the entity again
+    (``inf``: the snapshot of ``valid_day`` itself, never re-read that day)."""
+
+
+class LookupCache:
+    """A worker's cached batch-feature rows of one entity, keyed by id (see the module doc).
+
+    ``max_entries`` bounds the memory: past it the cache is emptied (a day's worth of reads is
+    the cost, once)."""
+
+    def __init__(self, recheck_s: float, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        self.recheck_s, self.max_entries = recheck_s, max_entries
+        self.entries: dict[int, _Cached] = {}
+
+    def get(self, key: int, day: int, now: float) -> _Cached | None:
+        """The cached row usable for a transaction of ``day`` at processing time ``now``."""
+        entry = self.entries.get(key)
+        if (
+            entry is None
+            or day > entry.valid_day
+            or (day == entry.valid_day and now >= entry.recheck_at)
+        ):
+            return None
+        return entry
+
+    def put(self, key: int, day: int, as_of: int, values: np.ndarray, now: float) -> _Cached:
+        """Keep what the store answered for a transaction of ``day``."""
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        recheck = float("inf") if as_of >= day else now + self.recheck_s
+        entry = self.entries[key] = _Cached(as_of, values, max(day, as_of), recheck)
+        return entry
+
+
+class _EnrichFn(beam.DoFn):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        open_reader: Callable[[], LookupReader],
+        clock: Clock,
+        recheck_s: float,
+        max_batch: int,
+    ) -> None:
+        self.spec, self.open_reader, self.clock = spec, open_reader, clock
+        self.recheck_s, self.max_batch = recheck_s, max_batch
+        self.entities = lookup_entities(spec)
+        self.first = len(spec.stream_names)
+        self.requests = Metrics.counter(NAMESPACE, "feature_lookups")
+        self.rows_read = Metrics.counter(NAMESPACE, "feature_lookup_rows")
+        self.hits = Metrics.counter(NAMESPACE, "feature_lookup_cache_hits")
+        self.missing = {
+            e.name: Metrics.counter(NAMESPACE, f"{e.name}_batch_features_missing")
+            for e in self.entities
+        }
+        self.read_ms = Metrics.distribution(NAMESPACE, "feature_lookup_ms")
+
+    def setup(self) -> None:
+        self.reader = self.open_reader()
+        self.caches = {e.name: LookupCache(self.recheck_s) for e in self.entities}
+        self.defaults = {e.name: defaults(self.spec, e) for e in self.entities}
+
+    def start_bundle(self) -> None:
+        self.pending: list[tuple[FeatureRow, Any, Any]] = []
+
+    def process(
+        self, row: FeatureRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+    ) -> Iterator[WindowedValue]:
+        self.pending.append((row, timestamp, window))
+        if len(self.pending) >= self.max_batch:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        yield from self._flush()
+
+    def _flush(self) -> Iterator[WindowedValue]:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        rows = [row for row, _, _ in pending]
+        times = np.array([r.tx.time_ns for r in rows], np.int64)
+        stored = self._stored(rows, times)
+        amounts = np.array([r.tx.amount for r in rows], np.float64)
+        looked_up = complete(self.spec, stored, amounts, times)
+        for (row, timestamp, window), values in zip(pending, looked_up, strict=True):
+            features = row.features.copy()
+            features[self.first :] = values
+            yield WindowedValue(replace(row, features=features), timestamp, (window,))
+
+    def _stored(self, rows: list[FeatureRow], times: np.ndarray) -> dict[str, np.ndarray]:
+        """Each row's stored values per entity: from the cache, else one read for all misses."""
+        now = self.clock()
+        days = midnight(times)
+        ids = {e.name: [entity_id(r.tx, e) for r in rows] for e in self.entities}
+        entries: dict[str, list[_Cached | None]] = {}
+        misses: dict[str, list[int]] = {}
+        for entity in self.entities:
+            cache = self.caches[entity.name]
+            found = [
+                cache.get(k, int(d), now)
+                for k, d in zip(ids[entity.name], days.tolist(), strict=True)
+            ]
+            entries[entity.name] = found
+            wanted = {k for k, e in zip(ids[entity.name], found, strict=True) if e is None}
+            misses[entity.name] = sorted(wanted)
+        n_missing = sum(len(m) for m in misses.values())
+        if n_missing:
+            self._read(misses, ids, days, entries, now)
+            self.requests.inc()
+            self.rows_read.inc(n_missing)
+        self.hits.inc(len(rows) * len(self.entities) - n_missing)
+        out = {}
+        for entity in self.entities:
+            values = np.empty((len(rows), len(self.defaults[entity.name])))
+            missing = 0
+            for i, (entry, t) in enumerate(zip(entries[entity.name], times.tolist(), strict=True)):
+                if entry is None or entry.as_of_ns == 0 or t - entry.as_of_ns > _TTL_NS:
+                    values[i] = self.defaults[entity.name]
+                    missing += 1
+                else:
+                    values[i] = entry.values
+            if missing:
+                self.missing[entity.name].inc(missing)
+            out[entity.name] = values
+        return out
+
+    def _read(
+        self,
+        misses: dict[str, list[int]],
+        ids: dict[str, list[int]],
+        days: np.ndarray,
+        entries: dict[str, list[_Cached | None]],
+        now: float,
+    ) -> None:
+        """One round trip for every missed id; fills the cache and ``entries``."""
+        start = time.perf_counter()
+        answers = self.reader.read(
+            {name: np.array(keys, np.int64) for name, keys in misses.items()}
+        )
+        self.read_ms.update(int((time.perf_counter() - start) * 1000))
+        for entity in self.entities:
+            answer, cache = answers[entity.name], self.caches[entity.name]
+            latest_day = {}
+            for key, day in zip(ids[entity.name], days.tolist(), strict=True):
+                latest_day[key] = max(latest_day.get(key, day), day)
+            fresh = {}
+            for i, key in enumerate(misses[entity.name]):
+                as_of = int(answer.as_of_ns[i]) if answer.found[i] else 0
+                fresh[key] = cache.put(key, latest_day[key], as_of, answer.values[i], now)
+            row_entries = entries[entity.name]
+            for i, key in enumerate(ids[entity.name]):
+                if row_entries[i] is None:
+                    row_entries[i] = fresh[key]
+
+
+class EnrichFromFeatureStore(beam.PTransform):
+    """Accepted :class:`FeatureRow` -> the same rows with the spec's lookup columns filled
+    (``spec.lookup_names``), looked up through ``open_reader()`` (built on the worker: readers
+    are not picklable). Counters: ``feature_lookups`` (store round trips),
+    ``feature_lookup_rows``, ``feature_lookup_cache_hits`` and ``<entity>_batch_features_missing``
+    (rows given the defaults)."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        open_reader: Callable[[], LookupReader],
+        clock: Clock = time.time,
+        recheck_s: float = DEFAULT_RECHECK_S,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        super().__init__()
+        if not spec.lookups:
+            raise ValueError(f"preset {spec.name!r} has no batch features to look up")
+        self.spec, self.open_reader, self.clock = spec, open_reader, clock
+        self.recheck_s, self.max_batch = recheck_s, max_batch
+
+    def expand(self, rows):
+        return rows | "Lookup" >> beam.ParDo(
+            _EnrichFn(self.spec, self.open_reader, self.clock, self.recheck_s, self.max_batch)
+        )

@@ -1,0 +1,164 @@
+"""Reading a spec's batch features (its lookups) from the online store, a bundle at a time.
+
+:class:`LookupReader` is the contract the stream's ``EnrichFromFeatureStore`` stage uses: one
+round trip for any number of cards and terminals, each answered with its stored values and the
+as-of time of the snapshot they come from (what a worker's cache keys on). Freshness is the
+caller's business: a reader returns the newest stored row whatever its age.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.batch import EVENT_TIMESTAMP, lookup_entities
+from features.spec import FeatureSpec
+from streaming.store.feast_store import StoreSettings
+from streaming.store.names import batch_view_name
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """One entity's answer for ``n`` ids."""
+
+    found: np.ndarray
+    """bool (n,): the store has a row for the id."""
+    as_of_ns: np.ndarray
+    """int64 (n,): the row's event time (its snapshot's as-of midnight), ns; 0 where not found."""
+    values: np.ndarray
+    """float64 (n, ``spec.lookup_stored_names(entity)``); NaN where not found."""
+
+
+class LookupReader(ABC):
+    """Reads the newest batch-feature rows of entity ids; counts its round trips."""
+
+    requests: int = 0
+    """Round trips to the store so far (one per :meth:`read` with ids)."""
+
+    @abstractmethod
+    def read(self, ids: Mapping[str, np.ndarray]) -> dict[str, LookedUp]:
+        """Entity name -> int64 ids (each spec entity with lookups, any lengths) -> answers, in
+        one round trip. Unknown ids are not found; it never raises for them."""
+
+
+class MemoryLookupReader(LookupReader):
+    """Serves snapshot tables held in memory (tests): the newest row of each id."""
+
+    def __init__(self, spec: FeatureSpec, tables: Mapping[str, pd.DataFrame]) -> None:
+        self.spec, self.requests = spec, 0
+        self.rows: dict[str, dict[int, tuple[int, np.ndarray]]] = {}
+        for entity in lookup_entities(spec):
+            table = tables[entity.name].sort_values(EVENT_TIMESTAMP, kind="stable")
+            names = spec.lookup_stored_names(entity)
+            times = table[EVENT_TIMESTAMP].to_numpy("datetime64[ns]").view(np.int64)
+            values = table[names].to_numpy(np.float64)
+            ids = table[entity.key].to_numpy(np.int64)
+            self.rows[entity.name] = {
+                int(k): (int(t), v) for k, t, v in zip(ids, times, values, strict=True)
+            }
+
+    def read(self, ids: Mapping[str, np.ndarray]) -> dict[str, LookedUp]:
+        self.requests += 1
+        out = {}
+        for entity in lookup_entities(self.spec):
+            width = len(self.spec.lookup_stored_names(entity))
+            keys = np.asarray(ids[entity.name], np.int64)
+            found = np.zeros(len(keys), bool)
+            as_of = np.zeros(len(keys), np.int64)
+            values = np.full((len(keys), width), np.nan)
+            for i, key in enumerate(keys.tolist()):
+                row = self.rows[entity.name].get(key)
+                if row is not None:
+                    found[i], (as_of[i], values[i]) = True, row
+            out[entity.name] = LookedUp(found, as_of, values)
+        return out
+
+
+class FeastLookupReader(LookupReader):
+    """Reads the batch views of a Feast store: with our Bigtable online store every view of
+    every id in one ``ReadRows`` (:meth:`BigtableOnlineStore.read_arrays`), with any other
+    online store through one ``get_online_features`` call."""
+
+    def __init__(self, store: Any, spec: FeatureSpec) -> None:
+        self.store, self.spec, self.requests = store, spec, 0
+        self.views = {}
+        for entity in lookup_entities(spec):
+            name = batch_view_name(spec, entity)
+            try:
+                view = store.get_feature_view(name)
+            except Exception as exc:  # Feast raises FeatureViewNotFoundException
+                raise ValueError(
+                    f"batch feature view {name!r} is not in the registry of project "
+                    f"{store.config.project!r}: run `feast apply` with this code ({exc})"
+                ) from exc
+            got, expected = [f.name for f in view.features], spec.lookup_stored_names(entity)
+            if got != expected:
+                raise ValueError(
+                    f"batch feature view {name!r} has features {got}, but preset "
+                    f"{spec.name!r} has {expected}: run `feast apply` with this code"
+                )
+            self.views[entity.name] = view
+        online = getattr(store._get_provider(), "online_store", None)  # no public accessor
+        self._packed = online if hasattr(online, "read_arrays") else None
+
+    def read(self, ids: Mapping[str, np.ndarray]) -> dict[str, LookedUp]:
+        from streaming.store.bigtable.codec import row_keys
+
+        entities = lookup_entities(self.spec)
+        keys = {e.name: np.asarray(ids[e.name], np.int64) for e in entities}
+        self.requests += 1
+        if self._packed is None:
+            return self._read_feast(keys)
+        requests = [
+            (self.views[e.name], row_keys([e.key], [keys[e.name].tolist()])) for e in entities
+        ]
+        answers = self._packed.read_arrays(self.store.config, requests)
+        out = {}
+        for entity, (present, event_us, values) in zip(entities, answers, strict=True):
+            as_of = np.where(present, event_us * 1_000, 0).astype(np.int64)
+            out[entity.name] = LookedUp(present.astype(bool), as_of, values)
+        return out
+
+    def _read_feast(self, keys: dict[str, np.ndarray]) -> dict[str, LookedUp]:
+        """Any online store: one ``get_online_features`` per entity's batch view."""
+        out = {}
+        for entity in lookup_entities(self.spec):
+            view, names = self.views[entity.name], self.spec.lookup_stored_names(entity)
+            rows = {entity.key: keys[entity.name].tolist()}
+            proto = self.store.get_online_features(
+                features=[f"{view.name}:{n}" for n in names], entity_rows=rows
+            ).proto
+            position = {n: i for i, n in enumerate(proto.metadata.feature_names.val)}
+            n = len(keys[entity.name])
+            values = np.full((n, len(names)), np.nan)
+            found = np.zeros(n, bool)
+            as_of = np.zeros(n, np.int64)
+            for j, name in enumerate(names):
+                vector = proto.results[position[name]]
+                for i, (value, status, ts) in enumerate(
+                    zip(vector.values, vector.statuses, vector.event_timestamps, strict=True)
+                ):
+                    if status == _PRESENT:
+                        found[i] = True
+                        values[i, j] = value.double_val if value.HasField("double_val") else np.nan
+                        as_of[i] = ts.seconds * 10**9 + ts.nanos
+            out[entity.name] = LookedUp(found, as_of, values)
+        return out
+
+
+_PRESENT = 1  # feast.serving FieldStatus.PRESENT
+
+
+@functools.lru_cache(maxsize=8)
+def shared_lookup_reader(preset: str, settings: StoreSettings) -> FeastLookupReader:
+    """One reader per process and settings, shared by the stage's DoFns (opening a Feast store
+    costs seconds; the DirectRunner sets up a new DoFn for every bundle)."""
+    from features import presets
+
+    return FeastLookupReader(settings.feature_store(), presets.get(preset))

@@ -1,0 +1,161 @@
+"""EnrichFromFeatureStore: batch features from the store equal the training join; the worker
+cache reads an entity once per materialization; missing entities get the defaults."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+from apache_beam import Create, Map
+from apache_beam.metrics import MetricsFilter
+
+from features import batch, presets
+from features.backfill import backfill
+from features.incremental import Status
+from features.synthetic import transactions
+from features.table import validate
+from streaming.job.enrich import EnrichFromFeatureStore, LookupCache
+from streaming.job.entity_state import FeatureRow
+from streaming.store.lookup import MemoryLookupReader
+from tests.streaming.job.stages import batch_pipeline, to_transactions
+
+SPEC = presets.get("enriched")
+DAY_NS = batch.DAY_NS
+_READERS: dict[str, MemoryLookupReader] = {}
+_OUTPUTS: dict[str, list[FeatureRow]] = {}
+
+
+def _reader(name: str) -> MemoryLookupReader:
+    """The test's reader by name (the runner unpickles the factory in this process)."""
+    return _READERS[name]
+
+
+@pytest.fixture(scope="module")
+def history() -> pd.DataFrame:
+    return validate(
+        transactions(n=2_000, customers=40, terminals=30, days=40, fraud_rate=0.05), SPEC
+    )
+
+
+def _rows(df: pd.DataFrame, features: np.ndarray) -> list[FeatureRow]:
+    """Accepted rows with their stream features and NaN lookup columns, as the stage gets them."""
+    first = len(SPEC.stream_names)
+    out = []
+    for tx, values in zip(to_transactions(df), features, strict=True):
+        row = values.copy()
+        row[first:] = np.nan
+        out.append(FeatureRow(tx, row, int(Status.OK)))
+    return out
+
+
+def _collect(row: FeatureRow, name: str) -> None:
+    _OUTPUTS[name].append(row)
+
+
+def _run(rows: list[FeatureRow], reader: MemoryLookupReader, name: str, clock=lambda: 0.0):
+    """The stage's output rows and counters (collected in this process, as the reader is)."""
+    _READERS[name], _OUTPUTS[name] = reader, []
+    try:
+        p = batch_pipeline()
+        out = (
+            p
+            | Create(rows, reshuffle=False)
+            | EnrichFromFeatureStore(SPEC, functools.partial(_reader, name), clock)
+        )
+        _ = out | Map(_collect, name)
+        result = p.run()
+        result.wait_until_finish()
+        got = _OUTPUTS[name]
+    finally:
+        del _READERS[name], _OUTPUTS[name]
+    counters = {
+        c.key.metric.name: c.committed for c in result.metrics().query(MetricsFilter())["counters"]
+    }
+    return got, counters
+
+
+def test_a_day_of_transactions_gets_the_training_joins_values(history, request):
+    """The store holds the snapshot of day D (as after that midnight's materialization): every
+    transaction of day D gets exactly its training-set row (backfill with the point-in-time
+    join), stream features untouched; an entity without a row gets the defaults."""
+    times = history["TX_DATETIME"]
+    day = times.dt.normalize().iloc[-1] - pd.Timedelta(days=1)
+    tables = batch.snapshots(history, SPEC)
+    as_of = {name: t[t["event_timestamp"] == day] for name, t in tables.items()}
+    today = history[(times >= day) & (times < day + pd.Timedelta(days=1))]
+    expected = backfill(history, SPEC, lookups=tables)[SPEC.names].to_numpy()[today.index]
+    rows = _rows(today, expected)
+    got, counters = _run(rows, MemoryLookupReader(SPEC, as_of), request.node.nodeid)
+    by_id = {r.tx.transaction_id: r.features for r in got}
+    assert sorted(by_id) == sorted(today["TRANSACTION_ID"].tolist())
+    for row, want in zip(rows, expected, strict=True):
+        np.testing.assert_array_equal(by_id[row.tx.transaction_id], want)
+    assert counters["feature_lookups"] >= 1
+    # one row read per distinct entity of the day, at most (the cache serves repeats)
+    distinct = today["CUSTOMER_ID"].nunique() + today["TERMINAL_ID"].nunique()
+    assert counters["feature_lookup_rows"] <= distinct
+    known = set(as_of["customer"]["CUSTOMER_ID"])
+    unknown_rows = int((~today["CUSTOMER_ID"].isin(known)).sum())
+    assert counters.get("customer_batch_features_missing", 0) == unknown_rows
+
+
+def test_missing_entities_get_the_defaults_and_are_counted(history, request):
+    today = history.tail(5)
+    rows = _rows(today, np.zeros((5, len(SPEC.names))))
+    empty = {name: t.iloc[:0] for name, t in batch.snapshots(history.head(50), SPEC).items()}
+    got, counters = _run(rows, MemoryLookupReader(SPEC, empty), request.node.nodeid)
+    first = len(SPEC.stream_names)
+    stored = {e.name: np.tile(batch.defaults(SPEC, e), (5, 1)) for e in batch.lookup_entities(SPEC)}
+    by_id = {r.tx.transaction_id: r.features[first:] for r in got}
+    want = batch.complete(
+        SPEC,
+        stored,
+        today["TX_AMOUNT"].to_numpy(),
+        today["TX_DATETIME"].to_numpy("datetime64[ns]").view(np.int64),
+    )
+    for tx_id, values in zip(today["TRANSACTION_ID"], want, strict=True):
+        np.testing.assert_array_equal(by_id[tx_id], values)
+    assert counters["customer_batch_features_missing"] == 5
+    assert counters["terminal_batch_features_missing"] == 5
+
+
+class TestLookupCache:
+    D = 100 * DAY_NS
+
+    def test_the_snapshot_of_the_day_serves_the_whole_day_and_earlier_days(self):
+        cache = LookupCache(recheck_s=60)
+        cache.put(7, self.D, self.D, np.ones(2), now=0.0)
+        assert cache.get(7, self.D, now=1e9) is not None  # never re-read that day
+        assert cache.get(7, self.D - DAY_NS, now=0.0) is not None  # a late transaction
+        assert cache.get(7, self.D + DAY_NS, now=0.0) is None  # the next day: read again
+
+    def test_an_older_snapshot_is_rechecked_after_recheck_s(self):
+        """The daily job has not materialized day D yet: yesterday's values serve, and the
+        entity is read again once ``recheck_s`` has passed."""
+        cache = LookupCache(recheck_s=60)
+        cache.put(7, self.D, self.D - DAY_NS, np.ones(2), now=1_000.0)
+        assert cache.get(7, self.D, now=1_059.0) is not None
+        assert cache.get(7, self.D, now=1_060.0) is None
+
+    def test_a_missing_entity_is_rechecked_too(self):
+        cache = LookupCache(recheck_s=60)
+        cache.put(7, self.D, 0, np.full(2, np.nan), now=0.0)
+        assert cache.get(7, self.D, now=30.0) is not None
+        assert cache.get(7, self.D, now=60.0) is None
+
+    def test_memory_is_bounded(self):
+        cache = LookupCache(recheck_s=60, max_entries=3)
+        for key in range(4):
+            cache.put(key, self.D, self.D, np.ones(2), now=0.0)
+        assert len(cache.entries) <= 3 and cache.get(3, self.D, now=0.0) is not None
+
+
+def test_a_preset_with_lookups_needs_a_reader():
+    from streaming.job.pipeline import ScoreTransactions
+
+    with pytest.raises(ValueError, match="looks up batch features"):
+        ScoreTransactions(SPEC, handler=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no batch features"):
+        EnrichFromFeatureStore(presets.DEFAULT, lambda: None)  # type: ignore[arg-type,return-value]

@@ -36,7 +36,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from features.batch import LOOKUP_TTL, complete, defaults, lookup_entities, midnight
 from features.spec import FeatureSpec, to_ns
-from streaming.job.common import NAMESPACE, Clock
+from streaming.job.common import NAMESPACE, TOTALS, Clock
 from streaming.job.entity_state import FeatureRow, entity_id
 from streaming.store.lookup import LookupReader
 
@@ -118,6 +118,9 @@ class _EnrichFn(beam.DoFn):
     def start_bundle(self) -> None:
         self.pending: list[tuple[FeatureRow, Any, Any]] = []
 
+    def teardown(self) -> None:
+        TOTALS.flush()
+
     def process(
         self, row: FeatureRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator[WindowedValue]:
@@ -163,6 +166,8 @@ class _EnrichFn(beam.DoFn):
             self._read(misses, ids, days, entries, now)
             self.requests.inc()
             self.rows_read.inc(n_missing)
+            TOTALS.add("feature_lookups")
+            TOTALS.add("feature_lookup_rows", n_missing)
         self.hits.inc(len(rows) * len(self.entities) - n_missing)
         out = {}
         for entity in self.entities:

@@ -48,7 +48,7 @@ from apache_beam.transforms.userstate import (
 from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
-from streaming.job.common import NAMESPACE
+from streaming.job.common import NAMESPACE, TOTALS
 from streaming.job.initial_states import InitialStates, StateLookup
 from streaming.schema import Label, Transaction
 
@@ -131,6 +131,9 @@ class EntityStateFn(beam.DoFn):
         self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
         self.initial_state = self.initial.lookup(self.plan.entity) if self.initial else None
 
+    def teardown(self) -> None:
+        TOTALS.flush()
+
     def _first_sight(self, lookup: StateLookup, key: int) -> bytes:
         """The initial state of ``key`` (``b""``: none), looked up once per key: the caller
         writes Beam state after it. One read per call from the store: buffering a bundle's
@@ -138,6 +141,8 @@ class EntityStateFn(beam.DoFn):
         bundle ends, and Beam state is only at hand while an element is processed."""
         blob = lookup(key)
         (self.bootstrapped if blob else self.not_bootstrapped).inc()
+        where = "store" if self.initial is not None and self.initial.in_store else "file"
+        TOTALS.add(f"states_from_{where}" if blob else f"states_missing_from_{where}")
         return blob or b""
 
     def _apply(self, key: int, event: Transaction | Label, state) -> EntityBlock | None:

@@ -83,7 +83,7 @@ class MemoryLookupReader(LookupReader):
 class FeastLookupReader(LookupReader):
     """Reads the batch views of a Feast store: with our Bigtable online store every view of
     every id in one ``ReadRows`` (:meth:`BigtableOnlineStore.read_arrays`), with any other
-    online store through one ``get_online_features`` call."""
+    online store through its ``online_read``, one call per view."""
 
     def __init__(self, store: Any, spec: FeatureSpec) -> None:
         self.store, self.spec, self.requests = store, spec, 0
@@ -126,33 +126,38 @@ class FeastLookupReader(LookupReader):
         return out
 
     def _read_feast(self, keys: dict[str, np.ndarray]) -> dict[str, LookedUp]:
-        """Any online store: one ``get_online_features`` per entity's batch view."""
+        """Any online store, through its ``online_read`` (the Feast ``OnlineStore`` contract:
+        the newest row whatever its age), once per entity's batch view."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        online = self.store._get_provider().online_store  # no public accessor
         out = {}
         for entity in lookup_entities(self.spec):
             view, names = self.views[entity.name], self.spec.lookup_stored_names(entity)
-            rows = {entity.key: keys[entity.name].tolist()}
-            proto = self.store.get_online_features(
-                features=[f"{view.name}:{n}" for n in names], entity_rows=rows
-            ).proto
-            position = {n: i for i, n in enumerate(proto.metadata.feature_names.val)}
-            n = len(keys[entity.name])
-            values = np.full((n, len(names)), np.nan)
+            protos = [
+                EntityKey(join_keys=[entity.key], entity_values=[Value(int64_val=k)])
+                for k in keys[entity.name].tolist()
+            ]
+            rows = online.online_read(self.store.config, view, protos, names)
+            n = len(protos)
             found = np.zeros(n, bool)
             as_of = np.zeros(n, np.int64)
-            for j, name in enumerate(names):
-                vector = proto.results[position[name]]
-                for i, (value, status, ts) in enumerate(
-                    zip(vector.values, vector.statuses, vector.event_timestamps, strict=True)
-                ):
-                    if status == _PRESENT:
-                        found[i] = True
-                        values[i, j] = value.double_val if value.HasField("double_val") else np.nan
-                        as_of[i] = ts.seconds * 10**9 + ts.nanos
+            values = np.full((n, len(names)), np.nan)
+            for i, (event_ts, features) in enumerate(rows):
+                if features is None:
+                    continue
+                found[i] = True
+                stamp = pd.Timestamp(event_ts)
+                if stamp.tzinfo is not None:  # Feast's naive convention is UTC
+                    stamp = stamp.tz_convert("UTC").tz_localize(None)
+                as_of[i] = stamp.value
+                for j, name in enumerate(names):
+                    value = features.get(name)
+                    if value is not None and value.HasField("double_val"):
+                        values[i, j] = value.double_val
             out[entity.name] = LookedUp(found, as_of, values)
         return out
-
-
-_PRESENT = 1  # feast.serving FieldStatus.PRESENT
 
 
 @functools.lru_cache(maxsize=8)

@@ -159,3 +159,17 @@ def test_a_preset_with_lookups_needs_a_reader():
         ScoreTransactions(SPEC, handler=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no batch features"):
         EnrichFromFeatureStore(presets.DEFAULT, lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_process_totals_are_logged_and_parsed_back(caplog):
+    from streaming.job.common import ProcessTotals, parse_totals
+
+    totals = ProcessTotals(every_s=3600)
+    with caplog.at_level("INFO", logger="streaming.job.common"):
+        totals.add("feature_lookups")  # the first add is due: logged
+        totals.add("feature_lookups", 2)  # within every_s: not yet
+        assert parse_totals(caplog.text) == {"feature_lookups": 1}
+        totals.flush()
+        totals.flush()  # unchanged: no second line
+    assert parse_totals(caplog.text) == {"feature_lookups": 3}
+    assert caplog.text.count("fraudstream totals:") == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -171,6 +172,11 @@ def render(result: dict) -> str:
         f"(from {result['train_start']})"
     )
     lines.append(f"{ours:55s} {result['auc']:8.3f} {result['ap']:8.3f} {result['cp_at_100']:8.3f}")
+    for name, other in result.get("compared", {}).items():
+        label = f"  preset {name}, same protocol"
+        lines.append(
+            f"{label:55s} {other['auc']:8.3f} {other['ap']:8.3f} {other['cp_at_100']:8.3f}"
+        )
     if "feedback" in result:
         fb = result["feedback"]
         name = "  same week + investigator feedback (100 cards/day)"
@@ -196,11 +202,21 @@ def run_evaluate(
     json_path: str | None,
     tune_grid: bool = True,
     feedback: bool = True,
+    compare: Sequence[str] = (),
 ) -> dict:
+    """Evaluate ``preset``, and each preset of ``compare`` beside it (same data, split and
+    tuning; their metrics under ``compared``)."""
     spec = presets.get(preset)
     df = read_transactions(inputs, spec)
     grid = models.GRID if tune_grid else models.GRID[:1]
     result = evaluate(df, spec, train_start, train_days, grid, feedback=feedback)
+    result["compared"] = {}
+    for name in compare:
+        other = presets.get(name)
+        theirs = evaluate(read_transactions(inputs, other), other, train_start, train_days, grid,
+                          feedback=False)  # fmt: skip
+        keep = ("auc", "ap", "cp_at_100", "spec_fingerprint", "test_features_equal_backfill")
+        result["compared"][name] = {k: theirs[k] for k in keep} | {"params": theirs["model"]}
     print(render(result))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

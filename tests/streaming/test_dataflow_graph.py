@@ -107,7 +107,11 @@ ENTITY_STAGES = {
     "event_time": {"CustomerFeatures", "TerminalFeatures", "EntityBlocks", "JoinFeatures"},
 }
 """ScoreTransactions' stages besides :data:`CORE`, by ``--ordering``."""
-IN_THE_DIAGRAM = (TOP_LEVEL | CORE | ENTITY_STAGES["arrival"] | ENTITY_STAGES["event_time"]) - {
+LOOKUP_STAGES = {"EnrichFromFeatureStore"}
+"""ScoreTransactions' stages besides those, for a preset with batch features (lookups)."""
+IN_THE_DIAGRAM = (
+    TOP_LEVEL | CORE | ENTITY_STAGES["arrival"] | ENTITY_STAGES["event_time"] | LOOKUP_STAGES
+) - {
     "AlertMessages",
     "DeadLetterMessages",
     "MonitoringMessages",
@@ -228,16 +232,15 @@ def _child(out: Path, call: str, *args: str) -> dict:
 # ---- the launches ----
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def registry(root: Path, preset: str) -> Path:
     """A registry whose champion has what a remote launch reads: its pointer and its drift
     reference (``--monitoring_topic``); the workers would load the model."""
-    root = tmp_path_factory.mktemp("graph") / "models"
-    X = np.random.default_rng(0).normal(size=(64, len(SPEC.names)))
+    spec = presets.get(preset)
+    X = np.random.default_rng(0).normal(size=(64, len(spec.names)))
     version = root / "v0001"
     version.mkdir(parents=True)
-    (version / "meta.json").write_text(json.dumps({"preset": SPEC.name, "features": SPEC.names}))
-    save_reference(reference_profile(X, SPEC.names), version)
+    (version / "meta.json").write_text(json.dumps({"preset": spec.name, "features": spec.names}))
+    save_reference(reference_profile(X, spec.names), version)
     Registry(str(root)).promote("v0001")
     return root
 
@@ -245,10 +248,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Launch:
     """A dry template launch: its translated pipeline and what its process held."""
 
-    def __init__(self, ordering: str, out: Path, registry: Path) -> None:
-        params = {**PARAMETERS, "model_dir": str(registry), "ordering": ordering}
+    def __init__(self, ordering: str, preset: str, out: Path) -> None:
+        models = registry(out / "models", preset)
+        params = {**PARAMETERS, "model_dir": str(models), "ordering": ordering, "preset": preset}
         argv = [f"--{n}={v}" for n, v in params.items()] + LAUNCHER_FLAGS
-        self.ordering = ordering
+        self.ordering, self.preset = ordering, preset
         self.process = _child(out, "dry_run_in_this_process", json.dumps(argv))
         self.pipeline = beam_runner_api_pb2.Pipeline.FromString((out / "pipeline.pb").read_bytes())
         self.components = self.pipeline.components
@@ -284,9 +288,14 @@ class Launch:
                 if t.spec.urn == urn}  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=sorted(STATEFUL))
-def launch(request, registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Launch:
-    return Launch(request.param, tmp_path_factory.mktemp(request.param), registry)
+LAUNCHES = [("arrival", SPEC.name), ("event_time", SPEC.name), ("arrival", "enriched")]
+"""(ordering, preset) of each launch: both orderings, and a preset with batch features."""
+
+
+@pytest.fixture(scope="module", params=LAUNCHES, ids=["-".join(x) for x in LAUNCHES])
+def launch(request, tmp_path_factory: pytest.TempPathFactory) -> Launch:
+    ordering, preset = request.param
+    return Launch(ordering, preset, tmp_path_factory.mktemp(f"{ordering}-{preset}"))
 
 
 # ---- the checks ----
@@ -305,7 +314,8 @@ def test_the_stages_have_the_labels_of_the_readme_diagram(launch: Launch):
     (root,) = launch.pipeline.root_transform_ids
     assert launch.children(launch.components.transforms[root]) == TOP_LEVEL
     core = launch.children(launch.transform("ScoreTransactions"))
-    assert core == CORE | ENTITY_STAGES[launch.ordering]
+    lookups = LOOKUP_STAGES if presets.get(launch.preset).lookups else set()
+    assert core == CORE | ENTITY_STAGES[launch.ordering] | lookups
     readme = (REPO / "README.md").read_text()
     assert {name for name in IN_THE_DIAGRAM if name not in readme} == set()
 

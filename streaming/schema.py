@@ -137,6 +137,8 @@ class Transaction:
     received_at: float = 0.0  # processing time (seconds since the epoch) when parsed
     clear_ids: tuple[int, int] | None = None  # (customer, terminal) before pseudonymisation,
     # kept only when clear ids are asked for in alerts (``--clear_ids_in_alerts``)
+    lookups: tuple[float, ...] | None = None  # the spec's looked-up batch features
+    # (``spec.lookup_names``), set by ``EnrichFromFeatureStore`` for presets with lookups
 
 
 @dataclass(frozen=True, slots=True)

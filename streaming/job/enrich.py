@@ -2,10 +2,15 @@
 
 A spec's lookups (a card's 90-day profile, a terminal's compromise score: ``features.batch``)
 are computed once a day by the batch job, as of midnight, and materialized into the online
-store. This stage fills their columns of each accepted :class:`FeatureRow`:
+store. This stage sets ``Transaction.lookups`` (the ``spec.lookup_names`` values) of each
+transaction of the event stream, before the entity states (labels pass through), and the row
+assembled after the states carries them (:func:`~streaming.job.entity_state.assemble`). It
+sits before the keyed stages because there its bundles are whole Pub/Sub pulls: after a keyed
+stage a runner may hand on one key's events at a time.
 
-* **batched**: a bundle's rows are held until the bundle ends (or ``max_batch`` rows), and the
-  cards and terminals not in the cache are read in one round trip (:class:`LookupReader`);
+* **batched**: a bundle's events are held until the bundle ends (or ``max_batch`` events), in
+  order, and the cards and terminals not in the cache are read in one round trip
+  (:class:`LookupReader`);
 * **cached per worker, by materialization**: an entity's values are kept with the as-of
   midnight of the snapshot they come from. A transaction on that day (or earlier: a late one)
   uses them; one on a later day reads the entity again, once. When the store has nothing newer
@@ -37,7 +42,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 from features.batch import LOOKUP_TTL, complete, defaults, lookup_entities, midnight
 from features.spec import FeatureSpec, to_ns
 from streaming.job.common import NAMESPACE, TOTALS, Clock
-from streaming.job.entity_state import FeatureRow, entity_id
+from streaming.job.entity_state import entity_id
+from streaming.schema import Label, Transaction
 from streaming.store.lookup import LookupReader
 
 _TTL_NS = to_ns(LOOKUP_TTL)
@@ -100,7 +106,6 @@ class _EnrichFn(beam.DoFn):
         self.spec, self.open_reader, self.clock = spec, open_reader, clock
         self.recheck_s, self.max_batch = recheck_s, max_batch
         self.entities = lookup_entities(spec)
-        self.first = len(spec.stream_names)
         self.requests = Metrics.counter(NAMESPACE, "feature_lookups")
         self.rows_read = Metrics.counter(NAMESPACE, "feature_lookup_rows")
         self.hits = Metrics.counter(NAMESPACE, "feature_lookup_cache_hits")
@@ -116,15 +121,18 @@ class _EnrichFn(beam.DoFn):
         self.defaults = {e.name: defaults(self.spec, e) for e in self.entities}
 
     def start_bundle(self) -> None:
-        self.pending: list[tuple[FeatureRow, Any, Any]] = []
+        self.pending: list[tuple[Transaction | Label, Any, Any]] = []
 
     def teardown(self) -> None:
         TOTALS.flush()
 
     def process(
-        self, row: FeatureRow, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+        self,
+        event: Transaction | Label,
+        timestamp=beam.DoFn.TimestampParam,
+        window=beam.DoFn.WindowParam,
     ) -> Iterator[WindowedValue]:
-        self.pending.append((row, timestamp, window))
+        self.pending.append((event, timestamp, window))
         if len(self.pending) >= self.max_batch:
             yield from self._flush()
 
@@ -132,24 +140,26 @@ class _EnrichFn(beam.DoFn):
         yield from self._flush()
 
     def _flush(self) -> Iterator[WindowedValue]:
+        """The held events in their order, each transaction with its lookups."""
         pending, self.pending = self.pending, []
-        if not pending:
-            return
-        rows = [row for row, _, _ in pending]
-        times = np.array([r.tx.time_ns for r in rows], np.int64)
-        stored = self._stored(rows, times)
-        amounts = np.array([r.tx.amount for r in rows], np.float64)
-        looked_up = complete(self.spec, stored, amounts, times)
-        for (row, timestamp, window), values in zip(pending, looked_up, strict=True):
-            features = row.features.copy()
-            features[self.first :] = values
-            yield WindowedValue(replace(row, features=features), timestamp, (window,))
+        txs = [event for event, _, _ in pending if isinstance(event, Transaction)]
+        looked_up = iter(())
+        if txs:
+            times = np.array([tx.time_ns for tx in txs], np.int64)
+            stored = self._stored(txs, times)
+            amounts = np.array([tx.amount for tx in txs], np.float64)
+            looked_up = iter(complete(self.spec, stored, amounts, times).tolist())
+        for event, timestamp, window in pending:
+            if isinstance(event, Transaction):
+                event = replace(event, lookups=tuple(next(looked_up)))
+            yield WindowedValue(event, timestamp, (window,))
 
-    def _stored(self, rows: list[FeatureRow], times: np.ndarray) -> dict[str, np.ndarray]:
-        """Each row's stored values per entity: from the cache, else one read for all misses."""
+    def _stored(self, txs: list[Transaction], times: np.ndarray) -> dict[str, np.ndarray]:
+        """Each transaction's stored values per entity: from the cache, else one read for all
+        misses."""
         now = self.clock()
         days = midnight(times)
-        ids = {e.name: [entity_id(r.tx, e) for r in rows] for e in self.entities}
+        ids = {e.name: [entity_id(tx, e) for tx in txs] for e in self.entities}
         entries: dict[str, list[_Cached | None]] = {}
         misses: dict[str, list[int]] = {}
         for entity in self.entities:
@@ -168,10 +178,10 @@ class _EnrichFn(beam.DoFn):
             self.rows_read.inc(n_missing)
             TOTALS.add("feature_lookups")
             TOTALS.add("feature_lookup_rows", n_missing)
-        self.hits.inc(len(rows) * len(self.entities) - n_missing)
+        self.hits.inc(len(txs) * len(self.entities) - n_missing)
         out = {}
         for entity in self.entities:
-            values = np.empty((len(rows), len(self.defaults[entity.name])))
+            values = np.empty((len(txs), len(self.defaults[entity.name])))
             missing = 0
             for i, (entry, t) in enumerate(zip(entries[entity.name], times.tolist(), strict=True)):
                 if entry is None or entry.as_of_ns == 0 or t - entry.as_of_ns > _TTL_NS:
@@ -214,9 +224,10 @@ class _EnrichFn(beam.DoFn):
 
 
 class EnrichFromFeatureStore(beam.PTransform):
-    """Accepted :class:`FeatureRow` -> the same rows with the spec's lookup columns filled
-    (``spec.lookup_names``), looked up through ``open_reader()`` (built on the worker: readers
-    are not picklable). Counters: ``feature_lookups`` (store round trips),
+    """Events -> the same events in the same order, each :class:`Transaction` with its
+    ``lookups`` set (``spec.lookup_names``), read through ``open_reader()`` (built on the
+    worker: readers are not picklable). Ids must be as the store keys them (pseudonymised
+    first). Counters: ``feature_lookups`` (store round trips),
     ``feature_lookup_rows``, ``feature_lookup_cache_hits`` and ``<entity>_batch_features_missing``
     (rows given the defaults)."""
 

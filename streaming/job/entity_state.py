@@ -200,8 +200,9 @@ local run's CPU)."""
 def assemble(
     spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, EntityBlock], now: float = 0.0
 ) -> Any:
-    """The :class:`FeatureRow` of one transaction from its entity blocks (``fill_derived``),
-    assembled at processing time ``now``."""
+    """The :class:`FeatureRow` of one transaction from its entity blocks (``fill_derived``)
+    and its looked-up batch features (``tx.lookups``, NaN without), assembled at processing
+    time ``now``."""
     tx = next(iter(parts.values())).tx
     out = np.full((1, len(spec.names)), np.nan)
     for name, block in parts.items():
@@ -209,6 +210,8 @@ def assemble(
     status = max(b.status for b in parts.values())
     raw = {c: np.array([event_value(tx, c)]) for c in spec.value_columns}
     fill_derived(spec, out, np.array([tx.time_ns], np.int64), raw)
+    if tx.lookups is not None:
+        out[0, len(spec.stream_names) :] = tx.lookups
     if status > Status.LATE:
         out[:] = np.nan
     return FeatureRow(tx, out[0], status, now)

@@ -67,7 +67,8 @@ class ScoreTransactions(beam.PTransform):
     included (:mod:`streaming.job.arrival`, :mod:`streaming.job.event_time`).
 
     ``lookup``: opens the reader of the spec's batch features (required when the spec has
-    lookups): accepted rows go through :class:`EnrichFromFeatureStore` before scoring."""
+    lookups): transactions go through :class:`EnrichFromFeatureStore` before the entity
+    states, and their rows carry the looked-up values."""
 
     def __init__(
         self,
@@ -107,6 +108,10 @@ class ScoreTransactions(beam.PTransform):
         events = (txs.records, labels.records) | "Events" >> beam.Flatten()
         if self.pseudonymise is not None:
             events = events | "PseudonymiseIds" >> self.pseudonymise
+        if self.spec.lookups:
+            events = events | "EnrichFromFeatureStore" >> EnrichFromFeatureStore(
+                self.spec, self.lookup, self.clock
+            )
         if self.ordering == "arrival":
             rows = events | "EntityFeatures" >> EntityChain(
                 self.spec, self.max_lateness, self.clock, self.initial
@@ -126,10 +131,6 @@ class ScoreTransactions(beam.PTransform):
         accepted, rejected = rows | "SplitRejected" >> beam.Partition(
             lambda row, _: 0 if row.accepted else 1, 2
         )
-        if self.spec.lookups:
-            accepted = accepted | "EnrichFromFeatureStore" >> EnrichFromFeatureStore(
-                self.spec, self.lookup, self.clock
-            )
         scored = accepted | "Score" >> Score(self.handler)
         alerts = scored | "Alerts" >> Alerts(self.spec.names, self.clock)
         refused = rejected | "RejectedToDeadLetter" >> beam.Map(_rejected, self.clock)

@@ -3,7 +3,9 @@ offline score, exactly; bad messages go to the dead-letter output; duplicates co
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 import apache_beam as beam
@@ -14,15 +16,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_stream import TestStream as _TestStream  # not a test class
 
-from features import presets
+from features import batch, presets
 from features.backfill import backfill
 from features.incremental import Status
+from features.spec import FeatureSpec
 from features.synthetic import transactions
 from features.table import validate
 from streaming.batch.bootstrap import replay_states, write_states
 from streaming.job.initial_states import InitialStates
 from streaming.job.pipeline import ScoreTransactions
 from streaming.job.scoring import BoosterHandler
+from streaming.store.lookup import LookupReader, MemoryLookupReader
 from training import model as models
 from training.registry import Registry, model_meta
 
@@ -97,6 +101,8 @@ def stream_run(
     max_lateness: timedelta = timedelta(days=1),
     ordering: str = "event_time",
     initial: InitialStates | None = None,
+    spec: FeatureSpec = SPEC,
+    lookup: Callable[[], LookupReader] | None = None,
 ) -> dict[str, list]:
     """Run the core in streaming mode on the DirectRunner over ``stream`` (one TestStream with
     the tagged outputs ``transactions`` and ``labels``: the DirectRunner ends a pipeline with
@@ -106,9 +112,9 @@ def stream_run(
     _GOT.clear()
     with beam.Pipeline(options=options) as p:
         inputs = p | "Events" >> stream
-        handler = BoosterHandler(str(root), SPEC.name)
+        handler = BoosterHandler(str(root), spec.name)
         out = inputs | ScoreTransactions(
-            SPEC, handler, max_lateness, ordering=ordering, initial=initial
+            spec, handler, max_lateness, ordering=ordering, initial=initial, lookup=lookup
         )
         for name in ("scored", "dead_letter", "alerts"):
             _ = out[name] | f"Keep{name}" >> beam.Map(_keep, name)
@@ -235,6 +241,53 @@ def test_a_job_started_from_bootstrapped_states_has_the_features_of_the_whole_hi
     _assert_backfill_parity(got, live, X[cut:], booster, redelivered=0)
     cold = backfill(live.reset_index(drop=True), SPEC)[SPEC.names].to_numpy()
     assert not np.array_equal(cold, X[cut:])  # a cold start would have differed
+
+
+_LOOKUPS: dict[str, MemoryLookupReader] = {}
+
+
+def _lookup(name: str) -> MemoryLookupReader:
+    return _LOOKUPS[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ordering", ["arrival", "event_time"])
+def test_looked_up_batch_features_reach_the_scored_rows_as_the_training_set_has_them(
+    ordering, tmp_path
+):
+    """Preset ``enriched``: states bootstrapped from the history before the last day D, the
+    store holding the batch features as of D (the daily materialization), then D's events:
+    every transaction is scored with the training set's features (backfill with the
+    point-in-time join), lookups included, bit for bit, and the offline score."""
+    spec = presets.get("enriched")
+    df = validate(transactions(n=1_200, customers=30, terminals=20, days=40, fraud_rate=0.05),
+                  spec)  # fmt: skip
+    day = df["TX_DATETIME"].max().normalize()
+    cut = int((df["TX_DATETIME"] < day).sum())
+    X = backfill(df, spec)[spec.names].to_numpy()
+    booster = models.train(X.astype(np.float32), df["TX_FRAUD"].to_numpy(), models.Params(20))
+    registry = Registry(tmp_path / "models")
+    registry.promote(registry.save(booster, model_meta(spec, 0.5)))
+    states = tmp_path / "states.parquet"
+    write_states(states, replay_states(df.iloc[:cut], spec), spec, 0)
+    tables = batch.snapshots(df.iloc[:cut], spec, days=(day.value, day.value))
+    events = _arrival_events(df)
+    seen = next(i for i, e in enumerate(events) if e[1] == 1 and e[2] == cut - 1) + 1
+    stream = _TestStream(output_tags={"transactions", "labels"})
+    for tag, payloads in _in_arrival_order(df, events[seen:]):
+        stream.add_elements(payloads, tag=tag)
+    stream.advance_watermark_to_infinity()
+    name = f"{ordering}-{tmp_path.name}"
+    _LOOKUPS[name] = MemoryLookupReader(spec, tables)
+    try:
+        got = stream_run(stream, tmp_path / "models", ordering=ordering,
+                         initial=InitialStates(str(states), spec), spec=spec,
+                         lookup=functools.partial(_lookup, name))  # fmt: skip
+    finally:
+        del _LOOKUPS[name]
+    _assert_backfill_parity(got, df.iloc[cut:], X[cut:], booster, redelivered=0)
+    looked_up = X[cut:, len(spec.stream_names) :]
+    assert np.isfinite(looked_up).any(axis=0).all()  # every lookup column has values
 
 
 def test_an_unknown_ordering_is_refused(world):

@@ -12,19 +12,17 @@ from apache_beam import Create, Map
 from apache_beam.metrics import MetricsFilter
 
 from features import batch, presets
-from features.backfill import backfill
-from features.incremental import Status
 from features.synthetic import transactions
 from features.table import validate
 from streaming.job.enrich import EnrichFromFeatureStore, LookupCache
-from streaming.job.entity_state import FeatureRow
+from streaming.schema import Label, Transaction
 from streaming.store.lookup import MemoryLookupReader
-from tests.streaming.job.stages import batch_pipeline, to_transactions
+from tests.streaming.job.stages import batch_pipeline, to_labels, to_transactions
 
 SPEC = presets.get("enriched")
 DAY_NS = batch.DAY_NS
 _READERS: dict[str, MemoryLookupReader] = {}
-_OUTPUTS: dict[str, list[FeatureRow]] = {}
+_OUTPUTS: dict[str, list] = {}
 
 
 def _reader(name: str) -> MemoryLookupReader:
@@ -39,29 +37,18 @@ def history() -> pd.DataFrame:
     )
 
 
-def _rows(df: pd.DataFrame, features: np.ndarray) -> list[FeatureRow]:
-    """Accepted rows with their stream features and NaN lookup columns, as the stage gets them."""
-    first = len(SPEC.stream_names)
-    out = []
-    for tx, values in zip(to_transactions(df), features, strict=True):
-        row = values.copy()
-        row[first:] = np.nan
-        out.append(FeatureRow(tx, row, int(Status.OK)))
-    return out
+def _collect(event, name: str) -> None:
+    _OUTPUTS[name].append(event)
 
 
-def _collect(row: FeatureRow, name: str) -> None:
-    _OUTPUTS[name].append(row)
-
-
-def _run(rows: list[FeatureRow], reader: MemoryLookupReader, name: str, clock=lambda: 0.0):
-    """The stage's output rows and counters (collected in this process, as the reader is)."""
+def _run(events: list, reader: MemoryLookupReader, name: str, clock=lambda: 0.0):
+    """The stage's output events and counters (collected in this process, as the reader is)."""
     _READERS[name], _OUTPUTS[name] = reader, []
     try:
         p = batch_pipeline()
         out = (
             p
-            | Create(rows, reshuffle=False)
+            | Create(events, reshuffle=False)
             | EnrichFromFeatureStore(SPEC, functools.partial(_reader, name), clock)
         )
         _ = out | Map(_collect, name)
@@ -78,20 +65,25 @@ def _run(rows: list[FeatureRow], reader: MemoryLookupReader, name: str, clock=la
 
 def test_a_day_of_transactions_gets_the_training_joins_values(history, request):
     """The store holds the snapshot of day D (as after that midnight's materialization): every
-    transaction of day D gets exactly its training-set row (backfill with the point-in-time
-    join), stream features untouched; an entity without a row gets the defaults."""
+    transaction of day D gets exactly its training-set lookups (the point-in-time join); labels
+    pass through untouched, in order; an entity without a row gets the defaults."""
     times = history["TX_DATETIME"]
     day = times.dt.normalize().iloc[-1] - pd.Timedelta(days=1)
     tables = batch.snapshots(history, SPEC)
     as_of = {name: t[t["event_timestamp"] == day] for name, t in tables.items()}
     today = history[(times >= day) & (times < day + pd.Timedelta(days=1))]
-    expected = backfill(history, SPEC, lookups=tables)[SPEC.names].to_numpy()[today.index]
-    rows = _rows(today, expected)
-    got, counters = _run(rows, MemoryLookupReader(SPEC, as_of), request.node.nodeid)
-    by_id = {r.tx.transaction_id: r.features for r in got}
-    assert sorted(by_id) == sorted(today["TRANSACTION_ID"].tolist())
-    for row, want in zip(rows, expected, strict=True):
-        np.testing.assert_array_equal(by_id[row.tx.transaction_id], want)
+    expected = batch.lookup_columns(history, SPEC, tables)[today.index]
+    events = [
+        e for pair in zip(to_transactions(today), to_labels(today), strict=True) for e in pair
+    ]
+    got, counters = _run(events, MemoryLookupReader(SPEC, as_of), request.node.nodeid)
+    assert [type(e) for e in got] == [type(e) for e in events]  # order kept (one bundle)
+    labels = [e for e in got if isinstance(e, Label)]
+    assert labels == [e for e in events if isinstance(e, Label)]
+    txs = {e.transaction_id: e for e in got if isinstance(e, Transaction)}
+    assert sorted(txs) == sorted(today["TRANSACTION_ID"].tolist())
+    for tx_id, want in zip(today["TRANSACTION_ID"], expected, strict=True):
+        np.testing.assert_array_equal(np.array(txs[tx_id].lookups), want)
     assert counters["feature_lookups"] >= 1
     # one row read per distinct entity of the day, at most (the cache serves repeats)
     distinct = today["CUSTOMER_ID"].nunique() + today["TERMINAL_ID"].nunique()
@@ -103,20 +95,19 @@ def test_a_day_of_transactions_gets_the_training_joins_values(history, request):
 
 def test_missing_entities_get_the_defaults_and_are_counted(history, request):
     today = history.tail(5)
-    rows = _rows(today, np.zeros((5, len(SPEC.names))))
     empty = {name: t.iloc[:0] for name, t in batch.snapshots(history.head(50), SPEC).items()}
-    got, counters = _run(rows, MemoryLookupReader(SPEC, empty), request.node.nodeid)
-    first = len(SPEC.stream_names)
+    got, counters = _run(to_transactions(today), MemoryLookupReader(SPEC, empty),
+                         request.node.nodeid)  # fmt: skip
     stored = {e.name: np.tile(batch.defaults(SPEC, e), (5, 1)) for e in batch.lookup_entities(SPEC)}
-    by_id = {r.tx.transaction_id: r.features[first:] for r in got}
     want = batch.complete(
         SPEC,
         stored,
         today["TX_AMOUNT"].to_numpy(),
         today["TX_DATETIME"].to_numpy("datetime64[ns]").view(np.int64),
     )
+    by_id = {tx.transaction_id: tx.lookups for tx in got}
     for tx_id, values in zip(today["TRANSACTION_ID"], want, strict=True):
-        np.testing.assert_array_equal(by_id[tx_id], values)
+        np.testing.assert_array_equal(np.array(by_id[tx_id]), values)
     assert counters["customer_batch_features_missing"] == 5
     assert counters["terminal_batch_features_missing"] == 5
 

@@ -391,6 +391,116 @@ def _run_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_batch_features(sub: argparse._SubParsersAction) -> None:
+    from streaming.store.names import PROFILES, REPO
+
+    p = sub.add_parser(
+        "batch-features",
+        help="the daily batch job: a preset's batch features (lookups) into the Feast stores",
+        description="Compute the batch views of a preset with lookups (the card's profile, the "
+        "terminal's compromise score) as of --days midnights ending at --as_of, from the whole "
+        "history: one file as_of=YYYY-MM-DD.parquet per day in each view's directory of the "
+        "offline store (a day run again replaces its file; BigQuery on gcp: appended), and with "
+        "--materialize each entity's newest row of those days into the online store. Run it "
+        "daily after midnight with the history up to that midnight; run `feast apply` for the "
+        "profile first. The same computation on Dataflow: fraudstream batch-features-beam.",
+    )
+    _inputs(p)
+    _preset(p, "enriched")
+    p.add_argument("--as_of", metavar="DATE",
+                   help="the last as-of day, YYYY-MM-DD (default: the day after the history's "
+                   "last transaction)")  # fmt: skip
+    p.add_argument("--days", type=int, default=1, help="as-of days ending at --as_of")
+    p.add_argument("--feature_store_profile", default="local", choices=PROFILES,
+                   help="feature store profile (feature_repo/README.md)")  # fmt: skip
+    p.add_argument("--feature_repo", default=str(REPO), metavar="PATH", help="Feast repository")
+    p.add_argument("--materialize", action="store_true",
+                   help="load the days written into the online store")  # fmt: skip
+    p.set_defaults(func=_run_batch_features)
+
+
+def _run_batch_features(args: argparse.Namespace) -> int:
+    from streaming.batch.batch_features import run_batch_features
+
+    summary = run_batch_features(
+        args.input,
+        args.preset,
+        args.as_of,
+        args.days,
+        args.feature_store_profile,
+        args.feature_repo,
+        args.materialize,
+    )
+    for key, value in summary.items():
+        print(f"  {key:40s} {value}")
+    return 0
+
+
+def _add_batch_features_beam(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch-features-beam",
+        help="the daily batch job as a Beam batch pipeline (Dataflow); Beam options pass through",
+        description="The batch views of batch-features, computed by a Beam batch pipeline "
+        "(streaming/batch/batch_features_beam.py) and written as parquet under --output_dir "
+        "(<view>/as_of=DATE.parquet, a path or gs://; for --days 1 the file batch-features "
+        "writes) or appended to BigQuery tables <--bq_dataset>.<view>. Every other argument "
+        "is a Beam pipeline option: without --runner it runs here on the "
+        "BundleBasedDirectRunner; on Dataflow add --runner DataflowRunner --project P "
+        "--region R --temp_location gs://... --sdk_container_image IMAGE (the job's image, "
+        "which has the project installed). Load the rows into the online store with `feast "
+        "materialize`.",
+        allow_abbrev=False,  # an abbreviated Beam option must not be taken for one of ours
+    )
+    p.add_argument("--input", action="append", required=True, metavar="PATH",
+                   help="transactions parquet: a path, glob or gs:// URI (repeatable)")  # fmt: skip
+    _preset(p, "enriched")
+    p.add_argument("--as_of", required=True, metavar="DATE", help="the last as-of day, YYYY-MM-DD")
+    p.add_argument("--days", type=int, default=1, help="as-of days ending at --as_of")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output_dir", metavar="DIR",
+                     help="parquet under DIR/<view>/ per batch view (path or gs://)")  # fmt: skip
+    out.add_argument("--bq_dataset", metavar="DATASET",
+                     help="append to BigQuery tables DATASET.<view> (of --project)")  # fmt: skip
+    p.add_argument("--num_shards", type=int, default=1,
+                   help="files per view (1: as_of=DATE.parquet; more for long ranges)")  # fmt: skip
+    p.set_defaults(func=_run_batch_features_beam, beam_options=True)
+
+
+def _run_batch_features_beam(args: argparse.Namespace) -> int:
+    import logging
+
+    from streaming.batch.batch_features_beam import BatchFeaturesJob, run
+
+    ours = ["--input", "--preset", "--as_of", "--days", "--output_dir", "--bq_dataset",
+            "--num_shards"]  # fmt: skip
+    _refuse_near_misses(args.pipeline_args, ours)
+    job = BatchFeaturesJob(
+        inputs=tuple(args.input),
+        as_of=args.as_of,
+        preset=args.preset,
+        days=args.days,
+        output_dir=args.output_dir,
+        bq_dataset=args.bq_dataset,
+        num_shards=args.num_shards,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(job, args.pipeline_args)
+    where = args.output_dir or f"BigQuery dataset {args.bq_dataset}"
+    print(f"batch features of {job.preset} for {job.days} day(s) to {where}")
+    return 0
+
+
+def _refuse_near_misses(pipeline_args: Sequence[str], ours: Sequence[str]) -> None:
+    """ValueError for a pass-through flag that is a near miss of one of the command's own
+    (``--as-of`` for ``--as_of``): Beam would discard it."""
+    import difflib
+
+    for flag in (a.split("=", 1)[0] for a in pipeline_args if a.startswith("--")):
+        near = difflib.get_close_matches(flag, ours, n=1, cutoff=0.8)
+        if near:
+            raise ValueError(f"unknown option {flag}: did you mean {near[0]}?")
+
+
 def _add_monitor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "monitor",
@@ -542,7 +652,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "Beam pipeline option; without --runner it runs locally on the BundleBasedDirectRunner.",
         add_help=False,
     )
-    p.set_defaults(func=_run_job)  # its arguments are Beam's: main() passes them through
+    p.set_defaults(func=_run_job, beam_options=True)  # main() passes its arguments through
 
 
 def _run_job(args: argparse.Namespace) -> int:
@@ -646,6 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_promote(sub)
     _add_materialize(sub)
+    _add_batch_features(sub)
+    _add_batch_features_beam(sub)
     _add_monitor(sub)
     _add_setup(sub)
     _add_run(sub)
@@ -662,11 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if args.command != "run" and extra:
+        if extra and not getattr(args, "beam_options", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help (0) or a usage error (2), printed by argparse
         return int(exit_.code or 0)
-    if args.command == "run":
+    if getattr(args, "beam_options", False):  # the rest are Beam's pipeline options
         args.pipeline_args = extra
     from features.table import InputError
 

@@ -239,14 +239,24 @@ def next_fraud(cards: np.ndarray, times: np.ndarray, fraud: np.ndarray) -> np.nd
 
 @njit(cache=True)
 def _next_fraud(cards, times, fraud):
+    """Over events sorted by (card, time): a run of equal times shares its fraud, if any."""
     out = np.empty(len(cards), np.int64)
     upcoming = NO_FRAUD
-    for i in range(len(cards) - 1, -1, -1):
-        if i == len(cards) - 1 or cards[i] != cards[i + 1]:
+    end = len(cards)
+    while end > 0:
+        start = end - 1  # the run [start, end): one card, one time
+        while (
+            start > 0 and cards[start - 1] == cards[end - 1] and times[start - 1] == times[end - 1]
+        ):
+            start -= 1
+        if end == len(cards) or cards[end] != cards[end - 1]:
             upcoming = NO_FRAUD
-        if fraud[i]:
-            upcoming = times[i]
-        out[i] = upcoming
+        for i in range(start, end):
+            if fraud[i]:
+                upcoming = times[i]
+        for i in range(start, end):
+            out[i] = upcoming
+        end = start
     return out
 
 

@@ -214,3 +214,15 @@ def test_invalid_lookups_are_refused():
         FeatureSpec(name="x", entities=(CUSTOMER,), lookups=(CompromiseScore(),))
     with pytest.raises(ValueError, match="one lookup of a kind"):
         FeatureSpec(name="x", lookups=(AmountProfile(), AmountProfile(timedelta(days=30))))
+
+
+def test_next_fraud_is_the_cards_first_fraud_at_or_after_each_transaction():
+    cards = np.array([5, 5, 5, 5, 6])
+    times = np.array([100, 100, 150, 200, 100])
+    fraud = np.array([True, False, False, True, False])  # a fraud and a payment at one time
+    got = batch.next_fraud(cards, times, fraud)
+    assert got.tolist() == [100, 100, 200, 200, batch.NO_FRAUD]
+    order = np.array([3, 1, 4, 0, 2])  # any input order
+    assert (
+        batch.next_fraud(cards[order], times[order], fraud[order]).tolist() == got[order].tolist()
+    )

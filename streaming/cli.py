@@ -50,10 +50,14 @@ def _inputs(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _preset(p: argparse.ArgumentParser, default: str) -> None:
+def _presets() -> dict:
     from features.presets import PRESETS
 
-    p.add_argument("--preset", default=default, choices=tuple(PRESETS), help="feature preset")
+    return PRESETS
+
+
+def _preset(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--preset", default=default, choices=tuple(_presets()), help="feature preset")
 
 
 def _add_backfill(sub: argparse._SubParsersAction) -> None:
@@ -168,14 +172,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole job on the emulators: train, run, replay, live progress, report",
         description="Start the emulators, train a model on the history (or reuse it), "
-        "bootstrap the card and terminal states from it, run the streaming job from them, "
-        "replay the last --events transactions with labels after their delay, "
-        "show live progress, then a summary and a report (out/demo/report.md). Without the "
-        "Google Cloud SDK (or with --embedded) the same core runs in process. Uses the "
-        "built-in simulator when the reference data is absent.",
+        "bootstrap the card and terminal states from it into Bigtable, materialize the batch "
+        "features as of the replay's first midnight, run the streaming job (states and batch "
+        "features from Bigtable), replay the last --events transactions with labels after "
+        "their delay, show live progress, then a summary and a report (out/demo/report.md). "
+        "Without the Google Cloud SDK (or with --embedded) the same core runs in process. Uses "
+        "the built-in simulator when the reference data is absent.",
     )
     p.add_argument("--input", default=REFERENCE_DATA, metavar="PATH", help="transactions parquet")
-    _preset(p, "default")
+    _preset(p, "enriched")
     p.add_argument("--events", type=int, default=5_000, help="transactions to replay")
     p.add_argument("--rate", type=float, default=None, metavar="EPS", help="events/s (max: none)")
     p.add_argument("--train_days", "--train-days", type=int, default=56,
@@ -216,6 +221,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="skip the hyperparameter search")  # fmt: skip
     p.add_argument("--no_feedback", "--no-feedback", action="store_true",
                    help="skip the investigator-feedback line")  # fmt: skip
+    p.add_argument("--compare", action="append", default=[], metavar="PRESET",
+                   choices=tuple(_presets()),
+                   help="also evaluate PRESET with the same protocol (repeatable)")  # fmt: skip
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.set_defaults(func=_run_evaluate)
 
@@ -231,6 +239,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         args.json,
         tune_grid=not args.no_tune,
         feedback=not args.no_feedback,
+        compare=args.compare,
     )
     return 0
 

@@ -40,3 +40,21 @@ def test_evaluate_writes_the_protocol_result(tmp_path, monkeypatch, capsys):
     assert "best tuned models" in printed and "fraudstream default" in printed
     assert main([*args[:-4], "--train-start", "2018-05-20", "--no-tune"]) == 2
     assert "the split needs data from" in capsys.readouterr().err
+
+
+def test_evaluate_compares_a_preset_with_lookups_beside_another(tmp_path, capsys):
+    """``--preset enriched --compare default``: both under one protocol; the batch features'
+    test-week values come from the stream's path like the rest."""
+    path = tmp_path / "tx.parquet"
+    transactions(n=6_000, customers=200, terminals=50, days=60, fraud_rate=0.002).to_parquet(path)
+    out = tmp_path / "result.json"
+    args = ["evaluate", "--input", str(path), "--train-start", "2018-05-01", "--train-days",
+            "14", "--no-tune", "--preset", "enriched", "--compare", "default", "--json",
+            str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["preset"] == "enriched" and "feedback" not in result
+    assert result["test_features_equal_backfill"] is True
+    assert set(result["compared"]) == {"default"}
+    assert result["compared"]["default"]["test_features_equal_backfill"] is True
+    assert "preset default, same protocol" in capsys.readouterr().out

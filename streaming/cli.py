@@ -472,6 +472,10 @@ def _add_batch_features_beam(sub: argparse._SubParsersAction) -> None:
                      help="append to BigQuery tables DATASET.<view> (of --project)")  # fmt: skip
     p.add_argument("--num_shards", type=int, default=1,
                    help="files per view (1: as_of=DATE.parquet; more for long ranges)")  # fmt: skip
+    p.add_argument("--id_key_secret", metavar="VERSION",
+                   help="Secret Manager version of the job's id key (the workers read it); "
+                   "without it $FRAUDSTREAM_ID_KEY pseudonymises ids on a local run, or ids "
+                   "stay clear")  # fmt: skip
     p.set_defaults(func=_run_batch_features_beam, beam_options=True)
 
 
@@ -481,7 +485,7 @@ def _run_batch_features_beam(args: argparse.Namespace) -> int:
     from streaming.batch.batch_features_beam import BatchFeaturesJob, run
 
     ours = ["--input", "--preset", "--as_of", "--days", "--output_dir", "--bq_dataset",
-            "--num_shards"]  # fmt: skip
+            "--num_shards", "--id_key_secret"]  # fmt: skip
     _refuse_near_misses(args.pipeline_args, ours)
     job = BatchFeaturesJob(
         inputs=tuple(args.input),
@@ -491,6 +495,7 @@ def _run_batch_features_beam(args: argparse.Namespace) -> int:
         output_dir=args.output_dir,
         bq_dataset=args.bq_dataset,
         num_shards=args.num_shards,
+        id_key_secret=args.id_key_secret,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run(job, args.pipeline_args)

@@ -55,6 +55,8 @@ from features.spec import (
 )
 from features.table import event_times_ns, validate
 from streaming.batch.batch_features import as_of_days, require_lookups
+from streaming.job.options import is_local
+from streaming.pseudonymise import ENV_KEY_SECRET, Pseudonymiser
 from streaming.store.names import batch_view_name
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class BatchFeaturesJob:
     output_dir: str | None = None
     bq_dataset: str | None = None
     num_shards: int = 1
+    id_key_secret: str | None = None
+    """Secret Manager version of the job's id key; without it, ``$FRAUDSTREAM_ID_KEY`` (a local
+    run) or, with neither, clear ids."""
     first: int = field(init=False)
     last: int = field(init=False)
 
@@ -118,24 +123,55 @@ class BatchFeaturesJob:
 
 
 class ReadTransactions(beam.PTransform):
-    """Parquet files (paths, globs, ``gs://``) -> :class:`Event` per transaction."""
+    """Parquet files (paths, globs, ``gs://``) -> :class:`Event` per transaction, entity keys
+    pseudonymised with the job's id key when one is configured (``id_key_secret``, else
+    ``$FRAUDSTREAM_ID_KEY``), so the snapshots are keyed as the streaming job reads them."""
 
-    def __init__(self, inputs: Sequence[str], spec: FeatureSpec) -> None:
+    def __init__(
+        self, inputs: Sequence[str], spec: FeatureSpec, id_key_secret: str | None = None
+    ) -> None:
         super().__init__()
-        self.inputs, self.spec = list(inputs), spec
+        self.inputs, self.spec, self.id_key_secret = list(inputs), spec, id_key_secret
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Event]:
         return (
             pbegin
             | "Inputs" >> beam.Create(self.inputs)
             | "ReadParquet" >> ReadAllFromParquetBatched(columns=self.spec.input_columns)
-            | "ToEvents" >> beam.FlatMap(to_events, self.spec)
+            | "ToEvents" >> beam.ParDo(_ToEvents(self.spec, self.id_key_secret))
         )
 
 
-def to_events(table: pa.Table, spec: FeatureSpec) -> Iterator[Event]:
-    """The events of one parquet row group (validated: InputError names the problem)."""
+class _ToEvents(beam.DoFn):
+    """:func:`to_events` with the id key read on the worker (Secret Manager or environment)."""
+
+    def __init__(self, spec: FeatureSpec, id_key_secret: str | None) -> None:
+        self.spec, self.id_key_secret = spec, id_key_secret
+
+    def setup(self) -> None:
+        self.ids = id_key(self.id_key_secret)
+
+    def process(self, table: pa.Table) -> Iterator[Event]:
+        yield from to_events(table, self.spec, self.ids)
+
+
+def id_key(secret: str | None) -> Pseudonymiser | None:
+    """The job's id key: the Secret Manager version ``secret`` (required to be readable), else
+    ``$FRAUDSTREAM_ID_KEY`` when set, else None (clear ids)."""
+    if secret:
+        return Pseudonymiser.from_env(required=True, environ={ENV_KEY_SECRET: secret})
+    return Pseudonymiser.from_env()
+
+
+def to_events(
+    table: pa.Table, spec: FeatureSpec, ids: Pseudonymiser | None = None
+) -> Iterator[Event]:
+    """The events of one parquet row group (validated: InputError names the problem), keys
+    pseudonymised with ``ids`` when given."""
     frame = validate(table.to_pandas(), spec, source="a parquet row group", sort=False)
+    if ids is not None:
+        for entity in spec.entities:
+            frame[entity.key] = ids.pseudonymise_array(entity.name, frame[entity.key].to_numpy())
     columns = (
         frame["TRANSACTION_ID"].to_numpy(np.int64).tolist(),
         event_times_ns(frame).tolist(),
@@ -286,7 +322,7 @@ def build(p: beam.Pipeline, job: BatchFeaturesJob) -> None:
     """The job's graph on ``p``: read, next fraud (when a lookup needs it), per entity
     snapshots and a write."""
     spec = job.spec
-    events = p | "ReadTransactions" >> ReadTransactions(job.inputs, spec)
+    events = p | "ReadTransactions" >> ReadTransactions(job.inputs, spec, job.id_key_secret)
     if any(isinstance(k, CompromiseScore) for k in spec.lookups):
         events = events | "NextFraud" >> NextFraud(spec)
     for entity in lookup_entities(spec):
@@ -308,7 +344,14 @@ def pipeline_options(argv: Sequence[str] = ()) -> PipelineOptions:
 def run(job: BatchFeaturesJob, pipeline_args: Sequence[str] = (), wait: bool = True) -> Any:
     """Build and run the job with Beam's ``pipeline_args`` (``--runner DataflowRunner
     --project ... --region ...``); waits for it to finish with ``wait``. Returns the result."""
-    p = beam.Pipeline(options=pipeline_options(pipeline_args))
+    options = pipeline_options(pipeline_args)
+    local = is_local(options.view_as(StandardOptions).runner)
+    if local:
+        ids = id_key(job.id_key_secret)  # fail now if the secret cannot be read
+        log.info("entity keys: %s", ids.fingerprint if ids else "clear (no id key configured)")
+    elif not job.id_key_secret:
+        log.warning("no --id_key_secret: the workers keep clear ids (the job's are pseudonyms?)")
+    p = beam.Pipeline(options=options)
     build(p, job)
     where = job.output_dir or f"BigQuery dataset {job.bq_dataset}"
     log.info("batch features of %s for %d day(s) to %s", job.preset, job.days, where)

@@ -411,3 +411,28 @@ def test_feast_materialize_incremental_loads_the_batch_views_into_bigtable(
             assert np.isnan(got[~live]).all()
     finally:
         store.teardown()
+
+
+def test_the_beam_job_keys_its_rows_with_the_jobs_pseudonyms(tmp_path: Path, monkeypatch):
+    """With the job's id key configured the snapshots are keyed by the pseudonyms the
+    streaming job reads them with (compromise scores too: cards are told apart by pseudonym)."""
+    monkeypatch.setenv(ENV_KEY, "ab" * 32)
+    ids = Pseudonymiser.from_env(required=True)
+    df = _history()
+    df.to_parquet(tmp_path / "a.parquet")
+    last = batch.snapshot_days(event_times_ns(df))[1]
+    job = beam_job.BatchFeaturesJob(
+        inputs=(str(tmp_path / "a.parquet"),),
+        as_of=f"{pd.Timestamp(last):%Y-%m-%d}",
+        output_dir=str(tmp_path / "out"),
+    )
+    beam_job.run(job)
+    keyed = df.copy()
+    for entity in SPEC.entities:
+        keyed[entity.key] = ids.pseudonymise_array(entity.name, df[entity.key].to_numpy())
+    want = batch.snapshots(keyed, SPEC, days=(last, last))
+    for entity in batch_entities(SPEC):
+        (path,) = (tmp_path / "out" / batch_view_name(SPEC, entity)).iterdir()
+        got = pd.read_parquet(path)
+        assert not set(got[entity.key]) & set(df[entity.key])  # no clear id
+        _assert_bits_equal(_sorted(got, entity.key), want[entity.name])

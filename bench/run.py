@@ -160,6 +160,14 @@ def _bench_pipeline() -> Metrics:
     return bench_pipeline()
 
 
+def _bench_lookup(data: Path) -> Metrics:
+    """The stream's feature lookup: e2e p50/p99 of preset enriched vs default in the same
+    run, Bigtable reads per 1,000 transactions (on the Pub/Sub and Bigtable emulators)."""
+    from bench.lookup import bench_lookup
+
+    return bench_lookup(data)
+
+
 def machine() -> Metrics:
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
@@ -178,6 +186,8 @@ GOALS = {
     "scoring_speedup_vs_beam_handler": (">=", 20),
     "pipeline_vs_passthrough": (">=", 0.5),
     "e2e_p99_ms_at_200eps": ("<=", 500),
+    "lookup_p99_ratio": ("<=", 1.10),
+    "lookup_reads_per_1k_tx": ("<=", 10),
 }
 
 
@@ -209,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
             "state_store",
             "scoring",
             "pipeline",
+            "lookup",
         ],
     )
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
     chosen = args.only or [
-        "backfill", "incremental", "compile", "feature_store", "state_store", "scoring", "pipeline"
+        "backfill", "incremental", "compile", "feature_store", "state_store", "scoring", "pipeline",
+        "lookup",
     ]  # fmt: skip
     if not Path(args.data).exists():
         print(f"bench: reference data {args.data} not found (see ../shared/data)", file=sys.stderr)
@@ -229,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "state_store": _bench_state_store,
         "scoring": _bench_scoring,
         "pipeline": _bench_pipeline,
+        "lookup": lambda: _bench_lookup(Path(args.data)),
     }
     for name in chosen:
         print(f"bench: {name} ...", file=sys.stderr, flush=True)

@@ -1,0 +1,453 @@
+"""The stream's feature lookup (preset ``enriched``): what it costs in end-to-end latency and
+how many Bigtable reads it makes.
+
+In one invocation, on one Pub/Sub and one Bigtable emulator started here, the job runs on the
+local runner with preset ``default`` and with ``enriched`` (``default`` plus the batch features
+that ``EnrichFromFeatureStore`` looks up), each on the same replayed slice at the same rate, with
+the Bigtable feature store on in both (so the runs differ by the lookup stage and the model's
+width only). ``rounds`` runs of each, alternating (``default, enriched, enriched, default`` for
+two), after a priming run that is not measured: the first job on fresh emulators is the slowest
+(in trials its p99 was up to 1.8 times the next runs'), which would count against one preset.
+
+- **World.** The slice is the first transactions of the last day ``D`` of the reference data
+  (``../shared/data``) or, without it, of a synthetic history. Both models (XGBoost,
+  :data:`TREES` trees) are trained on the same rows, the :data:`TRAIN_DAYS` days before ``D``,
+  with ``features.backfill`` (``enriched``'s columns are ``default``'s plus the lookups, joined
+  point in time). The snapshot as of ``D`` (``features.batch.snapshots`` of the history before
+  ``D``) is written into the Bigtable emulator's batch views, keyed by the pseudonymised ids the
+  job uses, with our online store's ``write_arrays`` (the stream is measured, not the loader).
+- **Replay.** A warm-up of ``warm`` transactions published at once (the job's first bundles
+  load the kernels, the model, Feast and the reader), then the measured transactions at
+  ``rate`` events/s. Labels arrive as they would: the replay starts just after the last
+  transaction before ``D`` (``replay(..., seen=...)``), so the labels of the transactions of a
+  week earlier interleave with the slice (about one per transaction; the job never saw those
+  transactions) and none trail after the last transaction.
+- **Latency** (as ``bench.pipeline``): the threshold is 0, so every transaction alerts; an
+  alert's latency is its Pub/Sub publish time minus the time its transaction was handed to the
+  publisher (one machine, one clock), measured transactions only, pooled over a preset's runs.
+  ``lookup_p99_ratio`` is ``enriched``'s p99 over ``default``'s (goal <= 1.10).
+- **Reads at steady state** = over the measured phase (after the warm-up): the difference
+  between the job's ``fraudstream totals:`` line as logged once the warm-up is scored and its
+  last line, per 1,000 measured transactions: ``feature_lookups`` (ReadRows calls, goal <= 10)
+  and ``feature_lookup_rows`` (ids read; at most 2 per transaction). The local runner tears the
+  stage down after every bundle, which logs the totals, so both lines are exact. The job is
+  started through :func:`run_logged`, which sets INFO logging before ``fraudstream run`` parses
+  its options (after that, ``fraudstream run``'s own logging set-up does not take effect).
+- **Cache model.** The local runner builds a new DoFn, so a new worker cache, for every bundle:
+  every bundle reads all its ids, so the measured transactions per read are the bundle size.
+  ``..._cached_day_model`` is what bundles of that size would read over the whole day ``D``
+  were each card and terminal read once a day, as a cache that outlives bundles does.
+- **Check.** The enriched runs' scored lookup columns are compared with the training join's
+  (``features.batch.lookup_columns`` over the same snapshot): ``lookup_values_as_training`` is
+  the share of measured transactions that agree (1.0 when the reads are right).
+
+Run alone: ``python -m bench.lookup [--data PATH] [--rate R] [--seconds S] [--rounds N]``
+(about 4 minutes with the defaults on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features import presets
+from features.backfill import backfill
+from features.batch import DAY_NS, lookup_columns, lookup_entities, midnight, snapshots
+from features.synthetic import transactions
+from features.table import event_times_ns, read_transactions, validate
+from streaming.job.common import parse_totals
+from streaming.local import emulators as emu
+from streaming.local import job_process as lj
+from streaming.local.replay import Publisher, replay
+from streaming.pseudonymise import ENV_KEY, Pseudonymiser
+from streaming.schema import count_scored, read_scored
+from streaming.store.feast_store import apply_repo, scratch_repo
+from streaming.store.names import batch_view_name
+from training import model as models
+from training.registry import Registry, model_meta
+
+DEFAULT, ENRICHED = presets.DEFAULT, presets.ENRICHED
+PRESETS = (DEFAULT.name, ENRICHED.name)
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/transactions.parquet"
+TRAIN_DAYS = 7
+TREES = 50
+WARM = 400
+RATE = 200.0
+SECONDS = 20.0
+ROUNDS = 2
+Metrics = dict[str, float | int | str | None]
+
+
+@dataclass(frozen=True)
+class World:
+    """The replayed slice, what precedes it, and the snapshot the stream looks up."""
+
+    source: str
+    """Where the transactions come from (the reference data's path, or ``synthetic``)."""
+    day: pd.Timestamp
+    """The slice's midnight: the as-of time of the snapshot in the store."""
+    history: pd.DataFrame
+    """Every transaction before ``day`` (validated)."""
+    feed: pd.DataFrame
+    """What the replay reads: the transactions of the label delay (and a day) before ``day``,
+    then the slice."""
+    seen: int
+    """Transactions of ``feed`` before the slice (delivered already: only their labels due
+    during the slice are replayed)."""
+    snapshot: dict[str, pd.DataFrame]
+    """Per entity name, the batch view rows as of ``day`` (clear ids)."""
+    whole_day: pd.DataFrame
+    """Every transaction of ``day`` (the slice is its first ones)."""
+
+    @property
+    def slice(self) -> pd.DataFrame:
+        return self.feed.iloc[self.seen :]
+
+
+def load_world(data: Path | None, n: int) -> World:
+    """The slice of ``n`` transactions from the midnight of the last day of ``data`` (a
+    transactions parquet; ``None`` or missing: a synthetic history)."""
+    if data is not None and Path(data).exists():
+        df, source = read_transactions([data], ENRICHED), str(data)
+    else:
+        per_day = max(4_000, 2 * n)
+        df = transactions(n=100 * per_day, customers=5_000, terminals=10_000, days=100)
+        df, source = validate(df, ENRICHED), "synthetic"
+    times = event_times_ns(df)
+    day = int(midnight(times.max()))
+    before = times < day
+    if np.count_nonzero(~before) < n:
+        raise ValueError(
+            f"the last day of {source} has {np.count_nonzero(~before)} transactions, fewer "
+            f"than the {n} the rate and duration need: lower --rate or --seconds"
+        )
+    history = df[before].reset_index(drop=True)
+    delay = int(ENRICHED.label_delay.total_seconds() * 1e9) + DAY_NS
+    recent = df[before & (times >= day - delay)]
+    feed = pd.concat([recent, df[~before].iloc[:n]], ignore_index=True)
+    snapshot = snapshots(history, ENRICHED, (day, day))
+    whole_day = df[~before].reset_index(drop=True)
+    return World(source, pd.Timestamp(day), history, feed, len(recent), snapshot, whole_day)
+
+
+def train_models(world: World, root: Path) -> dict[str, Path]:
+    """Per preset, a registry whose champion is trained on the same rows (the
+    :data:`TRAIN_DAYS` days before the slice) with the same parameters."""
+    if ENRICHED.stream_names != DEFAULT.names:
+        raise ValueError("preset enriched no longer extends default: the comparison is void")
+    first = world.day.value - TRAIN_DAYS * DAY_NS
+    tables = snapshots(world.history, ENRICHED, (first, world.day.value))
+    features = backfill(world.history, ENRICHED, tables)
+    rows = (event_times_ns(world.history) >= first).nonzero()[0]
+    y = world.history["TX_FRAUD"].to_numpy()[rows]
+    out = {}
+    for spec in (DEFAULT, ENRICHED):
+        X = features[spec.names].to_numpy(np.float32)[rows]
+        booster = models.train(X, y, models.Params(TREES), device="cpu", desc=spec.name)
+        threshold = float(np.quantile(models.predict(booster, X), 0.97))
+        registry = Registry(root / spec.name)
+        registry.promote(registry.save(booster, model_meta(spec, threshold)))
+        out[spec.name] = Path(registry.root)
+    return out
+
+
+def load_snapshot(store: Any, world: World, ids: Pseudonymiser) -> int:
+    """Write the snapshot of the slice's day into the online store (Feast ``store``, our
+    Bigtable online store) under the job's pseudonymised ids; returns the rows written."""
+    from streaming.store.bigtable.codec import row_keys
+
+    online = store._get_provider().online_store  # Feast has no public accessor
+    batches = []
+    for entity in lookup_entities(ENRICHED):
+        table = world.snapshot[entity.name]
+        keys = ids.pseudonymise_array(entity.name, table[entity.key].to_numpy(np.int64))
+        stamps = table["event_timestamp"].to_numpy("datetime64[us]").astype(np.int64)
+        values = table[ENRICHED.lookup_stored_names(entity)].to_numpy(np.float64)
+        view = store.get_feature_view(batch_view_name(ENRICHED, entity))
+        batches.append((view, row_keys([entity.key], [keys.tolist()]), stamps, values))
+    online.write_arrays(store.config, batches)
+    return sum(len(keys) for _, keys, _, _ in batches)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one job run measured."""
+
+    preset: str
+    latency_ms: np.ndarray
+    """Publish -> alert of each measured transaction that alerted."""
+    published: dict[str, int]
+    """Messages of the measured phase, per kind (``tx``, ``label``)."""
+    warm_totals: dict[str, int]
+    end_totals: dict[str, int]
+    scored: pd.DataFrame
+    """The measured transactions' scored rows."""
+
+    def measured(self, total: str) -> int:
+        """How much a ``fraudstream totals`` count grew during the measured phase."""
+        return self.end_totals.get(total, 0) - self.warm_totals.get(total, 0)
+
+
+def run_job(
+    preset: str,
+    world: World,
+    models_dir: Path,
+    repo: Path,
+    tmp: Path,
+    rate: float | None,
+    warm: int,
+) -> Run:
+    """One job of ``preset`` on the emulators: warm-up, measured phase at ``rate`` events/s
+    (``None``: as fast as possible), stop."""
+    topics = lj.Topics.create(f"bench-lookup-{preset}")
+    scored = tmp / f"scored-{preset}-{uuid.uuid4().hex[:6]}"
+    extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
+    args = lj.job_args(topics, models_dir, preset, scored, repo, extra)
+    log = tmp / f"{preset}-{uuid.uuid4().hex[:6]}.log"
+    job = lj.start(args, log, ("bench.lookup", "job"))
+    sent: dict[int, float] = {}
+    publisher = Publisher(lj.PROJECT)
+    tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
+
+    def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
+        if topic == tx:
+            sent[int(attrs["id"])] = time.time()
+        publisher(topic, data, attrs)
+
+    def feed(upto: int, seen: int, pace: float | None) -> dict[str, int]:
+        """Replay the transactions of ``world.feed`` after ``seen`` up to ``upto``."""
+        counts = replay(
+            world.feed.iloc[:upto],
+            publish,
+            tx,
+            labels,
+            ENRICHED.label_delay,
+            rate=pace,
+            progress=False,
+            seen=seen,
+            trailing_labels=False,
+        )
+        publisher.flush()
+        return counts
+
+    scored_rows = partial(count_scored, str(scored))
+    try:
+        feed(world.seen + warm, world.seen, None)
+        _wait(scored_rows, warm, job, log)
+        warm_totals = parse_totals(log.read_text())
+        lj.drain(topics.subscriptions["alerts"], wait_s=2)
+        sent.clear()
+        published = feed(len(world.feed), world.seen + warm, rate)
+        _wait(scored_rows, len(world.slice), job, log)
+        time.sleep(2)
+        alerts = lj.drain(topics.subscriptions["alerts"], wait_s=5)
+    finally:
+        lj.stop(job)
+    latency = []
+    for message in alerts:
+        txid = json.loads(message.data)["transaction_id"]
+        if txid in sent:
+            latency.append((message.publish_time.timestamp() - sent[txid]) * 1e3)
+    rows = read_scored(str(scored))
+    rows = rows[rows["transaction_id"].isin(list(sent))]
+    end_totals = parse_totals(log.read_text())
+    return Run(preset, np.array(latency), published, warm_totals, end_totals, rows)
+
+
+def _wait(count: Callable[[], int], target: int, job, log: Path, timeout_s: float = 300) -> None:
+    """Poll ``count`` until it reaches ``target``; raise, with the end of the job's ``log``,
+    if the job exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while (n := count()) < target:
+        if job.poll() is not None or time.monotonic() > deadline:
+            tail = "\n".join(log.read_text().splitlines()[-30:])
+            state = f"exited with {job.returncode}" if job.poll() is not None else "timed out"
+            raise RuntimeError(f"the job {state} at {n} of {target} scored rows:\n{tail}")
+        time.sleep(0.2)
+
+
+def as_training(world: World, run: Run, measured: pd.DataFrame) -> float:
+    """Share of the measured transactions whose scored lookup columns equal the training
+    join's over the same snapshot (NaN equal to NaN)."""
+    expected = pd.DataFrame(
+        lookup_columns(measured, ENRICHED, world.snapshot),
+        columns=ENRICHED.lookup_names,
+        index=measured["TRANSACTION_ID"].to_numpy(),
+    )
+    got = run.scored.drop_duplicates("transaction_id").set_index("transaction_id")
+    got = got.reindex(expected.index)[ENRICHED.lookup_names]
+    same = np.isclose(got.to_numpy(float), expected.to_numpy(), rtol=1e-9, equal_nan=True)
+    return float(same.all(axis=1).mean())
+
+
+def cached_day_model(world: World, bundle: float) -> tuple[float, float]:
+    """Reads and rows read per 1,000 transactions over the slice's whole day, in consecutive
+    bundles of ``bundle`` transactions, were each entity read once a day (a worker cache that
+    outlives bundles, as the stage's does where the runner reuses its DoFn): a bundle reads
+    when one of its cards or terminals is new that day."""
+    size = max(1, round(bundle))
+    seen: dict[str, set[int]] = {e.key: set() for e in lookup_entities(ENRICHED)}
+    columns = {key: world.whole_day[key].to_numpy(np.int64) for key in seen}
+    n, reads, rows = len(world.whole_day), 0, 0
+    for start in range(0, n, size):
+        new = 0
+        for key, known in seen.items():
+            fresh = set(columns[key][start : start + size].tolist()) - known
+            known |= fresh
+            new += len(fresh)
+        reads += new > 0
+        rows += new
+    return 1e3 * reads / n, 1e3 * rows / n
+
+
+def stored_share(world: World, measured: pd.DataFrame) -> float:
+    """Share of the measured transactions whose card and terminal both have a snapshot row."""
+    found = np.ones(len(measured), bool)
+    for entity in lookup_entities(ENRICHED):
+        known = world.snapshot[entity.name][entity.key]
+        found &= measured[entity.key].isin(known).to_numpy()
+    return float(found.mean())
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` for the block (the job processes inherit it)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def bench_lookup(
+    data: Path | None = DEFAULT_DATA,
+    rate: float = RATE,
+    seconds: float = SECONDS,
+    rounds: int = ROUNDS,
+    warm: int = WARM,
+) -> Metrics:
+    """Start the emulators, run both presets ``rounds`` times, stop them. Keys
+    ``lookup_*``: see the module doc."""
+    reason = emu.gcloud_available(("pubsub", "bigtable"))
+    if reason:
+        print(f"bench: lookup skipped: {reason}", file=sys.stderr)
+        return {}
+    measured_n = int(rate * seconds / 2)  # about one label per transaction
+    world = load_world(data, warm + measured_n)
+    key = secrets.token_hex(32)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="bench-lookup-") as tmp_name:
+        tmp = Path(tmp_name)
+        model_dirs = train_models(world, tmp / "models")
+        with (
+            emu.running("pubsub", tmp / "emulators"),
+            emu.running("bigtable", tmp / "emulators"),
+            _environ({ENV_KEY: key}),
+        ):
+            repo = scratch_repo(tmp / "repo", f"bench_lookup_{uuid.uuid4().hex[:8]}")
+            store = apply_repo("emulator", repo)
+            snapshot_rows = load_snapshot(store, world, Pseudonymiser.from_env(required=True))
+            print("bench: lookup, priming run (not measured)", file=sys.stderr, flush=True)
+            run_job(DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, None, warm)
+            for r in range(rounds):
+                for preset in PRESETS if r % 2 == 0 else PRESETS[::-1]:
+                    print(f"bench: lookup, {preset} (round {r + 1})", file=sys.stderr, flush=True)
+                    runs.append(run_job(preset, world, model_dirs[preset], repo, tmp, rate, warm))
+    measured = world.slice.iloc[warm:]
+    return summarise(world, runs, measured, rate, snapshot_rows)
+
+
+def summarise(
+    world: World, runs: list[Run], measured: pd.DataFrame, rate: float, snapshot_rows: int
+) -> Metrics:
+    """The ``lookup_*`` figures of ``runs`` (latencies pooled per preset)."""
+    out: Metrics = {
+        "lookup_data": f"{Path(world.source).name} {world.day.date()}",
+        "lookup_rate_eps": rate,
+        "lookup_rounds": len(runs) // 2,
+        "lookup_transactions_measured": len(measured),
+        "lookup_labels_measured": runs[0].published["label"],
+        "lookup_snapshot_rows": snapshot_rows,
+    }
+    p99 = {}
+    for preset in PRESETS:
+        latency = np.concatenate([r.latency_ms for r in runs if r.preset == preset])
+        out[f"lookup_alerts_measured_{preset}"] = len(latency)
+        out[f"lookup_e2e_p50_ms_{preset}"] = round(float(np.percentile(latency, 50)), 1)
+        p99[preset] = float(np.percentile(latency, 99))
+        out[f"lookup_e2e_p99_ms_{preset}"] = round(p99[preset], 1)
+    out["lookup_p99_ratio"] = round(p99[ENRICHED.name] / p99[DEFAULT.name], 3)
+    out["lookup_e2e_p99_ms_by_run"] = ", ".join(
+        f"{r.preset} {np.percentile(r.latency_ms, 99):.1f}" for r in runs
+    )
+    enriched = [r for r in runs if r.preset == ENRICHED.name]
+    reads = sum(run.measured("feature_lookups") for run in enriched)
+    rows = sum(run.measured("feature_lookup_rows") for run in enriched)
+    transactions = len(measured) * len(enriched)
+    out["lookup_reads_per_1k_tx"] = round(1e3 * reads / transactions, 1)
+    out["lookup_rows_read_per_1k_tx"] = round(1e3 * rows / transactions, 1)
+    out["lookup_tx_per_read"] = round(transactions / reads, 1) if reads else None
+    if reads:
+        day_reads, day_rows = cached_day_model(world, transactions / reads)
+        out["lookup_reads_per_1k_tx_cached_day_model"] = round(day_reads, 1)
+        out["lookup_rows_read_per_1k_tx_cached_day_model"] = round(day_rows, 1)
+    out["lookup_with_stored_values"] = round(stored_share(world, measured), 3)
+    out["lookup_values_as_training"] = round(
+        min(as_training(world, run, measured) for run in enriched), 4
+    )
+    return out
+
+
+def run_logged(args: list[str]) -> int:
+    """``fraudstream run ARGS`` with the root logger at INFO from the start.
+
+    ``fraudstream run`` checks its options before it configures logging, and Beam's
+    ``PipelineOptions()`` calls ``logging.basicConfig()``, which leaves the root logger at
+    WARNING with a handler: the command's own set-up is then a no-op and the job's INFO lines
+    (the ``fraudstream totals:`` line among them) are not written."""
+    import logging
+
+    from streaming import cli
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return cli.main(["run", *args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["job"]:
+        return run_logged(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="transactions parquet")
+    parser.add_argument("--rate", type=float, default=RATE, help="events/s, labels included")
+    parser.add_argument("--seconds", type=float, default=SECONDS, help="measured phase")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="runs of each preset")
+    parser.add_argument("--warm", type=int, default=WARM, help="warm-up transactions")
+    args = parser.parse_args(argv)
+    result = bench_lookup(Path(args.data), args.rate, args.seconds, args.rounds, args.warm)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

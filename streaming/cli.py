@@ -480,7 +480,6 @@ def _add_batch_features_beam(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_batch_features_beam(args: argparse.Namespace) -> int:
-    import logging
 
     from streaming.batch.batch_features_beam import BatchFeaturesJob, run
 
@@ -497,7 +496,7 @@ def _run_batch_features_beam(args: argparse.Namespace) -> int:
         num_shards=args.num_shards,
         id_key_secret=args.id_key_secret,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _log_info()
     run(job, args.pipeline_args)
     where = args.output_dir or f"BigQuery dataset {args.bq_dataset}"
     print(f"batch features of {job.preset} for {job.days} day(s) to {where}")
@@ -669,6 +668,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_job, beam_options=True)  # main() passes its arguments through
 
 
+def _log_info() -> None:
+    """Our INFO lines (e.g. the job's ``fraudstream totals:``) on stderr, Beam's from WARNING.
+
+    ``force``: building ``PipelineOptions`` (the option checks) already configured logging
+    with Beam's defaults, which would make a plain ``basicConfig`` a no-op."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    for package in ("streaming", "features", "training"):
+        logging.getLogger(package).setLevel(logging.INFO)
+
+
 def _run_job(args: argparse.Namespace) -> int:
     if {"-h", "--help"} & set(args.pipeline_args):
         from streaming.job.options import FraudstreamOptions
@@ -690,7 +702,7 @@ def _run_job(args: argparse.Namespace) -> int:
     from streaming.job.pipeline import pipeline_options, run
     from streaming.local.launch import run_local
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _log_info()
     runner = pipeline_options(args.pipeline_args).view_as(StandardOptions).runner
     try:
         if is_local(runner):

@@ -11,11 +11,14 @@ stage a runner may hand on one key's events at a time.
 * **batched**: a bundle's events are held until the bundle ends (or ``max_batch`` events), in
   order, and the cards and terminals not in the cache are read in one round trip
   (:class:`LookupReader`);
-* **cached per worker, by materialization**: an entity's values are kept with the as-of
-  midnight of the snapshot they come from. A transaction on that day (or earlier: a late one)
-  uses them; one on a later day reads the entity again, once. When the store has nothing newer
-  yet (the daily job has not run), the older values are used, within ``LOOKUP_TTL``, and the
-  entity is read again after ``recheck_s`` seconds of processing time;
+* **cached per worker process, by materialization**: an entity's values are kept with the
+  as-of midnight of the snapshot they come from. A transaction on that day (or earlier: a late
+  one) uses them; one on a later day reads the entity again, once. The first transaction of a
+  new day starts a background refresh of every cached entity from the new materialization
+  (``refresh_chunk`` ids a read), so at steady state a day costs a few bulk reads plus the
+  entities the worker has never seen. When the store has nothing newer yet (the daily job has
+  not run), the older values are used, within ``LOOKUP_TTL``, and the entity is read again
+  after ``recheck_s`` seconds of processing time;
 * **defaults** where the store has no live row (an entity the batch job has not seen, or older
   than ``LOOKUP_TTL`` at the transaction's time), counted per entity;
 * transient store errors are retried by the online store within its budget
@@ -29,9 +32,12 @@ run before ``t``'s day starts. The deviations from the stored profile are comput
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -50,6 +56,8 @@ _TTL_NS = to_ns(LOOKUP_TTL)
 DEFAULT_RECHECK_S = 300.0
 DEFAULT_MAX_BATCH = 2_048
 DEFAULT_CACHE_ENTRIES = 500_000
+DEFAULT_REFRESH_CHUNK = 5_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -85,6 +93,10 @@ class LookupCache:
             return None
         return entry
 
+    def keys_behind(self, day: int) -> list[int]:
+        """The ids whose cached values serve days before ``day`` (a new day's refresh)."""
+        return [key for key, entry in list(self.entries.items()) if entry.valid_day < day]
+
     def put(self, key: int, day: int, as_of: int, values: np.ndarray, now: float) -> _Cached:
         """Keep what the store answered for a transaction of ``day``."""
         if len(self.entries) >= self.max_entries:
@@ -92,6 +104,32 @@ class LookupCache:
         recheck = float("inf") if as_of >= day else now + self.recheck_s
         entry = self.entries[key] = _Cached(as_of, values, max(day, as_of), recheck)
         return entry
+
+
+@dataclass
+class _WorkerCache:
+    """A process's caches of one stage (every DoFn instance of it shares them: a runner may
+    build one per bundle), the newest transaction day seen, and the reads of the background
+    refresh not yet counted in Beam metrics (which only a DoFn call may update)."""
+
+    caches: dict[str, LookupCache]
+    day: int = 0
+    uncounted_requests: int = 0
+    uncounted_rows: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_WORKER_CACHES: dict[str, _WorkerCache] = {}
+_WORKER_CACHES_LOCK = threading.Lock()
+
+
+def _worker_cache(name: str, entities: list[str], recheck_s: float) -> _WorkerCache:
+    with _WORKER_CACHES_LOCK:
+        shared = _WORKER_CACHES.get(name)
+        if shared is None:
+            caches = {e: LookupCache(recheck_s) for e in entities}
+            shared = _WORKER_CACHES[name] = _WorkerCache(caches)
+        return shared
 
 
 class _EnrichFn(beam.DoFn):
@@ -102,9 +140,12 @@ class _EnrichFn(beam.DoFn):
         clock: Clock,
         recheck_s: float,
         max_batch: int,
+        cache_name: str,
+        refresh_chunk: int,
     ) -> None:
         self.spec, self.open_reader, self.clock = spec, open_reader, clock
         self.recheck_s, self.max_batch = recheck_s, max_batch
+        self.cache_name, self.refresh_chunk = cache_name, refresh_chunk
         self.entities = lookup_entities(spec)
         self.requests = Metrics.counter(NAMESPACE, "feature_lookups")
         self.rows_read = Metrics.counter(NAMESPACE, "feature_lookup_rows")
@@ -117,7 +158,9 @@ class _EnrichFn(beam.DoFn):
 
     def setup(self) -> None:
         self.reader = self.open_reader()
-        self.caches = {e.name: LookupCache(self.recheck_s) for e in self.entities}
+        names = [e.name for e in self.entities]
+        self.worker = _worker_cache(self.cache_name, names, self.recheck_s)
+        self.caches = self.worker.caches
         self.defaults = {e.name: defaults(self.spec, e) for e in self.entities}
 
     def start_bundle(self) -> None:
@@ -159,6 +202,7 @@ class _EnrichFn(beam.DoFn):
         misses."""
         now = self.clock()
         days = midnight(times)
+        self._new_day(int(days.max()), now)
         ids = {e.name: [entity_id(tx, e) for tx in txs] for e in self.entities}
         entries: dict[str, list[_Cached | None]] = {}
         misses: dict[str, list[int]] = {}
@@ -179,6 +223,12 @@ class _EnrichFn(beam.DoFn):
             TOTALS.add("feature_lookups")
             TOTALS.add("feature_lookup_rows", n_missing)
         self.hits.inc(len(txs) * len(self.entities) - n_missing)
+        with self.worker.lock:
+            requests, rows = self.worker.uncounted_requests, self.worker.uncounted_rows
+            self.worker.uncounted_requests = self.worker.uncounted_rows = 0
+        if requests:
+            self.requests.inc(requests)
+            self.rows_read.inc(rows)
         out = {}
         for entity in self.entities:
             values = np.empty((len(txs), len(self.defaults[entity.name])))
@@ -193,6 +243,43 @@ class _EnrichFn(beam.DoFn):
                 self.missing[entity.name].inc(missing)
             out[entity.name] = values
         return out
+
+    def _new_day(self, day: int, now: float) -> None:
+        """On a transaction of a later day than any before: refresh every cached entity from the
+        new materialization in the background, in chunks of ``refresh_chunk`` ids a read, so
+        the day's transactions find them cached (the first day of a job has nothing to
+        refresh). Misses meanwhile are read as usual."""
+        with self.worker.lock:
+            previous, self.worker.day = self.worker.day, max(self.worker.day, day)
+        if previous == 0 or day <= previous:
+            return
+        keys = {name: cache.keys_behind(day) for name, cache in self.caches.items()}
+        if any(keys.values()):
+            threading.Thread(
+                target=self._refresh, args=(keys, day), name="lookup-refresh", daemon=True
+            ).start()
+
+    def _refresh(self, keys: dict[str, list[int]], day: int) -> None:
+        step = self.refresh_chunk
+        longest = max(len(k) for k in keys.values())
+        try:
+            for start in range(0, longest, step):
+                chunk = {name: k[start : start + step] for name, k in keys.items()}
+                answers = self.reader.read({n: np.array(k, np.int64) for n, k in chunk.items()})
+                now = self.clock()
+                for name, answer in answers.items():
+                    cache = self.caches[name]
+                    for i, key in enumerate(chunk[name]):
+                        as_of = int(answer.as_of_ns[i]) if answer.found[i] else 0
+                        cache.put(key, day, as_of, answer.values[i], now)
+                rows = sum(len(k) for k in chunk.values())
+                with self.worker.lock:
+                    self.worker.uncounted_requests += 1
+                    self.worker.uncounted_rows += rows
+                TOTALS.add("feature_lookups")
+                TOTALS.add("feature_lookup_rows", rows)
+        except Exception:  # the day's misses are read one bundle at a time instead
+            log.warning("refreshing the lookup cache for a new day failed", exc_info=True)
 
     def _read(
         self,
@@ -238,14 +325,24 @@ class EnrichFromFeatureStore(beam.PTransform):
         clock: Clock = time.time,
         recheck_s: float = DEFAULT_RECHECK_S,
         max_batch: int = DEFAULT_MAX_BATCH,
+        refresh_chunk: int = DEFAULT_REFRESH_CHUNK,
     ) -> None:
         super().__init__()
         if not spec.lookups:
             raise ValueError(f"preset {spec.name!r} has no batch features to look up")
         self.spec, self.open_reader, self.clock = spec, open_reader, clock
-        self.recheck_s, self.max_batch = recheck_s, max_batch
+        self.recheck_s, self.max_batch, self.refresh_chunk = recheck_s, max_batch, refresh_chunk
+        self.cache_name = f"{spec.name}-{uuid.uuid4().hex}"  # one cache per process and stage
 
-    def expand(self, rows):
-        return rows | "Lookup" >> beam.ParDo(
-            _EnrichFn(self.spec, self.open_reader, self.clock, self.recheck_s, self.max_batch)
+    def expand(self, events):
+        return events | "Lookup" >> beam.ParDo(
+            _EnrichFn(
+                self.spec,
+                self.open_reader,
+                self.clock,
+                self.recheck_s,
+                self.max_batch,
+                self.cache_name,
+                self.refresh_chunk,
+            )
         )

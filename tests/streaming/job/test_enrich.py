@@ -164,3 +164,56 @@ def test_process_totals_are_logged_and_parsed_back(caplog):
         totals.flush()  # unchanged: no second line
     assert parse_totals(caplog.text) == {"feature_lookups": 3}
     assert caplog.text.count("fraudstream totals:") == 2
+
+
+def _flush(fn, events) -> list:
+    """One bundle through the stage's DoFn, outside a pipeline: the output events."""
+    fn.start_bundle()
+    out = [wv.value for e in events for wv in fn.process(e, 0, None)]
+    return out + [wv.value for wv in fn.finish_bundle()]
+
+
+def test_a_new_day_refreshes_the_cached_entities_in_bulk_in_the_background(history):
+    """Day D's transactions fill the worker's cache; the first transaction of D + 1 starts one
+    background refresh of every cached entity from D + 1's materialization, after which D + 1's
+    transactions of those entities read nothing and get D + 1's values."""
+    import threading
+
+    from streaming.job.enrich import _EnrichFn
+
+    times = history["TX_DATETIME"]
+    last = times.dt.normalize().iloc[-1]
+    d0, d1 = last - pd.Timedelta(days=2), last - pd.Timedelta(days=1)
+    tables = batch.snapshots(history, SPEC)
+
+    def reader_as_of(day):
+        return MemoryLookupReader(
+            SPEC, {n: t[t["event_timestamp"] == day] for n, t in tables.items()}
+        )
+
+    first_day = history[(times >= d0) & (times < d1)]
+    next_day = history[(times >= d1) & (times < last)]
+    fn = _EnrichFn(SPEC, lambda: reader_as_of(d0), lambda: 0.0, 300.0, 10_000,
+                   f"test-{id(history)}", refresh_chunk=7)  # fmt: skip
+    fn.setup()
+    _flush(fn, to_transactions(first_day))
+    assert fn.reader.requests == 1
+    fn.reader = reader_as_of(d1)  # the daily job materialized D + 1
+    txs = to_transactions(next_day)
+    _flush(fn, txs[:1])
+    for thread in [t for t in threading.enumerate() if t.name == "lookup-refresh"]:
+        thread.join(timeout=30)
+    cached = len(first_day["CUSTOMER_ID"].unique()), len(first_day["TERMINAL_ID"].unique())
+    bulk = -(-max(cached) // 7)  # chunks of 7 ids of each kind
+    before = fn.reader.requests
+    # the refresh, and the first transaction's own read unless the refresh got there first
+    assert bulk <= before <= bulk + 1
+    out = _flush(fn, txs[1:])
+    seen = set(first_day["CUSTOMER_ID"]) | set(next_day["CUSTOMER_ID"].iloc[:1])
+    terminals = set(first_day["TERMINAL_ID"]) | set(next_day["TERMINAL_ID"].iloc[:1])
+    rest = next_day.iloc[1:]
+    new = (~rest["CUSTOMER_ID"].isin(seen)) | (~rest["TERMINAL_ID"].isin(terminals))
+    assert fn.reader.requests == before + (1 if new.any() else 0)  # only never-seen entities
+    want = batch.lookup_columns(history, SPEC, tables)[rest.index]
+    for tx, values in zip(out, want, strict=True):
+        np.testing.assert_array_equal(np.array(tx.lookups), values)

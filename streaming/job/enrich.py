@@ -50,7 +50,7 @@ from features.spec import FeatureSpec, to_ns
 from streaming.job.common import NAMESPACE, TOTALS, Clock
 from streaming.job.entity_state import entity_id
 from streaming.schema import Label, Transaction
-from streaming.store.lookup import LookupReader
+from streaming.store.lookup import LookupReader, Scanned
 
 _TTL_NS = to_ns(LOOKUP_TTL)
 DEFAULT_RECHECK_S = 300.0
@@ -72,6 +72,10 @@ class _Cached:
     (``inf``: the snapshot of ``valid_day`` itself, never re-read that day)."""
 
 
+_ABSENT = _Cached(0, np.empty(0), 0, float("inf"))
+"""What a complete cache answers for an id the store has no row for (the defaults apply)."""
+
+
 class LookupCache:
     """A worker's cached batch-feature rows of one entity, keyed by id (see the module doc).
 
@@ -81,10 +85,33 @@ class LookupCache:
     def __init__(self, recheck_s: float, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
         self.recheck_s, self.max_entries = recheck_s, max_entries
         self.entries: dict[int, _Cached] = {}
+        self.complete_day = 0
+        """A day whose materialization the cache holds whole (a complete scan): an id it lacks
+        has no row in the store."""
+
+    def preload(self, day: int, scanned: Scanned, now: float) -> bool:
+        """Keep every row of a scan made for transactions of ``day``; True (and the cache is
+        complete for ``day``) when the scan is whole and holds ``day``'s materialization."""
+        complete = (
+            not scanned.truncated
+            and len(scanned.ids) > 0
+            and int(scanned.as_of_ns.max()) >= day
+            and len(scanned.ids) <= self.max_entries
+        )
+        if len(self.entries) + len(scanned.ids) > self.max_entries:
+            self.entries.clear()
+        rows = zip(scanned.ids.tolist(), scanned.as_of_ns.tolist(), scanned.values, strict=True)
+        for key, as_of, values in rows:
+            self.put(key, day, as_of, values, now, final=complete)
+        if complete:
+            self.complete_day = day
+        return complete
 
     def get(self, key: int, day: int, now: float) -> _Cached | None:
         """The cached row usable for a transaction of ``day`` at processing time ``now``."""
         entry = self.entries.get(key)
+        if entry is None and day == self.complete_day:
+            return _ABSENT  # the whole view is cached for that day: the store has no row
         if (
             entry is None
             or day > entry.valid_day
@@ -97,11 +124,14 @@ class LookupCache:
         """The ids whose cached values serve days before ``day`` (a new day's refresh)."""
         return [key for key, entry in list(self.entries.items()) if entry.valid_day < day]
 
-    def put(self, key: int, day: int, as_of: int, values: np.ndarray, now: float) -> _Cached:
-        """Keep what the store answered for a transaction of ``day``."""
+    def put(
+        self, key: int, day: int, as_of: int, values: np.ndarray, now: float, final: bool = False
+    ) -> _Cached:
+        """Keep what the store answered for a transaction of ``day`` (``final``: it is the
+        store's row once ``day``'s materialization is in, whatever its own as-of day)."""
         if len(self.entries) >= self.max_entries:
             self.entries.clear()
-        recheck = float("inf") if as_of >= day else now + self.recheck_s
+        recheck = float("inf") if final or as_of >= day else now + self.recheck_s
         entry = self.entries[key] = _Cached(as_of, values, max(day, as_of), recheck)
         return entry
 
@@ -114,6 +144,11 @@ class _WorkerCache:
 
     caches: dict[str, LookupCache]
     day: int = 0
+    busy: bool = False
+    """A background scan or refresh is running."""
+    next_scan_at: float = 0.0
+    """Processing time before which an incomplete scan is not retried."""
+    can_scan: bool = True
     uncounted_requests: int = 0
     uncounted_rows: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,7 +237,7 @@ class _EnrichFn(beam.DoFn):
         misses."""
         now = self.clock()
         days = midnight(times)
-        self._new_day(int(days.max()), now)
+        self._background(int(days.max()), now)
         ids = {e.name: [entity_id(tx, e) for tx in txs] for e in self.entities}
         entries: dict[str, list[_Cached | None]] = {}
         misses: dict[str, list[int]] = {}
@@ -244,24 +279,56 @@ class _EnrichFn(beam.DoFn):
             out[entity.name] = values
         return out
 
-    def _new_day(self, day: int, now: float) -> None:
-        """On a transaction of a later day than any before: refresh every cached entity from the
-        new materialization in the background, in chunks of ``refresh_chunk`` ids a read, so
-        the day's transactions find them cached (the first day of a job has nothing to
-        refresh). Misses meanwhile are read as usual."""
-        with self.worker.lock:
-            previous, self.worker.day = self.worker.day, max(self.worker.day, day)
-        if previous == 0 or day <= previous:
-            return
-        keys = {name: cache.keys_behind(day) for name, cache in self.caches.items()}
-        if any(keys.values()):
-            threading.Thread(
-                target=self._refresh, args=(keys, day), name="lookup-refresh", daemon=True
-            ).start()
+    def _background(self, day: int, now: float) -> None:
+        """Keep the worker's cache whole for the newest transaction day, in a background
+        thread: a scan of every batch view (up to the cache's size) when none is complete for
+        that day (the worker's first transactions, a new day, or a retry ``recheck_s`` after a
+        scan that found the day's materialization missing); with a store that cannot be
+        scanned, a refresh of the cached ids on a new day, ``refresh_chunk`` ids a read.
+        Meanwhile misses are read as usual."""
+        worker = self.worker
+        with worker.lock:
+            previous, worker.day = worker.day, max(worker.day, day)
+            complete = all(c.complete_day >= worker.day for c in self.caches.values())
+            if worker.busy or complete or (not worker.can_scan and worker.day <= previous):
+                return
+            if worker.can_scan and now < worker.next_scan_at:
+                return
+            worker.busy = True
+            day = worker.day
+        if worker.can_scan:
+            target, args = self._scan, (day,)
+        else:
+            keys = {name: cache.keys_behind(day) for name, cache in self.caches.items()}
+            target, args = self._refresh, (keys, day)
+        threading.Thread(target=target, args=args, name="lookup-refresh", daemon=True).start()
+
+    def _scan(self, day: int) -> None:
+        worker = self.worker
+        try:
+            limit = min(c.max_entries for c in self.caches.values())
+            scanned = self.reader.scan(limit)
+            now = self.clock()
+            if scanned is None:
+                with worker.lock:
+                    worker.can_scan = False
+                return
+            complete = [self.caches[n].preload(day, rows, now) for n, rows in scanned.items()]
+            self._count(len(scanned), sum(len(r.ids) for r in scanned.values()))
+            if not all(complete):
+                with worker.lock:
+                    worker.next_scan_at = now + self.recheck_s
+        except Exception:  # misses are read one bundle at a time instead
+            log.warning("scanning the batch views into the lookup cache failed", exc_info=True)
+            with worker.lock:
+                worker.next_scan_at = self.clock() + self.recheck_s
+        finally:
+            with worker.lock:
+                worker.busy = False
 
     def _refresh(self, keys: dict[str, list[int]], day: int) -> None:
         step = self.refresh_chunk
-        longest = max(len(k) for k in keys.values())
+        longest = max((len(k) for k in keys.values()), default=0)
         try:
             for start in range(0, longest, step):
                 chunk = {name: k[start : start + step] for name, k in keys.items()}
@@ -272,14 +339,20 @@ class _EnrichFn(beam.DoFn):
                     for i, key in enumerate(chunk[name]):
                         as_of = int(answer.as_of_ns[i]) if answer.found[i] else 0
                         cache.put(key, day, as_of, answer.values[i], now)
-                rows = sum(len(k) for k in chunk.values())
-                with self.worker.lock:
-                    self.worker.uncounted_requests += 1
-                    self.worker.uncounted_rows += rows
-                TOTALS.add("feature_lookups")
-                TOTALS.add("feature_lookup_rows", rows)
+                self._count(1, sum(len(k) for k in chunk.values()))
         except Exception:  # the day's misses are read one bundle at a time instead
             log.warning("refreshing the lookup cache for a new day failed", exc_info=True)
+        finally:
+            with self.worker.lock:
+                self.worker.busy = False
+
+    def _count(self, requests: int, rows: int) -> None:
+        """Reads made off the DoFn's calls: Beam metrics get them at the next bundle."""
+        with self.worker.lock:
+            self.worker.uncounted_requests += requests
+            self.worker.uncounted_rows += rows
+        TOTALS.add("feature_lookups", requests)
+        TOTALS.add("feature_lookup_rows", rows)
 
     def _read(
         self,

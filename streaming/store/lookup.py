@@ -35,16 +35,35 @@ class LookedUp:
     """float64 (n, ``spec.lookup_stored_names(entity)``); NaN where not found."""
 
 
+@dataclass(frozen=True)
+class Scanned:
+    """Every stored row of one entity's batch view (up to a limit)."""
+
+    ids: np.ndarray
+    """int64 (n,)."""
+    as_of_ns: np.ndarray
+    """int64 (n,): each row's event time (its snapshot's as-of midnight)."""
+    values: np.ndarray
+    """float64 (n, stored)."""
+    truncated: bool
+    """The store holds more rows than the limit: ``ids`` are not all of them."""
+
+
 class LookupReader(ABC):
     """Reads the newest batch-feature rows of entity ids; counts its round trips."""
 
     requests: int = 0
-    """Round trips to the store so far (one per :meth:`read` with ids)."""
+    """Round trips to the store so far (one per :meth:`read` with ids, one per view scanned)."""
 
     @abstractmethod
     def read(self, ids: Mapping[str, np.ndarray]) -> dict[str, LookedUp]:
         """Entity name -> int64 ids (each spec entity with lookups, any lengths) -> answers, in
         one round trip. Unknown ids are not found; it never raises for them."""
+
+    def scan(self, limit: int) -> dict[str, Scanned] | None:
+        """Every stored row of each batch view, up to ``limit`` rows a view, one streaming read
+        a view; None where the store cannot be scanned (then only :meth:`read` serves)."""
+        return None
 
 
 class MemoryLookupReader(LookupReader):
@@ -62,6 +81,21 @@ class MemoryLookupReader(LookupReader):
             self.rows[entity.name] = {
                 int(k): (int(t), v) for k, t, v in zip(ids, times, values, strict=True)
             }
+
+    def scan(self, limit: int) -> dict[str, Scanned]:
+        out = {}
+        for entity in lookup_entities(self.spec):
+            self.requests += 1
+            rows = list(self.rows[entity.name].items())
+            width = len(self.spec.lookup_stored_names(entity))
+            kept = rows[:limit]
+            out[entity.name] = Scanned(
+                np.array([k for k, _ in kept], np.int64),
+                np.array([t for _, (t, _) in kept], np.int64),
+                np.array([v for _, (_, v) in kept], np.float64).reshape(len(kept), width),
+                len(rows) > limit,
+            )
+        return out
 
     def read(self, ids: Mapping[str, np.ndarray]) -> dict[str, LookedUp]:
         self.requests += 1
@@ -123,6 +157,21 @@ class FeastLookupReader(LookupReader):
         for entity, (present, event_us, values) in zip(entities, answers, strict=True):
             as_of = np.where(present, event_us * 1_000, 0).astype(np.int64)
             out[entity.name] = LookedUp(present.astype(bool), as_of, values)
+        return out
+
+    def scan(self, limit: int) -> dict[str, Scanned] | None:
+        if self._packed is None:
+            return None
+        out = {}
+        for entity in lookup_entities(self.spec):
+            self.requests += 1
+            ids, present, event_us, values, truncated = self._packed.scan_arrays(
+                self.store.config, self.views[entity.name], entity.key, limit
+            )
+            keep = present.astype(bool)
+            out[entity.name] = Scanned(
+                np.array(ids, np.int64)[keep], event_us[keep] * 1_000, values[keep], truncated
+            )
         return out
 
     def _read_feast(self, keys: dict[str, np.ndarray]) -> dict[str, LookedUp]:

@@ -409,8 +409,39 @@ def test_feast_materialize_incremental_loads_the_batch_views_into_bigtable(
             want = newest[SPEC.lookup_stored_names(entity)].to_numpy()
             np.testing.assert_array_equal(got[live], want[live])
             assert np.isnan(got[~live]).all()
+        _the_lookup_reader_scans_and_reads_the_newest_rows(store, tables)
     finally:
         store.teardown()
+
+
+def _the_lookup_reader_scans_and_reads_the_newest_rows(store, tables) -> None:
+    """The stream's reader on our Bigtable store: a scan of each batch view (one streaming
+    read a view) and a batched read both give every entity's newest snapshot row, whatever its
+    age; a scan past its limit says it is truncated."""
+    from streaming.store.lookup import FeastLookupReader
+
+    reader = FeastLookupReader(store, SPEC)
+    entities = batch_entities(SPEC)
+    newest = {e.name: _newest(tables[e.name], e.key) for e in entities}
+    scanned = reader.scan(limit=100_000)
+    assert reader.requests == len(entities)
+    read = reader.read({e.name: newest[e.name][e.key].to_numpy() for e in entities})
+    assert reader.requests == len(entities) + 1
+    for entity in entities:
+        want = newest[entity.name]
+        as_of = want[EVENT_TIMESTAMP].to_numpy("datetime64[ns]").view(np.int64)
+        values = want[SPEC.lookup_stored_names(entity)].to_numpy()
+        rows = scanned[entity.name]
+        assert not rows.truncated
+        order = np.argsort(rows.ids)
+        np.testing.assert_array_equal(rows.ids[order], want[entity.key].to_numpy())
+        np.testing.assert_array_equal(rows.as_of_ns[order], as_of)
+        np.testing.assert_array_equal(rows.values[order], values)
+        assert read[entity.name].found.all()
+        np.testing.assert_array_equal(read[entity.name].as_of_ns, as_of)
+        np.testing.assert_array_equal(read[entity.name].values, values)
+    small = reader.scan(limit=3)
+    assert all(r.truncated and len(r.ids) == 3 for r in small.values())
 
 
 def test_the_beam_job_keys_its_rows_with_the_jobs_pseudonyms(tmp_path: Path, monkeypatch):

@@ -274,6 +274,39 @@ class BigtableOnlineStore(OnlineStore):
             for view, keys in requests
         ]
 
+    def scan_arrays(
+        self, config: RepoConfig, view: FeatureView, join_key: str, limit: int
+    ) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Every row of a single-int-key view, up to ``limit`` rows, in one streaming
+        ``ReadRows`` over the key's range (``<join_key>=``): ``(ids, present, event µs, values,
+        truncated)``; no ttl applied. ``truncated``: the limit was reached."""
+        from google.cloud.bigtable.data import ReadRowsQuery, RowRange
+        from google.cloud.bigtable.data.row_filters import (
+            CellsColumnLimitFilter,
+            ColumnQualifierRegexFilter,
+            RowFilterChain,
+        )
+
+        prefix = f"{join_key}=".encode()
+        row_filter = RowFilterChain(
+            [
+                ColumnQualifierRegexFilter(f"^{re.escape(view.name)}$".encode()),
+                CellsColumnLimitFilter(1),
+            ]
+        )
+        span = RowRange(start_key=prefix, end_key=prefix[:-1] + b">")  # "=" + 1
+        query = ReadRowsQuery(row_ranges=[span], row_filter=row_filter, limit=limit + 1)
+        rows = self._read(config, query)
+        truncated = len(rows) > limit
+        rows = rows[:limit]
+        keys = [row.row_key for row in rows]
+        cells = {(row.row_key, cell.qualifier): cell.value for row in rows for cell in row.cells}
+        present, event_us, values = self._decode(
+            config, view, codec.feature_names(view), keys, cells, enforce_ttl=False
+        )
+        ids = [int(key[len(prefix) :]) for key in keys]
+        return ids, present, event_us, values, truncated
+
     # ------------------------------------------------------------------ internals
 
     def _fetch(

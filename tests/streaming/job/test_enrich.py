@@ -4,6 +4,7 @@ cache reads an entity once per materialization; missing entities get the default
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from apache_beam.metrics import MetricsFilter
 from features import batch, presets
 from features.synthetic import transactions
 from features.table import validate
-from streaming.job.enrich import EnrichFromFeatureStore, LookupCache
+from streaming.job.enrich import EnrichFromFeatureStore, LookupCache, _EnrichFn
 from streaming.schema import Label, Transaction
 from streaming.store.lookup import MemoryLookupReader
 from tests.streaming.job.stages import batch_pipeline, to_labels, to_transactions
@@ -23,6 +24,13 @@ SPEC = presets.get("enriched")
 DAY_NS = batch.DAY_NS
 _READERS: dict[str, MemoryLookupReader] = {}
 _OUTPUTS: dict[str, list] = {}
+
+
+class ReadOnlyReader(MemoryLookupReader):
+    """A store that cannot be scanned (as Feast's other online stores): ids are read only."""
+
+    def scan(self, limit: int) -> None:
+        return None
 
 
 def _reader(name: str) -> MemoryLookupReader:
@@ -76,7 +84,7 @@ def test_a_day_of_transactions_gets_the_training_joins_values(history, request):
     events = [
         e for pair in zip(to_transactions(today), to_labels(today), strict=True) for e in pair
     ]
-    got, counters = _run(events, MemoryLookupReader(SPEC, as_of), request.node.nodeid)
+    got, counters = _run(events, ReadOnlyReader(SPEC, as_of), request.node.nodeid)
     assert [type(e) for e in got] == [type(e) for e in events]  # order kept (one bundle)
     labels = [e for e in got if isinstance(e, Label)]
     assert labels == [e for e in events if isinstance(e, Label)]
@@ -96,7 +104,7 @@ def test_a_day_of_transactions_gets_the_training_joins_values(history, request):
 def test_missing_entities_get_the_defaults_and_are_counted(history, request):
     today = history.tail(5)
     empty = {name: t.iloc[:0] for name, t in batch.snapshots(history.head(50), SPEC).items()}
-    got, counters = _run(to_transactions(today), MemoryLookupReader(SPEC, empty),
+    got, counters = _run(to_transactions(today), ReadOnlyReader(SPEC, empty),
                          request.node.nodeid)  # fmt: skip
     stored = {e.name: np.tile(batch.defaults(SPEC, e), (5, 1)) for e in batch.lookup_entities(SPEC)}
     want = batch.complete(
@@ -173,36 +181,89 @@ def _flush(fn, events) -> list:
     return out + [wv.value for wv in fn.finish_bundle()]
 
 
-def test_a_new_day_refreshes_the_cached_entities_in_bulk_in_the_background(history):
-    """Day D's transactions fill the worker's cache; the first transaction of D + 1 starts one
-    background refresh of every cached entity from D + 1's materialization, after which D + 1's
-    transactions of those entities read nothing and get D + 1's values."""
-    import threading
+def _join_background() -> None:
+    for thread in [t for t in threading.enumerate() if t.name == "lookup-refresh"]:
+        thread.join(timeout=30)
 
-    from streaming.job.enrich import _EnrichFn
 
+def _two_days(history):
     times = history["TX_DATETIME"]
     last = times.dt.normalize().iloc[-1]
     d0, d1 = last - pd.Timedelta(days=2), last - pd.Timedelta(days=1)
     tables = batch.snapshots(history, SPEC)
-
-    def reader_as_of(day):
-        return MemoryLookupReader(
-            SPEC, {n: t[t["event_timestamp"] == day] for n, t in tables.items()}
-        )
-
     first_day = history[(times >= d0) & (times < d1)]
     next_day = history[(times >= d1) & (times < last)]
-    fn = _EnrichFn(SPEC, lambda: reader_as_of(d0), lambda: 0.0, 300.0, 10_000,
-                   f"test-{id(history)}", refresh_chunk=7)  # fmt: skip
+    as_of = {d: {n: t[t["event_timestamp"] == d] for n, t in tables.items()} for d in (d0, d1)}
+    return tables, first_day, next_day, as_of[d0], as_of[d1]
+
+
+def _enrich_fn(reader, name: str):
+    fn = _EnrichFn(SPEC, lambda: reader, lambda: 0.0, 300.0, 10_000, name, refresh_chunk=7)
     fn.setup()
-    _flush(fn, to_transactions(first_day))
-    assert fn.reader.requests == 1
-    fn.reader = reader_as_of(d1)  # the daily job materialized D + 1
+    return fn
+
+
+def test_a_worker_scans_each_days_materialization_and_then_reads_nothing(history):
+    """A scannable store (our Bigtable store): the worker's first transaction starts a scan of
+    the batch views; once whole for the day, every transaction of the day is served from the
+    cache, an id without a row included (defaults). The first transaction of the next day
+    scans that day's materialization."""
+    tables, first_day, next_day, day0, day1 = _two_days(history)
+    fn = _enrich_fn(MemoryLookupReader(SPEC, day0), f"scan-{id(history)}")
+    txs = to_transactions(first_day)
+    _flush(fn, txs[:1])
+    _join_background()
+    scanned = fn.reader.requests  # the first transaction's own read, unless the scan was first
+    assert scanned in (2, 3)  # a scan is one read a view (customer, terminal)
+    out = _flush(fn, txs[1:])
+    assert fn.reader.requests == scanned  # the rest of the day: all from the cache
+    want = batch.lookup_columns(history, SPEC, tables)
+    for tx, values in zip(out, want[first_day.index[1:]], strict=True):
+        np.testing.assert_array_equal(np.array(tx.lookups), values)
+    fn.reader = MemoryLookupReader(SPEC, day1)  # the daily job materialized the next day
     txs = to_transactions(next_day)
     _flush(fn, txs[:1])
-    for thread in [t for t in threading.enumerate() if t.name == "lookup-refresh"]:
-        thread.join(timeout=30)
+    _join_background()
+    before = fn.reader.requests
+    assert before in (2, 3)
+    out = _flush(fn, txs[1:])
+    assert fn.reader.requests == before
+    for tx, values in zip(out, want[next_day.index[1:]], strict=True):
+        np.testing.assert_array_equal(np.array(tx.lookups), values)
+
+
+def test_a_scan_before_the_days_materialization_is_retried_later(history):
+    """The daily job is late: the scan finds yesterday's rows only, so the cache is not whole
+    for the day; misses are read and the scan is retried after ``recheck_s``."""
+    _, _, next_day, day0, _ = _two_days(history)
+    clock = iter(range(0, 10_000, 100))  # processing time: 100 s a call
+    fn = _EnrichFn(SPEC, lambda: MemoryLookupReader(SPEC, day0), lambda: float(next(clock)),
+                   300.0, 10_000, f"late-{id(history)}", refresh_chunk=7)  # fmt: skip
+    fn.setup()
+    _flush(fn, to_transactions(next_day.iloc[:1]))
+    _join_background()
+    assert all(c.complete_day == 0 for c in fn.caches.values())
+    assert fn.worker.next_scan_at > 0 and not fn.worker.busy
+    requests = fn.reader.requests
+    fn.worker.next_scan_at = 0.0  # recheck_s has passed
+    _flush(fn, to_transactions(next_day.iloc[1:2]))
+    _join_background()
+    assert fn.reader.requests >= requests + 2  # scanned again (one read a view)
+
+
+def test_without_a_scannable_store_a_new_day_refreshes_the_cached_ids_in_chunks(history):
+    """Day D's transactions fill the worker's cache; the first transaction of D + 1 starts one
+    background refresh of every cached entity from D + 1's materialization, after which D + 1's
+    transactions of those entities read nothing and get D + 1's values."""
+    tables, first_day, next_day, day0, day1 = _two_days(history)
+    fn = _enrich_fn(ReadOnlyReader(SPEC, day0), f"refresh-{id(history)}")
+    _flush(fn, to_transactions(first_day))
+    _join_background()
+    assert fn.reader.requests == 1
+    fn.reader = ReadOnlyReader(SPEC, day1)  # the daily job materialized D + 1
+    txs = to_transactions(next_day)
+    _flush(fn, txs[:1])
+    _join_background()
     cached = len(first_day["CUSTOMER_ID"].unique()), len(first_day["TERMINAL_ID"].unique())
     bulk = -(-max(cached) // 7)  # chunks of 7 ids of each kind
     before = fn.reader.requests

@@ -1,19 +1,26 @@
 """``fraudstream demo``: the whole job on real parts, with live progress, a summary and a report.
 
-Emulators mode (the Google Cloud SDK is installed): start the Pub/Sub and Bigtable emulators
+Emulators mode (the Google Cloud SDK is installed, or ``PUBSUB_EMULATOR_HOST`` and
+``BIGTABLE_EMULATOR_HOST`` name running emulators): start the Pub/Sub and Bigtable emulators
 (unless running), create this run's topics, apply the Feast repository (emulator profile),
 train a model on the history before the replayed slice (or reuse the one trained for the same
-data), start ``fraudstream run`` as a child process, replay the slice with each label after
-its delay, follow the job live, stop everything it started (on Ctrl-C too) and report.
+data), write the card and terminal states of that history to the Bigtable state table and,
+for a preset with batch features, materialize them as of the slice's first midnight; start
+``fraudstream run`` as a child process (``--initial_state store``), replay the slice with each
+label after its delay, follow the job live, stop everything it started (on Ctrl-C too) and
+report.
 
 Embedded mode (no SDK, or ``--embedded``): the same core (``ScoreTransactions``, the Feast
-writes on the local sqlite profile, the scored sink) on Beam's in-process runner, fed from
-memory.
+writes and batch-feature lookups on the local sqlite profile, the scored sink) on Beam's
+in-process runner, fed from memory, starting from a state file.
 
 The replayed slice is the last ``--events`` transactions. The job starts from the card and
 terminal states of the history before it (``fraudstream bootstrap``, keyed by this run's id
-key), as a job taking over a live feed would, so its scores must equal the offline scores of
-the whole history's backfill.
+key), as a job taking over a live feed would, and looks batch features up in the snapshot the
+daily batch job (``streaming.batch.batch_features``) wrote before the slice's day; so its
+features must equal the training set's (the backfill of the whole history, batch features
+joined point in time) and its scores the offline scores. The daily job does not run during the
+replay: a slice that crosses midnight gets the first day's snapshot after it (said at start).
 """
 
 from __future__ import annotations
@@ -22,25 +29,32 @@ import functools
 import json
 import os
 import secrets
+import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features import presets
 from features.backfill import backfill
 from features.spec import DAY, FeatureSpec
 from features.table import read_transactions, validate
+from streaming.job.common import TOTALS, parse_totals
 from streaming.job.entity_state import DEFAULT_ORDERING
+from streaming.job.initial_states import STORE
 from streaming.local import job_process as lj
 from streaming.schema import read_scored
 from training.protocol import card_precision_at_k
+
+if TYPE_CHECKING:
+    from streaming.store.feast_store import StoreSettings
 
 EMBEDDED_ORDERING = "event_time"
 """The embedded demo's: its source is one bounded batch, with no arrival order to apply events
@@ -54,7 +68,7 @@ class DemoConfig:
     """What ``fraudstream demo`` was asked for (see ``streaming/cli.py``)."""
 
     input: str
-    preset: str = "default"
+    preset: str = "enriched"
     events: int = 5_000
     rate: float | None = None
     out: str = "out/demo"
@@ -129,8 +143,10 @@ class Progress:
             ]
             self.dead += [json.loads(m.data) for m in lj.drain(topics.subscriptions["dlq"], 0.2)]
         for part in sorted(set(self.scored_dir.glob("part-*.parquet")) - self._seen):
-            frame = pd.read_parquet(part, columns=["latency_ms", "model_version"])
             self._seen.add(part)
+            if pq.read_metadata(part).num_rows == 0:  # a pane without rows has no columns
+                continue
+            frame = pd.read_parquet(part, columns=["latency_ms", "model_version"])
             self._latency.append(frame["latency_ms"].to_numpy())
             self.scored += len(frame)
             self.model = str(frame["model_version"].iloc[-1])
@@ -147,12 +163,12 @@ class Progress:
         self.bar.close()
 
 
-# --------------------------------------------------------------------------- the two modes
+# --------------------------------------------------------------------------- the job's start
 
 
 def bootstrap_states(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Path:
     """The states of every card and terminal after ``history``, pseudonymised with this run's
-    key (``$FRAUDSTREAM_ID_KEY``), for the job's ``--initial_state``."""
+    key (``$FRAUDSTREAM_ID_KEY``), in a file for the job's ``--initial_state``."""
     from streaming.batch.bootstrap import bootstrap
     from streaming.pseudonymise import Pseudonymiser
 
@@ -163,74 +179,171 @@ def bootstrap_states(history: pd.DataFrame, spec: FeatureSpec, out: Path) -> Pat
     return path
 
 
-def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: FeatureSpec,
-                   config: DemoConfig, states: Path,
-                   progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    from streaming.local import emulators as emu
-    from streaming.local.replay import Publisher, replay
-    from streaming.store.feast_store import apply_repo, scratch_repo
+def bootstrap_to_store(history: pd.DataFrame, spec: FeatureSpec, settings: StoreSettings) -> None:
+    """The states of every card and terminal after ``history``, pseudonymised with this run's
+    key, in the Bigtable state table of ``settings`` (``fraudstream bootstrap --to_store``), for
+    the job's ``--initial_state store``."""
+    from streaming.batch.bootstrap import bootstrap
+    from streaming.pseudonymise import Pseudonymiser
+    from streaming.store.bigtable.states import StateTable
 
-    out = Path(config.out)
-    state = out / "emulators"
+    table = StateTable.of(settings.repo_config())
+    ids = Pseudonymiser.from_env(required=True)
+    info = bootstrap(history, spec, None, ids, progress=True, table=table)
+    print(f"states of {info.entities:,} cards and terminals after {len(history):,} transactions "
+          f"written to Bigtable {table.where}")  # fmt: skip
+
+
+def materialize_batch_features(history: pd.DataFrame, spec: FeatureSpec, start: pd.Timestamp,
+                               profile: str, repo: Path, out: Path) -> None:  # fmt: skip
+    """The daily batch job's run before the slice's first day: ``spec``'s batch features as of
+    ``start``'s midnight, computed from ``history`` with this run's id key
+    (``$FRAUDSTREAM_ID_KEY``, as the job pseudonymises), written to the offline store of
+    ``profile`` in ``repo`` and materialized into its online store."""
+    from streaming.batch.batch_features import run_batch_features
+    from streaming.pseudonymise import Pseudonymiser
+
+    path = out / "history_before_slice.parquet"
+    history.to_parquet(path, index=False)
+    as_of = f"{start:%Y-%m-%d}"
+    summary = run_batch_features([str(path)], spec.name, as_of=as_of, days=1, profile=profile,
+                                 repo=str(repo), materialize=True)  # fmt: skip
+    key = Pseudonymiser.from_env(required=True).fingerprint
+    if summary["id_key"] != key:  # the job would find none of the entities
+        raise RuntimeError(f"batch features keyed by {summary['id_key']}, the job by key {key}")
+    rows = ", ".join(
+        f"{k.removesuffix('_rows')} {n:,}" for k, n in summary.items() if k.endswith("_rows")
+    )
+    print(f"batch features as of {as_of} 00:00 materialized into the {profile} online store "
+          f"(rows: {rows})")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the two modes
+
+
+@dataclass
+class Outcome:
+    """What a run of the job gives the summary."""
+
+    alerts: list[dict]
+    dead: list[dict]
+    totals: dict[str, int]
+    """The job process's totals over the run (``streaming.job.common.TOTALS``): store lookups,
+    states loaded."""
+
+
+EMULATOR_ENV = ("PUBSUB_EMULATOR_HOST", "BIGTABLE_EMULATOR_HOST")
+"""When both are set, the demo uses the emulators they name (started by someone else)."""
+
+
+def emulators_in_env() -> bool:
+    """Whether the environment names running Pub/Sub and Bigtable emulators to use."""
+    return all(os.environ.get(name) for name in EMULATOR_ENV)
+
+
+def _start_emulators(state: Path) -> list[str]:
+    """Point the client libraries at the emulators: those the environment names, else those of
+    ``state``, started when not running. Returns the names started here (to stop at the end)."""
+    from streaming.local import emulators as emu
+
+    if emulators_in_env():
+        where = ", ".join(f"{name}={os.environ[name]}" for name in EMULATOR_ENV)
+        print(f"using the running emulators of the environment ({where})")
+        return []
     running = {name for name, info in emu.status(state).items() if info is not None}
     started = [name for name in emu.NAMES if name not in running]
     infos = emu.up(state_dir=state)
     os.environ.update(emu.env_for(infos))
+    return started
+
+
+def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, history: pd.DataFrame,
+                   models: Path, spec: FeatureSpec, config: DemoConfig,
+                   progress: Progress) -> Outcome:  # fmt: skip
+    from streaming.local import emulators as emu
+    from streaming.store.feast_store import StoreSettings, apply_repo, scratch_repo
+
+    out = Path(config.out)
+    started = _start_emulators(out / "emulators")
     job = None
     try:
         topics = lj.Topics.create("demo")
         repo = scratch_repo(out / f"feature_repo-{uuid.uuid4().hex[:6]}", "fraudstream_demo")
         apply_repo("emulator", repo)
-        extra = ["--initial_state", str(states), "--ordering", DEFAULT_ORDERING]
+        bootstrap_to_store(history, spec, StoreSettings("emulator", str(repo)))
+        if spec.lookups:
+            start = events["TX_DATETIME"].min()
+            materialize_batch_features(history, spec, start, "emulator", repo, out)
+        extra = ["--initial_state", STORE, "--ordering", DEFAULT_ORDERING]
         args = lj.job_args(topics, models, spec.name, progress.scored_dir, repo, extra)
         job = lj.start(args, out / "job.log")
         print(f"job started (log: {out / 'job.log'}); replaying {len(events):,} transactions")
-        publisher = Publisher(lj.PROJECT)
-
-        def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
-            publisher(topic, data, attrs)
-            progress.published += 1
-
-        failed: list[BaseException] = []
-
-        def publish_feed() -> None:
-            tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
-            try:
-                replay(feed, publish, tx, labels, spec.label_delay, rate=config.rate,
-                       progress=False, seen=len(feed) - len(events),
-                       trailing_labels=False)  # fmt: skip
-                publisher.flush()
-            except BaseException as exc:  # reported by the main thread
-                failed.append(exc)
-
-        feeder = threading.Thread(target=publish_feed, daemon=True)
-        feeder.start()
-        idle_since, last = time.monotonic(), -1
-        while progress.scored < len(events):
-            if failed:
-                raise RuntimeError(f"publishing the replay failed: {failed[0]!r}") from failed[0]
-            if job.poll() is not None:
-                raise RuntimeError(f"the job stopped (status {job.returncode}); see job.log")
-            progress.poll(topics)
-            if progress.scored != last:
-                idle_since, last = time.monotonic(), progress.scored
-            elif time.monotonic() - idle_since > 120 and not feeder.is_alive():
-                print(f"\nno progress for 120 s: {progress.scored:,} of {len(events):,} scored")
-                break
-            time.sleep(1)
-        time.sleep(3)
-        progress.poll(topics)
-        return progress.alerts, progress.dead
+        alerts, dead = _follow(job, topics, feed, events, spec, config, progress)
     finally:
         if job is not None:
             lj.stop(job)
         if started:
-            emu.down(started, state)
+            emu.down(started, out / "emulators")
+    return Outcome(alerts, dead, parse_totals((out / "job.log").read_text()))
 
 
-def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: FeatureSpec,
-                  config: DemoConfig, states: Path,
-                  progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
+IN_ORDER_GROUP = 100
+"""Messages the replay publishes before it waits until Pub/Sub has accepted them. The client
+sends its batches (of at most 100 messages, 10 ms) concurrently, so a later batch can overtake
+an earlier one, and the job would see those transactions out of order (scored without the
+events they overtook); with one group in flight the feed reaches Pub/Sub in order."""
+
+
+def _follow(job: subprocess.Popen, topics: lj.Topics, feed: pd.DataFrame, events: pd.DataFrame,
+            spec: FeatureSpec, config: DemoConfig,
+            progress: Progress) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """Replay ``feed`` (a thread) while following the job until every event of the slice is
+    scored (or nothing moved for 120 s after the replay); the alerts and dead letters."""
+    from streaming.local.replay import Publisher, replay
+
+    publisher = Publisher(lj.PROJECT)
+
+    def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
+        publisher(topic, data, attrs)
+        progress.published += 1
+        if progress.published % IN_ORDER_GROUP == 0:
+            publisher.flush()
+
+    failed: list[BaseException] = []
+
+    def publish_feed() -> None:
+        tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
+        try:
+            replay(feed, publish, tx, labels, spec.label_delay, rate=config.rate,
+                   progress=False, seen=len(feed) - len(events),
+                   trailing_labels=False)  # fmt: skip
+            publisher.flush()
+        except BaseException as exc:  # reported by the main thread
+            failed.append(exc)
+
+    feeder = threading.Thread(target=publish_feed, daemon=True)
+    feeder.start()
+    idle_since, last = time.monotonic(), -1
+    while progress.scored < len(events):
+        if failed:
+            raise RuntimeError(f"publishing the replay failed: {failed[0]!r}") from failed[0]
+        if job.poll() is not None:
+            raise RuntimeError(f"the job stopped (status {job.returncode}); see job.log")
+        progress.poll(topics)
+        if progress.scored != last:
+            idle_since, last = time.monotonic(), progress.scored
+        elif time.monotonic() - idle_since > 120 and not feeder.is_alive():
+            print(f"\nno progress for 120 s: {progress.scored:,} of {len(events):,} scored")
+            break
+        time.sleep(1)
+    time.sleep(3)
+    progress.poll(topics)
+    return progress.alerts, progress.dead
+
+
+def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, history: pd.DataFrame,
+                  models: Path, spec: FeatureSpec, config: DemoConfig,
+                  progress: Progress) -> Outcome:  # fmt: skip
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -242,9 +355,17 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
     from streaming.job.sinks import WriteFeatures, WriteScored
     from streaming.local.replay import messages
     from streaming.store.feast_store import StoreSettings, apply_repo, scratch_repo, shared_store
+    from streaming.store.lookup import shared_lookup_reader
 
-    repo = scratch_repo(Path(config.out) / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
+    out = Path(config.out)
+    states = bootstrap_states(history, spec, out)
+    repo = scratch_repo(out / f"feature_repo-{uuid.uuid4().hex[:6]}", "demo")
     apply_repo("local", repo)
+    settings = StoreSettings("local", str(repo))
+    lookup = None
+    if spec.lookups:
+        materialize_batch_features(history, spec, events["TX_DATETIME"].min(), "local", repo, out)
+        lookup = functools.partial(shared_lookup_reader, spec.name, settings)
     payloads: dict[str, list[bytes]] = {"tx": [], "label": []}
     seen = len(feed) - len(events)
     for kind, data, _, _ in messages(feed, spec.label_delay, seen, trailing_labels=False):
@@ -252,6 +373,7 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
     _COLLECTED.clear()
     progress.published = len(payloads["tx"]) + len(payloads["label"])
     print("embedded mode: Beam's in-process runner, sqlite online store, in-memory source")
+    before = dict(TOTALS.counts)  # the runner works in this process: its totals are ours
     with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions([])) as p:
         inputs = {
             "transactions": p | "Transactions" >> beam.Create(payloads["tx"], reshuffle=False),
@@ -259,15 +381,17 @@ def _run_embedded(feed: pd.DataFrame, events: pd.DataFrame, models: Path, spec: 
         }
         core = ScoreTransactions(spec, BoosterHandler(models, spec.name),
                                  pseudonymise=PseudonymiseIds(), ordering=EMBEDDED_ORDERING,
-                                 initial=InitialStates(str(states), spec))  # fmt: skip
-        out = inputs | core
-        store = functools.partial(shared_store, spec.name, StoreSettings("local", str(repo)))
-        _ = out["features"] | WriteFeatures(spec, store)
-        _ = out["scored"] | WriteScored(spec.names, directory=str(progress.scored_dir))
-        _ = out["alerts"] | "KeepAlerts" >> beam.Map(_collect, "alerts")
-        _ = out["dead_letter"] | "KeepDead" >> beam.Map(_collect, "dead")
+                                 initial=InitialStates(str(states), spec),
+                                 lookup=lookup)  # fmt: skip
+        scored = inputs | core
+        store = functools.partial(shared_store, spec.name, settings)
+        _ = scored["features"] | WriteFeatures(spec, store)
+        _ = scored["scored"] | WriteScored(spec.names, directory=str(progress.scored_dir))
+        _ = scored["alerts"] | "KeepAlerts" >> beam.Map(_collect, "alerts")
+        _ = scored["dead_letter"] | "KeepDead" >> beam.Map(_collect, "dead")
     progress.poll(None)
-    return _COLLECTED.get("alerts", []), _COLLECTED.get("dead", [])
+    totals = {name: n - before.get(name, 0) for name, n in TOTALS.counts.items()}
+    return Outcome(_COLLECTED.get("alerts", []), _COLLECTED.get("dead", []), totals)
 
 
 _COLLECTED: dict[str, list] = {}
@@ -282,11 +406,19 @@ def _collect(element: dict, name: str) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, alerts: list[dict],
-              dead: list[dict], models: Path, spec: FeatureSpec,
-              mode: str) -> dict[str, Any]:  # fmt: skip
-    """The demo's summary: counts, alert precision, CP@100 streamed and offline (the backfill
-    of the whole history ``df``, whose last rows are ``events``), latency."""
+def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row of two float64 matrices of one shape, whether they are equal bit for bit (a NaN
+    equal to any NaN)."""
+    a, b = np.ascontiguousarray(a, np.float64), np.ascontiguousarray(b, np.float64)
+    same = (a.view(np.int64) == b.view(np.int64)) | (np.isnan(a) & np.isnan(b))
+    return same.all(axis=1)
+
+
+def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, outcome: Outcome,
+              models: Path, spec: FeatureSpec, mode: str) -> dict[str, Any]:  # fmt: skip
+    """The demo's summary: counts, alert precision, CP@100 streamed and offline, the scored
+    rows whose features and scores equal the training set's (the backfill of the whole history
+    ``df``, whose last rows are ``events``), store lookups and states loaded, latency."""
     from training import model as model_lib
     from training.registry import Registry
 
@@ -295,29 +427,38 @@ def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, aler
     scored = scored.drop_duplicates("transaction_id").set_index("transaction_id")
     scored = scored.loc[scored.index.intersection(truth.index)]
     rows = truth.loc[scored.index]
-    alert_ids = [a["transaction_id"] for a in alerts]
+    alert_ids = [a["transaction_id"] for a in outcome.alerts]
     frauds = int(truth.loc[[i for i in alert_ids if i in truth.index], "TX_FRAUD"].sum())
     days = rows["TX_DATETIME"].dt.normalize().to_numpy()
     streamed_cp = card_precision_at_k(
         days, scored["customer_id"].to_numpy(), rows["TX_FRAUD"].to_numpy(),
         scored["score"].to_numpy())  # fmt: skip
-    X = backfill(df, spec)[spec.names].to_numpy(np.float32)[len(df) - len(events) :]
-    offline = pd.Series(model_lib.predict(champion.booster, X), index=events["TRANSACTION_ID"])
-    offline = offline.loc[scored.index].to_numpy()
+    training = backfill(df, spec)[spec.names].to_numpy(np.float64)[len(df) - len(events) :]
+    training = training[truth.index.get_indexer(scored.index)]  # the scored rows' training rows
+    offline = model_lib.predict(champion.booster, training.astype(np.float32))
     offline_cp = card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(),
                                      rows["TX_FRAUD"].to_numpy(), offline)  # fmt: skip
     latency = scored["latency_ms"].to_numpy()
+    lookups = outcome.totals.get("feature_lookups", 0)
+    n_alerts = len(outcome.alerts)
     return {
         "mode": mode,
         "events": len(events),
         "scored": len(scored),
-        "alerts": len(alerts),
-        "dlq": len(dead),
-        "alert_precision": round(frauds / len(alerts), 4) if alerts else None,
+        "alerts": n_alerts,
+        "dlq": len(outcome.dead),
+        "alert_precision": round(frauds / n_alerts, 4) if n_alerts else None,
         "frauds_in_slice": int(events["TX_FRAUD"].sum()),
         "cp_at_100": round(streamed_cp, 4),
         "cp_at_100_offline": round(offline_cp, 4),
         "scores_equal_offline": int((scored["score"].to_numpy() == offline).sum()),
+        "features_equal_training": int(same_bits(scored[spec.names].to_numpy(), training).sum()),
+        "feature_lookups": lookups,
+        "feature_lookup_rows": outcome.totals.get("feature_lookup_rows", 0),
+        "lookups_per_1000_tx": (
+            round(1000 * lookups / len(scored), 2) if spec.lookups and len(scored) else None
+        ),
+        "states_from_store": outcome.totals.get("states_from_store", 0),
         "latency_ms_p50": round(float(np.percentile(latency, 50)), 1) if len(latency) else None,
         "latency_ms_p99": round(float(np.percentile(latency, 99)), 1) if len(latency) else None,
         "model_version": champion.version,
@@ -354,27 +495,31 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
     if not os.environ.get(ENV_KEY):
         os.environ[ENV_KEY] = secrets.token_hex(32)  # this run only; never written anywhere
         print(f"ids pseudonymised with an ephemeral key ({Pseudonymiser.from_env().fingerprint})")
-    reason = None if config.embedded else gcloud_available()
+    reason = None if config.embedded or emulators_in_env() else gcloud_available()
     mode = "embedded" if config.embedded or reason else "emulators"
     if reason and not config.embedded:
         print(f"{reason}: running the embedded mode instead")
+    days = events["TX_DATETIME"].dt.normalize().nunique()
+    if spec.lookups and days > 1:
+        print(f"the slice spans {days} days: the batch features of its first midnight serve all "
+              "of it (the daily job does not run during the demo), so the lookups of its later "
+              "days differ from the training set's")  # fmt: skip
     scored_dir = out / f"scored-{uuid.uuid4().hex[:6]}"
     history = df.iloc[: len(df) - len(events)]
-    states = bootstrap_states(history, spec, out)
     # the feed: the slice, and the labels due during it for the history's last days
     pending = history["TX_DATETIME"] >= history["TX_DATETIME"].max() - spec.label_delay - DAY
     feed = df.iloc[int(np.argmax(pending.to_numpy())) if len(history) else 0 :]
     progress = Progress(len(events), scored_dir)
     try:
         run = _run_emulators if mode == "emulators" else _run_embedded
-        alerts, dead = run(feed, events, models, spec, config, states, progress)
+        outcome = run(feed, events, history, models, spec, config, progress)
     finally:
         progress.close()
     scored = read_scored(scored_dir)
     if scored.empty:
         print(f"\nno transaction was scored: see {out / 'job.log'}")
         return 1
-    summary = summarise(df, events, scored, alerts, dead, models, spec, mode)
+    summary = summarise(df, events, scored, outcome, models, spec, mode)
     summary["source"] = source
     report(summary, scored_dir, models, out)
     print()

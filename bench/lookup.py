@@ -5,9 +5,10 @@ In one invocation, on one Pub/Sub and one Bigtable emulator started here, the jo
 local runner with preset ``default`` and with ``enriched`` (``default`` plus the batch features
 that ``EnrichFromFeatureStore`` looks up), each on the same replayed slice at the same rate, with
 the Bigtable feature store on in both (so the runs differ by the lookup stage and the model's
-width only). ``rounds`` runs of each, alternating (``default, enriched, enriched, default`` for
-two), after a priming run that is not measured: the first job on fresh emulators is the slowest
-(in trials its p99 was up to 1.8 times the next runs'), which would count against one preset.
+width only). ``rounds`` runs of each, alternating (``default, enriched, enriched, default,
+...``), after a priming run that is not measured: the first job on fresh emulators is the
+slowest (in trials its p99 was up to 1.8 times the next runs'), which would count against one
+preset.
 
 - **World.** The slice is the first transactions of the last day ``D`` of the reference data
   (``../shared/data``) or, without it, of a synthetic history. Both models (XGBoost,
@@ -17,32 +18,31 @@ two), after a priming run that is not measured: the first job on fresh emulators
   ``D``) is written into the Bigtable emulator's batch views, keyed by the pseudonymised ids the
   job uses, with our online store's ``write_arrays`` (the stream is measured, not the loader).
 - **Replay.** A warm-up of ``warm`` transactions published at once (the job's first bundles
-  load the kernels, the model, Feast and the reader), then the measured transactions at
-  ``rate`` events/s. Labels arrive as they would: the replay starts just after the last
-  transaction before ``D`` (``replay(..., seen=...)``), so the labels of the transactions of a
-  week earlier interleave with the slice (about one per transaction; the job never saw those
-  transactions) and none trail after the last transaction.
+  load the kernels, the model, Feast and the reader) and ``settle`` more at ``rate`` events/s
+  (while the lookup stage scans the batch views into its cache, in the background), then the
+  measured transactions at ``rate``. Labels arrive as they would: the replay starts just after
+  the last transaction before ``D`` (``replay(..., seen=...)``), so the labels of the
+  transactions of a week earlier interleave with the slice (about one per transaction; the job
+  never saw those transactions) and none trail after the last transaction.
 - **Latency** (as ``bench.pipeline``): the threshold is 0, so every transaction alerts; an
   alert's latency is its Pub/Sub publish time minus the time its transaction was handed to the
   publisher (one machine, one clock), measured transactions only, pooled over a preset's runs.
   ``lookup_p99_ratio`` is ``enriched``'s p99 over ``default``'s (goal <= 1.10).
 - **Reads at steady state** = over the measured phase (after the warm-up): the difference
   between the job's ``fraudstream totals:`` line as logged once the warm-up is scored and its
-  last line, per 1,000 measured transactions: ``feature_lookups`` (ReadRows calls, goal <= 10)
-  and ``feature_lookup_rows`` (ids read; at most 2 per transaction). The local runner tears the
-  stage down after every bundle, which logs the totals, so both lines are exact. The job is
-  started through :func:`run_logged`, which sets INFO logging before ``fraudstream run`` parses
-  its options (after that, ``fraudstream run``'s own logging set-up does not take effect).
-- **Cache model.** The local runner builds a new DoFn, so a new worker cache, for every bundle:
-  every bundle reads all its ids, so the measured transactions per read are the bundle size.
-  ``..._cached_day_model`` is what bundles of that size would read over the whole day ``D``
-  were each card and terminal read once a day, as a cache that outlives bundles does.
+  last line, per 1,000 measured transactions: ``feature_lookups`` (ReadRows calls, one per view
+  scanned included, goal <= 10) and ``feature_lookup_rows`` (rows read). The local runner tears
+  the stage down after every bundle, which logs the totals, so the line is exact once a bundle
+  has ended after the last read. The scan reads every stored row (``lookup_snapshot_rows``),
+  more than the warm-up's own reads can (``2 * (warm + settle)`` ids): an ``enriched`` run whose
+  warm-up totals show fewer rows than the snapshot has not counted its scan yet and fails (a
+  longer ``settle`` is the cure). ``lookup_warmup_*`` are the warm-up's reads, scan included.
 - **Check.** The enriched runs' scored lookup columns are compared with the training join's
   (``features.batch.lookup_columns`` over the same snapshot): ``lookup_values_as_training`` is
   the share of measured transactions that agree (1.0 when the reads are right).
 
 Run alone: ``python -m bench.lookup [--data PATH] [--rate R] [--seconds S] [--rounds N]``
-(about 4 minutes with the defaults on 2 cores).
+(about 7.5 minutes with the defaults on 2 cores).
 """
 
 from __future__ import annotations
@@ -87,9 +87,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/transac
 TRAIN_DAYS = 7
 TREES = 50
 WARM = 400
+SETTLE = 600
 RATE = 200.0
 SECONDS = 20.0
-ROUNDS = 2
+ROUNDS = 3
 Metrics = dict[str, float | int | str | None]
 
 
@@ -111,8 +112,6 @@ class World:
     during the slice are replayed)."""
     snapshot: dict[str, pd.DataFrame]
     """Per entity name, the batch view rows as of ``day`` (clear ids)."""
-    whole_day: pd.DataFrame
-    """Every transaction of ``day`` (the slice is its first ones)."""
 
     @property
     def slice(self) -> pd.DataFrame:
@@ -141,8 +140,7 @@ def load_world(data: Path | None, n: int) -> World:
     recent = df[before & (times >= day - delay)]
     feed = pd.concat([recent, df[~before].iloc[:n]], ignore_index=True)
     snapshot = snapshots(history, ENRICHED, (day, day))
-    whole_day = df[~before].reset_index(drop=True)
-    return World(source, pd.Timestamp(day), history, feed, len(recent), snapshot, whole_day)
+    return World(source, pd.Timestamp(day), history, feed, len(recent), snapshot)
 
 
 def train_models(world: World, root: Path) -> dict[str, Path]:
@@ -209,17 +207,20 @@ def run_job(
     models_dir: Path,
     repo: Path,
     tmp: Path,
-    rate: float | None,
+    rate: float,
     warm: int,
+    settle: int,
+    scan_rows: int = 0,
 ) -> Run:
-    """One job of ``preset`` on the emulators: warm-up, measured phase at ``rate`` events/s
-    (``None``: as fast as possible), stop."""
+    """One job of ``preset`` on the emulators: warm-up (``warm`` transactions at once, ``settle``
+    at ``rate`` events/s), measured phase at ``rate``, stop. ``scan_rows`` > 0: the warm-up
+    totals must show that many rows read (the lookup stage's scan), else RuntimeError."""
     topics = lj.Topics.create(f"bench-lookup-{preset}")
     scored = tmp / f"scored-{preset}-{uuid.uuid4().hex[:6]}"
     extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
     args = lj.job_args(topics, models_dir, preset, scored, repo, extra)
     log = tmp / f"{preset}-{uuid.uuid4().hex[:6]}.log"
-    job = lj.start(args, log, ("bench.lookup", "job"))
+    job = lj.start(args, log)
     sent: dict[int, float] = {}
     publisher = Publisher(lj.PROJECT)
     tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
@@ -249,10 +250,17 @@ def run_job(
     try:
         feed(world.seen + warm, world.seen, None)
         _wait(scored_rows, warm, job, log)
+        feed(world.seen + warm + settle, world.seen + warm, rate)
+        _wait(scored_rows, warm + settle, job, log)
         warm_totals = parse_totals(log.read_text())
+        if warm_totals.get("feature_lookup_rows", 0) < scan_rows:
+            raise RuntimeError(
+                f"{preset}: the lookup stage's scan of {scan_rows} rows is not in the totals "
+                f"at the end of the warm-up ({warm_totals}): raise --settle"
+            )
         lj.drain(topics.subscriptions["alerts"], wait_s=2)
         sent.clear()
-        published = feed(len(world.feed), world.seen + warm, rate)
+        published = feed(len(world.feed), world.seen + warm + settle, rate)
         _wait(scored_rows, len(world.slice), job, log)
         time.sleep(2)
         alerts = lj.drain(topics.subscriptions["alerts"], wait_s=5)
@@ -295,24 +303,24 @@ def as_training(world: World, run: Run, measured: pd.DataFrame) -> float:
     return float(same.all(axis=1).mean())
 
 
-def cached_day_model(world: World, bundle: float) -> tuple[float, float]:
-    """Reads and rows read per 1,000 transactions over the slice's whole day, in consecutive
-    bundles of ``bundle`` transactions, were each entity read once a day (a worker cache that
-    outlives bundles, as the stage's does where the runner reuses its DoFn): a bundle reads
-    when one of its cards or terminals is new that day."""
-    size = max(1, round(bundle))
-    seen: dict[str, set[int]] = {e.key: set() for e in lookup_entities(ENRICHED)}
-    columns = {key: world.whole_day[key].to_numpy(np.int64) for key in seen}
-    n, reads, rows = len(world.whole_day), 0, 0
-    for start in range(0, n, size):
-        new = 0
-        for key, known in seen.items():
-            fresh = set(columns[key][start : start + size].tolist()) - known
-            known |= fresh
-            new += len(fresh)
-        reads += new > 0
-        rows += new
-    return 1e3 * reads / n, 1e3 * rows / n
+def reads(runs: list[Run], transactions: int) -> Metrics:
+    """Store reads of ``runs`` (``enriched``'s): per 1,000 of the ``transactions`` measured in
+    each run at steady state (and transactions per read, where there were reads), and per run
+    during the warm-up (the scan included)."""
+    lookups = sum(run.measured("feature_lookups") for run in runs)
+    rows = sum(run.measured("feature_lookup_rows") for run in runs)
+    measured = transactions * len(runs)
+    warm_lookups = sum(run.warm_totals.get("feature_lookups", 0) for run in runs)
+    warm_rows = sum(run.warm_totals.get("feature_lookup_rows", 0) for run in runs)
+    out: Metrics = {
+        "lookup_reads_per_1k_tx": round(1e3 * lookups / measured, 1),
+        "lookup_rows_read_per_1k_tx": round(1e3 * rows / measured, 1),
+    }
+    if lookups:
+        out["lookup_tx_per_read"] = round(measured / lookups, 1)
+    out["lookup_warmup_reads_per_run"] = round(warm_lookups / len(runs), 1)
+    out["lookup_warmup_rows_read_per_run"] = round(warm_rows / len(runs), 1)
+    return out
 
 
 def stored_share(world: World, measured: pd.DataFrame) -> float:
@@ -345,6 +353,7 @@ def bench_lookup(
     seconds: float = SECONDS,
     rounds: int = ROUNDS,
     warm: int = WARM,
+    settle: int = SETTLE,
 ) -> Metrics:
     """Start the emulators, run both presets ``rounds`` times, stop them. Keys
     ``lookup_*``: see the module doc."""
@@ -353,7 +362,7 @@ def bench_lookup(
         print(f"bench: lookup skipped: {reason}", file=sys.stderr)
         return {}
     measured_n = int(rate * seconds / 2)  # about one label per transaction
-    world = load_world(data, warm + measured_n)
+    world = load_world(data, warm + settle + measured_n)
     key = secrets.token_hex(32)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-lookup-") as tmp_name:
@@ -367,13 +376,20 @@ def bench_lookup(
             repo = scratch_repo(tmp / "repo", f"bench_lookup_{uuid.uuid4().hex[:8]}")
             store = apply_repo("emulator", repo)
             snapshot_rows = load_snapshot(store, world, Pseudonymiser.from_env(required=True))
+            if snapshot_rows <= 2 * (warm + settle):
+                raise ValueError(
+                    f"the snapshot's {snapshot_rows} rows do not tell the scan from the "
+                    f"warm-up's reads (up to {2 * (warm + settle)}): lower --warm or --settle"
+                )
             print("bench: lookup, priming run (not measured)", file=sys.stderr, flush=True)
-            run_job(DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, None, warm)
+            run_job(DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, rate, warm, settle)
             for r in range(rounds):
                 for preset in PRESETS if r % 2 == 0 else PRESETS[::-1]:
                     print(f"bench: lookup, {preset} (round {r + 1})", file=sys.stderr, flush=True)
-                    runs.append(run_job(preset, world, model_dirs[preset], repo, tmp, rate, warm))
-    measured = world.slice.iloc[warm:]
+                    scan = snapshot_rows if preset == ENRICHED.name else 0
+                    job = (preset, world, model_dirs[preset], repo, tmp, rate, warm, settle, scan)
+                    runs.append(run_job(*job))
+    measured = world.slice.iloc[warm + settle :]
     return summarise(world, runs, measured, rate, snapshot_rows)
 
 
@@ -401,16 +417,7 @@ def summarise(
         f"{r.preset} {np.percentile(r.latency_ms, 99):.1f}" for r in runs
     )
     enriched = [r for r in runs if r.preset == ENRICHED.name]
-    reads = sum(run.measured("feature_lookups") for run in enriched)
-    rows = sum(run.measured("feature_lookup_rows") for run in enriched)
-    transactions = len(measured) * len(enriched)
-    out["lookup_reads_per_1k_tx"] = round(1e3 * reads / transactions, 1)
-    out["lookup_rows_read_per_1k_tx"] = round(1e3 * rows / transactions, 1)
-    out["lookup_tx_per_read"] = round(transactions / reads, 1) if reads else None
-    if reads:
-        day_reads, day_rows = cached_day_model(world, transactions / reads)
-        out["lookup_reads_per_1k_tx_cached_day_model"] = round(day_reads, 1)
-        out["lookup_rows_read_per_1k_tx_cached_day_model"] = round(day_rows, 1)
+    out.update(reads(enriched, len(measured)))
     out["lookup_with_stored_values"] = round(stored_share(world, measured), 3)
     out["lookup_values_as_training"] = round(
         min(as_training(world, run, measured) for run in enriched), 4
@@ -418,33 +425,18 @@ def summarise(
     return out
 
 
-def run_logged(args: list[str]) -> int:
-    """``fraudstream run ARGS`` with the root logger at INFO from the start.
-
-    ``fraudstream run`` checks its options before it configures logging, and Beam's
-    ``PipelineOptions()`` calls ``logging.basicConfig()``, which leaves the root logger at
-    WARNING with a handler: the command's own set-up is then a no-op and the job's INFO lines
-    (the ``fraudstream totals:`` line among them) are not written."""
-    import logging
-
-    from streaming import cli
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return cli.main(["run", *args])
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["job"]:
-        return run_logged(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="transactions parquet")
     parser.add_argument("--rate", type=float, default=RATE, help="events/s, labels included")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="measured phase")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="runs of each preset")
-    parser.add_argument("--warm", type=int, default=WARM, help="warm-up transactions")
+    parser.add_argument("--warm", type=int, default=WARM, help="warm-up transactions at once")
+    parser.add_argument("--settle", type=int, default=SETTLE, help="warm-up transactions at rate")
     args = parser.parse_args(argv)
-    result = bench_lookup(Path(args.data), args.rate, args.seconds, args.rounds, args.warm)
+    result = bench_lookup(
+        Path(args.data), args.rate, args.seconds, args.rounds, args.warm, args.settle
+    )
     print(json.dumps(result, indent=2))
     return 0
 

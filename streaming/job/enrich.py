@@ -353,6 +353,7 @@ class _EnrichFn(beam.DoFn):
             self.worker.uncounted_rows += rows
         TOTALS.add("feature_lookups", requests)
         TOTALS.add("feature_lookup_rows", rows)
+        TOTALS.flush()  # now: the job may go idle after a background read
 
     def _read(
         self,

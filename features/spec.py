@@ -170,6 +170,10 @@ class AmountProfile:
         """Source columns the batch job reads."""
         return (AMOUNT,)
 
+    def periodic_names(self) -> list[str]:
+        """Derived names that follow the time of day (like ``TX_HOUR``): the hour deviation."""
+        return self.derived_names()[1:]
+
     @property
     def defaults(self) -> tuple[float, ...]:
         """Values of a customer with no transaction in the window (or none stored)."""
@@ -200,6 +204,9 @@ class CompromiseScore:
     def columns(self) -> tuple[Column, ...]:
         """Source columns the batch job reads (and the card id: ``CUSTOMER``'s key)."""
         return (FRAUD,)
+
+    def periodic_names(self) -> list[str]:
+        return []
 
     @property
     def defaults(self) -> tuple[float, ...]:

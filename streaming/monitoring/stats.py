@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.presets import PRESETS
 from features.spec import Calendar
 from training.drift import (
     Reference,
@@ -141,10 +142,11 @@ def _iso(value: Any) -> str:
     return pd.Timestamp(value).isoformat()
 
 
-PERIODIC = frozenset(c.value for c in Calendar)
-
-
-"""Calendar inputs: periodic by construction, left out of a window's ``max_psi``."""
+PERIODIC = frozenset(c.value for c in Calendar) | {
+    name for spec in PRESETS.values() for k in spec.lookups for name in k.periodic_names()
+}
+"""Calendar inputs, and looked-up features that follow the time of day (the hour's deviation
+from the card's usual hour): periodic by construction, left out of a window's ``max_psi``."""
 
 
 def window_record(
@@ -156,7 +158,7 @@ def window_record(
 ) -> dict:
     """The monitoring record of one window (JSON-ready; fields in the module docstring).
 
-    ``max_psi`` and ``drift`` leave out the calendar inputs (:data:`PERIODIC`): within a window
+    ``max_psi`` and ``drift`` leave out the periodic inputs (:data:`PERIODIC`): within a window
     shorter than their period (an hour of ``TX_HOUR``) they differ from the training mix by
     construction; their ``psi_<name>`` is still reported."""
     values = psi_counts(reference.proportions_array(), counts.features)

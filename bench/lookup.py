@@ -48,7 +48,6 @@ Run alone: ``python -m bench.lookup [--data PATH] [--rate R] [--seconds S] [--ro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
@@ -56,11 +55,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -332,21 +332,6 @@ def stored_share(world: World, measured: pd.DataFrame) -> float:
     return float(found.mean())
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` for the block (the job processes inherit it)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def bench_lookup(
     data: Path | None = DEFAULT_DATA,
     rate: float = RATE,
@@ -371,7 +356,7 @@ def bench_lookup(
         with (
             emu.running("pubsub", tmp / "emulators"),
             emu.running("bigtable", tmp / "emulators"),
-            _environ({ENV_KEY: key}),
+            mock.patch.dict(os.environ, {ENV_KEY: key}),
         ):
             repo = scratch_repo(tmp / "repo", f"bench_lookup_{uuid.uuid4().hex[:8]}")
             store = apply_repo("emulator", repo)

@@ -669,16 +669,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _log_info() -> None:
-    """Our INFO lines (e.g. the job's ``fraudstream totals:``) on stderr, Beam's from WARNING.
+    """The job's ``fraudstream totals:`` lines (INFO) on stderr, beside the warnings.
 
-    ``force``: building ``PipelineOptions`` (the option checks) already configured logging
-    with Beam's defaults, which would make a plain ``basicConfig`` a no-op."""
+    Other loggers keep the level logging already has: building ``PipelineOptions`` (the option
+    checks) configures it with Beam's defaults (WARNING), and launch errors end with one line.
+    """
     import logging
 
-    logging.basicConfig(level=logging.WARNING, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
-    for package in ("streaming", "features", "training"):
-        logging.getLogger(package).setLevel(logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s %(message)s")  # if unset
+    logging.getLogger("streaming.job.common").setLevel(logging.INFO)
 
 
 def _run_job(args: argparse.Namespace) -> int:

@@ -435,6 +435,7 @@ def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, outc
         scored["score"].to_numpy())  # fmt: skip
     training = backfill(df, spec)[spec.names].to_numpy(np.float64)[len(df) - len(events) :]
     training = training[truth.index.get_indexer(scored.index)]  # the scored rows' training rows
+    looked_up = training[:, len(spec.stream_names) :]
     offline = model_lib.predict(champion.booster, training.astype(np.float32))
     offline_cp = card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(),
                                      rows["TX_FRAUD"].to_numpy(), offline)  # fmt: skip
@@ -453,6 +454,12 @@ def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, outc
         "cp_at_100_offline": round(offline_cp, 4),
         "scores_equal_offline": int((scored["score"].to_numpy() == offline).sum()),
         "features_equal_training": int(same_bits(scored[spec.names].to_numpy(), training).sum()),
+        # the looked-up columns alone: they do not depend on the order Pub/Sub delivers events in
+        "lookups_equal_training": (
+            int(same_bits(scored[spec.lookup_names].to_numpy(), looked_up).sum())
+            if spec.lookups
+            else None
+        ),
         "feature_lookups": lookups,
         "feature_lookup_rows": outcome.totals.get("feature_lookup_rows", 0),
         "lookups_per_1000_tx": (

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streaming.local.job_process import ACK_DEADLINE_S
 from streaming.store.names import REPO
 
 PROFILES = ("emulator", "gcp")
@@ -214,9 +213,7 @@ def ensure_pubsub(project: str, topics: dict[str, str], budget_s: float) -> list
             outcomes.append(Outcome.of("topic", topic, False))
         subscription = f"projects/{project}/subscriptions/{topic.rsplit('/', 1)[-1]}"
         try:
-            subscriber.create_subscription(
-                name=subscription, topic=topic, ack_deadline_seconds=ACK_DEADLINE_S, **rpc
-            )
+            subscriber.create_subscription(name=subscription, topic=topic, **rpc)
             outcomes.append(Outcome.of("subscription", subscription, True))
         except gexc.AlreadyExists:
             existing = subscriber.get_subscription(subscription=subscription, **rpc).topic

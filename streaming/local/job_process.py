@@ -21,12 +21,6 @@ PROJECT = "demo-project"
 KINDS = ("tx", "labels", "alerts", "dlq")
 
 
-ACK_DEADLINE_S = 60
-"""The subscriptions' ack deadline: the local runner acknowledges a pull once its bundle is
-done, and a first bundle that loads many states from Bigtable can take longer than Pub/Sub's
-default 10 s, which would redeliver the whole pull (as DUPLICATE dead letters)."""
-
-
 @dataclass(frozen=True)
 class Topics:
     """Full topic and subscription paths of one run, by kind (:data:`KINDS`)."""
@@ -51,9 +45,7 @@ class Topics:
             topics[kind] = publisher.topic_path(project, f"{prefix}-{kind}-{run}")
             publisher.create_topic(name=topics[kind])
             subs[kind] = subscriber.subscription_path(project, f"{prefix}-{kind}-{run}-sub")
-            subscriber.create_subscription(
-                name=subs[kind], topic=topics[kind], ack_deadline_seconds=ACK_DEADLINE_S
-            )
+            subscriber.create_subscription(name=subs[kind], topic=topics[kind])
         return cls(project, topics, subs)
 
 

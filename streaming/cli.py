@@ -56,6 +56,23 @@ def _presets() -> dict:
     return PRESETS
 
 
+def _local_store(p: argparse.ArgumentParser, aliases: bool = False) -> None:
+    """``--feature_store_profile`` (default local) and ``--feature_repo`` of the batch commands
+    (``aliases``: also the older ``--profile`` and ``--repo``)."""
+    from streaming.store.names import PROFILES, REPO
+
+    p.add_argument("--feature_store_profile", *(["--profile"] if aliases else []),
+                   default="local", choices=PROFILES,
+                   help="feature store profile (feature_repo/README.md)")  # fmt: skip
+    p.add_argument("--feature_repo", *(["--repo"] if aliases else []), default=str(REPO),
+                   metavar="PATH", help="Feast repository")  # fmt: skip
+
+
+def _print_summary(summary: dict[str, Any], width: int = 28) -> None:
+    for key, value in summary.items():
+        print(f"  {key:{width}s} {value}")
+
+
 def _preset(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--preset", default=default, choices=tuple(_presets()), help="feature preset")
 
@@ -371,7 +388,6 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _add_materialize(sub: argparse._SubParsersAction) -> None:
-    from streaming.store.names import PROFILES, REPO
 
     p = sub.add_parser(
         "materialize",
@@ -382,10 +398,7 @@ def _add_materialize(sub: argparse._SubParsersAction) -> None:
     )
     _inputs(p)
     _preset(p, "default")
-    p.add_argument("--feature_store_profile", "--profile", default="local", choices=PROFILES,
-                   help="feature store profile (feature_repo/README.md)")  # fmt: skip
-    p.add_argument("--feature_repo", "--repo", default=str(REPO), metavar="PATH",
-                   help="Feast repository")  # fmt: skip
+    _local_store(p, aliases=True)
     p.set_defaults(func=_run_materialize)
 
 
@@ -395,13 +408,11 @@ def _run_materialize(args: argparse.Namespace) -> int:
     summary = run_materialize(
         args.input, args.preset, args.feature_store_profile, args.feature_repo
     )
-    for key, value in summary.items():
-        print(f"  {key:28s} {value}")
+    _print_summary(summary)
     return 0
 
 
 def _add_batch_features(sub: argparse._SubParsersAction) -> None:
-    from streaming.store.names import PROFILES, REPO
 
     p = sub.add_parser(
         "batch-features",
@@ -420,9 +431,7 @@ def _add_batch_features(sub: argparse._SubParsersAction) -> None:
                    help="the last as-of day, YYYY-MM-DD (default: the day after the history's "
                    "last transaction)")  # fmt: skip
     p.add_argument("--days", type=int, default=1, help="as-of days ending at --as_of")
-    p.add_argument("--feature_store_profile", default="local", choices=PROFILES,
-                   help="feature store profile (feature_repo/README.md)")  # fmt: skip
-    p.add_argument("--feature_repo", default=str(REPO), metavar="PATH", help="Feast repository")
+    _local_store(p)
     p.add_argument("--materialize", action="store_true",
                    help="load the days written into the online store")  # fmt: skip
     p.set_defaults(func=_run_batch_features)
@@ -440,8 +449,7 @@ def _run_batch_features(args: argparse.Namespace) -> int:
         args.feature_repo,
         args.materialize,
     )
-    for key, value in summary.items():
-        print(f"  {key:40s} {value}")
+    _print_summary(summary, width=40)
     return 0
 
 

@@ -217,6 +217,17 @@ def test_arrival_ordering_gives_the_backfill_features_when_events_arrive_in_orde
     _assert_backfill_parity(got, df, X, booster, redelivered=5)
 
 
+def _after(df: pd.DataFrame, cut: int) -> _TestStream:
+    """What a job taking over after the first ``cut`` transactions receives: the rest, and the
+    labels due after the ``cut``-th, in arrival order."""
+    events = _arrival_events(df)
+    seen = next(i for i, e in enumerate(events) if e[1] == 1 and e[2] == cut - 1) + 1
+    stream = _TestStream(output_tags={"transactions", "labels"})
+    for tag, payloads in _in_arrival_order(df, events[seen:]):
+        stream.add_elements(payloads, tag=tag)
+    return stream.advance_watermark_to_infinity()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ordering", ["arrival", "event_time"])
 def test_a_job_started_from_bootstrapped_states_has_the_features_of_the_whole_history(
@@ -230,12 +241,7 @@ def test_a_job_started_from_bootstrapped_states_has_the_features_of_the_whole_hi
     history = df.iloc[:cut]
     path = tmp_path / "states.parquet"
     write_states(path, replay_states(history, SPEC), SPEC, 0)
-    events = _arrival_events(df)
-    seen = next(i for i, e in enumerate(events) if e[1] == 1 and e[2] == cut - 1) + 1
-    stream = _TestStream(output_tags={"transactions", "labels"})
-    for tag, payloads in _in_arrival_order(df, events[seen:]):
-        stream.add_elements(payloads, tag=tag)
-    stream.advance_watermark_to_infinity()
+    stream = _after(df, cut)
     got = stream_run(stream, root, ordering=ordering, initial=InitialStates(str(path), SPEC))
     live = df.iloc[cut:]
     _assert_backfill_parity(got, live, X[cut:], booster, redelivered=0)
@@ -271,12 +277,7 @@ def test_looked_up_batch_features_reach_the_scored_rows_as_the_training_set_has_
     states = tmp_path / "states.parquet"
     write_states(states, replay_states(df.iloc[:cut], spec), spec, 0)
     tables = batch.snapshots(df.iloc[:cut], spec, days=(day.value, day.value))
-    events = _arrival_events(df)
-    seen = next(i for i, e in enumerate(events) if e[1] == 1 and e[2] == cut - 1) + 1
-    stream = _TestStream(output_tags={"transactions", "labels"})
-    for tag, payloads in _in_arrival_order(df, events[seen:]):
-        stream.add_elements(payloads, tag=tag)
-    stream.advance_watermark_to_infinity()
+    stream = _after(df, cut)
     name = f"{ordering}-{tmp_path.name}"
     _LOOKUPS[name] = MemoryLookupReader(spec, tables)
     try:

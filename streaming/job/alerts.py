@@ -9,7 +9,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from streaming.job.common import NAMESPACE, Clock
+from streaming.job.common import NAMESPACE, Clock, StageCpu
 from streaming.schema import from_ns
 
 
@@ -59,13 +59,20 @@ class _Alert(beam.DoFn):
         self.features, self.clock = features, clock
         self.alerts = Metrics.counter(NAMESPACE, "alerts")
         self.latency = Metrics.distribution(NAMESPACE, "alert_latency_ms")
+        self.cpu = StageCpu("alerts")
 
-    def process(self, scored: Any):
-        if scored.accepted and scored.score >= scored.threshold:
-            self.alerts.inc()
-            alert = alert_json(scored, self.features, self.clock)
-            self.latency.update(int(alert["processing_latency_ms"]))
-            yield alert
+    def process(self, scored: Any) -> tuple[dict, ...]:
+        if not (scored.accepted and scored.score >= scored.threshold):
+            return ()
+        started = self.cpu.start()
+        self.alerts.inc()
+        alert = alert_json(scored, self.features, self.clock)
+        self.latency.update(int(alert["processing_latency_ms"]))
+        self.cpu.stop(started)
+        return (alert,)
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
 
 class Alerts(beam.PTransform):

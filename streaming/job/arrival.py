@@ -18,7 +18,7 @@ from apache_beam.typehints import KV
 
 from features.plan import EntityPlan
 from features.spec import DEFAULT_MAX_LATENESS, Entity, FeatureSpec
-from streaming.job.common import Clock
+from streaming.job.common import Clock, StageCpu
 from streaming.job.entity_state import (
     ENTITY_STATE_PARAM,
     EntityBlock,
@@ -61,20 +61,27 @@ class _ChainLink(EntityStateFn):
         self.uses_labels = len(self.plan.label_cols) > 0
         self.labels_later = any(uses_labels(spec, e) for e in after)
         self.offsets = feature_offsets(spec)
+        self.cpu = StageCpu(f"{entity.name}_features")
 
     def process(self, element: tuple[int, Label | _Partial], state=ENTITY_STATE_PARAM):
+        started = self.cpu.start()
+        out = self._link(element, state)
+        self.cpu.stop(started)
+        return out
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
+
+    def _link(self, element: tuple[int, Label | _Partial], state) -> tuple[Any, ...]:
         key, event = element
         if isinstance(event, Label):
             if self.uses_labels:
                 self._apply(key, event, state)
-            if self.labels_later:
-                yield entity_id(event, self.next), event
-            return
+            return ((entity_id(event, self.next), event),) if self.labels_later else ()
         blocks = (*event.blocks, self._apply(key, event.tx, state))
         if self.next is not None:
-            yield entity_id(event.tx, self.next), _Partial(event.tx, blocks)
-        else:
-            yield assemble(self.spec, self.offsets, {b.entity: b for b in blocks}, self.clock())
+            return ((entity_id(event.tx, self.next), _Partial(event.tx, blocks)),)
+        return (assemble(self.spec, self.offsets, {b.entity: b for b in blocks}, self.clock()),)
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):

@@ -7,12 +7,15 @@ from typing import Any
 
 import apache_beam as beam
 
+from streaming.job.common import StageCpu
+
 
 class _Pseudonymise(beam.DoFn):
     """Transactions and labels with keyed pseudonyms for their customer and terminal ids."""
 
     def __init__(self, key_secret: str | None, keep_clear: bool) -> None:
         self.key_secret, self.keep_clear = key_secret, keep_clear
+        self.cpu = StageCpu("pseudonymise")
 
     def setup(self) -> None:
         from streaming.pseudonymise import ENV_KEY_SECRET, Pseudonymiser
@@ -20,13 +23,19 @@ class _Pseudonymise(beam.DoFn):
         env = {ENV_KEY_SECRET: self.key_secret} if self.key_secret else None
         self.ids = Pseudonymiser.from_env(required=True, environ=env)  # on the worker
 
-    def process(self, record: Any):
+    def process(self, record: Any) -> tuple[Any]:
+        started = self.cpu.start()
         customer = self.ids.customer(record.customer_id)
         terminal = self.ids.terminal(record.terminal_id)
         extra = {}
         if self.keep_clear and hasattr(record, "clear_ids"):
             extra["clear_ids"] = (record.customer_id, record.terminal_id)
-        yield dataclasses.replace(record, customer_id=customer, terminal_id=terminal, **extra)
+        out = dataclasses.replace(record, customer_id=customer, terminal_id=terminal, **extra)
+        self.cpu.stop(started)
+        return (out,)
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
 
 class PseudonymiseIds(beam.PTransform):

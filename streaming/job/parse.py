@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from streaming.job.common import NAMESPACE, Clock
+from streaming.job.common import NAMESPACE, Clock, StageCpu
 
 DEAD_LETTER = "dead_letter"
 Parse = Callable[..., Any]
@@ -61,23 +61,32 @@ class _Parse(beam.DoFn):
         self.parse, self.stage, self.clock = parse, stage, clock
         self.ok = Metrics.counter(NAMESPACE, f"{stage}_ok")
         self.bad = Metrics.counter(NAMESPACE, f"{stage}_dead_letter")
+        self.cpu = StageCpu(stage)
 
     def setup(self) -> None:
         self.field_counters: dict[str, Any] = {}
         self.unknown_seen = 0
 
-    def process(self, payload: bytes | str):
+    def process(self, payload: bytes | str) -> tuple[Any]:
+        started = self.cpu.start()
+        out = self._parse(payload)
+        self.cpu.stop(started)
+        return (out,)
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
+
+    def _parse(self, payload: bytes | str) -> Any:
         try:
             record = self.parse(payload, self.clock(), unknown=self._unknown)
         except ValueError as exc:  # the schema raises ValueError (UTF-8 and JSON errors too)
             self.bad.inc()
-            yield beam.pvalue.TaggedOutput(
+            return beam.pvalue.TaggedOutput(
                 DEAD_LETTER, dead_letter(payload, str(exc), self.stage, self.clock)
             )
-            return
         self.ok.inc()
         event_ns = getattr(record, "label_time_ns", record.time_ns)
-        yield TimestampedValue(record, Timestamp(micros=event_ns // 1_000))
+        return TimestampedValue(record, Timestamp(micros=event_ns // 1_000))
 
     def _unknown(self, names: list[str]) -> None:
         """Count each unknown field by name; log a field's first sighting, then a sample."""

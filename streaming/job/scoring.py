@@ -35,7 +35,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from features import presets
 from features.spec import FeatureSpec
-from streaming.job.common import NAMESPACE
+from streaming.job.common import NAMESPACE, StageCpu
 from streaming.job.entity_state import FeatureRow
 from streaming.schema import Transaction
 from training.model import contributions, detect_device, predict
@@ -173,6 +173,14 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
         live: LiveModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Scored]:
+        cpu = StageCpu("score")  # RunInference's DoFn is Beam's: timed per batch, here
+        started = cpu.start()
+        scored = self._score(batch, live)
+        cpu.stop(started)
+        cpu.report()
+        return scored
+
+    def _score(self, batch: Sequence[FeatureRow], live: LiveModel) -> list[Scored]:
         model = live.get()
         X = np.ascontiguousarray(np.stack([r.features for r in batch]), np.float32)
         scores = predict(model.booster, X)

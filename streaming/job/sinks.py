@@ -9,6 +9,7 @@ loudly (DirectRunner); nothing is dropped silently.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -21,7 +22,7 @@ from apache_beam.transforms import trigger, window
 from apache_beam.typehints import KV
 
 from features.spec import FeatureSpec
-from streaming.job.common import NAMESPACE, Clock, at_event_time
+from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, at_event_time
 from streaming.schema import from_ns, scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
@@ -33,6 +34,8 @@ SCORED_ALLOWED_LATENESS_S = 3650 * 86_400
 watermark is the wall clock); a window's later rows go to further panes, never dropped."""
 
 
+BIGTABLE_STORE = "streaming.store.bigtable.online_store"
+"""The module of our Bigtable online store, whose RPC counts go into the totals line."""
 SCORED_SHARDS = 4
 """Files per window and firing (rows are spread by transaction id)."""
 
@@ -58,6 +61,7 @@ class _WriteParquetPart(beam.DoFn):
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.files = Metrics.counter(NAMESPACE, "scored_files")
+        self.cpu = StageCpu("write_scored")
 
     def process(
         self,
@@ -70,6 +74,7 @@ class _WriteParquetPart(beam.DoFn):
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
+        started = self.cpu.start()
         shard, rows = element
         name = part_name(window, pane, shard)
         local = FileSystems.get_scheme(self.directory) in (None, "file")
@@ -80,7 +85,11 @@ class _WriteParquetPart(beam.DoFn):
         if local:
             FileSystems.rename([written], [target])
         self.files.inc()
-        yield target
+        self.cpu.stop(started)
+        return (target,)
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
 
 class WriteScored(beam.PTransform):
@@ -182,20 +191,29 @@ class _WriteFeatures(beam.DoFn):
         }
         self.written = Metrics.counter(NAMESPACE, "features_written")
         self.write_ms = Metrics.distribution(NAMESPACE, "feature_write_ms")
+        self.cpu = StageCpu("write_features")
 
     def setup(self) -> None:
         self.writer = self.open_writer()
+        bigtable = sys.modules.get(BIGTABLE_STORE)  # imported by Feast when the store is ours
+        if bigtable is not None:
+            TOTALS.watch(bigtable.rpc_counts)  # its RPCs in this process's totals line
 
     def start_bundle(self) -> None:
         self.rows: list[Any] = []
 
-    def process(self, row: Any):
+    def process(self, row: Any) -> None:
         if row.accepted:
             self.rows.append(row)
 
     def finish_bundle(self) -> None:
-        if not self.rows:
-            return
+        if self.rows:
+            started = self.cpu.start()
+            self._write()
+            self.cpu.stop(started)
+        self.cpu.report()
+
+    def _write(self) -> None:
         rows, self.rows = self.rows, []
         X = np.stack([r.features for r in rows])
         times = np.array([from_ns(r.tx.time_ns) for r in rows], "datetime64[ns]")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -47,6 +48,22 @@ from streaming.store.bigtable import feast_wire as wire
 logger = logging.getLogger(__name__)
 
 ReadResult = list[tuple[datetime | None, dict[str, ValueProto] | None]]
+
+_RPCS = {"bigtable_read_rows": 0, "bigtable_rows_read": 0, "bigtable_mutate_rows": 0,
+         "bigtable_rows_mutated": 0}  # fmt: skip
+_RPCS_LOCK = threading.Lock()
+
+
+def rpc_counts() -> dict[str, int]:
+    """What every :class:`BigtableOnlineStore` of this process sent: ReadRows calls and rows
+    read, MutateRows calls (attempts) and rows mutated (a job's cost per transaction)."""
+    with _RPCS_LOCK:
+        return dict(_RPCS)
+
+
+def _count(name: str, n: int = 1) -> None:
+    with _RPCS_LOCK:
+        _RPCS[name] += n
 
 
 class BigtableOnlineStoreConfig(FeastConfigBaseModel):
@@ -366,13 +383,16 @@ class BigtableOnlineStore(OnlineStore):
     def _read(self, config: RepoConfig, query: Any) -> list[Any]:
         settings = config.online_store
         self.read_rpcs += 1
+        _count("bigtable_read_rows")
         try:
-            return self._table(config).read_rows(
+            rows = self._table(config).read_rows(
                 query,
                 operation_timeout=settings.operation_timeout_s,
                 attempt_timeout=settings.attempt_timeout_s,
                 retryable_errors=admin.RETRYABLE,
             )
+            _count("bigtable_rows_read", len(rows))
+            return rows
         except gexc.NotFound:
             if not settings.recreate_missing_table:
                 raise _missing_table(config) from None
@@ -385,6 +405,8 @@ class BigtableOnlineStore(OnlineStore):
         table_id = codec.table_name(config.project)
         for attempt in (1, 2):
             self.write_rpcs += 1
+            _count("bigtable_mutate_rows")
+            _count("bigtable_rows_mutated", len(entries))
             try:
                 self._table(config).bulk_mutate_rows(
                     entries,

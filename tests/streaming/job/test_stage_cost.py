@@ -1,0 +1,32 @@
+"""What the stages report of their own cost: CPU time per stage in the process totals."""
+
+from __future__ import annotations
+
+import json
+
+import streaming.job.common as common
+from streaming.job.common import ProcessTotals
+from streaming.job.parse import _Parse
+from streaming.schema import parse_transaction
+
+TX = {
+    "TRANSACTION_ID": 17,
+    "TX_DATETIME": "2018-04-01T07:19:05",
+    "CUSTOMER_ID": 5,
+    "TERMINAL_ID": 33,
+    "TX_AMOUNT": 57.16,
+}
+
+
+def test_a_stage_adds_its_cpu_time_once_per_bundle(monkeypatch):
+    totals = ProcessTotals(every_s=3600)
+    monkeypatch.setattr(common, "TOTALS", totals)
+    ticks = iter(range(0, 10_000_000, 1_500))  # each reading 1.5 µs after the last
+    monkeypatch.setattr(common.time, "thread_time_ns", lambda: next(ticks))
+    fn = _Parse(parse_transaction, "parse_transactions", lambda: 1_700_000_000.0)
+    fn.setup()
+    out = [r for _ in range(4) for r in fn.process(json.dumps(TX))]
+    assert [r.value.transaction_id for r in out] == [17] * 4
+    assert totals.counts == {}  # nothing until the bundle ends
+    fn.finish_bundle()
+    assert totals.counts == {"cpu_us_parse_transactions": 6}  # 4 elements x 1.5 µs

@@ -1,11 +1,33 @@
-"""Pipeline benchmarks on the local runner, against the emulators.
+"""Pipeline benchmarks on the local runner, against the emulators: throughput, latency, cost.
 
-- ``pipeline_vs_passthrough``: events/s of the whole job (features, Bigtable writes, scoring,
-  alerts, scored sink) over a pass-through job (read both subscriptions, write one topic) on
-  the same runner, same patches, same events, in the same run.
-- ``e2e_p99_ms_at_200eps``: publish -> alert latency at 200 events/s (transactions and labels)
-  with the threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus
-  the time its transaction was handed to the publisher (one machine, one clock).
+The job runs the ``default`` preset (the job's own default) with the Bigtable feature store on
+(features written per bundle), the scored sink, alerts and dead letters; ids pseudonymised.
+
+- **The stream.** A live stream's event times advance with the wall clock, so a job sees a few
+  hourly windows at a time. The synthetic world is dense the same way: the replayed
+  transactions span :data:`REPLAYED_HOURS` hours of event time, after :data:`HISTORY_DAYS` days
+  at the same density, and the replay starts just after that history (``replay(...,
+  seen=...)``), so the labels of the transactions of a week earlier interleave with it (about
+  one per transaction) and none trail after the last transaction. (Replaying a sparse 60-day
+  history in a minute instead spreads the scored sink over ~1,400 hourly windows: a parquet
+  file per transaction or so, a cost no live job pays.)
+- ``pipeline_vs_passthrough``: events/s (transactions and labels) of the whole job over a
+  pass-through job (read both subscriptions, write one topic) on the same runner, same patches,
+  same messages, in the same run. A job's end is the Pub/Sub publish time of its last output
+  (the full job's: its last alert at the model's own threshold, counting the messages published
+  up to that transaction), minus the time the measured phase started publishing.
+- ``e2e_p99_ms_at_<rate>eps``: publish -> alert latency at that many events/s with the
+  threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus the time
+  its transaction was handed to the publisher (one machine, one clock).
+  ``passthrough_p99_ms_at_<rate>eps``: the same for the pass-through job's copy of each
+  transaction: the runner's own floor.
+- **Cost** (from the full job's throughput run): the job process's CPU time over the measured
+  phase (``/proc``, less its idle polling after the last output) against the thread CPU time of
+  the job's own stages (their ``cpu_us_<stage>`` totals, :class:`streaming.job.common.StageCpu`),
+  the runner's share being the rest; and the Bigtable RPCs the process sent (its totals line,
+  :func:`streaming.store.bigtable.online_store.rpc_counts`; reads add the entity states loaded
+  and the lookup stage's reads when those are on). Per million transactions;
+  :mod:`bench.cost` turns them into workers and nodes.
 
 Each job runs in its own process (``streaming.local.job_process``) with the job's defaults
 (``--ordering arrival``) and is warmed up first (its first bundles load Numba kernels, the model
@@ -16,12 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
@@ -32,6 +56,7 @@ from features import presets
 from features.backfill import backfill
 from features.synthetic import transactions
 from features.table import validate
+from streaming.job.common import parse_totals, stage_cpu_us
 from streaming.job.options import FraudstreamOptions
 from streaming.job.pipeline import read_pubsub
 from streaming.local import emulators as emu
@@ -44,8 +69,17 @@ from streaming.store.feast_store import apply_repo, scratch_repo
 from training import model as models
 from training.registry import Registry
 
-SPEC = presets.BASELINE
-Metrics = dict[str, float | int | str | None]
+SPEC = presets.DEFAULT
+"""The job's default preset (``fraudstream run`` without ``--preset``)."""
+REPLAYED_HOURS = 8
+"""Event time the replayed transactions span (warm-up and every measured phase fit in it)."""
+HISTORY_DAYS = 8
+"""History before the replay, at the same density: more than the label delay (7 days)."""
+WARM = 400
+"""Transactions of each job's warm-up (published at once, not measured)."""
+TOTALS_SETTLE_S = 3.0
+"""Wait for the job's totals line to catch up (it lags by up to ``ProcessTotals.every_s``)."""
+Metrics = dict[str, float | int | str | dict | None]
 
 
 def build_passthrough(p: beam.Pipeline, options) -> None:
@@ -56,11 +90,26 @@ def build_passthrough(p: beam.Pipeline, options) -> None:
     _ = (tx, labels) | beam.Flatten() | "Write" >> beam.io.WriteToPubSub(opts.alerts_topic)
 
 
-def world(root: Path, n: int = 12_000) -> tuple[pd.DataFrame, Path]:
-    """Recent synthetic transactions (Feast's TTL is wall-clock) and a model trained on them."""
-    df = transactions(n=n, customers=800, terminals=600, days=60, fraud_rate=0.03)
-    start = pd.Timestamp.now().floor("D") - pd.Timedelta(days=61)
-    df["TX_DATETIME"] += start - df["TX_DATETIME"].min().floor("D")
+@dataclass(frozen=True)
+class World:
+    """Synthetic transactions (validated, sorted) and a model trained on them; the replay
+    starts after the first ``seen``."""
+
+    df: pd.DataFrame
+    seen: int
+    models_dir: Path
+
+
+def world(root: Path, replayed: int) -> World:
+    """``replayed`` transactions over the last :data:`REPLAYED_HOURS` hours before now (Feast's
+    TTL is wall-clock), after :data:`HISTORY_DAYS` days at the same density; the model is
+    trained on all of it, its threshold the 97th percentile of its scores."""
+    per_day = replayed * 24 // REPLAYED_HOURS
+    days = HISTORY_DAYS + 1
+    df = transactions(
+        n=per_day * days, customers=10_000, terminals=5_000, days=days, fraud_rate=0.03
+    )
+    df["TX_DATETIME"] += pd.Timestamp.now() - df["TX_DATETIME"].max() - pd.Timedelta(minutes=1)
     df = validate(df, SPEC)
     X = backfill(df, SPEC)[SPEC.names].to_numpy(np.float32)
     booster = models.train(X, df["TX_FRAUD"].to_numpy(), models.Params(50), device="cpu")
@@ -68,11 +117,50 @@ def world(root: Path, n: int = 12_000) -> tuple[pd.DataFrame, Path]:
     meta = {"preset": SPEC.name, "features": SPEC.names, "spec_fingerprint": SPEC.fingerprint(),
             "threshold": float(np.quantile(models.predict(booster, X), 0.97))}  # fmt: skip
     registry.promote(registry.save(booster, meta))
-    return df, registry.root
+    return World(df, len(df) - replayed, registry.root)
 
 
-def _wait(count: Callable[[], int], target: int, timeout_s: float, job) -> float:
-    """Poll ``count`` until it reaches ``target``; returns the time it did (monotonic)."""
+@dataclass
+class _Feed:
+    """Publishes slices of the world's replay to one run's topics, noting when each
+    transaction was handed to the publisher and its message's position in the phase."""
+
+    world: World
+    topics: lj.Topics
+    publisher: Publisher = field(default_factory=lambda: Publisher(lj.PROJECT))
+    sent: dict[int, float] = field(default_factory=dict)
+    position: dict[int, int] = field(default_factory=dict)
+    published: int = 0
+
+    def __call__(self, start: int, stop: int, rate: float | None = None) -> dict[str, int]:
+        """Replay transactions ``start:stop`` (counted after ``seen``) with the labels due
+        meanwhile; ``rate``: events/s (None: at once). Returns the messages per kind."""
+        tx, labels = self.topics.topic_id("tx"), self.topics.topic_id("labels")
+
+        def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
+            if topic == tx:
+                txid = int(attrs["id"])
+                self.sent[txid], self.position[txid] = time.time(), self.published
+            self.published += 1
+            self.publisher(topic, data, attrs)
+
+        seen = self.world.seen
+        counts = replay(self.world.df.iloc[: seen + stop], publish, tx, labels,
+                        SPEC.label_delay, rate=rate, progress=False, seen=seen + start,
+                        trailing_labels=False)  # fmt: skip
+        self.publisher.flush()
+        return counts
+
+    def start_phase(self) -> float:
+        """Forget the warm-up; returns the phase's start (epoch seconds)."""
+        self.sent.clear()
+        self.position.clear()
+        self.published = 0
+        return time.time()
+
+
+def _wait(count: Callable[[], int], target: int, timeout_s: float, job) -> None:
+    """Poll ``count`` until it reaches ``target``."""
     deadline = time.monotonic() + timeout_s
     while (n := count()) < target:
         if job.poll() is not None:
@@ -80,107 +168,180 @@ def _wait(count: Callable[[], int], target: int, timeout_s: float, job) -> float
         if time.monotonic() > deadline:
             raise TimeoutError(f"{n} of {target} outputs after {timeout_s:.0f} s")
         time.sleep(0.2)
-    return time.monotonic()
 
 
-class _Counter:
-    """Counts messages arriving on a subscription (drained and acknowledged as they come)."""
+class _Outputs:
+    """Messages arriving on a subscription (drained and acknowledged as they come)."""
 
     def __init__(self, subscription: str) -> None:
-        self.subscription, self.n = subscription, 0
+        self.subscription, self.messages = subscription, []
 
     def __call__(self) -> int:
-        self.n += len(lj.drain(self.subscription, wait_s=1.0))
-        return self.n
+        self.messages += lj.drain(self.subscription, wait_s=1.0)
+        return len(self.messages)
 
 
-def _throughput(kind: str, df: pd.DataFrame, models_dir: Path, tmp: Path, warm: int) -> float:
-    """Events/s (transactions + labels) of one job over ``df`` after ``warm`` transactions."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one throughput run measured over its measured phase."""
+
+    events: int
+    """Messages (transactions and labels) the job had done by its last output."""
+    seconds: float
+    transactions: int
+    cpu_s: float
+    """The job process's CPU time over the phase, its idle polling after the last output not
+    counted."""
+    totals: dict[str, int]
+    """How much each count of the job's totals line grew over the phase."""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds
+
+
+def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
+    """One job (``full`` or ``passthrough``) over ``count`` transactions after the warm-up."""
     topics = lj.Topics.create(f"bench-{kind}")
-    scored = tmp / f"scored-{kind}"
+    log = tmp / f"{kind}.log"
     if kind == "full":
+        scored = tmp / f"scored-{kind}"
         repo = scratch_repo(tmp / "repo", f"bench_{uuid.uuid4().hex[:8]}")
         apply_repo("emulator", repo)
-        args = lj.job_args(topics, models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
+        args = lj.job_args(topics, w.models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
         args += ["--max_lateness_hours", str(24 * 90)]  # redelivered stragglers still count
-        job = lj.start(args, tmp / f"{kind}.log")
-        outputs: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
-        per_tx = 1
+        job = lj.start(args, log)
+        done: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
+        outputs = _Outputs(topics.subscriptions["alerts"])
     else:
         args = ["--transactions_subscription", topics.subscriptions["tx"],
                 "--labels_subscription", topics.subscriptions["labels"],
                 "--alerts_topic", topics.topics["alerts"]]  # fmt: skip
-        job = lj.start(args, tmp / f"{kind}.log", ("bench.pipeline", "passthrough"))
-        outputs = _Counter(topics.subscriptions["alerts"])
-        per_tx = 2  # a transaction and its label
+        job = lj.start(args, log, ("bench.pipeline", "passthrough"))
+        outputs = _Outputs(topics.subscriptions["alerts"])
+        done = outputs
+    feed = _Feed(w, topics)
     try:
-        publish = Publisher(lj.PROJECT)
-        tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
-        head, rest = df.iloc[:warm], df.iloc[warm:]
-        replay(head, publish, tx, labels, SPEC.label_delay)
-        publish.flush()
-        _wait(outputs, per_tx * len(head), 300, job)
-        t0 = time.monotonic()
-        replay(rest, publish, tx, labels, SPEC.label_delay)
-        publish.flush()
-        done = _wait(outputs, per_tx * len(df), 600, job)
+        warm = feed(0, WARM)
+        _wait(done, WARM if kind == "full" else sum(warm.values()), 300, job)
+        time.sleep(TOTALS_SETTLE_S)
+        outputs()
+        outputs.messages.clear()
+        before, cpu_before = parse_totals(log.read_text()), cpu_seconds(job.pid)
+        idle_s = time.monotonic()
+        time.sleep(TOTALS_SETTLE_S)
+        idle_cpu_per_s = (cpu_seconds(job.pid) - cpu_before) / (time.monotonic() - idle_s)
+        cpu_before = cpu_seconds(job.pid)
+        t0 = feed.start_phase()
+        published = feed(WARM, WARM + count)
+        target = count if kind == "full" else sum(published.values())
+        _wait(done, WARM + target if kind == "full" else target, 600, job)
+        time.sleep(TOTALS_SETTLE_S)
+        outputs()
+        cpu_after, end = cpu_seconds(job.pid), time.time()
+        after = parse_totals(log.read_text())
     finally:
         lj.stop(job)
-    return 2 * len(rest) / (done - t0)
+    last = max(outputs.messages, key=lambda m: m.publish_time.timestamp())
+    finished = last.publish_time.timestamp()
+    if kind == "full":
+        events = feed.position[json.loads(last.data)["transaction_id"]] + 1
+    else:
+        events = sum(published.values())
+    cpu = cpu_after - cpu_before - idle_cpu_per_s * max(0.0, end - finished)
+    grown = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    return Run(events, finished - t0, published["tx"], cpu, grown)
 
 
-def _latency(df: pd.DataFrame, models_dir: Path, tmp: Path, rate: float, warm: int) -> Metrics:
-    """Publish -> alert latency percentiles at ``rate`` events/s, every transaction alerting."""
-    topics = lj.Topics.create("bench-latency")
-    extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
-    scored = tmp / f"scored-latency-{rate:g}"
-    args = lj.job_args(topics, models_dir, SPEC.name, scored, None, extra)
-    job = lj.start(args, tmp / f"latency-{rate:g}.log")
-    sent: dict[int, float] = {}
-    publisher = Publisher(lj.PROJECT)
-
-    def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
-        if topic == tx:
-            sent[int(attrs["id"])] = time.time()
-        publisher(topic, data, attrs)
-
+def _latency(kind: str, w: World, tmp: Path, rate: float, count: int) -> np.ndarray:
+    """Publish -> output latencies (ms) of ``count`` transactions at ``rate`` events/s: the
+    full job's alerts (threshold 0: every transaction alerts) or the pass-through's copies."""
+    topics = lj.Topics.create(f"bench-latency-{kind}")
+    tag = f"{kind}-{rate:g}"
+    outputs = _Outputs(topics.subscriptions["alerts"])
+    if kind == "full":
+        extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
+        scored = tmp / f"scored-latency-{tag}"
+        args = lj.job_args(topics, w.models_dir, SPEC.name, scored, None, extra)
+        job = lj.start(args, tmp / f"latency-{tag}.log")
+        done: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
+    else:
+        args = ["--transactions_subscription", topics.subscriptions["tx"],
+                "--labels_subscription", topics.subscriptions["labels"],
+                "--alerts_topic", topics.topics["alerts"]]  # fmt: skip
+        job = lj.start(args, tmp / f"latency-{tag}.log", ("bench.pipeline", "passthrough"))
+        done = outputs
+    feed = _Feed(w, topics)
     try:
-        tx, labels = topics.topic_id("tx"), topics.topic_id("labels")
-        replay(df.iloc[:warm], publish, tx, labels, SPEC.label_delay)
-        publisher.flush()
-        _wait(lambda: count_scored(scored), warm, 300, job)
-        lj.drain(topics.subscriptions["alerts"], wait_s=2)
-        sent.clear()
-        replay(df.iloc[warm:], publish, tx, labels, SPEC.label_delay, rate=rate)
-        publisher.flush()
-        _wait(lambda: count_scored(scored), len(df), 300, job)
+        warm = feed(0, WARM)
+        _wait(done, WARM if kind == "full" else sum(warm.values()), 300, job)
+        outputs()
+        outputs.messages.clear()
+        feed.start_phase()
+        published = feed(WARM, WARM + count, rate=rate)
+        target = WARM + count if kind == "full" else sum(published.values())
+        _wait(done, target, 300, job)
         time.sleep(2)
-        alerts = lj.drain(topics.subscriptions["alerts"], wait_s=5)
+        outputs()
     finally:
         lj.stop(job)
-    latency = np.array(
-        [
-            (m.publish_time.timestamp() - sent[json.loads(m.data)["transaction_id"]]) * 1e3
-            for m in alerts
-            if json.loads(m.data)["transaction_id"] in sent
-        ]
-    )
+    latency = []
+    for m in outputs.messages:
+        body = json.loads(m.data)
+        txid = body.get("transaction_id", body.get("TRANSACTION_ID"))
+        if txid in feed.sent and (kind == "full" or "TX_AMOUNT" in body):
+            latency.append((m.publish_time.timestamp() - feed.sent[txid]) * 1e3)
+    return np.array(latency)
+
+
+def _percentiles(prefix: str, rate: float, latency: np.ndarray) -> Metrics:
     tag = f"{rate:g}eps"
     return {
-        f"e2e_alerts_measured_at_{tag}": len(latency),
-        f"e2e_p50_ms_at_{tag}": round(float(np.percentile(latency, 50)), 1),
-        f"e2e_p99_ms_at_{tag}": round(float(np.percentile(latency, 99)), 1),
+        f"{prefix}_measured_at_{tag}": len(latency),
+        f"{prefix}_p50_ms_at_{tag}": round(float(np.percentile(latency, 50)), 1),
+        f"{prefix}_p99_ms_at_{tag}": round(float(np.percentile(latency, 99)), 1),
     }
 
 
-def bench_pipeline(events: int = 6_000, rate: float = 200.0, seconds: float = 30.0) -> Metrics:
+def cost_metrics(full: Run, passthrough: Run) -> Metrics:
+    """Per million transactions: CPU seconds (the job's stages, the runner, the pass-through
+    job's whole process) and Bigtable RPCs, from the throughput runs."""
+    per_m, per_pt = 1e6 / full.transactions, 1e6 / passthrough.transactions
+    stages = stage_cpu_us(full.totals)
+    stage_s = sum(stages.values()) / 1e6
+    t = full.totals
+    reads = (t.get("bigtable_read_rows", 0) + t.get("feature_lookups", 0)
+             + sum(v for k, v in t.items() if k.startswith("states_")))  # fmt: skip
+    return {
+        "cost_preset": SPEC.name,
+        "job_cpu_s_per_million": round(stage_s * per_m, 1),
+        "runner_cpu_s_per_million": round((full.cpu_s - stage_s) * per_m, 1),
+        "process_cpu_s_per_million": round(full.cpu_s * per_m, 1),
+        "passthrough_cpu_s_per_million": round(passthrough.cpu_s * per_pt, 1),
+        "job_cpu_us_per_tx_by_stage": {
+            k: round(v / full.transactions, 1) for k, v in sorted(stages.items())
+        },
+        "bigtable_writes_per_million": round(t.get("bigtable_mutate_rows", 0) * per_m),
+        "bigtable_rows_mutated_per_million": round(t.get("bigtable_rows_mutated", 0) * per_m),
+        "bigtable_reads_per_million": round(reads * per_m),
+        "bigtable_rows_read_per_million": round(t.get("bigtable_rows_read", 0) * per_m),
+    }
+
+
+def bench_pipeline(
+    events: int = 12_000, rate: float = 1_000.0, seconds: float = 20.0, slow_rate: float = 200.0
+) -> Metrics:
     """All pipeline figures; starts and stops its own emulators."""
     reason = emu.gcloud_available()
     if reason:
         print(f"bench: pipeline skipped: {reason}", file=sys.stderr)
         return {}
-    import os
-
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         infos = emu.up(state_dir=tmp / "emulators")
@@ -188,16 +349,20 @@ def bench_pipeline(events: int = 6_000, rate: float = 200.0, seconds: float = 30
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            n_latency = int(rate * seconds / 2)
-            df, models_dir = world(tmp, n=max(events // 2, n_latency) + 400)
-            warm = 400
-            measured = df.iloc[: warm + events // 2]
-            full = _throughput("full", measured, models_dir, tmp, warm)
-            print(f"bench: pipeline {full:.1f} events/s", file=sys.stderr)
-            passthrough = _throughput("passthrough", measured, models_dir, tmp, warm)
-            print(f"bench: pass-through {passthrough:.1f} events/s", file=sys.stderr)
-            latency = _latency(df.iloc[: warm + n_latency], models_dir, tmp, rate, warm)
-            half = _latency(df.iloc[: warm + n_latency // 2], models_dir, tmp, rate / 2, warm)
+            n_fast, n_slow = int(rate * seconds / 2), int(slow_rate * seconds / 2)
+            w = world(tmp, WARM + max(events // 2, n_fast, n_slow))
+            full = _throughput("full", w, tmp, events // 2)
+            print(f"bench: pipeline {full.events_per_s:.1f} events/s", file=sys.stderr)
+            passthrough = _throughput("passthrough", w, tmp, events // 2)
+            print(f"bench: pass-through {passthrough.events_per_s:.1f} events/s", file=sys.stderr)
+            latency: Metrics = {}
+            for kind, prefix, r, n in (
+                ("full", "e2e", rate, n_fast),
+                ("passthrough", "passthrough", rate, n_fast),
+                ("full", "e2e", slow_rate, n_slow),
+            ):
+                latency |= _percentiles(prefix, r, _latency(kind, w, tmp, r, n))
+                print(f"bench: {prefix} at {r:g} events/s done", file=sys.stderr)
         finally:
             emu.down(state_dir=tmp / "emulators")
             for key, value in saved.items():
@@ -206,12 +371,13 @@ def bench_pipeline(events: int = 6_000, rate: float = 200.0, seconds: float = 30
                 else:
                     os.environ[key] = value
     return {
-        "pipeline_events_per_s": round(full, 1),
-        "passthrough_events_per_s": round(passthrough, 1),
-        "pipeline_vs_passthrough": round(full / passthrough, 3),
+        "pipeline_events_per_s": round(full.events_per_s, 1),
+        "passthrough_events_per_s": round(passthrough.events_per_s, 1),
+        "pipeline_vs_passthrough": round(full.events_per_s / passthrough.events_per_s, 3),
         "pipeline_ordering": FraudstreamOptions([]).ordering,
+        "pipeline_preset": SPEC.name,
         **latency,
-        **half,
+        **cost_metrics(full, passthrough),
     }
 
 
@@ -221,11 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         run_local(argv[1:], build_fn=build_passthrough)
         return 0
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=6_000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--events", type=int, default=12_000)
+    parser.add_argument("--rate", type=float, default=1_000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--slow_rate", type=float, default=200.0)
     args = parser.parse_args(argv)
-    print(json.dumps(bench_pipeline(args.events, args.rate, args.seconds), indent=2))
+    metrics = bench_pipeline(args.events, args.rate, args.seconds, args.slow_rate)
+    print(json.dumps(metrics, indent=2))
     return 0
 
 

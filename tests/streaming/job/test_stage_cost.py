@@ -1,13 +1,18 @@
-"""What the stages report of their own cost: CPU time per stage in the process totals."""
+"""What the stages report of their own cost: CPU time per stage in the process totals, and
+the scoring batch's bytes for RunInference's metrics."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import streaming.job.common as common
 from streaming.job.common import ProcessTotals
+from streaming.job.entity_state import FeatureRow
 from streaming.job.parse import _Parse
-from streaming.schema import parse_transaction
+from streaming.job.scoring import BoosterHandler
+from streaming.schema import Transaction, parse_transaction
 
 TX = {
     "TRANSACTION_ID": 17,
@@ -30,3 +35,9 @@ def test_a_stage_adds_its_cpu_time_once_per_bundle(monkeypatch):
     assert totals.counts == {}  # nothing until the bundle ends
     fn.finish_bundle()
     assert totals.counts == {"cpu_us_parse_transactions": 6}  # 4 elements x 1.5 µs
+
+
+def test_scoring_batch_bytes_are_its_features():
+    tx = Transaction(1, 0, 2, 3, 10.0)
+    rows = [FeatureRow(tx, np.zeros(40), 0), FeatureRow(tx, np.ones(40, np.float32), 0)]
+    assert BoosterHandler("unused", "default").get_num_bytes(rows) == 40 * 8 + 40 * 4

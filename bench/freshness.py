@@ -362,8 +362,9 @@ def measure(
             reader.terminate()
     seen, polls = read["seen"], np.array(read["polls"]).reshape(-1, 2)
     out = summarise(sent, seen, rate, polls)
-    out["freshness_reader_cpu_share"] = round(read["cpu_s"] / read["wall_s"], 3)
-    out["freshness_reader_polls_per_s"] = round(len(polls) / read["wall_s"], 1)
+    wall = max(read["wall_s"], 1e-9)  # 0 only when no transaction was announced
+    out["freshness_reader_cpu_share"] = round(read["cpu_s"] / wall, 3)
+    out["freshness_reader_polls_per_s"] = round(len(polls) / wall, 1)
     bodies = [(json.loads(m.data), m.publish_time.timestamp()) for m in alerts]
     out.update(breakdown(sent, seen, [(b["transaction_id"], t, b) for b, t in bodies]))
     return out

@@ -15,6 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.typehints import KV
+from apache_beam.utils.windowed_value import WindowedValue
 
 from features.plan import EntityPlan
 from features.spec import DEFAULT_MAX_LATENESS, Entity, FeatureSpec
@@ -23,7 +24,7 @@ from streaming.job.entity_state import (
     ENTITY_STATE_PARAM,
     EntityBlock,
     EntityStateFn,
-    assemble,
+    assemble_many,
     entity_id,
     feature_offsets,
     uses_labels,
@@ -43,7 +44,8 @@ class _Partial:
 class _ChainLink(EntityStateFn):
     """Keyed by one entity's id (``arrival`` ordering): apply each event as it arrives, then
     hand it to the next entity's link, keyed by that entity's id; the last link assembles the
-    transaction's :class:`FeatureRow`. A label goes along only as far as an entity uses labels.
+    transactions' :class:`FeatureRow` (all of a bundle's at once, at its end, each at its own
+    timestamp and window). A label goes along only as far as an entity uses labels.
     """
 
     def __init__(
@@ -63,16 +65,35 @@ class _ChainLink(EntityStateFn):
         self.offsets = feature_offsets(spec)
         self.cpu = StageCpu(f"{entity.name}_features")
 
-    def process(self, element: tuple[int, Label | _Partial], state=ENTITY_STATE_PARAM):
+    def start_bundle(self) -> None:
+        self.assembling: list[tuple[dict[str, EntityBlock], Any, Any]] = []
+
+    def process(
+        self,
+        element: tuple[int, Label | _Partial],
+        state=ENTITY_STATE_PARAM,
+        timestamp=beam.DoFn.TimestampParam,
+        window=beam.DoFn.WindowParam,
+    ):
         started = self.cpu.start()
-        out = self._link(element, state)
+        out = self._link(element, state, timestamp, window)
         self.cpu.stop(started)
         return out
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> list[WindowedValue]:
+        out = []
+        if self.assembling:
+            started = self.cpu.start()
+            pending, self.assembling = self.assembling, []
+            rows = assemble_many(self.spec, self.offsets, [p for p, _, _ in pending], self.clock())
+            out = [WindowedValue(r, t, (w,)) for r, (_, t, w) in zip(rows, pending, strict=True)]
+            self.cpu.stop(started)
         self.cpu.report()
+        return out
 
-    def _link(self, element: tuple[int, Label | _Partial], state) -> tuple[Any, ...]:
+    def _link(
+        self, element: tuple[int, Label | _Partial], state, timestamp: Any, window: Any
+    ) -> tuple[Any, ...]:
         key, event = element
         if isinstance(event, Label):
             if self.uses_labels:
@@ -81,7 +102,8 @@ class _ChainLink(EntityStateFn):
         blocks = (*event.blocks, self._apply(key, event.tx, state))
         if self.next is not None:
             return ((entity_id(event.tx, self.next), _Partial(event.tx, blocks)),)
-        return (assemble(self.spec, self.offsets, {b.entity: b for b in blocks}, self.clock()),)
+        self.assembling.append(({b.entity: b for b in blocks}, timestamp, window))
+        return ()  # assembled at the bundle's end
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):

@@ -19,6 +19,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV
 
 from features.spec import FeatureSpec
@@ -122,17 +123,18 @@ class WriteScored(beam.PTransform):
         self.flush_s = flush_s
 
     def expand(self, scored):
-        rows = (
-            scored
-            | "AtEventTime" >> beam.Map(at_event_time)
-            | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
-        )
+        # One step per row before the windows (stamp, row, shard key): each step costs the
+        # runner per element.
         if self.directory is not None:
-            streaming = rows.pipeline.options.view_as(StandardOptions).streaming
+            streaming = scored.pipeline.options.view_as(StandardOptions).streaming
             flush = trigger.AfterProcessingTime(int(self.flush_s))
             fire = trigger.AfterWatermark(early=flush, late=flush) if streaming else None
             return (
-                rows
+                scored
+                | "ToRow"
+                >> beam.ParDo(_ToRow(self.features, self.clock, sharded=True)).with_output_types(
+                    KV[int, dict]
+                )
                 | "HourWindows"
                 >> beam.WindowInto(
                     window.FixedWindows(SCORED_WINDOW_S),
@@ -140,15 +142,12 @@ class WriteScored(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.DISCARDING,
                     allowed_lateness=SCORED_ALLOWED_LATENESS_S,
                 )
-                | "KeyByShard"
-                >> beam.Map(lambda r: (r["transaction_id"] % SCORED_SHARDS, r)).with_output_types(
-                    KV[int, dict]
-                )
                 | "GroupFiring" >> beam.GroupByKey()
                 | "WriteParquet" >> beam.ParDo(_WriteParquetPart(self.directory))
             )
         return (
-            rows
+            scored
+            | "ToRow" >> beam.ParDo(_ToRow(self.features, self.clock, sharded=False))
             | "ToBigQueryRow" >> beam.Map(_bigquery_row)
             | "WriteBigQuery"
             >> beam.io.WriteToBigQuery(
@@ -159,6 +158,27 @@ class WriteScored(beam.PTransform):
                 method=beam.io.WriteToBigQuery.Method.STORAGE_WRITE_API,
             )
         )
+
+
+class _ToRow(beam.DoFn):
+    """Scored transactions -> their scored rows (:func:`scored_record`) at their transactions'
+    event time; ``sharded``: as ``(shard, row)``, spread over :data:`SCORED_SHARDS` by
+    transaction id."""
+
+    def __init__(self, features: list[str], clock: Clock, sharded: bool) -> None:
+        self.features, self.clock, self.sharded = features, clock, sharded
+        self.cpu = StageCpu("scored_rows")
+
+    def process(self, scored: Any) -> tuple[TimestampedValue]:
+        started = self.cpu.start()
+        row = scored_record(scored, self.features, self.clock)
+        value = (row["transaction_id"] % SCORED_SHARDS, row) if self.sharded else row
+        out = TimestampedValue(value, at_event_time(scored).timestamp)
+        self.cpu.stop(started)
+        return (out,)
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
 
 def bigquery_schema(features: list[str]) -> str:

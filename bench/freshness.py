@@ -6,7 +6,9 @@ on) runs on the local runner against one Pub/Sub and one Bigtable emulator start
 it a reader process polls the store the way a serving team would: the plain Feast SDK on the
 applied repository (which configures our online store), one ``get_online_features`` call per
 poll for one feature of the card view, asking for every card that has a transaction published
-and not yet seen.
+and not yet seen. It runs at a lower CPU priority than the job (:data:`READER_NICENESS`), and
+is started with ``spawn``: a program calling :func:`bench_freshness` keeps its own start-up under
+``if __name__ == "__main__":``.
 
 - **World.** Synthetic transactions over :data:`DAYS` days ending yesterday (Feast's ttl is
   wall-clock, so every stored card row is live) and a ``default`` model trained on them.
@@ -23,14 +25,15 @@ and not yet seen.
 - **Freshness** = seen minus the time the transaction was handed to the publisher (one
   machine, one clock). The reader starts a poll every ``interval_s`` (default
   :data:`INTERVAL_S`) while a transaction is pending and sleeps otherwise, so a figure is late
-  by up to one interval plus one read (``freshness_poll_*``: the measured interval and read).
+  by up to one interval plus one read (``freshness_poll_*``: the measured interval and read;
+  ``freshness_reader_*``: its polls per second and its share of one core).
 - **Breakdown.** The alerts that fire at the model's threshold (about 3 %) carry the job's own
   timings, so for those transactions ``freshness_breakdown_*`` splits the freshness into the
   pull (publish -> parsed), the job's features (parsed -> assembled) and the store (assembled
   -> seen through Feast: the bundle's end, the write, the poll); see :func:`breakdown`.
 
 Run alone: ``python -m bench.freshness [--rate R] [--seconds S] [--interval-ms MS]`` (about
-2 minutes on 2 cores).
+1.5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -359,8 +362,17 @@ def measure(
         publisher.flush()
         _wait(lambda: count_scored(str(scored)), warm, job, log, 300)
         live = True
-        replay(df, publish, tx, labels, delay, rate=rate, progress=False, seen=warm,
-               trailing_labels=False)  # fmt: skip
+        replay(
+            df,
+            publish,
+            tx,
+            labels,
+            delay,
+            rate=rate,
+            progress=False,
+            seen=warm,
+            trailing_labels=False,
+        )
         publisher.flush()
         _wait(lambda: count_scored(str(scored)), len(df), job, log, 300)
         requests.put(None)

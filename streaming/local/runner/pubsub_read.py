@@ -7,8 +7,11 @@ stalls the whole job for the pull's timeout, and a cancel waits out the pending 
 28 s). There is no option for any of it, so :func:`tune_direct_pubsub_read` wraps the
 evaluator's subscriber client: a thread per subscription pulls up to ``max_messages`` with
 ``timeout`` seconds ahead of the runner, and the runner's read takes what was pulled meanwhile,
-waiting ``idle_wait`` seconds only when it has no other work queued. Local runs only; Dataflow
-reads Pub/Sub with its own streaming source and is not affected.
+waiting ``idle_wait`` seconds only when it has no other work queued. The prefetching thread also
+reads each message's fields out of its protobuf once (:class:`_Received`), off the runner's
+thread: Beam's conversion reads them through the client's proto-plus wrappers, about 50 µs a
+message on the dev VM against 8 µs from the protobuf. Local runs only; Dataflow reads Pub/Sub
+with its own streaming source and is not affected.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions
@@ -69,6 +73,48 @@ Wait = Callable[[float | None], object]
 (``None``: no limit), as ``Condition.wait`` does; tests inject one that records the waits."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """The fields of a pulled message that Beam's read takes (``PubsubMessage._from_message``),
+    as plain values."""
+
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str
+    publish_time: Any  # a ``DatetimeWithNanoseconds``, as the client gives; None when unset
+    ordering_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    """A pulled message and its ack id, read out of the client's ``ReceivedMessage`` once."""
+
+    ack_id: str
+    message: _Message
+
+    @classmethod
+    def of(cls, received: Any) -> _Received:
+        from google.cloud.pubsub_v1.types import ReceivedMessage
+        from proto.datetime_helpers import DatetimeWithNanoseconds
+
+        pb = ReceivedMessage.pb(received)  # the protobuf under the proto-plus wrapper
+        m = pb.message
+        published = (
+            DatetimeWithNanoseconds.from_timestamp_pb(m.publish_time)
+            if m.HasField("publish_time")
+            else None
+        )
+        message = _Message(m.data, dict(m.attributes), m.message_id, published, m.ordering_key)
+        return cls(pb.ack_id, message)
+
+
+@dataclass(frozen=True)
+class _Pulled:
+    """What the runner's read gets from :meth:`_FastPull.pull` (a ``PullResponse``'s shape)."""
+
+    received_messages: list[_Received]
+
+
 class SubscriptionGone(RuntimeError):
     """The subscription a local job reads was deleted (or its emulator restarted)."""
 
@@ -99,12 +145,10 @@ class _Prefetcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def take(self, wait_s: float) -> Any:
-        """Every message pulled since the last take (a ``PullResponse``; empty after ``wait_s``
-        without any, or as soon as another subscription's arrive: the condition is shared);
-        raises what stopped the pulls."""
-        from google.cloud.pubsub_v1.types import PullResponse
-
+    def take(self, wait_s: float) -> _Pulled:
+        """Every message pulled since the last take (empty after ``wait_s`` without any, or as
+        soon as another subscription's arrive: the condition is shared); raises what stopped
+        the pulls."""
         with _ARRIVED:
             if not self._held and self._error is None and wait_s > 0:
                 self._wait(wait_s)
@@ -112,7 +156,7 @@ class _Prefetcher:
                 raise self._error  # every later take fails the same way
             held, self._held = self._held, []
             _ARRIVED.notify_all()
-        return PullResponse(received_messages=held)
+        return _Pulled(held)
 
     def stop(self) -> None:
         with _ARRIVED:
@@ -128,7 +172,7 @@ class _Prefetcher:
                 if self._stopped:
                     return
             try:
-                received = list(self._pull().received_messages)
+                received = [_Received.of(m) for m in self._pull().received_messages]
             except BaseException as exc:  # handed to the runner's thread, which fails the job
                 with _ARRIVED:
                     self._error = exc

@@ -114,10 +114,10 @@ class StageCpu:
     store clients called synchronously), as the total ``cpu_us_<stage>``.
 
     A DoFn times its work with :meth:`start` / :meth:`stop` (``time.thread_time_ns``, about
-    0.4 µs a pair on the dev VM) and calls :meth:`report` in ``finish_bundle``: one quiet add
-    to :data:`TOTALS` per bundle. What the runner does between the calls (decoding, moving
-    elements between steps, state and timers) is not counted: that is the runner's share of the
-    process's CPU time.
+    0.5 µs a reading on the dev VM) and calls :meth:`report` in ``finish_bundle``: one quiet
+    add to :data:`TOTALS` per bundle. Beam's work inside those calls (a keyed state's read and
+    write) counts with the stage; what the runner does between them (decoding, moving elements
+    between steps, committing bundles, timers) is the runner's share of the process's CPU time.
     """
 
     def __init__(self, stage: str) -> None:

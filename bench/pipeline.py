@@ -248,6 +248,8 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
         after = parse_totals(log.read_text())
     finally:
         lj.stop(job)
+    if not outputs.messages:
+        raise RuntimeError(f"{kind}: no output in the measured phase (too few transactions?)")
     last = max(outputs.messages, key=lambda m: m.publish_time.timestamp())
     finished = last.publish_time.timestamp()
     if kind == "full":

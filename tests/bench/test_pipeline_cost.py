@@ -1,0 +1,42 @@
+"""The pipeline benchmark's cost keys from two runs' figures, and the process CPU probe."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench.pipeline import Run, cost_metrics, cpu_seconds
+
+
+def test_cost_per_million_from_the_runs_totals():
+    totals = {
+        "cpu_us_customer_features": 300_000,  # 0.3 s
+        "cpu_us_score": 100_000,  # 0.1 s
+        "bigtable_mutate_rows": 4,
+        "bigtable_rows_mutated": 3_900,
+        "bigtable_read_rows": 1,
+        "bigtable_rows_read": 50,
+        "feature_lookups": 2,
+        "states_from_store": 3,
+        "states_missing_from_store": 1,
+    }
+    full = Run(events=4_000, seconds=4.0, transactions=2_000, cpu_s=1.2, totals=totals)
+    passthrough = Run(events=4_000, seconds=2.0, transactions=2_000, cpu_s=0.5, totals={})
+    m = cost_metrics(full, passthrough)
+    assert full.events_per_s == 1_000.0
+    assert m["job_cpu_s_per_million"] == pytest.approx(200.0)  # 0.4 s over 2,000 tx
+    assert m["runner_cpu_s_per_million"] == pytest.approx(400.0)
+    assert m["process_cpu_s_per_million"] == pytest.approx(600.0)
+    assert m["passthrough_cpu_s_per_million"] == pytest.approx(250.0)
+    assert m["job_cpu_us_per_tx_by_stage"] == {"customer_features": 150.0, "score": 50.0}
+    assert m["bigtable_writes_per_million"] == 2_000
+    assert m["bigtable_rows_mutated_per_million"] == 1_950_000
+    assert m["bigtable_reads_per_million"] == (1 + 2 + 3 + 1) * 500
+    assert m["bigtable_rows_read_per_million"] == 25_000
+
+
+def test_cpu_seconds_of_a_process_grow_with_its_work():
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(3_000_000))
+    assert cpu_seconds(os.getpid()) > before

@@ -10,8 +10,10 @@ and not yet seen. It runs at a lower CPU priority than the job (:data:`READER_NI
 is started with ``spawn``: a program calling :func:`bench_freshness` keeps its own start-up under
 ``if __name__ == "__main__":``.
 
-- **World.** Synthetic transactions over :data:`DAYS` days ending yesterday (Feast's ttl is
-  wall-clock, so every stored card row is live) and a ``default`` model trained on them.
+- **World.** The pipeline benchmark's live stream (:func:`bench.pipeline.world`): synthetic
+  transactions at one density over the last days up to now (Feast's ttl is wall-clock, so every
+  stored card row is live), the replay starting after a week and a day of history so that the
+  labels of a week earlier interleave with it, and a ``default`` model trained on them.
 - **Replay.** ``warm`` transactions published at once (the job's first bundles load the kernels,
   the model and Feast), then the measured ones with their labels at ``rate`` events/s (labels
   interleaved, none trailing after the last transaction).
@@ -56,20 +58,15 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 
-from features import presets
-from features.backfill import backfill
-from features.synthetic import transactions
-from features.table import event_times_ns, validate
+from bench.pipeline import SPEC, World, world
+from features.table import event_times_ns
 from streaming.local import emulators as emu
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
 from streaming.schema import count_scored
 from streaming.store.names import view_name
-from training import model as models
-from training.registry import Registry, model_meta
 
-SPEC = presets.DEFAULT
 CARD = next(e for e in SPEC.entities if e.key == "CUSTOMER_ID")
 FEATURE = SPEC.entity_names(CARD)[0]
 """The one feature the reader asks for (the row, and its event timestamp, is read whole)."""
@@ -79,10 +76,6 @@ WARM = 400
 INTERVAL_S = 0.010
 READER_NICENESS = 10
 """How far below the job's CPU priority the reader runs (``os.nice``)."""
-DAYS = 30
-CUSTOMERS = 800
-TERMINALS = 600
-TREES = 50
 PRESENT = 1  # feast.serving FieldStatus.PRESENT
 BREAKDOWN = ("pull", "features", "store", "alert", "freshness")
 Metrics = dict[str, float | int | str | None]
@@ -280,21 +273,6 @@ def read_cards(
 # ---------------------------------------------------------------------- the run
 
 
-def world(root: Path, n: int) -> tuple[pd.DataFrame, Path]:
-    """``n`` synthetic transactions over :data:`DAYS` days ending yesterday and a registry whose
-    champion is a ``default`` model trained on them."""
-    df = transactions(n=n, customers=CUSTOMERS, terminals=TERMINALS, days=DAYS, fraud_rate=0.03)
-    start = pd.Timestamp.now().floor("D") - pd.Timedelta(days=DAYS + 1)
-    df["TX_DATETIME"] += start - df["TX_DATETIME"].min().floor("D")
-    df = validate(df, SPEC)
-    X = backfill(df, SPEC)[SPEC.names].to_numpy(np.float32)
-    booster = models.train(X, df["TX_FRAUD"].to_numpy(), models.Params(TREES), device="cpu")
-    threshold = float(np.quantile(models.predict(booster, X), 0.97))
-    registry = Registry(root / "models")
-    registry.promote(registry.save(booster, model_meta(SPEC, threshold)))
-    return df, Path(registry.root)
-
-
 def _wait(count: Callable[[], int], target: int, job: Any, log: Path, timeout_s: float) -> None:
     """Poll ``count`` until it reaches ``target``; raise, with the end of the job's ``log``, if
     the job exits or time runs out."""
@@ -308,21 +286,22 @@ def _wait(count: Callable[[], int], target: int, job: Any, log: Path, timeout_s:
 
 
 def measure(
-    df: pd.DataFrame,
-    models_dir: Path,
+    world: World,
     repo: Path,
     tmp: Path,
     rate: float,
     warm: int,
     interval_s: float,
 ) -> Metrics:
-    """One job and one reader over ``df``: warm-up, measured phase at ``rate``, stop."""
+    """One job and one reader over ``world``'s replay: warm-up, measured phase at ``rate``,
+    stop."""
+    df, start = world.df, world.seen
     ids = Pseudonymiser.from_env(required=True)
     cards = ids.customers(df["CUSTOMER_ID"].to_numpy(np.int64)).tolist()
     times_ms = (event_times_ns(df) // 1_000_000).tolist()
     txids = df["TRANSACTION_ID"].tolist()
     measured = exact(df)
-    measured[:warm] = False
+    measured[: start + warm] = False
     announce = {
         t: (t, c, m) for t, c, m, ok in zip(txids, cards, times_ms, measured, strict=True) if ok
     }
@@ -331,7 +310,7 @@ def measure(
     scored = tmp / f"scored-{uuid.uuid4().hex[:6]}"
     extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 90)]
     log = tmp / f"freshness-{uuid.uuid4().hex[:6]}.log"
-    job = lj.start(lj.job_args(topics, models_dir, SPEC.name, scored, repo, extra), log)
+    job = lj.start(lj.job_args(topics, world.models_dir, SPEC.name, scored, repo, extra), log)
     spawn = multiprocessing.get_context("spawn")  # no fork of this process's gRPC clients
     requests, results = spawn.Queue(), spawn.Queue()
     reader = spawn.Process(
@@ -358,7 +337,16 @@ def measure(
     try:
         if results.get(timeout=120) != "ready":
             raise RuntimeError("the reader did not start")
-        replay(df.iloc[:warm], publish, tx, labels, delay, progress=False, trailing_labels=False)
+        replay(
+            df.iloc[: start + warm],
+            publish,
+            tx,
+            labels,
+            delay,
+            progress=False,
+            seen=start,
+            trailing_labels=False,
+        )
         publisher.flush()
         _wait(lambda: count_scored(str(scored)), warm, job, log, 300)
         live = True
@@ -370,11 +358,11 @@ def measure(
             delay,
             rate=rate,
             progress=False,
-            seen=warm,
+            seen=start + warm,
             trailing_labels=False,
         )
         publisher.flush()
-        _wait(lambda: count_scored(str(scored)), len(df), job, log, 300)
+        _wait(lambda: count_scored(str(scored)), len(df) - start, job, log, 300)
         requests.put(None)
         read = results.get(timeout=120)
         time.sleep(2)
@@ -408,7 +396,7 @@ def bench_freshness(
 
     with tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp_name:
         tmp = Path(tmp_name)
-        df, models_dir = world(tmp, warm + int(rate * seconds / 2))
+        live = world(tmp, warm + int(rate * seconds / 2))
         with (
             emu.running("pubsub", tmp / "emulators"),
             emu.running("bigtable", tmp / "emulators"),
@@ -416,7 +404,7 @@ def bench_freshness(
         ):
             repo = scratch_repo(tmp / "repo", f"bench_freshness_{uuid.uuid4().hex[:8]}")
             apply_repo("emulator", repo)
-            out = measure(df, models_dir, repo, tmp, rate, warm, interval_s)
+            out = measure(live, repo, tmp, rate, warm, interval_s)
     return {"freshness_rate_eps": rate, "freshness_interval_ms": interval_s * 1e3, **out}
 
 

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -273,18 +273,6 @@ def read_cards(
 # ---------------------------------------------------------------------- the run
 
 
-def _wait(count: Callable[[], int], target: int, job: Any, log: Path, timeout_s: float) -> None:
-    """Poll ``count`` until it reaches ``target``; raise, with the end of the job's ``log``, if
-    the job exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while (n := count()) < target:
-        if job.poll() is not None or time.monotonic() > deadline:
-            tail = "\n".join(log.read_text().splitlines()[-30:])
-            state = f"exited with {job.returncode}" if job.poll() is not None else "timed out"
-            raise RuntimeError(f"the job {state} at {n} of {target} scored rows:\n{tail}")
-        time.sleep(0.2)
-
-
 def measure(
     world: World,
     repo: Path,
@@ -348,7 +336,7 @@ def measure(
             trailing_labels=False,
         )
         publisher.flush()
-        _wait(lambda: count_scored(str(scored)), warm, job, log, 300)
+        lj.wait_for(lambda: count_scored(str(scored)), warm, job, log, 300)
         live = True
         replay(
             df,
@@ -362,7 +350,7 @@ def measure(
             trailing_labels=False,
         )
         publisher.flush()
-        _wait(lambda: count_scored(str(scored)), len(df) - start, job, log, 300)
+        lj.wait_for(lambda: count_scored(str(scored)), len(df) - start, job, log, 300)
         requests.put(None)
         read = results.get(timeout=120)
         time.sleep(2)

@@ -55,7 +55,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -249,9 +248,9 @@ def run_job(
     scored_rows = partial(count_scored, str(scored))
     try:
         feed(world.seen + warm, world.seen, None)
-        _wait(scored_rows, warm, job, log)
+        lj.wait_for(scored_rows, warm, job, log)
         feed(world.seen + warm + settle, world.seen + warm, rate)
-        _wait(scored_rows, warm + settle, job, log)
+        lj.wait_for(scored_rows, warm + settle, job, log)
         warm_totals = parse_totals(log.read_text())
         if warm_totals.get("feature_lookup_rows", 0) < scan_rows:
             raise RuntimeError(
@@ -261,7 +260,7 @@ def run_job(
         lj.drain(topics.subscriptions["alerts"], wait_s=2)
         sent.clear()
         published = feed(len(world.feed), world.seen + warm + settle, rate)
-        _wait(scored_rows, len(world.slice), job, log)
+        lj.wait_for(scored_rows, len(world.slice), job, log)
         time.sleep(2)
         alerts = lj.drain(topics.subscriptions["alerts"], wait_s=5)
     finally:
@@ -275,18 +274,6 @@ def run_job(
     rows = rows[rows["transaction_id"].isin(list(sent))]
     end_totals = parse_totals(log.read_text())
     return Run(preset, np.array(latency), published, warm_totals, end_totals, rows)
-
-
-def _wait(count: Callable[[], int], target: int, job, log: Path, timeout_s: float = 300) -> None:
-    """Poll ``count`` until it reaches ``target``; raise, with the end of the job's ``log``,
-    if the job exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while (n := count()) < target:
-        if job.poll() is not None or time.monotonic() > deadline:
-            tail = "\n".join(log.read_text().splitlines()[-30:])
-            state = f"exited with {job.returncode}" if job.poll() is not None else "timed out"
-            raise RuntimeError(f"the job {state} at {n} of {target} scored rows:\n{tail}")
-        time.sleep(0.2)
 
 
 def as_training(world: World, run: Run, measured: pd.DataFrame) -> float:

@@ -12,7 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,25 @@ def start(
     command = [sys.executable, "-m", *module, *args]
     environ = dict(os.environ) if env is None else env
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=cwd)
+
+
+def wait_for(
+    count: Callable[[], int],
+    target: int,
+    job: subprocess.Popen,
+    log_path: Path | str,
+    timeout_s: float = 300.0,
+    what: str = "scored rows",
+) -> None:
+    """Poll ``count`` until it reaches ``target``; ``RuntimeError`` with the end of the job's
+    log if the job exits first or ``timeout_s`` runs out."""
+    deadline = time.monotonic() + timeout_s
+    while (n := count()) < target:
+        if job.poll() is not None or time.monotonic() > deadline:
+            tail = "\n".join(Path(log_path).read_text().splitlines()[-30:])
+            state = f"exited with {job.returncode}" if job.poll() is not None else "timed out"
+            raise RuntimeError(f"the job {state} at {n} of {target} {what}:\n{tail}")
+        time.sleep(0.2)
 
 
 def stop(job: subprocess.Popen, timeout_s: float = 60.0) -> int:

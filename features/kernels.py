@@ -190,16 +190,22 @@ NS_PER_HOUR = 3_600 * 10**9
 
 
 @njit(cache=True, inline="always")
-def _calendar_value(kind, t):
-    """Weekend (kind 0), night (1: hour <= 6) or hour (2) of naive ns time t.
+def _calendar_row(kinds, t, out, i, col0):
+    """``out[i, col0 + k]`` = weekend (kind 0), night (1: hour <= 6) or hour (2) of naive ns
+    time t, for each ``kinds[k]``.
 
     Integer floor division is exact; 1970-01-01 was a Thursday (Monday = 0).
     """
     days = t // NS_PER_DAY
-    if kind == 0:
-        return 1.0 if (days + 3) % 7 >= 5 else 0.0
     hour = (t - days * NS_PER_DAY) // NS_PER_HOUR
-    return float(hour) if kind == 2 else (1.0 if hour <= 6 else 0.0)
+    for k in range(kinds.shape[0]):
+        kind = kinds[k]
+        if kind == 0:
+            out[i, col0 + k] = 1.0 if (days + 3) % 7 >= 5 else 0.0
+        elif kind == 2:
+            out[i, col0 + k] = float(hour)
+        else:
+            out[i, col0 + k] = 1.0 if hour <= 6 else 0.0
 
 
 @njit(cache=True)
@@ -207,16 +213,14 @@ def calendar(kinds, times, out, col0):
     """``out[i, col0 + k]`` = calendar feature ``kinds[k]`` of ``times[i]`` (serial: the
     stream calls this per transaction, where starting a parallel region costs milliseconds)."""
     for i in range(times.shape[0]):
-        for k in range(kinds.shape[0]):
-            out[i, col0 + k] = _calendar_value(kinds[k], times[i])
+        _calendar_row(kinds, times[i], out, i, col0)
 
 
 @njit(cache=True, parallel=True)
 def calendar_parallel(kinds, times, out, col0):
     """:func:`calendar` for whole histories."""
     for i in prange(times.shape[0]):
-        for k in range(kinds.shape[0]):
-            out[i, col0 + k] = _calendar_value(kinds[k], times[i])
+        _calendar_row(kinds, times[i], out, i, col0)
 
 
 @njit(cache=True)

@@ -84,6 +84,37 @@ def calendar(kind: Calendar, times_ns: np.ndarray) -> np.ndarray:
     return out[:, 0]
 
 
+@dataclass(frozen=True, eq=False)
+class DerivedPlan:
+    """A spec's raw, calendar and ratio columns as positions in its feature matrix."""
+
+    raw: tuple[tuple[int, str], ...]  # (output column, source column)
+    calendar_kinds: np.ndarray  # kernel codes, output columns from len(raw)
+    ratios: tuple[tuple[int, int, str], ...]  # (output column, denominator column, numerator)
+
+    @classmethod
+    def of(cls, spec: FeatureSpec) -> DerivedPlan:
+        """The plan of ``spec``, built once per spec object (the stream asks per micro-batch)."""
+        hit = _DERIVED.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        position = {name: i for i, name in enumerate(spec.names)}
+        first = len(spec.stream_names) - len(spec.ratios)
+        plan = cls(
+            raw=tuple((j, col.name) for j, col in enumerate(spec.raw)),
+            calendar_kinds=np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64),
+            ratios=tuple(
+                (j, position[r.aggregate.name(spec.label_delay)], r.column.name)
+                for j, r in enumerate(spec.ratios, start=first)
+            ),
+        )
+        _DERIVED[id(spec)] = (spec, plan)  # the spec is kept alive: its id is not reused
+        return plan
+
+
+_DERIVED: dict[int, tuple[FeatureSpec, DerivedPlan]] = {}
+
+
 def fill_derived(
     spec: FeatureSpec, out: np.ndarray, times_ns: np.ndarray, raw: dict[str, np.ndarray]
 ) -> None:
@@ -92,17 +123,15 @@ def fill_derived(
     The entity columns must already hold the kernels' output (see ``EntityPlan.offset``): ratios
     read them. Backfill and streaming both call this, so derived features are identical.
     """
-    for j, col in enumerate(spec.raw):
-        out[:, j] = raw[col.name]
-    kinds = np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64)
+    plan = DerivedPlan.of(spec)
+    for j, name in plan.raw:
+        out[:, j] = raw[name]
     fill = kernels.calendar_parallel if len(times_ns) >= _PARALLEL_ROWS else kernels.calendar
-    fill(kinds, np.ascontiguousarray(times_ns, np.int64), out, len(spec.raw))
-    position = {name: i for i, name in enumerate(spec.names)}
-    first = len(spec.stream_names) - len(spec.ratios)
-    for j, ratio in enumerate(spec.ratios, start=first):
-        denom = out[:, position[ratio.aggregate.name(spec.label_delay)]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[:, j] = np.where(denom != 0, raw[ratio.column.name] / denom, np.nan)
+    fill(plan.calendar_kinds, np.ascontiguousarray(times_ns, np.int64), out, len(plan.raw))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j, denominator, numerator in plan.ratios:
+            denom = out[:, denominator]
+            out[:, j] = np.where(denom != 0, raw[numerator] / denom, np.nan)
 
 
 def lateness_ns(max_lateness: timedelta) -> int:

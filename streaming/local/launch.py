@@ -22,6 +22,9 @@ def run_local(
     """Run the job on the local runner ``argv`` names (default: ``BundleBasedDirectRunner``)
     with the patches of :mod:`streaming.local.runner`, until it is stopped; Ctrl-C or SIGTERM
     cancels it."""
+    # A shell starts background jobs (``cmd &``, nohup) with SIGINT ignored, and Python keeps
+    # an ignored SIGINT: restore Ctrl-C's KeyboardInterrupt, the job's documented stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tune_local_runner()
     p = beam.Pipeline(options=pipeline_options(argv))
     build_fn(p, p.options)

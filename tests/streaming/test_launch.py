@@ -1,0 +1,45 @@
+"""``run_local`` stops on SIGINT even where its parent started it with SIGINT ignored, as a
+shell does for a background job (``cmd &``, nohup): the local job's stop is Ctrl-C's signal."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from google.cloud import pubsub_v1
+
+from streaming.local import job_process as lj
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_a_job_started_with_sigint_ignored_stops_on_sigint(pubsub_emulator, tmp_path: Path):
+    topics = lj.Topics.create("launch")
+    args = ["--transactions_subscription", topics.subscriptions["tx"],
+            "--labels_subscription", topics.subscriptions["labels"],
+            "--alerts_topic", topics.topics["alerts"]]  # fmt: skip
+    log_path = tmp_path / "job.log"
+    with open(log_path, "w") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "bench.pipeline", "passthrough", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_ignore_sigint,
+        )
+    try:
+        publisher = pubsub_v1.PublisherClient()
+        copied: list = []
+        deadline = time.monotonic() + 120
+        while not copied:  # the pass-through copies what it reads: then it runs
+            assert job.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job copied nothing within 120 s"
+            publisher.publish(topics.topics["tx"], b"ping").result()
+            copied = lj.drain(topics.subscriptions["alerts"], wait_s=2)
+    finally:
+        code = lj.stop(job, timeout_s=30)
+    assert code == 0, log_path.read_text()[-3000:]

@@ -13,6 +13,8 @@ from google.cloud import pubsub_v1
 
 from streaming.local import job_process as lj
 
+ROOT = Path(__file__).resolve().parents[2]  # where ``python -m bench.pipeline`` resolves
+
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -29,6 +31,7 @@ def test_a_job_started_with_sigint_ignored_stops_on_sigint(pubsub_emulator, tmp_
             [sys.executable, "-m", "bench.pipeline", "passthrough", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=ROOT,
             preexec_fn=_ignore_sigint,
         )
     try:

@@ -19,6 +19,15 @@ from features.incremental import Status
 from streaming.job.entity_state import arrival_key
 from streaming.schema import Label, Transaction, time_ns
 
+TX = {
+    "TRANSACTION_ID": 17,
+    "TX_DATETIME": "2018-04-01T07:19:05",
+    "CUSTOMER_ID": 5,
+    "TERMINAL_ID": 33,
+    "TX_AMOUNT": 57.16,
+}
+"""One valid transaction message, as a producer sends it."""
+
 SPEC = presets.BASELINE
 
 

@@ -14,17 +14,10 @@ from apache_beam.transforms.window import TimestampedValue as Stamped
 from streaming.job.common import NAMESPACE
 from streaming.job.parse import ParseAndValidate
 from streaming.schema import Label, Transaction, parse_label, parse_transaction, time_ns
-from tests.streaming.job.stages import batch_pipeline
+from tests.streaming.job.stages import TX, batch_pipeline
 
 NOW = 1_700_000_000.0
 NOW_ISO = "2023-11-14T22:13:20+00:00"
-TX = {
-    "TRANSACTION_ID": 17,
-    "TX_DATETIME": "2018-04-01T07:19:05",
-    "CUSTOMER_ID": 5,
-    "TERMINAL_ID": 33,
-    "TX_AMOUNT": 57.16,
-}
 LABEL = {k: v for k, v in TX.items() if k != "TX_AMOUNT"} | {
     "LABEL_DATETIME": "2018-04-08T07:19:05",
     "TX_FRAUD": 1,

@@ -13,14 +13,7 @@ from streaming.job.entity_state import FeatureRow
 from streaming.job.parse import _Parse
 from streaming.job.scoring import BoosterHandler
 from streaming.schema import Transaction, parse_transaction
-
-TX = {
-    "TRANSACTION_ID": 17,
-    "TX_DATETIME": "2018-04-01T07:19:05",
-    "CUSTOMER_ID": 5,
-    "TERMINAL_ID": 33,
-    "TX_AMOUNT": 57.16,
-}
+from tests.streaming.job.stages import TX
 
 
 def test_a_stage_adds_its_cpu_time_once_per_bundle(monkeypatch):

@@ -336,6 +336,10 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="transactions topic (id or projects/P/topics/T)")  # fmt: skip
     p.add_argument("--labels_topic", "--labels-topic", required=True, help="labels topic")
     p.add_argument("--label_delay_days", "--label-delay-days", type=float, default=7.0)
+    p.add_argument("--ordering_key", "--ordering-key", default=None, metavar="KEY",
+                   help="publish every message with this Pub/Sub ordering key: each topic's "
+                   "messages reach Pub/Sub in order (one batch at a time, about 1 MB/s); "
+                   "without it, concurrent batches can overtake each other")  # fmt: skip
     p.set_defaults(func=_run_replay)
 
 
@@ -356,6 +360,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         args.rate,
         args.speedup,
         args.label_delay_days,
+        args.ordering_key,
     )
     return 0
 

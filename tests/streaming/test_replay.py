@@ -75,6 +75,8 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
         topics["labels"],
         "--start",
         "2018-04-03",
+        "--ordering_key",
+        "history",
     ]
     assert main(args) == 0
     received = {}
@@ -92,6 +94,44 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
     expected = int((transactions(n=120, days=10)["TX_DATETIME"] >= "2018-04-03").sum())
     assert len(received["tx"]) == len(received["labels"]) == expected
     assert all(parse_label(m.data).fraud in (0, 1) for m in received["labels"])
+    assert {m.ordering_key for k in received for m in received[k]} == {"history"}
+    ids = [parse_transaction(m.data).transaction_id for m in received["tx"]]
+    assert ids == sorted(ids), "published under one ordering key, received in order"
+
+
+def test_with_an_ordering_key_a_slow_producers_batches_arrive_in_order(
+    pubsub_emulator, unique_name
+):
+    """A producer slower than the client's 10 ms batch latency splits its messages into many
+    batches; under an ordering key the client sends them one at a time, in publish order."""
+    import time
+
+    from google.cloud import pubsub_v1
+
+    project, n = "demo-project", 600
+    topic, sub = unique_name("ordered"), unique_name("ordered-sub")
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=publisher.topic_path(project, topic))
+    sub = subscriber.subscription_path(project, sub)
+    subscriber.create_subscription(name=sub, topic=publisher.topic_path(project, topic))
+    publish = Publisher(project, ordering_key="card-42")
+    assert publish.client.publisher_options.enable_message_ordering
+    for i in range(n):
+        publish(topic, str(i).encode(), {"id": str(i)})
+        if i % 5 == 0:
+            time.sleep(0.003)  # past the batch latency now and then: a new batch
+    publish.flush()
+    got = []
+    for _ in range(50):
+        response = subscriber.pull(subscription=sub, max_messages=1000, timeout=10)
+        got += [m.message for m in response.received_messages]
+        subscriber.acknowledge(
+            subscription=sub, ack_ids=[m.ack_id for m in response.received_messages]
+        )
+        if len(got) >= n:
+            break
+    assert [int(m.data) for m in got] == list(range(n))
+    assert {m.ordering_key for m in got} == {"card-42"}
 
 
 def test_the_publisher_leaves_its_window_to_the_clients_flow_control(monkeypatch):

@@ -304,6 +304,16 @@ class FeatureSpec:
         )
 
     @cached_property
+    def label_names(self) -> list[str]:
+        """The stream features aggregated over a label column (and ratios to them). Whether a
+        label reaches the stream before or after a transaction can change these; it cannot
+        change any other feature."""
+        aggs = [a for a in self.aggregates if a.column.is_label]
+        return [a.name(self.label_delay) for a in aggs] + [
+            r.name(self.label_delay) for r in self.ratios if r.aggregate in aggs
+        ]
+
+    @cached_property
     def lookup_names(self) -> list[str]:
         """The looked-up features, after the stream's: each lookup's stored values, then every
         lookup's derived deviations."""

@@ -288,10 +288,15 @@ def _run_emulators(feed: pd.DataFrame, events: pd.DataFrame, history: pd.DataFra
 
 
 IN_ORDER_GROUP = 100
-"""Messages the replay publishes before it waits until Pub/Sub has accepted them. The client
-sends its batches (of at most 100 messages, 10 ms) concurrently, so a later batch can overtake
-an earlier one, and the job would see those transactions out of order (scored without the
-events they overtook); with one group in flight the feed reaches Pub/Sub in order."""
+"""Messages the replay publishes before it waits until Pub/Sub has accepted them. Each topic's
+messages go out in order under one ordering key (:data:`ORDERING_KEY`), but transactions and
+labels are two topics, sent concurrently: waiting after each group keeps one topic from running
+more than a group ahead of the other."""
+
+ORDERING_KEY = "fraudstream-demo"
+"""The replay's Pub/Sub ordering key: without one the client sends a topic's batches
+concurrently and a later batch can overtake an earlier one, so the job would score those
+transactions without the ones they overtook."""
 
 
 def _follow(job: subprocess.Popen, topics: lj.Topics, feed: pd.DataFrame, events: pd.DataFrame,
@@ -301,7 +306,7 @@ def _follow(job: subprocess.Popen, topics: lj.Topics, feed: pd.DataFrame, events
     scored (or nothing moved for 120 s after the replay); the alerts and dead letters."""
     from streaming.local.replay import Publisher, replay
 
-    publisher = Publisher(lj.PROJECT)
+    publisher = Publisher(lj.PROJECT, ordering_key=ORDERING_KEY)
 
     def publish(topic: str, data: bytes, attrs: dict[str, str]) -> None:
         publisher(topic, data, attrs)
@@ -436,6 +441,8 @@ def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, outc
     training = backfill(df, spec)[spec.names].to_numpy(np.float64)[len(df) - len(events) :]
     training = training[truth.index.get_indexer(scored.index)]  # the scored rows' training rows
     looked_up = training[:, len(spec.stream_names) :]
+    unlabelled = [n for n in spec.names if n not in spec.label_names]
+    unlabelled_at = [spec.names.index(n) for n in unlabelled]
     offline = model_lib.predict(champion.booster, training.astype(np.float32))
     offline_cp = card_precision_at_k(days, rows["CUSTOMER_ID"].to_numpy(),
                                      rows["TX_FRAUD"].to_numpy(), offline)  # fmt: skip
@@ -454,6 +461,10 @@ def summarise(df: pd.DataFrame, events: pd.DataFrame, scored: pd.DataFrame, outc
         "cp_at_100_offline": round(offline_cp, 4),
         "scores_equal_offline": int((scored["score"].to_numpy() == offline).sum()),
         "features_equal_training": int(same_bits(scored[spec.names].to_numpy(), training).sum()),
+        # all but the label features: with the transactions delivered in order, every row
+        "features_equal_training_but_labels": int(
+            same_bits(scored[unlabelled].to_numpy(), training[:, unlabelled_at]).sum()
+        ),
         # the looked-up columns alone: they do not depend on the order Pub/Sub delivers events in
         "lookups_equal_training": (
             int(same_bits(scored[spec.lookup_names].to_numpy(), looked_up).sum())

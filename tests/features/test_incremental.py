@@ -222,3 +222,29 @@ def test_searching_back_from_the_newest_event_finds_what_binary_search_finds():
         times = np.sort(rng.integers(0, 30, 64))
         n, t = int(rng.integers(0, 65)), int(rng.integers(-2, 33))
         assert search(times, n, t) == np.searchsorted(times[:n], t, side="right")
+
+
+@pytest.mark.parametrize("preset", ["baseline", "enriched"])
+def test_labels_delivered_late_change_only_the_label_features(preset):
+    """Every label held back until after the last transaction (the worst race between a labels
+    subscription and a transactions one): the label features of some rows change, no other
+    feature of any row does."""
+    from features.stream import with_labels
+    from features.synthetic import transactions
+
+    spec = presets.get(preset)
+    events = with_labels(transactions(n=3_000, days=60, customers=80, terminals=60), spec)
+    tx_last = np.flatnonzero(events.kind == KIND_TX)[-1]
+    late = np.concatenate([np.flatnonzero(events.kind == KIND_TX),
+                           np.flatnonzero(events.kind == KIND_LABEL)])  # fmt: skip
+    features = {}
+    for name, order in (("in order", np.arange(tx_last + 1)), ("labels late", late)):
+        part = events[order]
+        f, _ = IncrementalEngine(spec).process(part)
+        tx = part.kind == KIND_TX
+        features[name] = f[tx][np.argsort(part.transaction_id[tx]), : len(spec.stream_names)]
+    is_label = np.isin(spec.stream_names, spec.label_names)
+    a, b = features["in order"], features["labels late"]
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    assert same[:, ~is_label].all()
+    assert not same[:, is_label].all(), "labels late must change some label feature"

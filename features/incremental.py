@@ -216,6 +216,43 @@ class EntityStore:
         return kernels.HEADER + 2 * self.n_slots + 2 * self.n_slots * self.n_cols
 
 
+class ExportedStates:
+    """One entity type's events applied one at a time to exported states (:meth:`EntityStore.export`
+    bytes), the form a keyed stream step keeps per key: one kernel call per event and no store.
+    The results equal restoring the state into an :class:`EntityStore`, processing the event and
+    exporting it again, bit for bit."""
+
+    def __init__(self, plan: EntityPlan, max_lateness: timedelta) -> None:
+        self.plan = plan
+        self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
+        self.lateness_ns = lateness_ns(max_lateness)
+        self.n_cols = max(len(plan.columns), 1)
+        self._head = kernels.row_width(len(plan.win), self.n_cols, 0)
+
+    def apply(
+        self, key: int, blob: bytes, kind: int, time_ns: int, txid: int, vals: np.ndarray,
+        out: np.ndarray,
+    ) -> tuple[bytes, int]:  # fmt: skip
+        """Apply one event (``kind`` ``KIND_TX`` or ``KIND_LABEL``, ``vals`` 1 x the plan's
+        columns) to entity ``key``'s state ``blob`` (``b""``: none); a transaction's features go
+        to ``out`` (1 x the plan's features). Returns the new state (``b""`` while the entity
+        has none) and the event's :class:`Status` code. ``ValueError`` if ``blob`` is not a
+        state of this plan."""
+        words = np.frombuffer(blob, np.int64)
+        n_words = len(words)
+        if n_words and (
+            n_words < self._head or n_words != self._head + int(words[1]) * (2 + self.n_cols)
+        ):
+            raise ValueError(f"state of {key} does not match this spec ({n_words} words)")
+        p = self.plan
+        status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
+        exported = kernels.apply_exported(
+            words, kind, time_ns, txid, vals, p.label_cols, p.win, p.dly, p.fslot, p.fcol,
+            p.fop, p.since_prev, self.keep_ns, self.lateness_ns, out, status,
+        )  # fmt: skip
+        return exported.tobytes(), int(status[0])
+
+
 @njit(cache=True)
 def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
     """Look up each id's arena row, adding an empty state where ``create[i]``; -1 if unknown.

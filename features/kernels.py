@@ -666,3 +666,89 @@ def process(
                 out[j, n_feat] = _seconds_since(t, times[k - 1] if k > 0 else NO_TIME)
             status[j] = ST_LATE
     return event_kinds.shape[0]
+
+
+@njit(cache=True)
+def apply_exported(
+    words,
+    kind,
+    t,
+    txid,
+    vals,
+    label_columns,
+    windows_ns,
+    delays_ns,
+    feature_slot,
+    feature_column,
+    feature_op,
+    since_prev,
+    keep_ns,
+    lateness_ns,
+    out,
+    status,
+):
+    """One event applied to one entity's exported state (``EntityStore.export`` words; empty:
+    no state): :func:`process` on a scratch row restored from ``words``, then exported again.
+
+    ``vals`` (1 x C), ``out`` (1 x features) and ``status`` (1) are as in :func:`process`.
+    Returns the new exported words, or an empty array when the entity still has no state (a
+    label for an entity never seen). The same as restoring into an ``EntityStore``, processing
+    and exporting, without the store.
+    """
+    n_slots = windows_ns.shape[0]
+    n_cols = vals.shape[1]
+    width = 2 + n_cols
+    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    n = words[1] if words.shape[0] > 0 else 0  # an export holds n in the capacity word
+    cap = n + 1  # room for this event: no compaction before it, as in a store with room
+    arena = np.zeros((1, head + cap * width), np.int64)
+    row = arena[0]
+    rows = np.zeros(1, np.int64)
+    if words.shape[0] > 0:
+        row[:head] = words[:head]
+        records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+        for i in range(n):
+            records[i, 0] = words[head + i]
+            records[i, 1] = words[head + n + i]
+            for c in range(n_cols):
+                records[i, 2 + c] = words[head + 2 * n + i * n_cols + c]
+    elif kind == KIND_TX:
+        row[2] = NO_TIME  # a new entity's empty state
+    else:
+        rows[0] = -1  # a label for an entity without state
+    row[1] = cap
+    process(
+        arena,
+        rows,
+        np.full(1, kind, np.int64),
+        np.full(1, t, np.int64),
+        np.full(1, txid, np.int64),
+        vals,
+        label_columns,
+        windows_ns,
+        delays_ns,
+        feature_slot,
+        feature_column,
+        feature_op,
+        since_prev,
+        keep_ns,
+        lateness_ns,
+        out,
+        status,
+        0,
+    )
+    if rows[0] < 0:
+        return np.empty(0, np.int64)
+    if row[2] != NO_TIME:
+        compact(row, n_slots, n_cols, cap, row[2] - keep_ns)
+    n = row[0]
+    exported = np.empty(head + n * width, np.int64)
+    exported[:head] = row[:head]
+    exported[1] = n
+    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+    for i in range(n):
+        exported[head + i] = records[i, 0]
+        exported[head + n + i] = records[i, 1]
+        for c in range(n_cols):
+            exported[head + 2 * n + i * n_cols + c] = records[i, 2 + c]
+    return exported

@@ -1,8 +1,9 @@
 """Feature stages: entity state in Beam state, from transactions and labels to feature rows.
 
 The stream computes features with the same kernels as the backfill (``features/``): each entity's
-state is an :class:`~features.incremental.EntityStore` row, exported to bytes after every event
-and kept in a ``ReadModifyWriteState`` of a DoFn keyed by the entity's id.
+state is an exported :class:`~features.incremental.EntityStore` row (bytes) kept in a
+``ReadModifyWriteState`` of a DoFn keyed by the entity's id, and each event is applied to it by
+one kernel call (:class:`~features.incremental.ExportedStates`).
 
 Two orderings (:data:`ORDERINGS`):
 
@@ -46,14 +47,13 @@ from apache_beam.transforms.userstate import (
     ReadModifyWriteStateSpec,
 )
 
-from features.incremental import KIND_LABEL, KIND_TX, EntityStore, Status
+from features.incremental import KIND_LABEL, KIND_TX, ExportedStates, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
 from streaming.job.common import NAMESPACE, TOTALS
 from streaming.job.initial_states import InitialStates, StateLookup
 from streaming.schema import Label, Transaction
 
-_MAX_CACHED_ROWS = 1024  # entities a worker's scratch store holds before it is rebuilt
 NO_STATE = b"\0"
 """Beam state of an entity seen with no state to keep (no exported state is one byte long)."""
 
@@ -124,12 +124,14 @@ class EntityStateFn(beam.DoFn):
     ) -> None:
         self.plan, self.max_lateness, self.initial = plan, max_lateness, initial
         name = plan.entity.name
-        self.counters = {s: Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status}
+        self.counters = {  # by status code
+            int(s): Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status
+        }
         self.bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_loaded")
         self.not_bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_missing")
 
     def setup(self) -> None:
-        self.store = EntityStore(self.plan, self.max_lateness)  # numba state: built on the worker
+        self.states = ExportedStates(self.plan, self.max_lateness)
         self.initial_state = self.initial.lookup(self.plan.entity) if self.initial else None
 
     def teardown(self) -> None:
@@ -151,36 +153,24 @@ class EntityStateFn(beam.DoFn):
         lookup = self.initial_state if blob is None else None  # first sight: look it up
         if lookup is not None:
             blob = self._first_sight(lookup, key)
-        elif blob == NO_STATE:
+        elif blob is None or blob == NO_STATE:
             blob = b""
-        if len(self.store) >= _MAX_CACHED_ROWS or (not blob and key in self.store):
-            self.store = EntityStore(self.plan, self.max_lateness)  # no stale row for this key
-        if blob:
-            self.store.load(key, blob)
         is_tx = isinstance(event, Transaction)
         plan = self.plan
-        rows = self.store.rows_for(np.array([key], np.int64), np.array([is_tx]))
         vals = np.array([[event_value(event, c) for c in plan.columns] or [0.0]], np.float64)
         out = np.full((1, plan.n_out), np.nan)
-        status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
-        self.store.process(
-            np.array([KIND_TX if is_tx else KIND_LABEL], np.int64),
-            rows,
-            np.array([event.time_ns], np.int64),
-            np.array([event.transaction_id], np.int64),
-            vals,
-            out,
-            status,
+        kind = KIND_TX if is_tx else KIND_LABEL
+        exported, code = self.states.apply(
+            key, blob, kind, event.time_ns, event.transaction_id, vals, out
         )
-        self.counters[Status(int(status[0]))].inc()
-        exported = self.store.export(key)
+        self.counters[code].inc()
         if exported:
             state.write(exported)
         elif lookup is not None:
             state.write(NO_STATE)  # seen: not looked up again
         if not is_tx:
             return None
-        return EntityBlock(event, plan.entity.name, out[0], int(status[0]))
+        return EntityBlock(event, plan.entity.name, out[0], code)
 
 
 def feature_offsets(spec: FeatureSpec) -> dict[str, int]:

@@ -10,7 +10,7 @@ import pytest
 
 from features import presets
 from features.backfill import backfill
-from features.incremental import KIND_LABEL, KIND_TX, Batch, IncrementalEngine, Status
+from features.incremental import KIND_LABEL, KIND_TX, Batch, EntityStore, IncrementalEngine, Status
 from features.spec import CUSTOMER, TERMINAL
 
 SPEC = presets.BASELINE
@@ -248,3 +248,65 @@ def test_labels_delivered_late_change_only_the_label_features(preset):
     same = (a == b) | (np.isnan(a) & np.isnan(b))
     assert same[:, ~is_label].all()
     assert not same[:, is_label].all(), "labels late must change some label feature"
+
+
+def _through_a_store(plan, lateness, blob, key, kind, t, txid, vals):
+    """Reference for :class:`ExportedStates`: restore into a store, process, export."""
+    store = EntityStore(plan, lateness)
+    if blob:
+        store.load(key, blob)
+    rows = store.rows_for(np.array([key], np.int64), np.array([kind == KIND_TX]))
+    out = np.full((1, len(plan.names) + plan.since_prev), np.nan)
+    status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
+    store.process(np.array([kind]), rows, np.array([t]), np.array([txid]), vals, out, status)
+    return store.export(key), out, int(status[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("entity", [CUSTOMER, TERMINAL])
+def test_exported_states_apply_events_as_a_store_does_bit_for_bit(seed, entity):
+    """Transactions mostly in order, some late, too late or copies; labels matched, unmatched
+    and for unknown entities; buffers that grow and compact: every event's new state, features
+    and status equal the store's."""
+    from features.incremental import ExportedStates
+    from features.plan import EntityPlan
+
+    rng = np.random.default_rng(seed)
+    plan = EntityPlan.build(presets.DEFAULT, entity)
+    lateness = timedelta(days=2)
+    states, applied, reached = {}, ExportedStates(plan, lateness), set()
+    t, seen = T0, []
+    for txid in range(3_000):
+        key = int(rng.integers(0, 6)) * (2**40 + 7)  # a few entities, pseudonymised-size ids
+        roll = rng.random()
+        if roll < 0.15 and seen:  # a label of an earlier transaction (maybe another entity's)
+            tx_key, tx_t, tx_id = seen[int(rng.integers(0, len(seen)))]
+            event = (KIND_LABEL, tx_t, tx_id, tx_key if rng.random() < 0.9 else key + 1)
+        elif roll < 0.2 and seen:  # a copy of an earlier transaction
+            tx_key, tx_t, tx_id = seen[int(rng.integers(max(0, len(seen) - 20), len(seen)))]
+            event = (KIND_TX, tx_t, tx_id, tx_key)
+        else:
+            t += int(rng.exponential(0.3 * DAY))
+            when = t - int(rng.exponential(1.5 * DAY)) if rng.random() < 0.1 else t  # late
+            event = (KIND_TX, when, txid, key)
+            seen.append((key, when, txid))
+        kind, when, tx_id, key = event
+        vals = np.array([[float(rng.gamma(2, 40)), float(rng.random() < 0.3)]])
+        vals = vals[:, : max(len(plan.columns), 1)]
+        blob = states.get(key, b"")
+        want_state, want_out, want_status = _through_a_store(
+            plan, lateness, blob, key, kind, when, tx_id, vals
+        )
+        out = np.full_like(want_out, np.nan)
+        got_state, got_status = applied.apply(key, blob, kind, when, tx_id, vals, out)
+        assert (got_state, got_status) == (want_state, want_status)
+        np.testing.assert_array_equal(out.view(np.int64), want_out.view(np.int64))
+        if got_state:
+            states[key] = got_state
+        reached.add(Status(got_status))
+    labels = (
+        {Status.LABEL_APPLIED, Status.LABEL_UNKNOWN_ENTITY}
+        if plan.label_cols.size
+        else {Status.LABEL_NOT_USED}
+    )
+    assert reached >= {Status.OK, Status.LATE, Status.TOO_LATE, Status.DUPLICATE} | labels

@@ -9,8 +9,10 @@
   ``attempt_timeout_s``. Once the budget is spent they raise
   :class:`~google.api_core.exceptions.RetryError` naming the operation and the endpoint, the
   last error as its cause; other errors are raised at once.
-* The data path retries the same errors (:data:`RETRYABLE`) through the data client's own
-  ``retryable_errors``; :func:`final_cause` and :func:`missing_table` read what it raises.
+* The data path retries the same errors (:data:`RETRYABLE`): feature writes through
+  :mod:`.mutate` (:func:`call_with_retries`), reads and the state table through the data
+  client's own ``retryable_errors``; :func:`final_cause` and :func:`missing_table` read what
+  that raises.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from feast.utils import _get_table_entity_values
 from google.api_core import exceptions as gexc
 from pydantic import PositiveFloat, PositiveInt, StrictStr, field_validator
 
-from streaming.store.bigtable import admin, codec
+from streaming.store.bigtable import admin, codec, mutate
 from streaming.store.bigtable import feast_wire as wire
 
 logger = logging.getLogger(__name__)
@@ -247,8 +247,6 @@ class BigtableOnlineStore(OnlineStore):
         All views go in the same MutateRows requests (one per ``rows_per_write`` rows). A
         key repeated in a batch keeps its newest row (the last one among equal times).
         """
-        from google.cloud.bigtable.data import RowMutationEntry, SetCell
-
         cells: dict[bytes, dict[bytes, tuple[int, bytes]]] = {}
         for view, keys, times, values in batches:
             tag, names = self._layout(view)
@@ -264,13 +262,7 @@ class BigtableOnlineStore(OnlineStore):
                 if previous is None or previous[0] <= t:
                     row_cells[qualifier] = (t, codec.pack(tag, t, row))
         entries = [
-            RowMutationEntry(
-                key,
-                [
-                    SetCell(codec.FAMILY, q, value, timestamp_micros=t - t % 1000)
-                    for q, (t, value) in c.items()
-                ],
-            )
+            mutate.set_cells(key, codec.FAMILY, [(q, t - t % 1000, v) for q, (t, v) in c.items()])
             for key, c in cells.items()
         ]
         step = config.online_store.rows_per_write
@@ -399,31 +391,25 @@ class BigtableOnlineStore(OnlineStore):
             return []
 
     def _mutate(self, config: RepoConfig, entries: list[Any]) -> None:
-        from google.cloud.bigtable.data.exceptions import MutationsExceptionGroup
-
+        """MutateRows of plain entries (:mod:`.mutate`), retried within the budget; a table
+        that vanished is recreated once when ``recreate_missing_table`` says so."""
         settings = config.online_store
         table_id = codec.table_name(config.project)
+        what = f"Bigtable: write to table {table_id!r} ({admin.endpoint(settings)})"
         for attempt in (1, 2):
-            self.write_rpcs += 1
-            _count("bigtable_mutate_rows")
-            _count("bigtable_rows_mutated", len(entries))
+            send = mutate.gapic_send(self._table(config), settings.attempt_timeout_s)
             try:
-                self._table(config).bulk_mutate_rows(
-                    entries,
-                    operation_timeout=settings.operation_timeout_s,
-                    attempt_timeout=settings.attempt_timeout_s,
-                    retryable_errors=admin.RETRYABLE,
-                )
-                return
-            except MutationsExceptionGroup as group:
-                causes = [admin.final_cause(e) for e in group.exceptions]
-                table_gone = all(isinstance(c, gexc.NotFound) for c in causes)
-                if not table_gone:
-                    raise
+                calls = mutate.mutate_rows(send, entries, settings.operation_timeout_s, what)
+            except gexc.NotFound as gone:
                 if attempt == 2 or not settings.recreate_missing_table:
-                    raise _missing_table(config) from group
+                    raise _missing_table(config) from gone
                 logger.warning("table %s vanished: recreating it", table_id)
                 self._table_admin(config).ensure(table_id, codec.FAMILY)
+            else:
+                self.write_rpcs += calls
+                _count("bigtable_mutate_rows", calls)
+                _count("bigtable_rows_mutated", len(entries))
+                return
 
     def _table(self, config: RepoConfig) -> Any:
         """The data client's table of the project (a test and benchmark probe too)."""

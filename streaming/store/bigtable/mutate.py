@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -31,23 +32,28 @@ Send = Callable[[Sequence[Any]], Iterable[Answer]]
 
 
 @functools.cache
-def _types() -> tuple[Any, Any, Any, Any]:
-    """MutateRowsRequest (proto-plus), and the plain request, entry and mutation classes."""
+def _messages() -> SimpleNamespace:
+    """The proto-plus request and response classes, and the plain entry and mutation classes."""
     from google.cloud.bigtable_v2.types import bigtable, data
 
     request = bigtable.MutateRowsRequest
-    return request, request.pb(), request.Entry.pb(), data.Mutation.pb()
+    return SimpleNamespace(
+        request=request,
+        response=bigtable.MutateRowsResponse,
+        entry=request.Entry.pb(),
+        mutation=data.Mutation.pb(),
+    )
 
 
 def set_cells(key: bytes, family: str, cells: Iterable[tuple[bytes, int, bytes]]) -> Any:
     """A plain ``MutateRowsRequest.Entry`` setting ``(qualifier, timestamp µs, value)`` cells of
     row ``key`` in ``family``."""
-    _, _, entry, mutation = _types()
-    return entry(
+    m = _messages()
+    return m.entry(
         row_key=key,
         mutations=[
-            mutation(
-                set_cell=mutation.SetCell(
+            m.mutation(
+                set_cell=m.mutation.SetCell(
                     family_name=family, column_qualifier=q, timestamp_micros=t, value=v
                 )
             )
@@ -57,20 +63,17 @@ def set_cells(key: bytes, family: str, cells: Iterable[tuple[bytes, int, bytes]]
 
 
 def gapic_send(table: Any, attempt_timeout_s: float) -> Send:
-    """:data:`Send` through a data-client ``table``'s GAPIC client, ``attempt_timeout_s`` a
-    call, no retry of its own."""
-    request_cls, raw_request, _, _ = _types()
-    from google.cloud.bigtable_v2.types import bigtable
-
-    response_pb = bigtable.MutateRowsResponse.pb
+    """:data:`Send` through a data-client ``table``'s GAPIC client (its channel, credentials
+    and routing headers), ``attempt_timeout_s`` a call, no retry of its own."""
+    m = _messages()
     gapic = table.client._gapic_client
     path = {"table_name": table.table_name, "app_profile_id": table.app_profile_id or ""}
 
     def send(entries: Sequence[Any]) -> Iterator[Answer]:
-        request = request_cls.wrap(raw_request(entries=entries, **path))
+        request = m.request.wrap(m.request.pb()(entries=entries, **path))  # wrapped, not copied
         stream = gapic.mutate_rows(request=request, timeout=attempt_timeout_s, retry=None)
         for response in stream:
-            for e in response_pb(response).entries:
+            for e in m.response.pb(response).entries:
                 yield e.index, e.status.code, e.status.message
 
     return send

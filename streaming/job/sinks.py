@@ -9,7 +9,6 @@ loudly (DirectRunner); nothing is dropped silently.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,8 +34,6 @@ SCORED_ALLOWED_LATENESS_S = 3650 * 86_400
 watermark is the wall clock); a window's later rows go to further panes, never dropped."""
 
 
-BIGTABLE_STORE = "streaming.store.bigtable.online_store"
-"""The module of our Bigtable online store, whose RPC counts go into the totals line."""
 SCORED_SHARDS = 4
 """Files per window and firing (rows are spread by transaction id)."""
 
@@ -215,9 +212,8 @@ class _WriteFeatures(beam.DoFn):
 
     def setup(self) -> None:
         self.writer = self.open_writer()
-        bigtable = sys.modules.get(BIGTABLE_STORE)  # imported by Feast when the store is ours
-        if bigtable is not None:
-            TOTALS.watch(bigtable.rpc_counts)  # its RPCs in this process's totals line
+        if self.writer.rpc_counts is not None:
+            TOTALS.watch(self.writer.rpc_counts)  # its RPCs in this process's totals line
 
     def start_bundle(self) -> None:
         self.rows: list[Any] = []

@@ -7,7 +7,7 @@ whatever the number of events or entities. Event times are naive UTC (Feast's co
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,10 @@ class OnlineFeatures:
 
 class OnlineFeatureWriter(ABC):
     """Stores each entity's newest feature values."""
+
+    rpc_counts: Callable[[], Mapping[str, int]] | None = None
+    """What the store's client sent in this process (e.g. Bigtable calls and rows), read for
+    the job's totals line; None when the store counts nothing. One function per process."""
 
     @abstractmethod
     def write(self, batches: Sequence[EntityBatch]) -> None:

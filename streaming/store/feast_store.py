@@ -140,6 +140,7 @@ class FeastFeatureStore(OnlineFeatureReader, OnlineFeatureWriter):
                 )
         online = getattr(store._get_provider(), "online_store", None)  # no public accessor
         self._packed = online if hasattr(online, "write_arrays") else None
+        self.rpc_counts = getattr(online, "rpc_counts", None)
 
     @classmethod
     def open(

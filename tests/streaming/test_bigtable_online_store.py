@@ -115,8 +115,12 @@ def test_adapter_reads_back_exact_values_in_one_round_trip_each(store, adapter):
     written = _batches(ids, _now() - timedelta(minutes=1))
     online = _online(store)
     writes, reads = online.write_rpcs, online.read_rpcs
+    counted = adapter.rpc_counts()  # what the job's totals line reads
     adapter.write(written)
     assert online.write_rpcs == writes + 1  # both entities, one MutateRows
+    after = adapter.rpc_counts()
+    assert after["bigtable_mutate_rows"] == counted["bigtable_mutate_rows"] + 1
+    assert after["bigtable_rows_mutated"] == counted["bigtable_rows_mutated"] + 2 * len(ids)
     order = [ids[3], ids[0], ids[3], ids[1]]  # repeats are read once, returned twice
     rows = adapter.read({"CUSTOMER_ID": np.array(order), "TERMINAL_ID": np.array(order[::-1])})
     assert online.read_rpcs == reads + 1  # both views, one ReadRows

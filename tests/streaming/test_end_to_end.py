@@ -24,6 +24,7 @@ from features import presets
 from features.backfill import backfill
 from features.synthetic import transactions
 from features.table import validate
+from streaming.job.common import parse_totals
 from streaming.job.parse import dead_letter
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
@@ -139,6 +140,11 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
     assert all(d["error"] for d in parse_errors)
     assert [d["error"] for d in dead if d["stage"] == "features"] == ["DUPLICATE"] * N_DUPLICATES
     assert len(dead) == len(BAD) + N_DUPLICATES
+
+    # The job's totals line counts its Bigtable writes: every accepted row, in few calls.
+    totals = parse_totals((tmp_path / "job.log").read_text())
+    assert 0 < totals["bigtable_mutate_rows"] < N_TX
+    assert totals["bigtable_rows_mutated"] >= len(set(scored["customer_id"]))
 
     # Each customer's and terminal's newest features are readable from Bigtable, as scored.
     store = FeastFeatureStore.open(SPEC, "emulator", repo)

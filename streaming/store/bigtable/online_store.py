@@ -106,6 +106,8 @@ class BigtableOnlineStore(OnlineStore):
     Its clients are built on first use from that call's ``online_store`` settings and kept.
     """
 
+    rpc_counts = staticmethod(rpc_counts)  # every instance's RPCs, for the job's totals line
+
     def __init__(self) -> None:
         self._data_client: Any = None
         self._admin: admin.TableAdmin | None = None

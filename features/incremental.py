@@ -238,6 +238,8 @@ class ExportedStates:
         to ``out`` (1 x the plan's features). Returns the new state (``b""`` while the entity
         has none) and the event's :class:`Status` code. ``ValueError`` if ``blob`` is not a
         state of this plan."""
+        if len(blob) % 8:
+            raise ValueError(f"state of {key} is not a state ({len(blob)} bytes)")
         words = np.frombuffer(blob, np.int64)
         n_words = len(words)
         if n_words and (

@@ -310,3 +310,21 @@ def test_exported_states_apply_events_as_a_store_does_bit_for_bit(seed, entity):
         else {Status.LABEL_NOT_USED}
     )
     assert reached >= {Status.OK, Status.LATE, Status.TOO_LATE, Status.DUPLICATE} | labels
+
+
+def test_exported_states_refuse_a_state_of_another_spec_or_no_state_at_all():
+    from features.incremental import ExportedStates
+    from features.plan import EntityPlan
+
+    def applier(spec):
+        plan = EntityPlan.build(spec, CUSTOMER)
+        out = np.full((1, len(plan.names) + plan.since_prev), np.nan)
+        return ExportedStates(plan, timedelta(days=1)), out
+
+    (baseline, out_b), (default, out_d) = applier(presets.BASELINE), applier(presets.DEFAULT)
+    vals = np.array([[50.0]])
+    state, _ = baseline.apply(7, b"", KIND_TX, T0, 1, vals, out_b)
+    with pytest.raises(ValueError, match="state of 7 does not match this spec"):
+        default.apply(7, state, KIND_TX, T0 + DAY, 2, vals, out_d)
+    with pytest.raises(ValueError, match="state of 7 is not a state"):
+        default.apply(7, state[:-3], KIND_TX, T0 + DAY, 2, vals, out_d)

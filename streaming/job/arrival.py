@@ -19,7 +19,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from features.plan import EntityPlan
 from features.spec import DEFAULT_MAX_LATENESS, Entity, FeatureSpec
-from streaming.job.common import Clock, StageCpu
+from streaming.job.common import Clock
 from streaming.job.entity_state import (
     ENTITY_STATE_PARAM,
     EntityBlock,
@@ -63,7 +63,6 @@ class _ChainLink(EntityStateFn):
         self.uses_labels = len(self.plan.label_cols) > 0
         self.labels_later = any(uses_labels(spec, e) for e in after)
         self.offsets = feature_offsets(spec)
-        self.cpu = StageCpu(f"{entity.name}_features")
 
     def start_bundle(self) -> None:
         self.assembling: list[tuple[dict[str, EntityBlock], Any, Any]] = []

@@ -36,7 +36,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,7 +47,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from features.batch import LOOKUP_TTL, complete, defaults, lookup_entities, midnight
 from features.spec import FeatureSpec, to_ns
-from streaming.job.common import NAMESPACE, TOTALS, Clock
+from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu
 from streaming.job.entity_state import entity_id
 from streaming.schema import Label, Transaction
 from streaming.store.lookup import LookupReader, Scanned
@@ -190,6 +190,7 @@ class _EnrichFn(beam.DoFn):
             for e in self.entities
         }
         self.read_ms = Metrics.distribution(NAMESPACE, "feature_lookup_ms")
+        self.cpu = StageCpu("lookup")
 
     def setup(self) -> None:
         self.reader = self.open_reader()
@@ -209,13 +210,22 @@ class _EnrichFn(beam.DoFn):
         event: Transaction | Label,
         timestamp=beam.DoFn.TimestampParam,
         window=beam.DoFn.WindowParam,
-    ) -> Iterator[WindowedValue]:
+    ) -> Iterable[WindowedValue]:
         self.pending.append((event, timestamp, window))
         if len(self.pending) >= self.max_batch:
-            yield from self._flush()
+            return self._timed_flush()
+        return ()
 
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        yield from self._flush()
+    def finish_bundle(self) -> list[WindowedValue]:
+        out = self._timed_flush()
+        self.cpu.report()
+        return out
+
+    def _timed_flush(self) -> list[WindowedValue]:
+        started = self.cpu.start()
+        out = list(self._flush())
+        self.cpu.stop(started)
+        return out
 
     def _flush(self) -> Iterator[WindowedValue]:
         """The held events in their order, each transaction with its lookups."""

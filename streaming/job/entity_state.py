@@ -50,7 +50,7 @@ from apache_beam.transforms.userstate import (
 from features.incremental import KIND_LABEL, KIND_TX, ExportedStates, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
-from streaming.job.common import NAMESPACE, TOTALS
+from streaming.job.common import NAMESPACE, TOTALS, StageCpu
 from streaming.job.initial_states import InitialStates, StateLookup
 from streaming.schema import Label, Transaction
 
@@ -129,6 +129,7 @@ class EntityStateFn(beam.DoFn):
         }
         self.bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_loaded")
         self.not_bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_missing")
+        self.cpu = StageCpu(f"{name}_features")
 
     def setup(self) -> None:
         self.states = ExportedStates(self.plan, self.max_lateness)

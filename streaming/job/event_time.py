@@ -59,6 +59,7 @@ class _OrderedEntityState(EntityStateFn):
         next_flush=_NEXT_PARAM,
         flush=_FLUSH_PARAM,
     ):
+        started = self.cpu.start()
         event = element[1]
         pending.add(event)
         due = arrival_key(event)[0] // 1_000  # micros
@@ -66,6 +67,7 @@ class _OrderedEntityState(EntityStateFn):
         if current is None or due < current:
             flush.set(Timestamp(micros=due))
             next_flush.write(due)
+        self.cpu.stop(started)
 
     @on_timer(_FLUSH)
     def on_flush(
@@ -77,6 +79,7 @@ class _OrderedEntityState(EntityStateFn):
         next_flush=_NEXT_PARAM,
         flush=_FLUSH_PARAM,
     ):
+        started = self.cpu.start()
         events = sorted(pending.read(), key=arrival_key)
         limit = fired.micros
         due = [e for e in events if arrival_key(e)[0] // 1_000 <= limit]
@@ -90,10 +93,12 @@ class _OrderedEntityState(EntityStateFn):
             next_flush.write(nxt)
         else:
             next_flush.clear()
-        for event in due:
-            block = self._apply(key, event, state)
-            if block is not None:
-                yield block
+        blocks = [self._apply(key, event, state) for event in due]
+        self.cpu.stop(started)
+        return [b for b in blocks if b is not None]
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
 
 class EntityFeatures(beam.PTransform):

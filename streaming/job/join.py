@@ -15,7 +15,7 @@ from apache_beam.typehints import KV
 
 from features.incremental import Status
 from features.spec import FeatureSpec
-from streaming.job.common import Clock
+from streaming.job.common import Clock, StageCpu
 from streaming.job.entity_state import EntityBlock, assemble, feature_offsets
 
 _PARTS = ReadModifyWriteStateSpec("parts", PickleCoder())
@@ -40,9 +40,19 @@ class _Join(beam.DoFn):
     def __init__(self, spec: FeatureSpec, clock: Clock) -> None:
         self.spec, self.clock = spec, clock
         self.offsets = feature_offsets(spec)
+        self.cpu = StageCpu("join")
+
+    def finish_bundle(self) -> None:
+        self.cpu.report()
 
     def process(self, element: tuple[int, EntityBlock], parts_state=_PARTS_PARAM):
-        block = element[1]
+        started = self.cpu.start()
+        out = self._join(element[1], parts_state)
+        self.cpu.stop(started)
+        return out
+
+    def _join(self, block: EntityBlock, parts_state) -> list[Any]:
+        out = []
         pending: dict[tuple[int, bool], dict[str, list[EntityBlock]]] = parts_state.read() or {}
         join_key = (block.tx.transaction_id, block.status == Status.DUPLICATE)
         parts = pending.setdefault(join_key, {})
@@ -53,11 +63,12 @@ class _Join(beam.DoFn):
                 del pending[join_key]
             else:
                 pending[join_key] = {e: b for e, b in parts.items() if b}
-            yield assemble(self.spec, self.offsets, row, self.clock())
+            out.append(assemble(self.spec, self.offsets, row, self.clock()))
         if pending:
             parts_state.write(pending)
         else:
             parts_state.clear()
+        return out
 
 
 class JoinFeatures(beam.PTransform):

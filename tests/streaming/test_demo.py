@@ -11,6 +11,7 @@ import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
+from streaming.job.common import TOTALS, stage_cpu_us
 from streaming.local.demo import same_bits
 from streaming.pseudonymise import ENV_KEY
 
@@ -47,6 +48,7 @@ def test_the_embedded_demo_scores_every_event_as_offline_and_writes_its_report(
     history = tmp_path / "tx.parquet"
     busy_last_day().to_parquet(history)
     out = tmp_path / "demo"
+    before = stage_cpu_us(TOTALS.counts)  # the runner works in this process: its totals
     args = ["demo", "--input", str(history), "--embedded", "--events", "300",
             "--train-days", "28", "--preset", "enriched", "--out", str(out),
             "--json", str(out / "summary.json")]  # fmt: skip
@@ -61,6 +63,10 @@ def test_the_embedded_demo_scores_every_event_as_offline_and_writes_its_report(
     assert summary["cp_at_100"] == summary["cp_at_100_offline"]
     assert summary["feature_lookups"] >= 1 and summary["feature_lookup_rows"] >= 1
     assert summary["states_from_store"] == 0, "embedded: the states come from a file"
+    cpu = stage_cpu_us(TOTALS.counts)
+    timed = {stage for stage, us in cpu.items() if us > before.get(stage, 0)}
+    # the event_time ordering's stages and the lookup stage time themselves too
+    assert {"lookup", "customer_features", "terminal_features", "join", "score"} <= timed
     report = (out / "report.md").read_text()
     for png in ("scores", "alerts_per_hour", "latency", "drift"):
         assert (out / f"{png}.png").stat().st_size > 0 and f"({png}.png)" in report

@@ -541,8 +541,9 @@ def _run(config: DemoConfig, spec: FeatureSpec, df: pd.DataFrame, events: pd.Dat
     summary["source"] = source
     report(summary, scored_dir, models, out)
     print()
+    width = max(map(len, summary))
     for key, value in summary.items():
-        print(f"  {key:24s} {value}")
+        print(f"  {key:{width}s} {value}")
     if config.json_path:
         Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(config.json_path).write_text(json.dumps(summary, indent=2) + "\n")

@@ -173,47 +173,38 @@ class EntityStore:
             self._grow()
 
     def export(self, key: int) -> bytes:
-        """The compact state of one entity (for Beam state); ``b""`` if it has none.
-
-        Layout: the row's header and sums (``cap`` set to n), then times[n], txids[n] and
-        vals[n x C] (float64 bits).
-        """
+        """The compact state of one entity (for Beam state, :func:`kernels.export_row`);
+        ``b""`` if it has none."""
         row = self._row(key)
         if row < 0:
             return b""
         r = self.arena[row]
-        if r[2] != kernels.NO_TIME:
-            kernels.compact(r, self.n_slots, self.n_cols, self.cap, r[2] - self.keep_ns)
-        n, head = int(r[0]), self._head
-        header = r[:head].copy()
-        header[1] = n
-        records = r[head:].reshape(self.cap, 2 + self.n_cols)[:n]
-        parts = [header, records[:, 0], records[:, 1], records[:, 2:].ravel()]
-        return np.concatenate(parts).tobytes()
+        return kernels.export_row(r, self.n_slots, self.n_cols, self.cap, self.keep_ns).tobytes()
 
     def load(self, key: int, blob: bytes) -> None:
         """Restore one entity's state from :meth:`export`; ``ValueError`` if it does not fit."""
-        words = np.frombuffer(blob, np.int64)
-        c, head = self.n_cols, self._head
-        if len(words) < head or len(words) != kernels.row_width(self.n_slots, c, int(words[1])):
-            raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
-        n = int(words[0])
-        while n > self.cap:
+        words = state_words(key, blob, self.n_slots, self.n_cols)
+        while int(words[1]) > self.cap:
             self._grow()
         row = int(self.row_of(np.array([key]), create=True)[0])
         r = self.arena[row]
         r[:] = 0
-        r[:head] = words[:head]
-        r[1] = self.cap
-        records = r[head:].reshape(self.cap, 2 + c)
-        records[:n, 0] = words[head : head + n]
-        records[:n, 1] = words[head + n : head + 2 * n]
-        records[:n, 2:] = words[head + 2 * n :].reshape(n, c)
+        kernels.restore_row(r, words, self.n_slots, self.n_cols, self.cap)
 
-    @property
-    def _head(self) -> int:
-        """Words before the buffer: header and running sums."""
-        return kernels.HEADER + 2 * self.n_slots + 2 * self.n_slots * self.n_cols
+
+_NO_WORDS = np.empty(0, np.int64)
+
+
+def state_words(key: int, blob: bytes, n_slots: int, n_cols: int) -> np.ndarray:
+    """The words of entity ``key``'s exported state ``blob``; ``ValueError`` unless it is a
+    state of ``n_slots`` slots and ``n_cols`` columns."""
+    if len(blob) % 8:
+        raise ValueError(f"state of {key} is not a state ({len(blob)} bytes)")
+    words = np.frombuffer(blob, np.int64)
+    head = kernels.row_width(n_slots, n_cols, 0)
+    if len(words) < head or len(words) != kernels.row_width(n_slots, n_cols, int(words[1])):
+        raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
+    return words
 
 
 class ExportedStates:
@@ -226,8 +217,8 @@ class ExportedStates:
         self.plan = plan
         self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
         self.lateness_ns = lateness_ns(max_lateness)
+        self.n_slots = len(plan.win)
         self.n_cols = max(len(plan.columns), 1)
-        self._head = kernels.row_width(len(plan.win), self.n_cols, 0)
 
     def apply(
         self, key: int, blob: bytes, kind: int, time_ns: int, txid: int, vals: np.ndarray,
@@ -238,14 +229,7 @@ class ExportedStates:
         to ``out`` (1 x the plan's features). Returns the new state (``b""`` while the entity
         has none) and the event's :class:`Status` code. ``ValueError`` if ``blob`` is not a
         state of this plan."""
-        if len(blob) % 8:
-            raise ValueError(f"state of {key} is not a state ({len(blob)} bytes)")
-        words = np.frombuffer(blob, np.int64)
-        n_words = len(words)
-        if n_words and (
-            n_words < self._head or n_words != self._head + int(words[1]) * (2 + self.n_cols)
-        ):
-            raise ValueError(f"state of {key} does not match this spec ({n_words} words)")
+        words = state_words(key, blob, self.n_slots, self.n_cols) if blob else _NO_WORDS
         p = self.plan
         status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
         exported = kernels.apply_exported(

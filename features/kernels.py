@@ -669,6 +669,43 @@ def process(
 
 
 @njit(cache=True)
+def restore_row(row, words, n_slots, n_cols, cap):
+    """Fill a zeroed state ``row`` of capacity ``cap`` from exported ``words`` (see
+    :func:`export_row`; ``cap`` at least their n)."""
+    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    n = words[1]  # an export holds n in the capacity word
+    row[:head] = words[:head]
+    row[1] = cap
+    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+    for i in range(n):
+        records[i, 0] = words[head + i]
+        records[i, 1] = words[head + n + i]
+        for c in range(n_cols):
+            records[i, 2 + c] = words[head + 2 * n + i * n_cols + c]
+
+
+@njit(cache=True)
+def export_row(row, n_slots, n_cols, cap, keep_ns):
+    """The compact form of a state row, after dropping the events ``keep_ns`` or more older
+    than its newest: its header and sums (the capacity word set to n), then times[n], txids[n]
+    and vals[n x C] (float64 bits)."""
+    if row[2] != NO_TIME:
+        compact(row, n_slots, n_cols, cap, row[2] - keep_ns)
+    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    n = row[0]
+    exported = np.empty(head + n * (2 + n_cols), np.int64)
+    exported[:head] = row[:head]
+    exported[1] = n
+    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+    for i in range(n):
+        exported[head + i] = records[i, 0]
+        exported[head + n + i] = records[i, 1]
+        for c in range(n_cols):
+            exported[head + 2 * n + i * n_cols + c] = records[i, 2 + c]
+    return exported
+
+
+@njit(cache=True)
 def apply_exported(
     words,
     kind,
@@ -687,8 +724,8 @@ def apply_exported(
     out,
     status,
 ):
-    """One event applied to one entity's exported state (``EntityStore.export`` words; empty:
-    no state): :func:`process` on a scratch row restored from ``words``, then exported again.
+    """One event applied to one entity's exported state (:func:`export_row` words; empty: no
+    state): :func:`process` on a scratch row restored from ``words``, then exported again.
 
     ``vals`` (1 x C), ``out`` (1 x features) and ``status`` (1) are as in :func:`process`.
     Returns the new exported words, or an empty array when the entity still has no state (a
@@ -697,26 +734,19 @@ def apply_exported(
     """
     n_slots = windows_ns.shape[0]
     n_cols = vals.shape[1]
-    width = 2 + n_cols
-    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
-    n = words[1] if words.shape[0] > 0 else 0  # an export holds n in the capacity word
+    n = words[1] if words.shape[0] > 0 else 0
     cap = n + 1  # room for this event: no compaction before it, as in a store with room
-    arena = np.zeros((1, head + cap * width), np.int64)
+    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    arena = np.zeros((1, head + cap * (2 + n_cols)), np.int64)
     row = arena[0]
     rows = np.zeros(1, np.int64)
     if words.shape[0] > 0:
-        row[:head] = words[:head]
-        records, _, _, _ = events_of(row, n_slots, n_cols, cap)
-        for i in range(n):
-            records[i, 0] = words[head + i]
-            records[i, 1] = words[head + n + i]
-            for c in range(n_cols):
-                records[i, 2 + c] = words[head + 2 * n + i * n_cols + c]
+        restore_row(row, words, n_slots, n_cols, cap)
     elif kind == KIND_TX:
+        row[1] = cap
         row[2] = NO_TIME  # a new entity's empty state
     else:
         rows[0] = -1  # a label for an entity without state
-    row[1] = cap
     process(
         arena,
         rows,
@@ -739,16 +769,4 @@ def apply_exported(
     )
     if rows[0] < 0:
         return np.empty(0, np.int64)
-    if row[2] != NO_TIME:
-        compact(row, n_slots, n_cols, cap, row[2] - keep_ns)
-    n = row[0]
-    exported = np.empty(head + n * width, np.int64)
-    exported[:head] = row[:head]
-    exported[1] = n
-    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
-    for i in range(n):
-        exported[head + i] = records[i, 0]
-        exported[head + n + i] = records[i, 1]
-        for c in range(n_cols):
-            exported[head + 2 * n + i * n_cols + c] = records[i, 2 + c]
-    return exported
+    return export_row(row, n_slots, n_cols, cap, keep_ns)

@@ -15,14 +15,7 @@ from streaming.schema import (
     parse_transaction,
     transaction_json,
 )
-
-TX = {
-    "TRANSACTION_ID": 17,
-    "TX_DATETIME": "2018-04-01T07:19:05",
-    "CUSTOMER_ID": 5,
-    "TERMINAL_ID": 33,
-    "TX_AMOUNT": 57.16,
-}
+from tests.streaming.job.stages import TX
 
 
 def test_transaction_round_trip() -> None:

@@ -159,17 +159,6 @@ class _Feed:
         return time.time()
 
 
-def _wait(count: Callable[[], int], target: int, timeout_s: float, job) -> None:
-    """Poll ``count`` until it reaches ``target``."""
-    deadline = time.monotonic() + timeout_s
-    while (n := count()) < target:
-        if job.poll() is not None:
-            raise RuntimeError(f"the job exited with {job.returncode} (see its log)")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{n} of {target} outputs after {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
 class _Outputs:
     """Messages arriving on a subscription (drained and acknowledged as they come)."""
 
@@ -229,7 +218,7 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
     feed = _Feed(w, topics)
     try:
         warm = feed(0, WARM)
-        _wait(done, WARM if kind == "full" else sum(warm.values()), 300, job)
+        lj.wait_for(done, WARM if kind == "full" else sum(warm.values()), job, log, 300, "outputs")
         time.sleep(TOTALS_SETTLE_S)
         outputs()
         outputs.messages.clear()
@@ -241,7 +230,7 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
         t0 = feed.start_phase()
         published = feed(WARM, WARM + count)
         target = count if kind == "full" else sum(published.values())
-        _wait(done, WARM + target if kind == "full" else target, 600, job)
+        lj.wait_for(done, WARM + target if kind == "full" else target, job, log, 600, "outputs")
         time.sleep(TOTALS_SETTLE_S)
         outputs()
         cpu_after, end = cpu_seconds(job.pid), time.time()
@@ -266,29 +255,30 @@ def _latency(kind: str, w: World, tmp: Path, rate: float, count: int) -> np.ndar
     full job's alerts (threshold 0: every transaction alerts) or the pass-through's copies."""
     topics = lj.Topics.create(f"bench-latency-{kind}")
     tag = f"{kind}-{rate:g}"
+    log = tmp / f"latency-{tag}.log"
     outputs = _Outputs(topics.subscriptions["alerts"])
     if kind == "full":
         extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
         scored = tmp / f"scored-latency-{tag}"
         args = lj.job_args(topics, w.models_dir, SPEC.name, scored, None, extra)
-        job = lj.start(args, tmp / f"latency-{tag}.log")
+        job = lj.start(args, log)
         done: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
     else:
         args = ["--transactions_subscription", topics.subscriptions["tx"],
                 "--labels_subscription", topics.subscriptions["labels"],
                 "--alerts_topic", topics.topics["alerts"]]  # fmt: skip
-        job = lj.start(args, tmp / f"latency-{tag}.log", ("bench.pipeline", "passthrough"))
+        job = lj.start(args, log, ("bench.pipeline", "passthrough"))
         done = outputs
     feed = _Feed(w, topics)
     try:
         warm = feed(0, WARM)
-        _wait(done, WARM if kind == "full" else sum(warm.values()), 300, job)
+        lj.wait_for(done, WARM if kind == "full" else sum(warm.values()), job, log, 300, "outputs")
         outputs()
         outputs.messages.clear()
         feed.start_phase()
         published = feed(WARM, WARM + count, rate=rate)
         target = WARM + count if kind == "full" else sum(published.values())
-        _wait(done, target, 300, job)
+        lj.wait_for(done, target, job, log, 300, "outputs")
         time.sleep(2)
         outputs()
     finally:

@@ -18,7 +18,16 @@ from typing import Any
 import apache_beam
 import pytest
 
-from streaming.local.runner import dofn_cache, guard, publishers, pubsub_read, timers
+from streaming.local.runner import (
+    dofn_cache,
+    event_times,
+    guard,
+    publishers,
+    pubsub_read,
+    read_options,
+    state_copy,
+    timers,
+)
 
 # each Beam patch, what it replaces, and the attribute that marks it applied
 PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str, str]]] = {
@@ -44,6 +53,24 @@ PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str
         publishers.share_pubsub_publishers,
         publishers.REPLACED,
         ("apache_beam.io.gcp.pubsub:_PubSubWriteDoFn", "_fraudstream_tuned"),
+    ),
+    "copy_keyed_states_lightly": (
+        state_copy.copy_keyed_states_lightly,
+        state_copy.REPLACED,
+        ("apache_beam.transforms.trigger:InMemoryUnmergedState", "_fraudstream_tuned"),
+    ),
+    "remember_read_project": (
+        read_options.remember_read_project,
+        read_options.REPLACED,
+        (
+            "apache_beam.runners.direct.transform_evaluator:_PubSubReadEvaluator",
+            "_fraudstream_remembers_project",
+        ),
+    ),
+    "parse_event_times_quickly": (
+        event_times.parse_event_times_quickly,
+        event_times.REPLACED,
+        ("apache_beam.utils.timestamp:Timestamp", "_fraudstream_tuned"),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Make the Python DirectRunner keep up with a local stream: five patches, one per module.
+"""Make the Python DirectRunner keep up with a local stream: eight patches, one per module.
 
 * :mod:`.pubsub_read` (:func:`tune_direct_pubsub_read`): Pub/Sub is pulled ahead of the runner
   in a thread per subscription, acknowledged from another; an idle subscription stalls nothing.
@@ -8,10 +8,16 @@
   states that can hold one.
 * :mod:`.publishers` (:func:`share_pubsub_publishers`): ``WriteToPubSub`` shares one publisher
   per process instead of building one per bundle.
+* :mod:`.state_copy` (:func:`copy_keyed_states_lightly`): a bundle's copy of a keyed state
+  skips the deep copy of its empty timers and global state.
+* :mod:`.read_options` (:func:`remember_read_project`): a Pub/Sub read takes the project from the
+  pipeline options once per run, not once per bundle.
+* :mod:`.event_times` (:func:`parse_event_times_quickly`): a message's event-time attribute is
+  parsed with ``datetime.fromisoformat`` where that gives Beam's result, not with dateutil.
 * :mod:`.gc_freeze` (:func:`freeze_startup_objects`): the objects loaded at start are kept out
   of the cyclic collector's full passes; called once the pipeline is built.
 
-The first four replace Beam internals of one release: each checks first that the installed Beam
+The first seven replace Beam internals of one release: each checks first that the installed Beam
 is the one it was written for (:mod:`.guard`) and, if not, is skipped with a warning, the runner
 running without it. Local runs only: none of this is imported by the job on Dataflow.
 """
@@ -19,20 +25,26 @@ running without it. Local runs only: none of this is imported by the job on Data
 from __future__ import annotations
 
 from streaming.local.runner.dofn_cache import cache_dofn_introspection
+from streaming.local.runner.event_times import parse_event_times_quickly
 from streaming.local.runner.gc_freeze import freeze_startup_objects
 from streaming.local.runner.publishers import share_pubsub_publishers
 from streaming.local.runner.pubsub_read import tune_direct_pubsub_read
+from streaming.local.runner.read_options import remember_read_project
+from streaming.local.runner.state_copy import copy_keyed_states_lightly
 from streaming.local.runner.timers import skip_keys_without_timers
 
 __all__ = ["freeze_startup_objects", "tune_local_runner"]
 
 
 def tune_local_runner() -> dict[str, bool]:
-    """Apply the four Beam patches, the Pub/Sub read with its default settings; returns, by
+    """Apply the seven Beam patches, the Pub/Sub read with its default settings; returns, by
     patch, whether it is applied (False: skipped, Beam is not what it was written for)."""
     return {
         "tune_direct_pubsub_read": tune_direct_pubsub_read(),
         "cache_dofn_introspection": cache_dofn_introspection(),
         "skip_keys_without_timers": skip_keys_without_timers(),
         "share_pubsub_publishers": share_pubsub_publishers(),
+        "copy_keyed_states_lightly": copy_keyed_states_lightly(),
+        "remember_read_project": remember_read_project(),
+        "parse_event_times_quickly": parse_event_times_quickly(),
     }

@@ -260,3 +260,40 @@ def test_pickle_round_trip(pz: Pseudonymiser) -> None:
     ids = np.arange(-5, 500, dtype=np.int64)
     np.testing.assert_array_equal(clone.customers(ids), pz.customers(ids))
     np.testing.assert_array_equal(clone.terminals(ids), pz.terminals(ids))
+
+
+def test_the_job_step_remembers_pseudonyms_within_its_bound(
+    pz: Pseudonymiser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each id is hashed once while the memo holds it; a full memo starts afresh."""
+    from streaming.job import ids
+    from streaming.schema import Label, Transaction
+
+    monkeypatch.setattr(ids, "MEMO_SIZE", 3)
+    hashed: list[tuple[str, int]] = []
+
+    class Counting:
+        """The key's pseudonyms, each call recorded."""
+
+        def customer(self, i: int) -> int:
+            hashed.append((CUSTOMER, i))
+            return pz.customer(i)
+
+        def terminal(self, i: int) -> int:
+            hashed.append((TERMINAL, i))
+            return pz.terminal(i)
+
+    step = ids._Pseudonymise(None, keep_clear=False)
+    step.ids = Counting()  # what setup resolves from the environment, counted
+    step.customers, step.terminals = {}, {}
+    records = [Transaction(t, 0, c, c + 100, 1.0) for t, c in enumerate([1, 2, 1, 3, 1, 4, 5])]
+    records.append(Label(9, 2, 102, 0, 0, 1))
+    expected = [(pz.customer(r.customer_id), pz.terminal(r.terminal_id)) for r in records]
+    out = [step.process(r)[0] for r in records]
+    assert [(o.customer_id, o.terminal_id) for o in out] == expected
+    assert [type(o) for o in out] == [type(r) for r in records]
+    customers = [i for e, i in hashed if e == CUSTOMER]
+    assert customers == [1, 2, 3, 4, 5, 2]  # repeats remembered; full at 3 ids, then afresh
+    assert len(step.customers) <= 3 and len(step.terminals) <= 3
+    with pytest.raises(TypeError, match="integer"):
+        step.process(Transaction(10, 0, True, 1, 1.0))  # a bool is no id, remembered or not

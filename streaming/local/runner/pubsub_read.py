@@ -25,6 +25,7 @@ from typing import Any
 
 from google.api_core import exceptions
 from google.api_core.retry import Retry, if_exception_type
+from proto.datetime_helpers import DatetimeWithNanoseconds
 
 from streaming.local.runner.guard import Replaced, fits
 
@@ -95,9 +96,12 @@ class _Received:
     @classmethod
     def of(cls, received: Any) -> _Received:
         from google.cloud.pubsub_v1.types import ReceivedMessage
-        from proto.datetime_helpers import DatetimeWithNanoseconds
 
-        pb = ReceivedMessage.pb(received)  # the protobuf under the proto-plus wrapper
+        return cls.of_pb(ReceivedMessage.pb(received))  # the protobuf under the wrapper
+
+    @classmethod
+    def of_pb(cls, pb: Any) -> _Received:
+        """:meth:`of` a ``ReceivedMessage`` protobuf (no proto-plus wrapper)."""
         m = pb.message
         published = (
             DatetimeWithNanoseconds.from_timestamp_pb(m.publish_time)
@@ -172,7 +176,10 @@ class _Prefetcher:
                 if self._stopped:
                     return
             try:
-                received = [_Received.of(m) for m in self._pull().received_messages]
+                response = self._pull()
+                # the protobuf's own list: proto-plus wraps each message read through it
+                messages = type(response).pb(response).received_messages
+                received = [_Received.of_pb(m) for m in messages]
             except BaseException as exc:  # handed to the runner's thread, which fails the job
                 with _ARRIVED:
                     self._error = exc

@@ -13,9 +13,10 @@ The job runs the ``default`` preset (the job's own default) with the Bigtable fe
   file per transaction or so, a cost no live job pays.)
 - ``pipeline_vs_passthrough``: events/s (transactions and labels) of the whole job over a
   pass-through job (read both subscriptions, write one topic) on the same runner, same patches,
-  same messages, in the same run. A job's end is the Pub/Sub publish time of its last output
-  (the full job's: its last alert at the model's own threshold, counting the messages published
-  up to that transaction), minus the time the measured phase started publishing.
+  same messages, in the same run: the best of ``--rounds`` (2) runs of each, taking turns. A
+  job's end is the Pub/Sub publish time of its last output (the full job's: its last alert at
+  the model's own threshold, counting the messages published up to that transaction), minus
+  the time the measured phase started publishing.
 - ``e2e_p99_ms_at_<rate>eps``: publish -> alert latency at that many events/s with the
   threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus the time
   its transaction was handed to the publisher (one machine, one clock).
@@ -326,10 +327,36 @@ def cost_metrics(full: Run, passthrough: Run) -> Metrics:
     }
 
 
+def _best_throughputs(w: World, tmp: Path, transactions: int, rounds: int) -> tuple[Run, Run]:
+    """The fastest of ``rounds`` throughput runs of each job, the full job and the pass-through
+    taking turns: a busy moment of the machine slows a run, never speeds it up, so the best of
+    each is the least disturbed, and turns spread a slow spell over both."""
+    full: Run | None = None
+    passthrough: Run | None = None
+    for _ in range(rounds):
+        run = _throughput("full", w, tmp, transactions)
+        print(f"bench: pipeline {run.events_per_s:.1f} events/s", file=sys.stderr)
+        if full is None or run.events_per_s > full.events_per_s:
+            full = run
+        run = _throughput("passthrough", w, tmp, transactions)
+        print(f"bench: pass-through {run.events_per_s:.1f} events/s", file=sys.stderr)
+        if passthrough is None or run.events_per_s > passthrough.events_per_s:
+            passthrough = run
+    assert full is not None and passthrough is not None  # rounds >= 1
+    return full, passthrough
+
+
 def bench_pipeline(
-    events: int = 12_000, rate: float = 1_000.0, seconds: float = 20.0, slow_rate: float = 200.0
+    events: int = 12_000,
+    rate: float = 1_000.0,
+    seconds: float = 20.0,
+    slow_rate: float = 200.0,
+    rounds: int = 2,
 ) -> Metrics:
-    """All pipeline figures; starts and stops its own emulators."""
+    """All pipeline figures; starts and stops its own emulators. Throughput and cost come from
+    the best of ``rounds`` runs of each job (:func:`_best_throughputs`)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     reason = emu.gcloud_available()
     if reason:
         print(f"bench: pipeline skipped: {reason}", file=sys.stderr)
@@ -343,10 +370,7 @@ def bench_pipeline(
         try:
             n_fast, n_slow = int(rate * seconds / 2), int(slow_rate * seconds / 2)
             w = world(tmp, WARM + max(events // 2, n_fast, n_slow))
-            full = _throughput("full", w, tmp, events // 2)
-            print(f"bench: pipeline {full.events_per_s:.1f} events/s", file=sys.stderr)
-            passthrough = _throughput("passthrough", w, tmp, events // 2)
-            print(f"bench: pass-through {passthrough.events_per_s:.1f} events/s", file=sys.stderr)
+            full, passthrough = _best_throughputs(w, tmp, events // 2, rounds)
             latency: Metrics = {}
             for kind, prefix, r, n in (
                 ("full", "e2e", rate, n_fast),
@@ -383,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1_000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--slow_rate", type=float, default=200.0)
+    parser.add_argument("--rounds", type=int, default=2, help="throughput runs of each job")
     args = parser.parse_args(argv)
-    metrics = bench_pipeline(args.events, args.rate, args.seconds, args.slow_rate)
+    metrics = bench_pipeline(args.events, args.rate, args.seconds, args.slow_rate, args.rounds)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -1,4 +1,5 @@
-"""The pipeline benchmark's cost keys from two runs' figures, and the process CPU probe."""
+"""The pipeline benchmark's cost keys from two runs' figures, the best runs it keeps, and the
+process CPU probe."""
 
 from __future__ import annotations
 
@@ -40,3 +41,23 @@ def test_cpu_seconds_of_a_process_grow_with_its_work():
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(3_000_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_the_best_run_of_each_job_is_kept_the_jobs_taking_turns(monkeypatch: pytest.MonkeyPatch):
+    from bench import pipeline
+
+    speeds = {"full": [900.0, 1_200.0, 1_000.0], "passthrough": [2_000.0, 1_500.0, 2_500.0]}
+    calls: list[str] = []
+
+    def throughput(kind: str, w: object, tmp: object, count: int) -> Run:
+        calls.append(kind)
+        return Run(events=count, seconds=count / speeds[kind].pop(0), transactions=count,
+                   cpu_s=1.0, totals={})  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "_throughput", throughput)
+    full, passthrough = pipeline._best_throughputs(None, None, 3_000, rounds=3)
+    assert calls == ["full", "passthrough"] * 3
+    assert full.events_per_s == pytest.approx(1_200.0)
+    assert passthrough.events_per_s == pytest.approx(2_500.0)
+    with pytest.raises(ValueError, match="rounds"):
+        pipeline.bench_pipeline(rounds=0)

@@ -197,12 +197,14 @@ class Run:
 
 
 def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
-    """One job (``full`` or ``passthrough``) over ``count`` transactions after the warm-up."""
+    """One job (``full`` or ``passthrough``) over ``count`` transactions after the warm-up;
+    its log, scored files and feature repository in a directory of its own under ``tmp``."""
     topics = lj.Topics.create(f"bench-{kind}")
-    log = tmp / f"{kind}.log"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp))
+    log = run_dir / "job.log"
     if kind == "full":
-        scored = tmp / f"scored-{kind}"
-        repo = scratch_repo(tmp / "repo", f"bench_{uuid.uuid4().hex[:8]}")
+        scored = run_dir / "scored"
+        repo = scratch_repo(run_dir / "repo", f"bench_{uuid.uuid4().hex[:8]}")
         apply_repo("emulator", repo)
         args = lj.job_args(topics, w.models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
         args += ["--max_lateness_hours", str(24 * 90)]  # redelivered stragglers still count

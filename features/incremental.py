@@ -121,10 +121,6 @@ class EntityStore:
         ids = np.ascontiguousarray(ids, np.int64)
         return self.rows_for(ids, np.full(len(ids), create))
 
-    def newest(self) -> np.ndarray:
-        """Each row's newest event time (``kernels.NO_TIME`` when none)."""
-        return self.arena[: self.n_rows, 2].copy()
-
     def _grow(self) -> None:
         """Double every row's buffer capacity (rare: amortised O(1) per event)."""
         old, cap = self.arena, self.cap
@@ -273,7 +269,10 @@ def _merge_status(kinds, per_entity):
         if kinds[j] == _KIND_SKIP:
             out[j] = kernels.ST_TOO_LATE
         elif kinds[j] == KIND_TX:
-            out[j] = per_entity[j].max()
+            worst = per_entity[j, 0]
+            for e in range(1, per_entity.shape[1]):
+                worst = max(worst, per_entity[j, e])
+            out[j] = worst
         else:
             out[j] = kernels.ST_LABEL_NOT_USED
             for st in per_entity[j]:
@@ -287,21 +286,40 @@ def _merge_status(kinds, per_entity):
 
 @njit(cache=True)
 def _reject_too_late(kinds, times, rows, newest, lateness):
-    """Mark transactions too late for any of their entities; ``rows`` index ``newest`` (m, k)."""
-    for j in range(kinds.shape[0]):
+    """Mark transactions too late for any of their entities.
+
+    ``newest[e]`` is entity e's column of newest times (a view of its arena), indexed by
+    ``rows[:, e]``. It is advanced as the batch's transactions are checked, so each sees those
+    before it, and restored before returning: O(batch), whatever the number of entities.
+    """
+    m, k = rows.shape
+    undo_entity = np.empty(m * k, np.int64)
+    undo_row = np.empty(m * k, np.int64)
+    undo_time = np.empty(m * k, np.int64)
+    n_undo = 0
+    for j in range(m):
         if kinds[j] != KIND_TX:
             continue
         t = times[j]
         late = False
-        for e in range(rows.shape[1]):
-            nw = newest[rows[j, e]]
+        for e in range(k):
+            nw = newest[e][rows[j, e]]
             if nw != kernels.NO_TIME and t < nw and t <= nw - lateness[e]:
                 late = True
         if late:
             kinds[j] = _KIND_SKIP
             continue
-        for e in range(rows.shape[1]):
-            newest[rows[j, e]] = max(newest[rows[j, e]], t)
+        for e in range(k):
+            column = newest[e]
+            r = rows[j, e]
+            if t > column[r]:
+                undo_entity[n_undo] = e
+                undo_row[n_undo] = r
+                undo_time[n_undo] = column[r]
+                n_undo += 1
+                column[r] = t
+    for i in range(n_undo - 1, -1, -1):
+        newest[undo_entity[i]][undo_row[i]] = undo_time[i]
 
 
 @dataclass
@@ -354,10 +372,9 @@ class IncrementalEngine:
         rows = np.empty((m, len(entities)), np.int64)
         for e, entity in enumerate(entities):
             rows[:, e] = self.stores[entity].rows_for(batch.ids[entity.key], is_tx)
-        offsets = np.cumsum([0] + [len(self.stores[e]) for e in entities])[:-1]
-        newest = np.concatenate([self.stores[e].newest() for e in entities])
+        newest = tuple(self.stores[e].arena[:, 2] for e in entities)  # views, not copies
         lateness = np.array([self.stores[e].lateness_ns for e in entities], np.int64)
-        _reject_too_late(kinds, times, rows + offsets, newest, lateness)
+        _reject_too_late(kinds, times, rows, newest, lateness)
         per_entity = np.full((m, len(entities)), int(Status.LABEL_NOT_USED), np.int64)
         for e, entity in enumerate(entities):
             plan = self.plans[entity]

@@ -88,6 +88,18 @@ def test_too_late_event_is_rejected_and_changes_no_state():
     assert col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 2
 
 
+def test_a_transaction_too_late_for_an_earlier_one_of_its_batch_is_rejected():
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(hours=1))
+    feats, status = engine.process(
+        batch((KIND_TX, 1, 3.0, 7, 1, 10.0, 0), (KIND_TX, 2, 2.0, 7, 2, 99.0, 0))
+    )
+    assert status.tolist() == [Status.OK, Status.TOO_LATE] and np.isnan(feats[1]).all()
+    assert np.frombuffer(engine.export(TERMINAL, 2), np.int64)[0] == 0
+    # late, within the hour: its day (1.99, 2.99] would hold the rejected transaction too
+    f, st = engine.process(batch((KIND_TX, 3, 2.99, 7, 3, 20.0, 0)))
+    assert st[0] == Status.LATE and col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 1
+
+
 def test_label_counts_only_once_it_is_delay_old():
     engine = IncrementalEngine(SPEC)
     engine.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0)))

@@ -22,7 +22,7 @@ def test_a_pulled_message_gives_beam_the_same_message():
             ordering_key="k",
         ),
     )
-    received = _Received.of(pulled)
+    received = _Received.of(ReceivedMessage.pb(pulled))
     assert received.ack_id == "ack-1"
     ours, theirs = (
         BeamMessage._from_message(received.message),
@@ -38,6 +38,7 @@ def test_a_pulled_message_gives_beam_the_same_message():
 
 
 def test_a_message_without_publish_time_or_attributes():
-    received = _Received.of(ReceivedMessage(ack_id="a", message=PubsubMessage(data=b"x")))
+    pulled = ReceivedMessage(ack_id="a", message=PubsubMessage(data=b"x"))
+    received = _Received.of(ReceivedMessage.pb(pulled))
     assert received.message.publish_time is None
     assert BeamMessage._from_message(received.message) == BeamMessage(b"x", {})

@@ -94,14 +94,8 @@ class _Received:
     message: _Message
 
     @classmethod
-    def of(cls, received: Any) -> _Received:
-        from google.cloud.pubsub_v1.types import ReceivedMessage
-
-        return cls.of_pb(ReceivedMessage.pb(received))  # the protobuf under the wrapper
-
-    @classmethod
-    def of_pb(cls, pb: Any) -> _Received:
-        """:meth:`of` a ``ReceivedMessage`` protobuf (no proto-plus wrapper)."""
+    def of(cls, pb: Any) -> _Received:
+        """The fields of a ``ReceivedMessage`` protobuf (not its proto-plus wrapper)."""
         m = pb.message
         published = (
             DatetimeWithNanoseconds.from_timestamp_pb(m.publish_time)
@@ -179,7 +173,7 @@ class _Prefetcher:
                 response = self._pull()
                 # the protobuf's own list: proto-plus wraps each message read through it
                 messages = type(response).pb(response).received_messages
-                received = [_Received.of_pb(m) for m in messages]
+                received = [_Received.of(m) for m in messages]
             except BaseException as exc:  # handed to the runner's thread, which fails the job
                 with _ARRIVED:
                     self._error = exc

@@ -16,6 +16,8 @@ import copy
 import threading
 from typing import Any
 
+from apache_beam.transforms import trigger
+
 from streaming.local.runner.guard import Replaced, fits
 
 _TRIGGER = "apache_beam.transforms.trigger"
@@ -26,15 +28,12 @@ REPLACED = (
 )
 
 _lock = threading.Lock()
-_State: Any = None  # InMemoryUnmergedState, bound once (an import per copy costs a microsecond)
 
 
 def copy_keyed_states_lightly() -> bool:
     """Patch ``InMemoryUnmergedState.copy`` to skip the deep copy of empty timers and global
     state (idempotent). Returns whether it is patched (False: Beam is not what the patch was
     written for)."""
-    from apache_beam.transforms import trigger
-
     with _lock:
         cls = trigger.InMemoryUnmergedState
         if getattr(cls, "_fraudstream_tuned", False):
@@ -49,19 +48,14 @@ def copy_keyed_states_lightly() -> bool:
 def light_copy(self: Any) -> Any:
     """``InMemoryUnmergedState.copy``, deep-copying the timers and the global state only when
     they hold something (a new state's are empty already)."""
-    global _State
-    if _State is None:
-        from apache_beam.transforms.trigger import InMemoryUnmergedState as _State
-    clone = _State(defensive_copy=self.defensive_copy)
+    clone = trigger.InMemoryUnmergedState(defensive_copy=self.defensive_copy)
     if self.timers:
         clone.timers = copy.deepcopy(self.timers)
     if self.global_state:
         clone.global_state = copy.deepcopy(self.global_state)
-    shallow = copy.copy
     for window, tags in self.state.items():
-        cloned = None
-        for tag, values in tags.items():
-            if cloned is None:
-                cloned = clone.state[window]
-            cloned[tag] = shallow(values)
+        if tags:  # Beam's copy makes no entry for a window without tags
+            cloned = clone.state[window]
+            for tag, values in tags.items():
+                cloned[tag] = copy.copy(values)
     return clone

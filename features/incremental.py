@@ -71,6 +71,9 @@ class EntityStore:
         self.sparse = Dict.empty(types.int64, types.int64)
         self.n_rows = 0
         self.arena = np.zeros((64, self._width(capacity)), np.int64)
+        # At least every state's newest time: a batch whose transactions are all within the
+        # lateness of it cannot hold one too late for any state.
+        self.newest_bound = kernels.NO_TIME
 
     def _width(self, cap: int) -> int:
         return kernels.row_width(self.n_slots, self.n_cols, cap)
@@ -142,6 +145,9 @@ class EntityStore:
     ) -> None:
         """Apply events in order; transactions' features go to ``out`` (one row per event)."""
         p = self.plan
+        tx_times = times[kinds == KIND_TX]
+        if len(tx_times):
+            self.newest_bound = max(self.newest_bound, int(tx_times.max()))
         first = 0
         while True:
             first = kernels.process(
@@ -186,6 +192,7 @@ class EntityStore:
         r = self.arena[row]
         r[:] = 0
         kernels.restore_row(r, words, self.n_slots, self.n_cols, self.cap)
+        self.newest_bound = max(self.newest_bound, int(r[2]))
 
 
 _NO_WORDS = np.empty(0, np.int64)
@@ -262,20 +269,22 @@ def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
 
 @njit(cache=True)
 def _merge_status(kinds, per_entity):
-    """One status per event from each entity's: the worst for transactions; for labels,
-    applied if any entity applied it, else the first entity's reason."""
+    """One status per event from each entity's (``per_entity[e, j]``): the worst for
+    transactions; for labels, applied if any entity applied it, else the first entity's
+    reason."""
     out = np.empty(kinds.shape[0], np.int64)
     for j in range(kinds.shape[0]):
         if kinds[j] == _KIND_SKIP:
             out[j] = kernels.ST_TOO_LATE
         elif kinds[j] == KIND_TX:
-            worst = per_entity[j, 0]
-            for e in range(1, per_entity.shape[1]):
-                worst = max(worst, per_entity[j, e])
+            worst = per_entity[0, j]
+            for e in range(1, per_entity.shape[0]):
+                worst = max(worst, per_entity[e, j])
             out[j] = worst
         else:
             out[j] = kernels.ST_LABEL_NOT_USED
-            for st in per_entity[j]:
+            for e in range(per_entity.shape[0]):
+                st = per_entity[e, j]
                 if st == kernels.ST_LABEL_APPLIED:
                     out[j] = st
                     break
@@ -289,10 +298,10 @@ def _reject_too_late(kinds, times, rows, newest, lateness):
     """Mark transactions too late for any of their entities.
 
     ``newest[e]`` is entity e's column of newest times (a view of its arena), indexed by
-    ``rows[:, e]``. It is advanced as the batch's transactions are checked, so each sees those
+    ``rows[e]``. It is advanced as the batch's transactions are checked, so each sees those
     before it, and restored before returning: O(batch), whatever the number of entities.
     """
-    m, k = rows.shape
+    k, m = rows.shape
     undo_entity = np.empty(m * k, np.int64)
     undo_row = np.empty(m * k, np.int64)
     undo_time = np.empty(m * k, np.int64)
@@ -303,7 +312,7 @@ def _reject_too_late(kinds, times, rows, newest, lateness):
         t = times[j]
         late = False
         for e in range(k):
-            nw = newest[e][rows[j, e]]
+            nw = newest[e][rows[e, j]]
             if nw != kernels.NO_TIME and t < nw and t <= nw - lateness[e]:
                 late = True
         if late:
@@ -311,7 +320,7 @@ def _reject_too_late(kinds, times, rows, newest, lateness):
             continue
         for e in range(k):
             column = newest[e]
-            r = rows[j, e]
+            r = rows[e, j]
             if t > column[r]:
                 undo_entity[n_undo] = e
                 undo_row[n_undo] = r
@@ -369,25 +378,34 @@ class IncrementalEngine:
         is_tx = kinds == KIND_TX
         out = np.full((m, len(self.spec.names)), np.nan)
         entities = self.spec.entities
-        rows = np.empty((m, len(entities)), np.int64)
+        rows = np.empty((len(entities), m), np.int64)
         for e, entity in enumerate(entities):
-            rows[:, e] = self.stores[entity].rows_for(batch.ids[entity.key], is_tx)
-        newest = tuple(self.stores[e].arena[:, 2] for e in entities)  # views, not copies
-        lateness = np.array([self.stores[e].lateness_ns for e in entities], np.int64)
-        _reject_too_late(kinds, times, rows, newest, lateness)
-        per_entity = np.full((m, len(entities)), int(Status.LABEL_NOT_USED), np.int64)
+            rows[e] = self.stores[entity].rows_for(batch.ids[entity.key], is_tx)
+        if self._may_be_too_late(times[is_tx]):
+            newest = tuple(self.stores[e].arena[:, 2] for e in entities)  # views, not copies
+            lateness = np.array([self.stores[e].lateness_ns for e in entities], np.int64)
+            _reject_too_late(kinds, times, rows, newest, lateness)
+        per_entity = np.full((len(entities), m), int(Status.LABEL_NOT_USED), np.int64)
         for e, entity in enumerate(entities):
             plan = self.plans[entity]
             cols = [batch.values[c] for c in plan.columns] or [np.zeros(m)]
             vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
             block = out[:, plan.offset : plan.offset + plan.n_out]
-            self.stores[entity].process(
-                kinds, rows[:, e], times, txids, vals, block, per_entity[:, e]
-            )
+            self.stores[entity].process(kinds, rows[e], times, txids, vals, block, per_entity[e])
         status = _merge_status(kinds, per_entity)
         fill_derived(self.spec, out, times, batch.values)
         out[status > Status.LATE] = np.nan
         return out, status
+
+    def _may_be_too_late(self, tx_times: np.ndarray) -> bool:
+        """Whether a transaction at one of ``tx_times`` could be too late for a state: false
+        when all are within every store's lateness of the newest time any state or the batch
+        holds (the common case, checked without touching the states)."""
+        if not len(tx_times):
+            return False
+        newest = max(int(tx_times.max()), *(s.newest_bound for s in self.stores.values()))
+        lateness = min(s.lateness_ns for s in self.stores.values())
+        return int(tx_times.min()) <= newest - lateness
 
     def export(self, entity: Entity, key: int) -> bytes:
         """Compact state of one entity (see :meth:`EntityStore.export`)."""

@@ -11,7 +11,8 @@ history, one (slot, column) at a time. Each sum sees the same floating-point ope
 same order either way, hence bit-identical results.
 
 Count, sum and mean come from the running sums; std, min and max scan the slot's range (exact,
-O(events in the window)).
+O(events in the window)), all of a (slot, column) in one pass, std about the running sum's mean.
+A running sum only a count uses is not kept.
 
 A state *row* (one entity, int64 words; float parts are viewed as float64) is laid out as::
 
@@ -28,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
+
+from features.prefetch import prefetch
 
 # Ops up to OP_MEAN come from a range's count and running sum; the others scan the range.
 OP_COUNT, OP_SUM, OP_MEAN, OP_STD, OP_MIN, OP_MAX = 0, 1, 2, 3, 4, 5
@@ -98,25 +101,40 @@ def _step(times, vals, c, n, hi, window_ns, b, e, total, comp):
 
 
 @njit(cache=True, inline="always")
-def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, t):
+def _move(times, n, hi, window_ns, b, e):
+    """:func:`_step` without a sum: the range ``[b, e)`` moved to ``(hi - window_ns, hi]``."""
+    lo = hi - window_ns
+    while b < e and times[b] <= lo:
+        b += 1
+    while e < n and times[e] <= hi:
+        if times[e] <= lo:
+            b = e + 1
+        e += 1
+    return b, e
+
+
+@njit(cache=True, inline="always")
+def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, summed, t):
     """Move every slot's range to the window ending at ``t`` over ``times[:n]``.
 
     ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)``; ``acc`` holds the
-    (sum, compensation) pair of every (slot, column), updated with the ranges.
+    (sum, compensation) pair of every (slot, column), updated with the ranges where
+    ``summed[s * C + c]`` (a sum no feature reads is left as it is).
     """
     n_cols = vals.shape[1]
     for s in range(windows_ns.shape[0]):
         hi = t - delays_ns[s]
         b0 = ranges[2 * s]
         e0 = ranges[2 * s + 1]
-        b, e = b0, e0
+        b, e = _move(times, n, hi, windows_ns[s], b0, e0)
         for c in range(n_cols):  # the range moves the same way for every column
-            i = 2 * (s * n_cols + c)
-            b, e, total, comp = _step(
-                times, vals, c, n, hi, windows_ns[s], b0, e0, acc[i], acc[i + 1]
-            )
-            acc[i] = total
-            acc[i + 1] = comp
+            if summed[s * n_cols + c]:
+                i = 2 * (s * n_cols + c)
+                b, e, total, comp = _step(
+                    times, vals, c, n, hi, windows_ns[s], b0, e0, acc[i], acc[i + 1]
+                )
+                acc[i] = total
+                acc[i + 1] = comp
         ranges[2 * s] = b
         ranges[2 * s + 1] = e
 
@@ -132,50 +150,74 @@ def _simple_value(cnt, total, op):
 
 
 @njit(cache=True)
-def _scan_value(vals, b, e, c, op):
-    """Std, min or max of column c over ``vals[b:e]`` (a scan: exact, O(e - b)).
+def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
+    """Features ``f_std``, ``f_min`` and ``f_max`` (-1: none) of column c over ``vals[b:e]``,
+    in one pass, into ``out[at]``.
 
-    Not inlined: the scan's code would crowd the registers of the loops that call it.
+    ``total`` is the range's running sum: std is about its mean, so the scan needs one pass.
+    Min and max of an empty range are NaN, std 0. Values are finite (checked on input), so
+    min and max need no NaN test and compile to branch-free instructions. The stream and the
+    backfill both call this, so the std's rounding is the same in both. Not inlined: the
+    scan's code would crowd the registers of the loops that call it.
     """
     cnt = e - b
-    if op == OP_STD:
-        if cnt == 0:
-            return 0.0
-        m = 0.0
-        for i in range(b, e):
-            m += vals[i, c]
-        m /= cnt
-        ss = 0.0
-        for i in range(b, e):
-            d = vals[i, c] - m
-            ss += d * d
-        return np.sqrt(ss / cnt)
-    r = np.nan
-    for i in range(b, e):
-        v = vals[i, c]
-        if r != r or (v < r if op == OP_MIN else v > r):
-            r = v
-    return r
+    if cnt == 0:
+        lo = hi = np.nan
+        std = 0.0
+    else:
+        mean = total / cnt
+        # Two interleaved accumulators of each: two dependency chains, twice the throughput.
+        lo0 = hi0 = lo1 = hi1 = vals[b, c]
+        ss0 = ss1 = 0.0
+        i = b
+        while i + 1 < e:
+            v0 = vals[i, c]
+            v1 = vals[i + 1, c]
+            d0 = v0 - mean
+            d1 = v1 - mean
+            ss0 += d0 * d0
+            ss1 += d1 * d1
+            lo0 = min(lo0, v0)
+            lo1 = min(lo1, v1)
+            hi0 = max(hi0, v0)
+            hi1 = max(hi1, v1)
+            i += 2
+        if i < e:
+            d0 = vals[i, c] - mean
+            ss0 += d0 * d0
+            lo0 = min(lo0, vals[i, c])
+            hi0 = max(hi0, vals[i, c])
+        lo = min(lo0, lo1)
+        hi = max(hi0, hi1)
+        std = np.sqrt((ss0 + ss1) / cnt)
+    if f_std >= 0:
+        out[at, f_std] = std
+    if f_min >= 0:
+        out[at, f_min] = lo
+    if f_max >= 0:
+        out[at, f_max] = hi
 
 
 @njit(cache=True, inline="always")
-def emit(vals, ranges, sums, feature_slot, feature_column, feature_op, out):
-    """Write feature f (slot, column and op given by the ``feature_*`` arrays) into ``out[f]``.
+def emit(vals, ranges, sums, walks, out, at):
+    """Write every feature of ``walks`` (see :func:`_passes`) into ``out[at]``.
 
     ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)`` in ``vals``;
     ``sums[s * C + c]`` is column c's sum over it.
     """
     n_cols = vals.shape[1]
-    for f in range(feature_slot.shape[0]):
-        s = feature_slot[f]
-        c = feature_column[f]
-        op = feature_op[f]
+    for k in range(walks.shape[0]):
+        s, c = walks[k, 0], walks[k, 1]
         b = ranges[2 * s]
         e = ranges[2 * s + 1]
-        if op <= OP_MEAN:
-            out[f] = _simple_value(e - b, sums[s * n_cols + c], op)
-        else:
-            out[f] = _scan_value(vals, b, e, c, op)
+        total = sums[s * n_cols + c]
+        if walks[k, 2]:
+            _scan(vals, b, e, c, total, walks[k, 3], walks[k, 4], walks[k, 5], out, at)
+            continue
+        for op in range(OP_MEAN + 1):
+            f = walks[k, 3 + op]
+            if f >= 0:
+                out[at, f] = _simple_value(e - b, total, op)
 
 
 @njit(cache=True, inline="always")
@@ -221,6 +263,16 @@ def calendar_parallel(kinds, times, out, col0):
     """:func:`calendar` for whole histories."""
     for i in prange(times.shape[0]):
         _calendar_row(kinds, times[i], out, i, col0)
+
+
+@njit(cache=True)
+def ratios(out, numerators, ratio_columns, denominator_columns):
+    """``out[i, ratio_columns[k]]`` = ``numerators[k, i] / out[i, denominator_columns[k]]``,
+    NaN where the denominator is 0 (IEEE division otherwise, as numpy's)."""
+    for i in range(out.shape[0]):
+        for k in range(ratio_columns.shape[0]):
+            d = out[i, denominator_columns[k]]
+            out[i, ratio_columns[k]] = numerators[k, i] / d if d != 0 else np.nan
 
 
 @njit(cache=True)
@@ -278,40 +330,42 @@ def group_rows(
 
 @njit(cache=True)
 def _passes(n_slots, n_cols, feature_slot, feature_column, feature_op):
-    """The backfill's walks: one per (slot, column) with count/sum/mean features, one per
-    (slot, column) with scanned features.
+    """The features grouped into walks: one per (slot, column) with count/sum/mean features,
+    one per (slot, column) with scanned (std, min, max) features.
 
-    Returns rows ``(slot, column, scans, f_count, f_sum, f_mean)`` (-1: no such feature) and
-    each scanning walk's feature indices (-1 padded). Names are unique, so a (slot, column)
-    has at most one feature of each op.
+    Returns rows ``(slot, column, scans, f_0, f_1, f_2)``: without scans f_0..f_2 are the
+    count, sum and mean features, with scans the std, min and max ones (-1: no such feature;
+    names are unique, so a (slot, column) has at most one feature of each op).
     """
-    n_feat = feature_slot.shape[0]
     walks = np.full((2 * n_slots * n_cols, 6), -1, np.int64)
-    feats = np.full((2 * n_slots * n_cols, max(n_feat, 1)), -1, np.int64)
     k = 0
     for s in range(n_slots):
         for c in range(n_cols):
             for scans in range(2):
-                j = 0
-                for f in range(n_feat):
+                found = False
+                for f in range(feature_slot.shape[0]):
                     op = feature_op[f]
-                    if (
-                        feature_slot[f] != s
-                        or feature_column[f] != c
-                        or (op > OP_MEAN) != (scans == 1)
-                    ):
-                        continue
-                    if scans:
-                        feats[k, j] = f
-                    else:
-                        walks[k, 3 + op] = f
-                    j += 1
-                if j:
+                    if feature_slot[f] == s and feature_column[f] == c and (op > OP_MEAN) == scans:
+                        walks[k, 3 + op - (OP_STD if scans else 0)] = f
+                        found = True
+                if found:
                     walks[k, 0] = s
                     walks[k, 1] = c
                     walks[k, 2] = scans
                     k += 1
-    return walks[:k], feats[:k]
+    return walks[:k]
+
+
+@njit(cache=True)
+def _summed(walks, n_slots, n_cols):
+    """Which (slot, column) running sums a feature of ``walks`` reads: a sum, a mean or a
+    std (about the mean); a count needs only the range."""
+    summed = np.zeros(n_slots * n_cols, np.bool_)
+    for k in range(walks.shape[0]):
+        scans = walks[k, 2]
+        if (walks[k, 3] >= 0) if scans else (walks[k, 4] >= 0 or walks[k, 5] >= 0):
+            summed[walks[k, 0] * n_cols + walks[k, 1]] = True
+    return summed
 
 
 @njit(cache=True, parallel=True)
@@ -353,7 +407,7 @@ def backfill_entity(
     n = grouped_times.shape[0]
     n_feat = feature_slot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    walks, feats = _passes(
+    walks = _passes(
         windows_ns.shape[0], grouped_vals.shape[1], feature_slot, feature_column, feature_op
     )
     for g in prange(starts.shape[0] - 1):
@@ -364,24 +418,22 @@ def backfill_entity(
         r = rows[a : a + m]
         for k in range(walks.shape[0]):
             s, c, scans = walks[k, 0], walks[k, 1], walks[k, 2]
-            f_count, f_sum, f_mean = walks[k, 3], walks[k, 4], walks[k, 5]
+            f_0, f_1, f_2 = walks[k, 3], walks[k, 4], walks[k, 5]
             w, d = windows_ns[s], delays_ns[s]
             b, e, total, comp = 0, 0, 0.0, 0.0
             if scans:
                 for i in range(m):
                     b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
-                    for f in feats[k]:
-                        if f >= 0:
-                            scratch[r[i], f] = _scan_value(v, b, e, c, feature_op[f])
+                    _scan(v, b, e, c, total + comp, f_0, f_1, f_2, scratch, r[i])
                 continue
             for i in range(m):
                 b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
-                if f_count >= 0:
-                    scratch[r[i], f_count] = _simple_value(e - b, total + comp, OP_COUNT)
-                if f_sum >= 0:
-                    scratch[r[i], f_sum] = _simple_value(e - b, total + comp, OP_SUM)
-                if f_mean >= 0:
-                    scratch[r[i], f_mean] = _simple_value(e - b, total + comp, OP_MEAN)
+                if f_0 >= 0:
+                    scratch[r[i], f_0] = _simple_value(e - b, total + comp, OP_COUNT)
+                if f_1 >= 0:
+                    scratch[r[i], f_1] = _simple_value(e - b, total + comp, OP_SUM)
+                if f_2 >= 0:
+                    scratch[r[i], f_2] = _simple_value(e - b, total + comp, OP_MEAN)
         if since_prev and m > 0:
             scratch[r[0], n_feat] = np.nan
             for i in range(1, m):
@@ -548,6 +600,50 @@ def _seconds_since(t, previous):
     return (t - previous) / NS_PER_S if previous != NO_TIME else np.nan
 
 
+# How many events ahead :func:`process` prefetches a state's header and sums, and the buffered
+# events its ranges point at (read from the header prefetched before): a miss takes about as
+# long as processing a few events.
+PREFETCH_HEADER_AHEAD = 16
+PREFETCH_EVENTS_AHEAD = 8
+
+
+@njit(cache=True, inline="always")
+def _applies(event_kinds, arena_rows, uses_labels, j):
+    """Whether :func:`process` reads event j's state: a transaction's, or a label's when the
+    plan has label features."""
+    kind = event_kinds[j]
+    return arena_rows[j] >= 0 and (kind == KIND_TX or (kind == KIND_LABEL and uses_labels))
+
+
+@njit(cache=True, inline="always")
+def _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols):
+    """Start loading the parts of state rows that events ahead of event j will read.
+
+    Event ``j + PREFETCH_HEADER_AHEAD``: its header and sums. Event
+    ``j + PREFETCH_EVENTS_AHEAD`` (its header loaded by now): for a transaction, its buffered
+    events from the oldest slot start on (the ranges move over them, scans read them); for a
+    label, from the earliest slot end on (where its transaction lies, a delay back).
+    """
+    m = arena_rows.shape[0]
+    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    ahead = j + PREFETCH_HEADER_AHEAD
+    if ahead < m and _applies(event_kinds, arena_rows, uses_labels, ahead):
+        r = arena_rows[ahead]
+        for w in range(0, head, 8):  # 8 words to a 64-byte cache line
+            prefetch(arena, r, w)
+        prefetch(arena, r, head - 1)  # the last line, where a row does not start on a line
+    ahead = j + PREFETCH_EVENTS_AHEAD
+    if ahead < m and _applies(event_kinds, arena_rows, uses_labels, ahead):
+        r = arena_rows[ahead]
+        n = arena[r, 0]
+        first = n
+        for i in range(HEADER + (event_kinds[ahead] == KIND_LABEL), HEADER + 2 * n_slots, 2):
+            first = min(first, arena[r, i])
+        width = 2 + n_cols
+        for w in range(head + first * width, head + (n + 1) * width, 8):
+            prefetch(arena, r, w)
+
+
 @njit(cache=True)
 def process(
     arena,
@@ -590,10 +686,13 @@ def process(
     n_slots = windows_ns.shape[0]
     n_cols = event_vals.shape[1]
     n_feat = feature_slot.shape[0]
+    walks = _passes(n_slots, n_cols, feature_slot, feature_column, feature_op)
+    summed = _summed(walks, n_slots, n_cols)
     uses_labels = label_columns.shape[0] > 0
     sums = np.zeros(n_slots * n_cols, np.float64)
     own_ranges = np.empty(2 * n_slots, np.int64)  # a late event's ranges at its own time
     for j in range(first, event_kinds.shape[0]):
+        _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols)
         kind = event_kinds[j]
         if kind == KIND_SKIP:
             continue
@@ -651,9 +750,9 @@ def process(
 
         if not late:
             row[2] = t
-            advance(times, vals, n + 1, ranges, acc, windows_ns, delays_ns, t)
+            advance(times, vals, n + 1, ranges, acc, windows_ns, delays_ns, summed, t)
             _acc_sums(acc, sums)
-            emit(vals, ranges, sums, feature_slot, feature_column, feature_op, out[j])
+            emit(vals, ranges, sums, walks, out, j)
             if since_prev:
                 out[j, n_feat] = _seconds_since(t, newest)
             status[j] = ST_OK
@@ -661,7 +760,7 @@ def process(
             # The state's windows still end at `newest`; this event's own windows end at t.
             _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns)
             _ranges_at(times, vals, k, t, windows_ns, delays_ns, own_ranges, sums)
-            emit(vals, own_ranges, sums, feature_slot, feature_column, feature_op, out[j])
+            emit(vals, own_ranges, sums, walks, out, j)
             if since_prev:
                 out[j, n_feat] = _seconds_since(t, times[k - 1] if k > 0 else NO_TIME)
             status[j] = ST_LATE

@@ -90,7 +90,9 @@ class DerivedPlan:
 
     raw: tuple[tuple[int, str], ...]  # (output column, source column)
     calendar_kinds: np.ndarray  # kernel codes, output columns from len(raw)
-    ratios: tuple[tuple[int, int, str], ...]  # (output column, denominator column, numerator)
+    ratio_columns: np.ndarray  # output column of each ratio
+    denominator_columns: np.ndarray  # the output column each ratio divides by
+    numerators: tuple[str, ...]  # the source column each ratio divides
 
     @classmethod
     def of(cls, spec: FeatureSpec) -> DerivedPlan:
@@ -103,10 +105,11 @@ class DerivedPlan:
         plan = cls(
             raw=tuple((j, col.name) for j, col in enumerate(spec.raw)),
             calendar_kinds=np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64),
-            ratios=tuple(
-                (j, position[r.aggregate.name(spec.label_delay)], r.column.name)
-                for j, r in enumerate(spec.ratios, start=first)
+            ratio_columns=np.arange(first, first + len(spec.ratios), dtype=np.int64),
+            denominator_columns=np.array(
+                [position[r.aggregate.name(spec.label_delay)] for r in spec.ratios], np.int64
             ),
+            numerators=tuple(r.column.name for r in spec.ratios),
         )
         _DERIVED[id(spec)] = (spec, plan)  # the spec is kept alive: its id is not reused
         return plan
@@ -128,10 +131,9 @@ def fill_derived(
         out[:, j] = raw[name]
     fill = kernels.calendar_parallel if len(times_ns) >= _PARALLEL_ROWS else kernels.calendar
     fill(plan.calendar_kinds, np.ascontiguousarray(times_ns, np.int64), out, len(plan.raw))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for j, denominator, numerator in plan.ratios:
-            denom = out[:, denominator]
-            out[:, j] = np.where(denom != 0, raw[numerator] / denom, np.nan)
+    if plan.numerators:
+        numerators = np.array([raw[name] for name in plan.numerators], np.float64)
+        kernels.ratios(out, numerators, plan.ratio_columns, plan.denominator_columns)
 
 
 def lateness_ns(max_lateness: timedelta) -> int:

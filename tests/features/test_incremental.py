@@ -100,6 +100,18 @@ def test_a_transaction_too_late_for_an_earlier_one_of_its_batch_is_rejected():
     assert st[0] == Status.LATE and col(f, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")[0] == 1
 
 
+def test_a_transaction_too_late_for_a_restored_state_is_rejected():
+    source = IncrementalEngine(SPEC, max_lateness=timedelta(hours=1))
+    source.process(batch((KIND_TX, 1, 3.0, 7, 1, 10.0, 0)))
+    engine = IncrementalEngine(SPEC, max_lateness=timedelta(hours=1))
+    engine.load(CUSTOMER, 7, source.export(CUSTOMER, 7))  # the only state, restored
+    feats, status = engine.process(batch((KIND_TX, 2, 2.0, 7, 2, 99.0, 0)))
+    assert status[0] == Status.TOO_LATE and np.isnan(feats[0]).all()
+    assert np.frombuffer(engine.export(TERMINAL, 2), np.int64)[0] == 0  # not applied there
+    _, status = engine.process(batch((KIND_TX, 3, 2.99, 7, 3, 20.0, 0)))
+    assert status[0] == Status.LATE
+
+
 def test_label_counts_only_once_it_is_delay_old():
     engine = IncrementalEngine(SPEC)
     engine.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0)))

@@ -1,0 +1,45 @@
+"""Kernel building blocks checked on their own: the one-pass scan and the prefetch hint."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+from numba import njit
+
+from features import kernels
+from features.prefetch import prefetch
+
+
+def test_one_pass_scan_gives_std_min_and_max_of_any_range():
+    rng = np.random.default_rng(7)
+    vals = rng.lognormal(4, 1, size=(101, 3))
+    out = np.full((1, 3), -1.0)
+    for b, e in [(0, 101), (5, 6), (10, 43), (17, 18), (3, 100), (50, 52)]:
+        column = vals[b:e, 1]
+        kernels._scan(vals, b, e, 1, column.sum(), 2, 0, 1, out, 0)
+        np.testing.assert_allclose(out[0, 2], column.std(), rtol=1e-12)
+        assert out[0, 0] == column.min() and out[0, 1] == column.max()
+    kernels._scan(vals, 9, 9, 1, 0.0, 2, 0, 1, out, 0)
+    assert out[0, 2] == 0.0 and np.isnan(out[0, :2]).all()
+
+
+def test_a_scan_writes_only_the_features_it_is_given():
+    vals = np.arange(12.0).reshape(4, 3)
+    out = np.full((1, 3), -1.0)
+    kernels._scan(vals, 0, 4, 0, vals[:, 0].sum(), -1, -1, 1, out, 0)
+    assert out.tolist() == [[-1.0, 9.0, -1.0]]
+
+
+@njit
+def _prefetch_then_read(array, row):
+    prefetch(array, row, 0)
+    return array[0, 0]
+
+
+def test_prefetch_is_a_hint_that_never_faults():
+    array = np.ones((4, 4))
+    assert _prefetch_then_read(array, 1 << 40) == 1.0  # far outside any mapping
+    if platform.machine() in ("x86_64", "AMD64"):
+        (assembly,) = _prefetch_then_read.inspect_asm().values()
+        assert "prefetcht0" in assembly

@@ -160,9 +160,9 @@ class EntityStore:
                 p.label_cols,
                 p.win,
                 p.dly,
-                p.fslot,
-                p.fcol,
-                p.fop,
+                p.walks,
+                p.summed,
+                len(p.fslot),
                 p.since_prev,
                 self.keep_ns,
                 self.lateness_ns,
@@ -236,8 +236,8 @@ class ExportedStates:
         p = self.plan
         status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
         exported = kernels.apply_exported(
-            words, kind, time_ns, txid, vals, p.label_cols, p.win, p.dly, p.fslot, p.fcol,
-            p.fop, p.since_prev, self.keep_ns, self.lateness_ns, out, status,
+            words, kind, time_ns, txid, vals, p.label_cols, p.win, p.dly, p.walks, p.summed,
+            len(p.fslot), p.since_prev, self.keep_ns, self.lateness_ns, out, status,
         )  # fmt: skip
         return exported.tobytes(), int(status[0])
 
@@ -268,29 +268,32 @@ def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
 
 
 @njit(cache=True)
-def _merge_status(kinds, per_entity):
+def _merge_status(kinds, per_entity, features):
     """One status per event from each entity's (``per_entity[e, j]``): the worst for
     transactions; for labels, applied if any entity applied it, else the first entity's
-    reason."""
-    out = np.empty(kinds.shape[0], np.int64)
+    reason. Row j of ``features`` becomes NaN unless event j is a transaction scored (``OK`` or
+    ``LATE``)."""
+    status = np.empty(kinds.shape[0], np.int64)
     for j in range(kinds.shape[0]):
         if kinds[j] == _KIND_SKIP:
-            out[j] = kernels.ST_TOO_LATE
+            status[j] = kernels.ST_TOO_LATE
         elif kinds[j] == KIND_TX:
             worst = per_entity[0, j]
             for e in range(1, per_entity.shape[0]):
                 worst = max(worst, per_entity[e, j])
-            out[j] = worst
+            status[j] = worst
         else:
-            out[j] = kernels.ST_LABEL_NOT_USED
+            status[j] = kernels.ST_LABEL_NOT_USED
             for e in range(per_entity.shape[0]):
                 st = per_entity[e, j]
                 if st == kernels.ST_LABEL_APPLIED:
-                    out[j] = st
+                    status[j] = st
                     break
-                if out[j] == kernels.ST_LABEL_NOT_USED:
-                    out[j] = st
-    return out
+                if status[j] == kernels.ST_LABEL_NOT_USED:
+                    status[j] = st
+        if status[j] > kernels.ST_LATE:
+            features[j, :] = np.nan
+    return status
 
 
 @njit(cache=True)
@@ -392,10 +395,8 @@ class IncrementalEngine:
             vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
             block = out[:, plan.offset : plan.offset + plan.n_out]
             self.stores[entity].process(kinds, rows[e], times, txids, vals, block, per_entity[e])
-        status = _merge_status(kinds, per_entity)
         fill_derived(self.spec, out, times, batch.values)
-        out[status > Status.LATE] = np.nan
-        return out, status
+        return out, _merge_status(kinds, per_entity, out)
 
     def _may_be_too_late(self, tx_times: np.ndarray) -> bool:
         """Whether a transaction at one of ``tx_times`` could be too late for a state: false

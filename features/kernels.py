@@ -126,7 +126,8 @@ def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, summed, t):
         hi = t - delays_ns[s]
         b0 = ranges[2 * s]
         e0 = ranges[2 * s + 1]
-        b, e = _move(times, n, hi, windows_ns[s], b0, e0)
+        b, e = b0, e0
+        moved = False
         for c in range(n_cols):  # the range moves the same way for every column
             if summed[s * n_cols + c]:
                 i = 2 * (s * n_cols + c)
@@ -135,6 +136,9 @@ def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, summed, t):
                 )
                 acc[i] = total
                 acc[i + 1] = comp
+                moved = True
+        if not moved:
+            b, e = _move(times, n, hi, windows_ns[s], b0, e0)
         ranges[2 * s] = b
         ranges[2 * s + 1] = e
 
@@ -200,7 +204,7 @@ def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
 
 @njit(cache=True, inline="always")
 def emit(vals, ranges, sums, walks, out, at):
-    """Write every feature of ``walks`` (see :func:`_passes`) into ``out[at]``.
+    """Write every feature of ``walks`` (see :func:`feature_walks`) into ``out[at]``.
 
     ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)`` in ``vals``;
     ``sums[s * C + c]`` is column c's sum over it.
@@ -329,7 +333,7 @@ def group_rows(
 
 
 @njit(cache=True)
-def _passes(n_slots, n_cols, feature_slot, feature_column, feature_op):
+def feature_walks(n_slots, n_cols, feature_slot, feature_column, feature_op):
     """The features grouped into walks: one per (slot, column) with count/sum/mean features,
     one per (slot, column) with scanned (std, min, max) features.
 
@@ -357,7 +361,7 @@ def _passes(n_slots, n_cols, feature_slot, feature_column, feature_op):
 
 
 @njit(cache=True)
-def _summed(walks, n_slots, n_cols):
+def summed_columns(walks, n_slots, n_cols):
     """Which (slot, column) running sums a feature of ``walks`` reads: a sum, a mean or a
     std (about the mean); a count needs only the range."""
     summed = np.zeros(n_slots * n_cols, np.bool_)
@@ -407,7 +411,7 @@ def backfill_entity(
     n = grouped_times.shape[0]
     n_feat = feature_slot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    walks = _passes(
+    walks = feature_walks(
         windows_ns.shape[0], grouped_vals.shape[1], feature_slot, feature_column, feature_op
     )
     for g in prange(starts.shape[0] - 1):
@@ -655,9 +659,9 @@ def process(
     label_columns,
     windows_ns,
     delays_ns,
-    feature_slot,
-    feature_column,
-    feature_op,
+    walks,
+    summed,
+    n_feat,
     since_prev,
     keep_ns,
     lateness_ns,
@@ -672,10 +676,11 @@ def process(
     ``event_vals[j]`` (one per column of the state); ``arena_rows[j]`` is its entity's arena
     row (-1 only for a label of an unknown entity). ``status[j]`` gets an ``ST_*`` code.
 
-    A transaction writes its features to ``out[j]``: feature f is op ``feature_op[f]`` of
-    column ``feature_column[f]`` over slot ``feature_slot[f]``, slot s being the window of
-    ``windows_ns[s]`` ending ``delays_ns[s]`` before the transaction; then, if ``since_prev``,
-    seconds since the entity's previous transaction. A transaction older than the entity's
+    A transaction writes its features to ``out[j]``: the ``n_feat`` features of ``walks``
+    (:func:`feature_walks`), slot s being the window of ``windows_ns[s]`` ending
+    ``delays_ns[s]`` before the transaction; then, if ``since_prev``, seconds since the
+    entity's previous transaction. ``summed`` (:func:`summed_columns`) says which running
+    sums the features read. A transaction older than the entity's
     newest by ``lateness_ns`` or more is rejected; a full buffer first drops the events
     ``keep_ns`` or more older than the newest (see :func:`compact`). A label sets the
     ``label_columns`` of its buffered transaction (same time and id) to its values.
@@ -685,9 +690,6 @@ def process(
     """
     n_slots = windows_ns.shape[0]
     n_cols = event_vals.shape[1]
-    n_feat = feature_slot.shape[0]
-    walks = _passes(n_slots, n_cols, feature_slot, feature_column, feature_op)
-    summed = _summed(walks, n_slots, n_cols)
     uses_labels = label_columns.shape[0] > 0
     sums = np.zeros(n_slots * n_cols, np.float64)
     own_ranges = np.empty(2 * n_slots, np.int64)  # a late event's ranges at its own time
@@ -814,9 +816,9 @@ def apply_exported(
     label_columns,
     windows_ns,
     delays_ns,
-    feature_slot,
-    feature_column,
-    feature_op,
+    walks,
+    summed,
+    n_feat,
     since_prev,
     keep_ns,
     lateness_ns,
@@ -856,9 +858,9 @@ def apply_exported(
         label_columns,
         windows_ns,
         delays_ns,
-        feature_slot,
-        feature_column,
-        feature_op,
+        walks,
+        summed,
+        n_feat,
         since_prev,
         keep_ns,
         lateness_ns,

@@ -33,6 +33,8 @@ class EntityPlan:
     fslot: np.ndarray
     fcol: np.ndarray
     fop: np.ndarray
+    walks: np.ndarray  # the features grouped as the kernels compute them (feature_walks)
+    summed: np.ndarray  # which (slot, column) running sums the features read
     since_prev: bool
     horizon_ns: int
     offset: int  # column of this entity's first feature in ``spec.names``
@@ -50,16 +52,24 @@ class EntityPlan:
             fslot.append(slots.index(key))
             fcol.append(cols.index(agg.column))
             fop.append(_OP_CODES[agg.op])
+        win = np.array([w for w, _ in slots], np.int64)
+        n_cols = max(len(cols), 1)
+        walks = kernels.feature_walks(
+            len(slots), n_cols, np.array(fslot, np.int64), np.array(fcol, np.int64),
+            np.array(fop, np.int64),
+        )  # fmt: skip
         return cls(
             entity=entity,
             names=spec.entity_names(entity),
             columns=[c.name for c in cols],
             label_cols=np.array([i for i, c in enumerate(cols) if c.is_label], np.int64),
-            win=np.array([w for w, _ in slots], np.int64),
+            win=win,
             dly=np.array([d for _, d in slots], np.int64),
             fslot=np.array(fslot, np.int64),
             fcol=np.array(fcol, np.int64),
             fop=np.array(fop, np.int64),
+            walks=walks,
+            summed=kernels.summed_columns(walks, len(slots), n_cols),
             since_prev=spec.entity_since_previous(entity),
             horizon_ns=to_ns(spec.horizon(entity)),
             offset=spec.names.index(spec.entity_names(entity)[0])

@@ -68,8 +68,8 @@ def backfill_profile(df: pd.DataFrame, spec: FeatureSpec, repeat: int = 5) -> Me
             return kernels.group_rows(keys, lo, n_groups, order, times, vals, tv, vv, rows, threads)
 
         starts = sort()
-        kernel_args = (starts, tv, vv, rows, plan.win, plan.dly, plan.fslot, plan.fcol)
-        kernel_args += (plan.fop, plan.since_prev, scratch, out, plan.offset)
+        kernel_args = (starts, tv, vv, rows, plan.win, plan.dly, plan.walks, len(plan.fslot))
+        kernel_args += (plan.since_prev, scratch, out, plan.offset)
         name = plan.entity.name
         result[f"backfill_{name}_sort_ms"] = _ms(sort, repeat)
         result[f"backfill_{name}_walks_ms"] = _ms(

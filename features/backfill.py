@@ -54,7 +54,7 @@ def compute(
     # scratch shared by the entities (fresh memory is costly: see kernels.backfill_entity)
     tv, rows = np.empty(n, np.int64), np.empty(n, np.int64)
     blk = np.empty(n * max((p.n_out for p in plans), default=1))
-    vv_all = np.empty(n * max((max(len(p.columns), 1) for p in plans), default=1))
+    vv_all = np.empty(n * max((p.n_cols for p in plans), default=1))
     for plan in plans:
         cols = [values[c] for c in plan.columns] or [np.zeros(n)]
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
@@ -70,9 +70,8 @@ def compute(
             rows,
             plan.win,
             plan.dly,
-            plan.fslot,
-            plan.fcol,
-            plan.fop,
+            plan.walks,
+            len(plan.fslot),
             plan.since_prev,
             blk[: n * plan.n_out].reshape(n, plan.n_out),
             out,

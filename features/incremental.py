@@ -64,7 +64,7 @@ class EntityStore:
         self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
-        self.n_cols = max(len(plan.columns), 1)
+        self.n_cols = plan.n_cols
         self.cap = capacity
         # entity id -> arena row: a table for ids in [0, len(self.dense)), a dict for the rest
         self.dense = np.full(0, -1, np.int64)
@@ -145,9 +145,8 @@ class EntityStore:
     ) -> None:
         """Apply events in order; transactions' features go to ``out`` (one row per event)."""
         p = self.plan
-        tx_times = times[kinds == KIND_TX]
-        if len(tx_times):
-            self.newest_bound = max(self.newest_bound, int(tx_times.max()))
+        if len(times):  # labels' and skipped events' times too: still a bound
+            self.newest_bound = max(self.newest_bound, int(times.max()))
         first = 0
         while True:
             first = kernels.process(
@@ -221,7 +220,7 @@ class ExportedStates:
         self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
-        self.n_cols = max(len(plan.columns), 1)
+        self.n_cols = plan.n_cols
 
     def apply(
         self, key: int, blob: bytes, kind: int, time_ns: int, txid: int, vals: np.ndarray,

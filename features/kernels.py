@@ -380,9 +380,8 @@ def backfill_entity(
     rows,
     windows_ns,
     delays_ns,
-    feature_slot,
-    feature_column,
-    feature_op,
+    walks,
+    n_feat,
     since_prev,
     scratch,
     out,
@@ -393,9 +392,9 @@ def backfill_entity(
     ``grouped_times``/``grouped_vals`` hold each entity's events contiguously in (time, arrival)
     order, entity g at ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p
     (see :func:`group_rows`). Slot s is the window ``windows_ns[s]`` ending ``delays_ns[s]``
-    before the event; feature f is op ``feature_op[f]`` of column ``feature_column[f]`` over
-    slot ``feature_slot[f]``. Row r's aggregates go to ``out[r, col0:]``, followed (if
-    ``since_prev``) by seconds since the entity's previous event. ``scratch`` is n x width,
+    before the event; the ``n_feat`` features are those of ``walks`` (:func:`feature_walks`).
+    Row r's aggregates go to ``out[r, col0:]``, followed (if ``since_prev``) by seconds since
+    the entity's previous event. ``scratch`` is n x width,
     C order. Entities run in parallel.
 
     Each entity's history is walked once per (slot, column): the range and its sum live in
@@ -409,11 +408,7 @@ def backfill_entity(
     page faults otherwise dominate on virtual machines.
     """
     n = grouped_times.shape[0]
-    n_feat = feature_slot.shape[0]
     width = n_feat + (1 if since_prev else 0)
-    walks = feature_walks(
-        windows_ns.shape[0], grouped_vals.shape[1], feature_slot, feature_column, feature_op
-    )
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a

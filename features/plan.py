@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 import numpy as np
 
@@ -33,8 +34,6 @@ class EntityPlan:
     fslot: np.ndarray
     fcol: np.ndarray
     fop: np.ndarray
-    walks: np.ndarray  # the features grouped as the kernels compute them (feature_walks)
-    summed: np.ndarray  # which (slot, column) running sums the features read
     since_prev: bool
     horizon_ns: int
     offset: int  # column of this entity's first feature in ``spec.names``
@@ -52,24 +51,16 @@ class EntityPlan:
             fslot.append(slots.index(key))
             fcol.append(cols.index(agg.column))
             fop.append(_OP_CODES[agg.op])
-        win = np.array([w for w, _ in slots], np.int64)
-        n_cols = max(len(cols), 1)
-        walks = kernels.feature_walks(
-            len(slots), n_cols, np.array(fslot, np.int64), np.array(fcol, np.int64),
-            np.array(fop, np.int64),
-        )  # fmt: skip
         return cls(
             entity=entity,
             names=spec.entity_names(entity),
             columns=[c.name for c in cols],
             label_cols=np.array([i for i, c in enumerate(cols) if c.is_label], np.int64),
-            win=win,
+            win=np.array([w for w, _ in slots], np.int64),
             dly=np.array([d for _, d in slots], np.int64),
             fslot=np.array(fslot, np.int64),
             fcol=np.array(fcol, np.int64),
             fop=np.array(fop, np.int64),
-            walks=walks,
-            summed=kernels.summed_columns(walks, len(slots), n_cols),
             since_prev=spec.entity_since_previous(entity),
             horizon_ns=to_ns(spec.horizon(entity)),
             offset=spec.names.index(spec.entity_names(entity)[0])
@@ -80,6 +71,21 @@ class EntityPlan:
     @property
     def n_out(self) -> int:
         return len(self.names)
+
+    @property
+    def n_cols(self) -> int:
+        """Value columns of the entity's state (one even without any to aggregate)."""
+        return max(len(self.columns), 1)
+
+    @cached_property
+    def walks(self) -> np.ndarray:
+        """The features grouped as the kernels compute them (:func:`kernels.feature_walks`)."""
+        return kernels.feature_walks(len(self.win), self.n_cols, self.fslot, self.fcol, self.fop)
+
+    @cached_property
+    def summed(self) -> np.ndarray:
+        """Which (slot, column) running sums the features read (:func:`kernels.summed_columns`)."""
+        return kernels.summed_columns(self.walks, len(self.win), self.n_cols)
 
 
 _CALENDAR_CODES = {Calendar.WEEKEND: 0, Calendar.NIGHT: 1, Calendar.HOUR: 2}

@@ -38,6 +38,7 @@ SPEEDUP_GOAL = 50.0  # goal: GPU scoring >= 50x the 2-core CPU at batch 64 k
 REFERENCE_THREADS = 2  # the goal's CPU: a 2-core machine, emulated with nthread=2 on bigger ones
 PEAK_SHARE = 0.8  # recommended batch: the smallest reaching 80% of the device's peak rows/s
 SHAP_MAX_ROWS = 65_536
+PARITY_GOAL = 1e-5  # the same trees on both devices: float32 sums in another order
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def run(sizes: Sizes) -> Metrics:
     shap_rows: dict[str, int | None] = {"cpu": None, "cuda": None}
     shap["cpu"], shap_rows["cpu"] = bench_shap(booster, X, sizes.shap_budget_s)
     step("shap cpu")
-    train_gpu = None
+    train_gpu = gpu_cpu_diff = None
     cupy = _cupy() if gpu else None
     if gpu:
         with warnings.catch_warnings():  # numpy rows into a CUDA booster: XGBoost copies them
@@ -252,6 +253,10 @@ def run(sizes: Sizes) -> Metrics:
                 step("train cuda")
                 on_gpu = booster.copy()  # the CPU's trees, so both devices score one model
                 on_gpu.set_param({"device": "cuda"})
+                same = X[: min(SPEEDUP_BATCH, len(X))]
+                gpu_cpu_diff = float(
+                    np.max(np.abs(on_gpu.inplace_predict(same) - booster.inplace_predict(same)))
+                )
                 rates["cuda"], latency["cuda"] = bench_predict(
                     on_gpu.inplace_predict, X, batches, sizes.predict_budget_s
                 )
@@ -298,6 +303,7 @@ def run(sizes: Sizes) -> Metrics:
         "train_s_cpu": round(train_cpu, 3),
         "train_s_gpu": None if train_gpu is None else round(train_gpu, 3),
         "gpu_train_speedup": _ratio(train_cpu, train_gpu),
+        "gpu_cpu_max_abs_diff": gpu_cpu_diff,
         "predict_rows_per_s": {d: keyed(v) for d, v in rates.items()},
         "predict_latency_ms_p50": {
             d: keyed(v and {b: p[0] for b, p in v.items()}) for d, v in latency.items()
@@ -389,6 +395,13 @@ def to_markdown(results: Metrics) -> str:
         results["gpu_shap_speedup"],
     )
     row("recommended batch size", [results["recommended_batch_size"][d] for d in devices])
+    diff = results["gpu_cpu_max_abs_diff"]
+    row(
+        "largest abs(gpu - cpu) probability, same trees, 64 k rows",
+        [None, None if diff is None else f"{diff:.2e}", None],
+        goal=f"<= {PARITY_GOAL:g}",
+        met="" if diff is None else ("yes" if diff <= PARITY_GOAL else "no"),
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -34,6 +34,7 @@ KEYS = {
     "shap_rows_per_s",
     "gpu_scoring_speedup_at_64k",
     "recommended_batch_size",
+    "gpu_cpu_max_abs_diff",
     "notes",
 }
 QUICK_BATCHES = ["1", "64", "1024", "65536"]  # --quick caps batches at 64 k
@@ -94,7 +95,12 @@ def test_gpu_figures_are_measured_or_null_with_the_reason(quick: tuple[dict, str
         assert result["gpu_reason"].startswith("no GPU")
         assert result["gpu_inputs"] == []
         assert set(cuda.values()) == set(cupy.values()) == {None}
-        for key in ("gpu_scoring_speedup_at_64k", "gpu_shap_speedup", "gpu_train_speedup"):
+        for key in (
+            "gpu_scoring_speedup_at_64k",
+            "gpu_shap_speedup",
+            "gpu_train_speedup",
+            "gpu_cpu_max_abs_diff",
+        ):
             assert result[key] is None, key
         return
     failed = any(note.startswith("GPU step failed") for note in result["notes"])
@@ -104,6 +110,8 @@ def test_gpu_figures_are_measured_or_null_with_the_reason(quick: tuple[dict, str
     assert failed or len(measured) == len(cuda), cuda
     if "rows/s batch 65536" in measured:
         assert _positive(result["gpu_scoring_speedup_at_64k"])
+        # the CPU's trees scored on the GPU: the same probabilities up to float32 rounding
+        assert 0 <= result["gpu_cpu_max_abs_diff"] <= gpu.PARITY_GOAL
     if "cupy" in result["gpu_inputs"]:
         assert failed or all(map(_positive, cupy.values())), cupy
     else:

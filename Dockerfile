@@ -21,8 +21,9 @@
 #     --metadata-file streaming/job/flex_template_metadata.json
 #
 # GPU: XGBoost's manylinux wheel ships its CUDA code (NCCL comes from the locked
-# nvidia-nccl-cu12 wheel); the host driver comes from Dataflow's `install-nvidia-driver`
-# service option. The CUDA image's NVIDIA_REQUIRE_CUDA must be satisfied by that driver:
+# nvidia-nccl-cu12 wheel); the `gpu` extra adds CuPy, through which a batch reaches the GPU in
+# one copy (XGBoost's own copy of host rows is ~10x slower); the host driver comes from
+# Dataflow's `install-nvidia-driver` service option. The CUDA image's NVIDIA_REQUIRE_CUDA must be satisfied by that driver:
 # 12.4 needs a >= 550 driver (older 12.x drivers work through minor-version compatibility).
 # Override with --build-arg CUDA_IMAGE=...; a `-base-` tag is much smaller than `-runtime-`
 # and is enough as long as nothing links cuBLAS/cuDNN dynamically.
@@ -48,7 +49,7 @@ WORKDIR /template
 # Dependencies first (their own layer): only the lock and pyproject decide them.
 COPY pyproject.toml uv.lock ./
 RUN uv python install 3.11 \
- && uv sync --frozen --no-dev --no-install-project
+ && uv sync --frozen --no-dev --extra gpu --no-install-project
 # The project: editable, so the sources stay in /template (streaming/store/names.py finds
 # feature_repo/ next to its package; a wheel install would lose it). README.md is the
 # package's readme, needed to build its metadata.
@@ -58,7 +59,7 @@ COPY streaming ./streaming
 COPY training ./training
 COPY feature_repo ./feature_repo
 # pip: Beam's boot pip-installs staged packages, if a job stages any (none by default).
-RUN uv sync --frozen --no-dev \
+RUN uv sync --frozen --no-dev --extra gpu \
  && uv pip install --python /opt/venv/bin/python pip \
  && /opt/venv/bin/python -m compileall -q features streaming training \
  && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.job.pipeline"

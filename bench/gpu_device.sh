@@ -15,7 +15,7 @@ nvidia-smi || echo "gpu_device.sh: nvidia-smi not found or failed" >&2
 "$PYTHON" -c 'import xgboost; print("xgboost", xgboost.__version__, "USE_CUDA", xgboost.build_info().get("USE_CUDA"))' || exit 1
 # No conftest: it starts the emulators, which these tests do not use.
 timeout 120 "$PYTHON" -m pytest -q -p no:cacheprovider --noconftest \
-  tests/test_bench_gpu.py tests/bench/test_gpu.py 2>&1 | tee "$OUT/gpu-tests.log"
+  tests/test_bench_gpu.py tests/bench/test_gpu.py tests/training/test_model.py 2>&1 | tee "$OUT/gpu-tests.log"
 tests=${PIPESTATUS[0]}
 timeout 480 "$PYTHON" -m bench.gpu --out "$OUT/gpu-latest"
 rc=$?

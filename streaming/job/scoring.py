@@ -183,7 +183,7 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
     def _score(self, batch: Sequence[FeatureRow], live: LiveModel) -> list[Scored]:
         model = live.get()
         X = np.ascontiguousarray(np.stack([r.features for r in batch]), np.float32)
-        scores = predict(model.booster, X)
+        scores = predict(model.booster, X, live.device)
         threshold = model.threshold if self.threshold is None else self.threshold
         names = model.features
         # Reason codes (SHAP, ~50x the cost of a score) only for the rows that will alert.

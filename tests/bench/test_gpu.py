@@ -100,6 +100,7 @@ def test_gpu_figures_are_measured_or_null_with_the_reason(quick: tuple[dict, str
             "gpu_shap_speedup",
             "gpu_train_speedup",
             "gpu_cpu_max_abs_diff",
+            "predict_rows_per_s_64k_gpu_without_cupy",
         ):
             assert result[key] is None, key
         return
@@ -114,8 +115,10 @@ def test_gpu_figures_are_measured_or_null_with_the_reason(quick: tuple[dict, str
         assert 0 <= result["gpu_cpu_max_abs_diff"] <= gpu.PARITY_GOAL
     if "cupy" in result["gpu_inputs"]:
         assert failed or all(map(_positive, cupy.values())), cupy
+        assert failed or _positive(result["predict_rows_per_s_64k_gpu_without_cupy"])
     else:
         assert set(cupy.values()) == {None}
+        assert result["predict_rows_per_s_64k_gpu_without_cupy"] is None
         assert any(note.startswith("cupy not installed") for note in result["notes"])
 
 

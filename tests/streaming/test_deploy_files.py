@@ -473,13 +473,14 @@ def test_dockerfile_uv_is_the_makefiles_uv():
     assert re.findall(r"ghcr\.io/astral-sh/uv:(\S+)", _dockerfile()) == [make_uv]
 
 
-def test_dockerfile_installs_from_the_lock_without_dev_extras():
+def test_dockerfile_installs_from_the_lock_with_the_gpu_extra_only():
     syncs = [args for word, args in _instructions() if word == "RUN" and "uv sync" in args]
     assert syncs
     for args in syncs:
         for command in re.findall(r"uv sync[^&;]*", args):
-            assert "--frozen" in command, command
-            assert "--extra" not in command and "--all-extras" not in command, command
+            assert "--frozen" in command and "--no-dev" in command, command
+            assert re.findall(r"--extra[= ](\S+)", command) == ["gpu"], command
+            assert "--all-extras" not in command, command
     assert not re.search(r"pip install[^&;]*-r ", _dockerfile()), "dependencies outside uv.lock"
 
 

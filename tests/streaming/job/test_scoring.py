@@ -3,11 +3,13 @@ above the threshold only, everything else carried over from the row."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import xgboost as xgb
 from apache_beam import Create
 from apache_beam.testing.util import BeamAssertException, assert_that
@@ -16,6 +18,7 @@ from features.incremental import Status
 from streaming.job.entity_state import FeatureRow
 from streaming.job.scoring import BoosterHandler, Score
 from tests.streaming.job.stages import SPEC, batch_pipeline, to_transactions
+from tests.training.cupy_standin import StandInCupy
 from training import model as models
 
 TOP_K = 3
@@ -70,3 +73,26 @@ def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
     handler = BoosterHandler(str(root), SPEC.name, threshold, top_k=TOP_K, max_batch_size=16)
     with batch_pipeline() as p:
         assert_that(p | Create(rows) | Score(handler), match)
+
+
+def test_a_cuda_handler_sends_each_batch_to_the_device_once(
+    world: tuple[pd.DataFrame, np.ndarray],
+    model: tuple[xgb.Booster, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``device="cuda"``: the batch's float32 rows are copied to the GPU in one call (CuPy, a
+    stand-in here: without a GPU XGBoost scores on the CPU) and score as offline."""
+    df, X = world
+    booster, root = model
+    cupy = StandInCupy()
+    monkeypatch.setattr(models, "cupy_module", lambda: cupy)
+    handler = BoosterHandler(str(root), SPEC.name, device="cuda")
+    txs = to_transactions(df)[:32]
+    rows = [FeatureRow(tx, x, int(Status.OK)) for tx, x in zip(txs, X[:32], strict=True)]
+    with warnings.catch_warnings():  # XGBoost's, without a GPU: it scores on the CPU
+        warnings.simplefilter("ignore")
+        scored = list(handler.run_inference(rows, handler.load_model()))
+    (sent,) = cupy.sent
+    np.testing.assert_array_equal(sent, X[:32].astype(np.float32))
+    offline = models.predict(booster, X[:32].astype(np.float32))
+    np.testing.assert_array_equal([s.score for s in scored], offline)

@@ -277,8 +277,8 @@ def run(sizes: Sizes) -> Metrics:
     bar.close()
     if gpu and cupy is None:
         notes.append(
-            "cupy not installed: GPU scoring from numpy rows through XGBoost's DMatrix copy "
-            "(the job's path without the 'gpu' extra); no figures for rows on the GPU"
+            "cupy not installed (or it sees no GPU): GPU scoring from numpy rows through "
+            "XGBoost's DMatrix copy (the job's path then); no figures for rows on the GPU"
         )
     gpu_64k = (rates["cuda"] or {}).get(SPEEDUP_BATCH)
 

@@ -120,19 +120,20 @@ def train(
 
 @functools.cache
 def cupy_module() -> ModuleType | None:
-    """CuPy when installed (the ``gpu`` extra), else None."""
+    """CuPy when it is installed (the ``gpu`` extra) and sees a GPU, else None."""
     try:
         import cupy
     except ImportError:
         return None
-    return cupy
+    return cupy if cupy.cuda.is_available() else None
 
 
 @functools.cache
 def _warn_no_cupy() -> None:
     log.warning(
-        "device=cuda without CuPy: XGBoost copies each batch through a DMatrix, several times "
-        "slower than one copy (install the 'gpu' extra: pip install 'fraudstream[gpu]')"
+        "device=cuda without CuPy seeing a GPU: XGBoost copies each batch through a DMatrix, "
+        "several times slower than one copy (or scores on the CPU if it sees no GPU either); "
+        "on a GPU machine install the 'gpu' extra: pip install 'fraudstream[gpu]'"
     )
 
 

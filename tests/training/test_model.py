@@ -5,6 +5,8 @@ that the GPU's probabilities match the CPU's)."""
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -57,3 +59,26 @@ def test_cuda_without_cupy_scores_and_says_how_to_copy_faster_once(
     np.testing.assert_array_equal(first, models.predict(booster, X))
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "fraudstream[gpu]" in warning
+
+
+def test_a_cupy_that_sees_no_gpu_is_not_used(
+    booster_and_rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker image carries CuPy; on a worker without a GPU, ``device=cuda`` must still
+    score (through XGBoost, which falls back to the CPU) instead of failing every batch."""
+    booster, X = booster_and_rows
+    blind = StandInCupy(gpu=False)
+    monkeypatch.setitem(sys.modules, "cupy", blind)
+    models.cupy_module.cache_clear()
+    try:
+        assert models.cupy_module() is None
+        with warnings.catch_warnings():  # XGBoost's, where it sees no GPU either
+            warnings.simplefilter("ignore")
+            scores = models.predict(booster, X, "cuda")
+        assert blind.sent == []
+        np.testing.assert_array_equal(scores, models.predict(booster, X))
+        monkeypatch.setitem(sys.modules, "cupy", StandInCupy(gpu=True))
+        models.cupy_module.cache_clear()
+        assert models.cupy_module() is sys.modules["cupy"]
+    finally:
+        models.cupy_module.cache_clear()

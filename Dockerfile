@@ -62,7 +62,7 @@ COPY feature_repo ./feature_repo
 RUN uv sync --frozen --no-dev --extra gpu \
  && uv pip install --python /opt/venv/bin/python pip \
  && /opt/venv/bin/python -m compileall -q features streaming training \
- && /opt/venv/bin/python -c "import apache_beam, xgboost, numba, streaming.job.pipeline"
+ && /opt/venv/bin/python -c "import apache_beam, cupy, xgboost, numba, streaming.job.pipeline"
 # The jar of Beam's Java expansion service that expands WriteToBigQuery's Storage Write API
 # (--scored_table) when the launcher builds the job: resolved and fetched by the installed Beam
 # (its own version, from Maven Central) now, so a launch downloads nothing. The final image

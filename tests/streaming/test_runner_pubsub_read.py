@@ -1,8 +1,8 @@
 """The local runner's prefetching Pub/Sub read, on a fake subscriber the test steps through.
 
-No test reads the clock: the fake's pulls return only what the test queues, the prefetchers'
-timed waits are recorded and end at once, and the test waits for the events it needs (a pull
-started, a thread ended) rather than for a time.
+No test reads the clock: the fake's pulls return only what the test queues, the runner's timed
+waits are recorded and end at once, the prefetchers' lease clock is the test's, and the test
+waits for the events it needs (a pull started, a thread ended) rather than for a time.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class _FakeSubscriber:
         self.batches: queue.Queue = queue.Queue()
         self.pulls = 0  # pulls started
         self.acked: list[str] = []
+        self.leased: list[tuple[list[str], int]] = []  # (ack ids, deadline s) per extension
+        self.lease_sent = threading.Event()
         self.ack_threads: set[str] = set()
         self.acks_answer = threading.Event()  # cleared: an acknowledgement RPC waits for it
         self.acks_answer.set()
@@ -54,33 +56,54 @@ class _FakeSubscriber:
         self.ack_threads.add(threading.current_thread().name)
         self.acked += ack_ids
 
+    def modify_ack_deadline(
+        self, subscription: str, ack_ids: list[str], ack_deadline_seconds: int
+    ) -> None:
+        self.leased.append((list(ack_ids), ack_deadline_seconds))
+        self.lease_sent.set()
+
     def close(self) -> None:
         self.closed = True
         self.batches.put(exceptions.DeadlineExceeded("closed"))
 
 
 class _Waits:
-    """The prefetchers' waits on their condition: a timed wait (a read's idle wait) is recorded
-    and ends at once, as if the time had passed; a wait without a limit (for room to pull more)
-    sets ``for_room`` and waits to be notified."""
+    """The waits on the prefetchers' condition: the runner's read's (timed: its idle wait) is
+    recorded and ends at once, as if the time had passed; a prefetcher's (for room to pull
+    more, or for its lease to be due) sets ``for_room`` and waits to be notified: the test's
+    clock stands still until the test moves it."""
 
     def __init__(self) -> None:
         self.timed: list[float] = []
         self.for_room = threading.Event()
 
     def __call__(self, timeout: float | None) -> bool:
-        if timeout is not None:
+        if not threading.current_thread().name.startswith("pubsub-prefetch"):
             self.timed.append(timeout)
             return False
         self.for_room.set()
         return pr._ARRIVED.wait()
 
 
+class _Clock:
+    """The prefetchers' clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = _Clock()  # the fixture's prefetchers' clock
+
+
 @pytest.fixture
 def fake() -> Iterator[tuple[_FakeSubscriber, pr._FastPull, _Waits]]:
     pr.tune_direct_pubsub_read(max_messages=5, timeout_s=0.5, idle_wait_s=IDLE_WAIT_S)
     client, waits = _FakeSubscriber(), _Waits()
-    pull = pr._FastPull(client, wait=waits)
+    pull = pr._FastPull(client, wait=waits, clock=CLOCK)
+    CLOCK.now = 0.0
     yield client, pull, waits
     pull.close()
     pr.tune_direct_pubsub_read()  # the defaults again
@@ -215,3 +238,42 @@ def test_acknowledgements_leave_the_runners_thread_and_are_all_sent_by_close(fak
 def test_the_settings_are_checked():
     with pytest.raises(ValueError, match="idle_wait_s >= 0"):
         pr.tune_direct_pubsub_read(idle_wait_s=-1)
+
+
+def test_held_messages_keep_their_lease_until_the_runner_takes_them(fake):
+    """A runner busy past the messages' ack deadline does not get them redelivered: every
+    ``LEASE_EVERY_S`` the held messages' deadline is set ``LEASE_S`` ahead (the real emulator's
+    redelivery is in ``test_runner_pubsub_lease.py``)."""
+    client, pull, _ = fake
+    pull.pull(SUBSCRIPTION)
+    client.batches.put(_batch(1, 2))
+    client.wait_for_pulls(2)  # held, leased at 0
+    CLOCK.now = pr.LEASE_EVERY_S - 0.5
+    client.batches.put(_batch(3))
+    client.wait_for_pulls(3)
+    assert client.leased == []  # not due yet
+    CLOCK.now = pr.LEASE_EVERY_S
+    client.batches.put(_batch(4))
+    assert client.lease_sent.wait(EVENT_S)
+    assert client.leased == [(["a1", "a2", "a3", "a4"], pr.LEASE_S)]
+    client.wait_for_pulls(4)
+    assert _ids(pull.pull(SUBSCRIPTION)) == [1, 2, 3, 4]
+    CLOCK.now = 10 * pr.LEASE_EVERY_S  # long after: new messages are leased from their pull
+    client.batches.put(_batch(5))
+    client.wait_for_pulls(5)
+    assert len(client.leased) == 1
+
+
+def test_a_full_prefetcher_keeps_the_lease_while_it_waits_for_room(fake):
+    client, pull, waits = fake
+    pull.pull(SUBSCRIPTION)
+    for i in range(3):
+        client.batches.put(_batch(2 * i, 2 * i + 1))  # 6 held: max_messages is 5
+    assert waits.for_room.wait(EVENT_S)
+    CLOCK.now = pr.LEASE_EVERY_S
+    with pr._ARRIVED:
+        pr._ARRIVED.notify_all()  # the wait's timeout, as the clock has moved
+    assert client.lease_sent.wait(EVENT_S)
+    assert client.leased == [([f"a{i}" for i in range(6)], pr.LEASE_S)]
+    assert client.pulls == 3  # still full: no pull meanwhile
+    assert _ids(pull.pull(SUBSCRIPTION)) == list(range(6))

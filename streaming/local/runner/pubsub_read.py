@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ UNAVAILABLE_BUDGET_S = 60.0  # how long a local read waits for an unavailable Pu
 DEFAULT_MAX_MESSAGES = 1_000
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_IDLE_WAIT_S = 0.1
+# Messages held for the runner keep their lease, as the client library's streaming pull does:
+# every LEASE_EVERY_S the held messages' deadline is set LEASE_S ahead. Pub/Sub's shortest ack
+# deadline is 10 s and the prefetcher looks at least every pull timeout (2 s), so a slow bundle
+# (a first bundle reading every state from Bigtable, say) no longer gets them redelivered.
+LEASE_EVERY_S = 3.0
+LEASE_S = 30
 
 # A pull that finds Pub/Sub unavailable is tried again, 0.5 s later at first, then up to 4 s
 # apart, until UNAVAILABLE_BUDGET_S have passed; then RetryError (from the last error) stops the
@@ -123,8 +130,9 @@ class _Prefetcher:
     The runner's single worker thread then never blocks in a pull, so an idle subscription
     (labels are sparse) stalls no other stage. Pulled messages are handed over unacknowledged
     (the evaluator acknowledges them) at the runner's next read, all at once; the thread stops
-    pulling while ``max_messages`` wait, so nothing is held near its ack deadline. Messages
-    still held at shutdown are redelivered.
+    pulling while ``max_messages`` wait, and extends the held messages' ack deadline however
+    long the runner takes (see :data:`LEASE_EVERY_S`). Messages still held at shutdown are
+    redelivered.
     """
 
     def __init__(
@@ -133,10 +141,13 @@ class _Prefetcher:
         subscription: str,
         wait: Wait = _ARRIVED.wait,
         retry: Retry = UNAVAILABLE_RETRY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client, self._subscription, self._wait = client, subscription, wait
         self._pull_retried = retry(client.pull)
+        self._clock = clock
         self._held: list = []
+        self._leased_at = 0.0  # when the held messages' deadlines were last set (or pulled)
         self._error: BaseException | None = None
         self._stopped = False
         name = f"pubsub-prefetch {subscription.rsplit('/', 1)[-1]}"
@@ -165,10 +176,15 @@ class _Prefetcher:
         limit = int(_settings["max_messages"])
         while True:
             with _ARRIVED:
-                while len(self._held) >= limit and not self._stopped:
-                    self._wait(None)
+                full = len(self._held) >= limit and not self._stopped
+                if full:  # until the runner takes them, or their lease is due
+                    self._wait(LEASE_EVERY_S)
+                due = self._lease_due()
                 if self._stopped:
                     return
+            self._extend(due)
+            if full:
+                continue
             try:
                 response = self._pull()
                 # the protobuf's own list: proto-plus wraps each message read through it
@@ -179,10 +195,36 @@ class _Prefetcher:
                     self._error = exc
                     _ARRIVED.notify_all()
                 return
-            if received:
-                with _ARRIVED:
+            with _ARRIVED:
+                if received:
+                    if not self._held:
+                        self._leased_at = self._clock()
                     self._held.extend(received)
                     _ARRIVED.notify_all()
+                due = self._lease_due()
+            self._extend(due)
+
+    def _lease_due(self) -> list[str]:
+        """The held messages' ack ids when :data:`LEASE_EVERY_S` have passed since their
+        deadline was last set (or since the oldest was pulled), else none; called holding
+        :data:`_ARRIVED`, counts the lease as set."""
+        if not self._held or self._clock() - self._leased_at < LEASE_EVERY_S:
+            return []
+        self._leased_at = self._clock()
+        return [r.ack_id for r in self._held]
+
+    def _extend(self, ack_ids: list[str]) -> None:
+        """Set the deadline of ``ack_ids`` :data:`LEASE_S` ahead (outside the lock: the runner's
+        read does not wait for the call). A failure is logged: the messages are then
+        redelivered, which the entity states refuse as ``DUPLICATE``."""
+        if not ack_ids:
+            return
+        try:
+            self._client.modify_ack_deadline(
+                subscription=self._subscription, ack_ids=ack_ids, ack_deadline_seconds=LEASE_S
+            )
+        except exceptions.GoogleAPICallError as error:
+            log.warning("Pub/Sub lease extension failed (redelivery may follow): %s", error)
 
     def _pull(self) -> Any:
         """One pull; an unavailable service is retried (see :data:`UNAVAILABLE_RETRY`), a
@@ -209,13 +251,17 @@ class _FastPull:
     """A subscriber client whose ``pull`` hands over what a :class:`_Prefetcher` pulled and
     whose ``acknowledge`` is sent from a thread of its own (the runner acknowledges right after
     the pull, before processing, so sending it later loses no guarantee; a failed one means a
-    redelivery, which the entity states refuse as ``DUPLICATE``). ``wait`` and ``retry`` go to
-    the prefetchers."""
+    redelivery, which the entity states refuse as ``DUPLICATE``). ``wait``, ``retry`` and
+    ``clock`` go to the prefetchers."""
 
     def __init__(
-        self, client: Any, wait: Wait = _ARRIVED.wait, retry: Retry = UNAVAILABLE_RETRY
+        self,
+        client: Any,
+        wait: Wait = _ARRIVED.wait,
+        retry: Retry = UNAVAILABLE_RETRY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._client, self._wait, self._retry = client, wait, retry
+        self._client, self._wait, self._retry, self._clock = client, wait, retry, clock
         self._prefetchers: dict[str, _Prefetcher] = {}
         self._acks = ThreadPoolExecutor(1, thread_name_prefix="pubsub-ack")
 
@@ -225,7 +271,9 @@ class _FastPull:
         job from spinning, and a busy one never waits on an idle subscription."""
         prefetcher = self._prefetchers.get(subscription)
         if prefetcher is None:
-            prefetcher = _Prefetcher(self._client, subscription, self._wait, self._retry)
+            prefetcher = _Prefetcher(
+                self._client, subscription, self._wait, self._retry, self._clock
+            )
             self._prefetchers[subscription] = prefetcher
         work = getattr(_reading, "work", None)
         idle = work is None or work.qsize() <= 1  # the runner's monitor task is always queued

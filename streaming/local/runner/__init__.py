@@ -1,7 +1,8 @@
 """Make the Python DirectRunner keep up with a local stream: eight patches, one per module.
 
 * :mod:`.pubsub_read` (:func:`tune_direct_pubsub_read`): Pub/Sub is pulled ahead of the runner
-  in a thread per subscription, acknowledged from another; an idle subscription stalls nothing.
+  in a thread per subscription, acknowledged from another; an idle subscription stalls nothing,
+  and messages held for a busy runner keep their lease.
 * :mod:`.dofn_cache` (:func:`cache_dofn_introspection`): a DoFn's signature, state specs and
   pickle are worked out once, not per bundle.
 * :mod:`.timers` (:func:`skip_keys_without_timers`): the scan for due timers asks only the keyed

@@ -340,6 +340,11 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    help="publish every message with this Pub/Sub ordering key: each topic's "
                    "messages reach Pub/Sub in order (one batch at a time, about 1 MB/s); "
                    "without it, concurrent batches can overtake each other")  # fmt: skip
+    p.add_argument("--pending_labels", "--pending-labels", action="store_true",
+                   help="with --start: also publish the labels still due for the transactions "
+                   "of the label delay before it (not those transactions), as a job started "
+                   "from `bootstrap` states of the history up to --start expects; the input "
+                   "must hold that history")  # fmt: skip
     p.set_defaults(func=_run_replay)
 
 
@@ -361,6 +366,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         args.speedup,
         args.label_delay_days,
         args.ordering_key,
+        args.pending_labels,
     )
     return 0
 

@@ -21,21 +21,21 @@ import pandas as pd
 from tqdm import tqdm
 
 from features import presets
-from features.incremental import KIND_TX
+from features.incremental import KIND_TX, Batch
 from features.stream import with_labels
 from features.table import read_transactions
 
 Publish = Callable[[str, bytes, dict[str, str]], object]
 
 
-def messages(
+def feed_events(
     df: pd.DataFrame, label_delay: timedelta, seen: int = 0, trailing_labels: bool = True
-) -> Iterator[tuple[str, bytes, dict, int]]:
-    """(kind, payload, attributes, arrival ns) in arrival order; kind is ``tx`` or ``label``.
+) -> Batch:
+    """The events of ``df`` to publish, in arrival order (transactions and their labels).
 
     The first ``seen`` transactions of ``df``, and the labels that arrive before the last of
     them, count as delivered already (to a job started from their states, see
-    :mod:`streaming.job.initial_states`): only the labels still due for them are yielded.
+    :mod:`streaming.job.initial_states`): only the labels still due for them are kept.
     ``trailing_labels=False`` ends with the last transaction (labels due later are left out).
     """
     spec = presets.BASELINE  # only its columns matter here
@@ -45,7 +45,21 @@ def messages(
     if seen > 0:  # just after the seen-th transaction
         first = int(is_tx[seen - 1]) + 1 if seen <= len(is_tx) else len(events)
     stop = int(is_tx[-1]) + 1 if not trailing_labels and len(is_tx) else len(events)
-    events = events[first:stop]
+    return events[first:stop]
+
+
+def messages(
+    df: pd.DataFrame, label_delay: timedelta, seen: int = 0, trailing_labels: bool = True
+) -> Iterator[tuple[str, bytes, dict, int]]:
+    """(kind, payload, attributes, arrival ns) in arrival order; kind is ``tx`` or ``label``;
+    ``seen`` and ``trailing_labels`` as in :func:`feed_events`."""
+    yield from encode(feed_events(df, label_delay, seen, trailing_labels), df, label_delay)
+
+
+def encode(
+    events: Batch, df: pd.DataFrame, label_delay: timedelta
+) -> Iterator[tuple[str, bytes, dict, int]]:
+    """The messages of ``events`` (of ``df``, whose ``TX_FRAUD`` the labels carry)."""
     delay_ns = int(label_delay.total_seconds() * 1e9)
     fraud = dict(
         zip(df["TRANSACTION_ID"].to_numpy().tolist(), df["TX_FRAUD"].tolist(), strict=True)
@@ -100,10 +114,10 @@ def replay(
         raise ValueError(f"rate and speedup must be positive, got {rate=} {speedup=}")
     counts = {"tx": 0, "label": 0}
     start, first = clock(), None
-    total = 2 * len(df)
+    events = feed_events(df, label_delay, seen, trailing_labels)
+    total = len(events)
     with tqdm(total=total, desc="replay", unit="msg", unit_scale=True, disable=not progress) as bar:
-        feed = messages(df, label_delay, seen, trailing_labels)
-        for i, (kind, data, attrs, arrival) in enumerate(feed):
+        for i, (kind, data, attrs, arrival) in enumerate(encode(events, df, label_delay)):
             first = arrival if first is None else first
             if rate is not None:
                 due = i / rate
@@ -131,29 +145,54 @@ def run_replay(
     speedup: float | None,
     label_delay_days: float,
     ordering_key: str | None = None,
+    pending_labels: bool = False,
 ) -> dict[str, int]:
     """The CLI: read, select the period, publish with the Pub/Sub client (emulator aware), in
-    order under ``ordering_key`` when one is given (see :class:`Publisher`)."""
-    df = read_transactions(inputs, presets.BASELINE)
-    times = df["TX_DATETIME"]
-    keep = np.ones(len(df), bool)
-    if start:
-        keep &= (times >= pd.Timestamp(start)).to_numpy()
-    if end:
-        keep &= (times < pd.Timestamp(end)).to_numpy()
-    df = df[keep].reset_index(drop=True)
-    if df.empty:
-        raise ValueError(f"no transaction between {start} and {end}")
+    order under ``ordering_key`` when one is given (see :class:`Publisher`).
+
+    ``pending_labels`` (needs ``start``): also the labels still due after ``start`` for the
+    transactions of the label delay before it, which a job started from the states of the
+    history up to ``start`` (``fraudstream bootstrap``) waits for; those transactions
+    themselves are not published again.
+    """
+    delay = timedelta(days=label_delay_days)
+    history = read_transactions(inputs, presets.BASELINE)
+    df, seen = period(history, start, end, delay, pending_labels)
     publisher = Publisher(project, ordering_key=ordering_key)
-    counts = replay(
-        df, publisher, topic, labels_topic, timedelta(days=label_delay_days), rate, speedup
-    )
+    counts = replay(df, publisher, topic, labels_topic, delay, rate, speedup, seen=seen)
     publisher.flush()
     print(
         f"published {counts['tx']:,} transactions to {topic} and {counts['label']:,} labels "
         f"to {labels_topic}"
     )
     return counts
+
+
+def period(
+    df: pd.DataFrame,
+    start: str | None,
+    end: str | None,
+    label_delay: timedelta,
+    pending_labels: bool = False,
+) -> tuple[pd.DataFrame, int]:
+    """The transactions to replay from ``start`` (inclusive) to ``end`` (exclusive), and how many
+    of them count as seen (``replay``'s ``seen``): with ``pending_labels``, the transactions of
+    the label delay before ``start`` come first, seen, so that only their labels still due are
+    published. ``ValueError`` if nothing is left to publish."""
+    if pending_labels and not start:
+        raise ValueError("--pending_labels needs --start: the labels of which transactions?")
+    times = df["TX_DATETIME"]
+    keep = np.ones(len(df), bool)
+    if start:
+        since = pd.Timestamp(start) - (label_delay if pending_labels else timedelta(0))
+        keep &= (times >= since).to_numpy()
+    if end:
+        keep &= (times < pd.Timestamp(end)).to_numpy()
+    df = df[keep].reset_index(drop=True)
+    seen = int((df["TX_DATETIME"] < pd.Timestamp(start)).sum()) if pending_labels else 0
+    if len(df) == seen:
+        raise ValueError(f"no transaction between {start} and {end}")
+    return df, seen
 
 
 class Publisher:

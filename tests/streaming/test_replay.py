@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
-from streaming.local.replay import Publisher, replay
+from streaming.local.replay import Publisher, messages, period, replay
 from streaming.schema import parse_label, parse_transaction
 
 DELAY = timedelta(days=7)
@@ -77,6 +78,7 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
         "2018-04-03",
         "--ordering_key",
         "history",
+        "--pending_labels",
     ]
     assert main(args) == 0
     received = {}
@@ -91,8 +93,12 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
                 subscription=sub, ack_ids=[m.ack_id for m in response.received_messages]
             )
         received[kind] = got
-    expected = int((transactions(n=120, days=10)["TX_DATETIME"] >= "2018-04-03").sum())
-    assert len(received["tx"]) == len(received["labels"]) == expected
+    history = transactions(n=120, days=10)
+    expected = int((history["TX_DATETIME"] >= "2018-04-03").sum())
+    picked, seen = period(history, "2018-04-03", None, DELAY, pending_labels=True)
+    labels = sum(m[0] == "label" for m in messages(picked, DELAY, seen))
+    assert len(received["tx"]) == expected
+    assert len(received["labels"]) == labels > expected  # and the earlier ones' still due
     assert all(parse_label(m.data).fraud in (0, 1) for m in received["labels"])
     assert {m.ordering_key for k in received for m in received[k]} == {"history"}
     ids = [parse_transaction(m.data).transaction_id for m in received["tx"]]
@@ -158,8 +164,6 @@ def test_a_failed_publish_raises_at_flush_and_at_every_later_publish(pubsub_emul
 def test_a_feed_after_bootstrapped_transactions_has_only_what_they_did_not_see():
     """``seen=k``: the first k transactions, and the labels that arrived before the k-th, were
     applied by the bootstrap; the labels still due for them come in the feed."""
-    from streaming.local.replay import messages
-
     df = transactions(n=200, days=30)
     delay = timedelta(days=7)
     everything = list(messages(df, delay))
@@ -182,3 +186,27 @@ def _id(message) -> int:
 
 def _id_of_row(df, i: int) -> int:
     return int(df["TRANSACTION_ID"].iloc[i])
+
+
+def test_pending_labels_are_those_due_after_start_for_the_delay_before_it():
+    """``replay --start S --pending_labels``: the transactions from S on, and the labels still
+    due for the transactions before S, exactly what follows S's last earlier transaction in
+    the whole history's feed; without the option, no label of an earlier transaction."""
+    df = transactions(n=400, days=40)
+    start = "2018-04-21"
+    everything = list(messages(df, DELAY))
+    before = set(df.loc[df["TX_DATETIME"] < start, "TRANSACTION_ID"].tolist())
+    last = max(i for i, m in enumerate(everything) if m[0] == "tx" and _id(m) in before)
+    picked, seen = period(df, start, None, DELAY, pending_labels=True)
+    assert picked["TX_DATETIME"].min() >= pd.Timestamp(start) - DELAY
+    fed = list(messages(picked, DELAY, seen))
+    assert fed == everything[last + 1 :]
+    assert not any(m[0] == "tx" and _id(m) in before for m in fed)
+    assert any(m[0] == "label" and _id(m) in before for m in fed)
+    plain, none_seen = period(df, start, None, DELAY)
+    assert none_seen == 0
+    assert not any(_id(m) in before for m in messages(plain, DELAY))
+    with pytest.raises(ValueError, match="needs --start"):
+        period(df, None, None, DELAY, pending_labels=True)
+    with pytest.raises(ValueError, match="no transaction"):
+        period(df, "2019-01-01", None, DELAY, pending_labels=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streaming import setup
-from streaming.cli import check_job_flags, main
+from streaming.cli import build_parser, check_job_flags, main
 from streaming.local import emulators as emu
 from streaming.store.feast_store import StoreSettings, scratch_repo
 
@@ -145,6 +145,25 @@ def test_the_defaults_are_the_names_of_the_readme_recipe():
     assert shared == {k: ours[k] for k in shared}
     topics = re.findall(r"projects/([\w-]+)/topics/", recipe)
     assert set(topics) == {setup.SetupConfig().resolved_project()}
+
+
+def test_the_readme_recipes_replay_parses_and_feeds_setups_topics():
+    """The README's `fraudstream replay` is a valid command line for the topics `setup` made,
+    starting where the history it names ends, with the labels the bootstrapped states await."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    recipe = readme.split("## Running locally", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"^fraudstream replay (.*?)\n(?!    )", recipe, re.MULTILINE | re.DOTALL)
+    assert command, "no `fraudstream replay` in the README's Running locally recipe"
+    words = shlex.split(command.group(1).replace("\\\n", " "))
+    args = build_parser().parse_args(["replay", *words])
+    config = setup.SetupConfig()
+    assert args.project == config.resolved_project()
+    assert (args.transactions_topic, args.labels_topic) == (
+        config.topics["transactions"],
+        config.topics["labels"],
+    )
+    assert args.input == ["HISTORY.parquet", "FEED.parquet"] and args.pending_labels
+    assert f"cut at\n{args.start}" in recipe or f"cut at {args.start}" in recipe
 
 
 def test_gcp_names_come_from_the_flags_or_the_profiles_variables(monkeypatch):

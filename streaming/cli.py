@@ -46,7 +46,7 @@ def _inputs(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="PATH",
-        help="transactions parquet (repeatable)",
+        help="transactions parquet, a path or gs:// URI (repeatable)",
     )
 
 
@@ -85,7 +85,8 @@ def _add_backfill(sub: argparse._SubParsersAction) -> None:
         "and write TRANSACTION_ID plus one column per feature, each as seen at its event's time.",
     )
     _inputs(p)
-    p.add_argument("--output", required=True, metavar="PATH", help="features parquet to write")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="features parquet to write (path or gs://)")  # fmt: skip
     _preset(p, "baseline")
     p.set_defaults(func=_run_backfill)
 
@@ -383,17 +384,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--days", type=int, default=183)
     p.add_argument("--start", default="2018-04-01", metavar="DATE")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", required=True, metavar="PATH", help="parquet file to write")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="parquet file to write (path or gs://)")  # fmt: skip
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    from features.table import write_parquet
     from training.simulator import SimulatorConfig, simulate
 
     config = SimulatorConfig(args.customers, args.terminals, args.days, args.start, seed=args.seed)
     df = simulate(config)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(args.output, index=False)
+    write_parquet(df, args.output)
     print(f"wrote {len(df):,} transactions ({df['TX_FRAUD'].mean():.2%} fraud) to {args.output}")
     return 0
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import pandas as pd
 from tqdm import tqdm
 
 from features import presets
 from features.backfill import backfill
-from features.table import read_transactions
-
-if TYPE_CHECKING:
-    pass
+from features.table import read_transactions, write_parquet
 
 
 def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:
-    """``fraudstream backfill``: read, compute, write parquet; progress on stderr."""
+    """``fraudstream backfill``: read, compute, write parquet (paths or ``gs://`` URIs, in and
+    out); progress on stderr."""
     spec = presets.get(preset)
     with tqdm(total=3, desc="backfill", unit="step") as bar:
         bar.set_postfix_str(f"reading {len(inputs)} file(s)")
@@ -27,8 +22,7 @@ def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:
         features = backfill(df, spec)
         bar.update()
         bar.set_postfix_str(f"writing {output}")
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        features.to_parquet(output, index=False)
+        write_parquet(features, output)
         bar.update()
     print(f"wrote {len(features):,} rows x {len(spec.names)} features ({spec.name}) to {output}")
     return features

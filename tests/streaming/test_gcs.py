@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -89,11 +90,18 @@ def test_a_missing_gcs_registry_is_a_clear_error(gcs_bucket: str) -> None:
         Registry(f"gs://{gcs_bucket}/nothing-here", create=False)
 
 
-def test_train_writes_and_promotes_a_version_on_gcs(gcs_bucket: str, tmp_path) -> None:
-    history = tmp_path / "history.parquet"
-    validate(transactions(n=3_000, customers=80, terminals=60, days=42), SPEC).to_parquet(history)
+def _upload(df, uri: str) -> str:
+    with FileSystems.create(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        df.to_parquet(f)
+    return uri
+
+
+def test_train_reads_gcs_and_writes_and_promotes_a_version_there(gcs_bucket: str) -> None:
+    """The daily retrain on GCP: the day's export and the registry both on ``gs://``."""
+    df = validate(transactions(n=3_000, customers=80, terminals=60, days=42), SPEC)
+    history = _upload(df, f"gs://{gcs_bucket}/exports/history.parquet")
     model_dir = f"gs://{gcs_bucket}/models"
-    argv = ["train", "--input", str(history), "--train-end", "2018-05-11", "--train-days", "21",
+    argv = ["train", "--input", history, "--train-end", "2018-05-11", "--train-days", "21",
             "--model-dir", model_dir, "--preset", SPEC.name]  # fmt: skip
     assert main(argv) == 0
     registry = Registry(model_dir, create=False)
@@ -117,6 +125,28 @@ def test_bootstrap_writes_states_the_job_reads_from_gcs(gcs_bucket: str, tmp_pat
     assert info.entities > 0 and info.spec == SPEC.name
     customers = initial.load(SPEC.entities[0])
     assert len(customers) == 40 and all(isinstance(v, bytes) for v in customers.values())
+
+
+def test_backfill_from_gcs_to_gcs_equals_the_local_backfill(gcs_bucket: str) -> None:
+    from features.backfill import backfill
+
+    df = validate(transactions(n=800, customers=30, terminals=20, days=15), SPEC)
+    halves = [_upload(part, f"gs://{gcs_bucket}/in/{i}.parquet") for i, part in
+              enumerate((df.iloc[400:], df.iloc[:400]))]  # fmt: skip
+    out = f"gs://{gcs_bucket}/out/features.parquet"
+    argv = ["backfill", "--input", halves[0], "--input", halves[1], "--output", out,
+            "--preset", SPEC.name]  # fmt: skip
+    assert main(argv) == 0
+    with FileSystems.open(out, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        written = pd.read_parquet(f)
+    pd.testing.assert_frame_equal(written, backfill(df, SPEC).reset_index(drop=True))
+
+
+def test_a_missing_gcs_input_is_a_clear_error(gcs_bucket: str, capsys) -> None:
+    missing = f"gs://{gcs_bucket}/exports/nothing.parquet"
+    argv = ["backfill", "--input", missing, "--output", f"gs://{gcs_bucket}/out.parquet"]
+    assert main(argv) == 2
+    assert f"{missing}: no such file" in capsys.readouterr().err
 
 
 def test_scored_files_on_gcs(gcs_bucket: str) -> None:

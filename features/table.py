@@ -1,9 +1,8 @@
-"""Reading and validating transaction tables (columns of shared/data/transactions.parquet), and
-writing tables, at local paths or ``gs://`` URIs."""
+"""Reading and validating transaction tables (columns of shared/data/transactions.parquet)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,53 +16,34 @@ class InputError(ValueError):
     """An input table cannot be used; the message says which file, column and rows."""
 
 
-def read_transactions(paths: Sequence[str | Path], spec: FeatureSpec) -> pd.DataFrame:
-    """Read parquet files (local paths or ``gs://`` URIs), concatenate them and order by
+Opener = Callable[[str], BinaryIO]
+"""Opens one input file for reading, :class:`InputError` if there is none."""
+
+
+def open_local(path: str) -> BinaryIO:
+    """A local file (the default :data:`Opener`; ``training.files`` opens ``gs://`` URIs)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    return open(path, "rb")
+
+
+def read_transactions(
+    paths: Sequence[str | Path], spec: FeatureSpec, open_file: Opener = open_local
+) -> pd.DataFrame:
+    """Read parquet files (each opened with ``open_file``), concatenate them and order by
     ``TRANSACTION_ID`` (arrival order)."""
     if not paths:
         raise InputError("no input given")
     frames = []
     for path in paths:
-        frames.append(validate(_read_parquet(str(path)), spec, source=str(path), sort=False))
+        with open_file(str(path)) as f:
+            try:
+                frame = pd.read_parquet(f)
+            except Exception as exc:  # pyarrow raises several types for a non-parquet file
+                raise InputError(f"{path}: cannot be read as parquet ({exc})") from exc
+        frames.append(validate(frame, spec, source=str(path), sort=False))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return validate(df, spec, source=" + ".join(map(str, paths)))
-
-
-def _read_parquet(path: str) -> pd.DataFrame:
-    """One parquet file, local or at a URI (see :func:`_open`)."""
-    with _open(path) as f:
-        try:
-            return pd.read_parquet(f)
-        except Exception as exc:  # pyarrow raises several types for a non-parquet file
-            raise InputError(f"{path}: cannot be read as parquet ({exc})") from exc
-
-
-def _open(path: str) -> BinaryIO:
-    """A local file, or a URI (``gs://``, any scheme Beam has a file system for) opened through
-    Beam's ``FileSystems``, as the job opens its ``gs://`` inputs; :class:`InputError` if
-    there is no such file."""
-    if "://" not in path:
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such file")
-        return open(path, "rb")
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        raise InputError(f"{path}: no such file")
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def write_parquet(df: pd.DataFrame, path: str) -> None:
-    """``df`` (without its index) as a parquet file at a local path (its folder made) or a URI
-    (``gs://``, through Beam's ``FileSystems``)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    if FileSystems.get_scheme(path) in (None, "file"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        df.to_parquet(f, index=False)
 
 
 def validate(

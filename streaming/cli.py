@@ -390,7 +390,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from features.table import write_parquet
+    from training.files import write_parquet
     from training.simulator import SimulatorConfig, simulate
 
     config = SimulatorConfig(args.customers, args.terminals, args.days, args.start, seed=args.seed)

@@ -22,9 +22,9 @@ from features import presets
 from features.backfill import backfill
 from features.spec import DAY, FeatureSpec
 from features.stream import stream_features
-from features.table import read_transactions
 from training import model as models
 from training.feedback import FeedbackReplay, scorer
+from training.files import read_transactions
 from training.protocol import Split, card_precision_at_k, in_window, metrics, scored_rows
 
 PUBLISHED = [  # EVALUATION.md: model, AUC ROC, AP, CP@100

@@ -19,9 +19,9 @@ import pandas as pd
 from features import presets
 from features.backfill import backfill
 from features.spec import FeatureSpec
-from features.table import read_transactions
 from training import model as models
 from training.drift import reference_profile, save_reference
+from training.files import read_transactions
 from training.protocol import DAY, Split, in_window, metrics, scored_rows
 from training.registry import META_FILE, MODEL_FILE, Registry, RegistryError, to_json
 from training.report import write_report

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from features import presets
 from features.backfill import backfill
-from features.table import read_transactions, write_parquet
+from training.files import read_transactions, write_parquet
 
 
 def run_backfill(inputs: list[str], output: str, preset: str) -> pd.DataFrame:

@@ -23,7 +23,7 @@ import pandas as pd
 from features import presets
 from features.batch import DAY_NS, snapshot_days, snapshots
 from features.spec import FeatureSpec
-from features.table import event_times_ns, read_transactions
+from features.table import event_times_ns
 from streaming.store.materialize import (
     open_store,
     pseudonymise_keys,
@@ -31,6 +31,7 @@ from streaming.store.materialize import (
     write_batch_offline,
 )
 from streaming.store.names import REPO, batch_entities, batch_view_name
+from training.files import read_transactions
 
 
 def run_batch_features(

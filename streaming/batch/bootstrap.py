@@ -25,9 +25,10 @@ from features import presets
 from features.incremental import KIND_TX, IncrementalEngine
 from features.spec import CUSTOMER, DEFAULT_MAX_LATENESS, HOUR, TERMINAL, Entity, FeatureSpec
 from features.stream import slices, with_labels
-from features.table import event_times_ns, read_transactions
+from features.table import event_times_ns
 from streaming.job.initial_states import META_KEY, StateFileInfo
 from streaming.store.feast_store import StoreSettings
+from training.files import read_transactions
 
 if TYPE_CHECKING:
     from streaming.store.bigtable.states import StateTable

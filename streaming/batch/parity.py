@@ -16,7 +16,8 @@ from features.backfill import backfill
 from features.incremental import Status
 from features.spec import FeatureSpec
 from features.stream import stream_features
-from features.table import read_transactions, validate
+from features.table import validate
+from training.files import read_transactions
 
 
 def stream(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:

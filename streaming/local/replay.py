@@ -23,7 +23,7 @@ from tqdm import tqdm
 from features import presets
 from features.incremental import KIND_TX, Batch
 from features.stream import with_labels
-from features.table import read_transactions
+from training.files import read_transactions
 
 Publish = Callable[[str, bytes, dict[str, str]], object]
 

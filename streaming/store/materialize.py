@@ -31,7 +31,7 @@ from features import presets
 from features.backfill import backfill
 from features.batch import DAY_NS, snapshot_days, snapshots
 from features.spec import FeatureSpec
-from features.table import event_times_ns, read_transactions
+from features.table import event_times_ns
 from streaming.pseudonymise import Pseudonymiser
 from streaming.store.names import (
     EVENT_TIMESTAMP,
@@ -45,6 +45,7 @@ from streaming.store.names import (
     view_name,
 )
 from streaming.store.tables import entity_tables
+from training.files import read_transactions
 
 PLACEHOLDER = "empty.parquet"
 """The file a batch view's directory holds before any as-of day is written (no rows)."""

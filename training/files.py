@@ -1,0 +1,40 @@
+"""Tables at local paths or ``gs://`` URIs, through Beam's ``FileSystems`` (as the registry and
+the job read and write): the histories the batch commands read, the tables they write."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import pandas as pd
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from features import table
+from features.spec import FeatureSpec
+from features.table import InputError
+
+
+def open_file(path: str) -> BinaryIO:
+    """A local file or a URI (``gs://``, any scheme Beam has a file system for), for reading;
+    :class:`InputError` if there is no such file."""
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return table.open_local(path)
+    if not FileSystems.exists(path):
+        raise InputError(f"{path}: no such file")
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_transactions(paths: Sequence[str | Path], spec: FeatureSpec) -> pd.DataFrame:
+    """:func:`features.table.read_transactions` of local paths or URIs."""
+    return table.read_transactions(paths, spec, open_file)
+
+
+def write_parquet(df: pd.DataFrame, path: str) -> None:
+    """``df`` (without its index) as a parquet file at a local path (its folder made) or a
+    URI."""
+    if FileSystems.get_scheme(path) in (None, "file"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        df.to_parquet(f, index=False)

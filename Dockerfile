@@ -22,9 +22,10 @@
 #
 # GPU: XGBoost's manylinux wheel ships its CUDA code (NCCL comes from the locked
 # nvidia-nccl-cu12 wheel); the `gpu` extra adds CuPy, through which a batch reaches the GPU in
-# one copy (XGBoost's own copy of host rows is ~10x slower); the host driver comes from
-# Dataflow's `install-nvidia-driver` service option. The CUDA image's NVIDIA_REQUIRE_CUDA must be satisfied by that driver:
-# 12.4 needs a >= 550 driver (older 12.x drivers work through minor-version compatibility).
+# one copy (XGBoost's own copy of host rows is about 5x slower at 64 k rows); the host driver
+# comes from Dataflow's `install-nvidia-driver` service option. The CUDA image's
+# NVIDIA_REQUIRE_CUDA must be satisfied by that driver: 12.4 needs a >= 550 driver (older 12.x
+# drivers work through minor-version compatibility).
 # Override with --build-arg CUDA_IMAGE=...; a `-base-` tag is much smaller than `-runtime-`
 # and is enough as long as nothing links cuBLAS/cuDNN dynamically.
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-runtime-ubuntu22.04

@@ -31,10 +31,14 @@ def read_transactions(paths: Sequence[str | Path], spec: FeatureSpec) -> pd.Data
     return table.read_transactions(paths, spec, open_file)
 
 
-def write_parquet(df: pd.DataFrame, path: str) -> None:
-    """``df`` (without its index) as a parquet file at a local path (its folder made) or a
-    URI."""
+def create(path: str) -> BinaryIO:
+    """A new file for writing at a local path (its folder made) or a URI."""
     if FileSystems.get_scheme(path) in (None, "file"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def write_parquet(df: pd.DataFrame, path: str) -> None:
+    """``df`` (without its index) as a parquet file at a local path or a URI."""
+    with create(path) as f:
         df.to_parquet(f, index=False)

@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from tqdm import tqdm
 
 from features import presets
@@ -28,7 +26,7 @@ from features.stream import slices, with_labels
 from features.table import event_times_ns
 from streaming.job.initial_states import META_KEY, StateFileInfo
 from streaming.store.feast_store import StoreSettings
-from training.files import read_transactions
+from training.files import create, read_transactions
 
 if TYPE_CHECKING:
     from streaming.store.bigtable.states import StateTable
@@ -78,10 +76,7 @@ def write_states(
             "state": pa.array([r[2] for r in rows], pa.binary()),
         }
     ).replace_schema_metadata({META_KEY: json.dumps(info.__dict__).encode()})
-    path = str(path)
-    if FileSystems.get_scheme(path) in (None, "file"):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with create(str(path)) as f:
         pq.write_table(table, f)
     return info
 

@@ -188,9 +188,12 @@ def _load(path: str, version: tuple, spec: FeatureSpec, entity: Entity) -> dict[
 
 def _open(path: str):
     """A seekable binary file on any Beam file system (``gs://`` included)."""
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    from features.table import InputError
+    from training.files import open_file
 
-    if not FileSystems.exists(path):
-        raise ValueError(f"--initial_state {path}: no such file (see fraudstream bootstrap)")
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    try:
+        return open_file(path)
+    except InputError:
+        raise ValueError(
+            f"--initial_state {path}: no such file (see fraudstream bootstrap)"
+        ) from None

@@ -20,6 +20,7 @@ import pytest
 
 from streaming.local.runner import (
     dofn_cache,
+    empty_bundles,
     event_times,
     guard,
     publishers,
@@ -43,6 +44,14 @@ PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str
         dofn_cache.cache_dofn_introspection,
         dofn_cache.REPLACED,
         ("apache_beam.transforms.core", "_fraudstream_cached"),
+    ),
+    "skip_empty_bundles": (
+        empty_bundles.skip_empty_bundles,
+        empty_bundles.REPLACED,
+        (
+            "apache_beam.runners.direct.executor:_ExecutorServiceParallelExecutor",
+            "_fraudstream_skips_empty",
+        ),
     ),
     "skip_keys_without_timers": (
         timers.skip_keys_without_timers,

@@ -1,10 +1,12 @@
-"""Make the Python DirectRunner keep up with a local stream: eight patches, one per module.
+"""Make the Python DirectRunner keep up with a local stream: nine patches, one per module.
 
 * :mod:`.pubsub_read` (:func:`tune_direct_pubsub_read`): Pub/Sub is pulled ahead of the runner
   in a thread per subscription, acknowledged from another; an idle subscription stalls nothing,
   and messages held for a busy runner keep their lease.
 * :mod:`.dofn_cache` (:func:`cache_dofn_introspection`): a DoFn's signature, state specs and
   pickle are worked out once, not per bundle.
+* :mod:`.empty_bundles` (:func:`skip_empty_bundles`): ParDo and Flatten steps run only on
+  bundles with elements, not on the empty one every step hands on per output.
 * :mod:`.timers` (:func:`skip_keys_without_timers`): the scan for due timers asks only the keyed
   states that can hold one.
 * :mod:`.publishers` (:func:`share_pubsub_publishers`): ``WriteToPubSub`` shares one publisher
@@ -18,7 +20,7 @@
 * :mod:`.gc_freeze` (:func:`freeze_startup_objects`): the objects loaded at start are kept out
   of the cyclic collector's full passes; called once the pipeline is built.
 
-The first seven replace Beam internals of one release: each checks first that the installed Beam
+The first eight replace Beam internals of one release: each checks first that the installed Beam
 is the one it was written for (:mod:`.guard`) and, if not, is skipped with a warning, the runner
 running without it. Local runs only: none of this is imported by the job on Dataflow.
 """
@@ -26,6 +28,7 @@ running without it. Local runs only: none of this is imported by the job on Data
 from __future__ import annotations
 
 from streaming.local.runner.dofn_cache import cache_dofn_introspection
+from streaming.local.runner.empty_bundles import skip_empty_bundles
 from streaming.local.runner.event_times import parse_event_times_quickly
 from streaming.local.runner.gc_freeze import freeze_startup_objects
 from streaming.local.runner.publishers import share_pubsub_publishers
@@ -38,11 +41,12 @@ __all__ = ["freeze_startup_objects", "tune_local_runner"]
 
 
 def tune_local_runner() -> dict[str, bool]:
-    """Apply the seven Beam patches, the Pub/Sub read with its default settings; returns, by
+    """Apply the eight Beam patches, the Pub/Sub read with its default settings; returns, by
     patch, whether it is applied (False: skipped, Beam is not what it was written for)."""
     return {
         "tune_direct_pubsub_read": tune_direct_pubsub_read(),
         "cache_dofn_introspection": cache_dofn_introspection(),
+        "skip_empty_bundles": skip_empty_bundles(),
         "skip_keys_without_timers": skip_keys_without_timers(),
         "share_pubsub_publishers": share_pubsub_publishers(),
         "copy_keyed_states_lightly": copy_keyed_states_lightly(),

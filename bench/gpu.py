@@ -1,8 +1,9 @@
 """``make bench-gpu``: XGBoost on the GPU against the CPU, same model and rows, in one run.
 
 Training time (``hist``), ``inplace_predict`` rows/s and latency at batches of 1 to 1 M rows,
-and SHAP ``pred_contribs`` rows/s, on synthetic float32 rows as wide as the ``default``
-preset. Without a usable GPU it says so and reports the CPU figures only (GPU fields null).
+and the job's SHAP contributions rows/s (the CPU's tables, XGBoost's GPU TreeSHAP), on
+synthetic float32 rows as wide as the ``default`` preset. Without a usable GPU it says so
+and reports the CPU figures only (GPU fields null).
 Writes ``<out>.json`` and ``<out>.md`` (default ``bench/results/gpu-latest``); the scoring
 handler takes its batch size from ``recommended_batch_size``. Run with
 ``python -m bench.gpu [--quick] [--out PATH]``.
@@ -154,14 +155,17 @@ def bench_predict(
     return rates, latency
 
 
-def bench_shap(booster: xgb.Booster, X: np.ndarray, budget_s: float) -> tuple[int, int]:
-    """(rows/s, rows) of ``pred_contribs``: rows sized so three calls fit in ``budget_s``."""
+def bench_shap(
+    booster: xgb.Booster, X: np.ndarray, budget_s: float, device: str
+) -> tuple[int, int]:
+    """(rows/s, rows) of the job's SHAP contributions on ``device``: rows sized so three calls
+    fit in ``budget_s``."""
     probe = X[: min(512, len(X))]
     t0 = time.perf_counter()
-    models.contributions(booster, probe)  # also the warm-up
+    models.contributions(booster, probe, device)  # also the warm-up (and the CPU's tables)
     rate = len(probe) / (time.perf_counter() - t0)
     rows = int(min(SHAP_MAX_ROWS, len(X), max(len(probe), rate * budget_s / 3)))
-    times = time_calls(lambda: models.contributions(booster, X[:rows]), 3, 3, 0.0)
+    times = time_calls(lambda: models.contributions(booster, X[:rows], device), 3, 3, 0.0)
     return round(rows / float(np.median(times))), rows
 
 
@@ -229,7 +233,7 @@ def run(sizes: Sizes) -> Metrics:
     step("predict cpu")
     shap: dict[str, int | None] = {"cpu": None, "cuda": None}
     shap_rows: dict[str, int | None] = {"cpu": None, "cuda": None}
-    shap["cpu"], shap_rows["cpu"] = bench_shap(booster, X, sizes.shap_budget_s)
+    shap["cpu"], shap_rows["cpu"] = bench_shap(booster, X, sizes.shap_budget_s, "cpu")
     step("shap cpu")
     train_gpu = gpu_cpu_diff = without_cupy_64k = None
     cupy = models.cupy_module() if gpu else None
@@ -270,7 +274,7 @@ def run(sizes: Sizes) -> Metrics:
                         on_device, resident, batches, sizes.predict_budget_s
                     )
                 step("predict cuda (cupy in)")
-                shap["cuda"], shap_rows["cuda"] = bench_shap(on_gpu, X, sizes.shap_budget_s)
+                shap["cuda"], shap_rows["cuda"] = bench_shap(on_gpu, X, sizes.shap_budget_s, "cuda")
                 step("shap cuda")
             except xgb.core.XGBoostError as error:
                 notes.append(f"GPU step failed, later GPU figures missing: {error}")
@@ -398,7 +402,7 @@ def to_markdown(results: Metrics) -> str:
         )
     rows = results["shap_rows"]
     row(
-        f"shap pred_contribs rows/s (rows: cpu {_cell(rows['cpu'])}, gpu {_cell(rows['cuda'])})",
+        f"shap contributions rows/s (rows: cpu {_cell(rows['cpu'])}, gpu {_cell(rows['cuda'])})",
         [shap["cpu"], shap["cuda"], None],
         results["gpu_shap_speedup"],
     )

@@ -200,6 +200,7 @@ GOALS = {
     "incremental_default_us_per_event": ("<=", 1.2),
     "feast_read100_vs_raw": ("<=", 1.5),
     "scoring_speedup_vs_beam_handler": (">=", 20),
+    "shap_speedup_vs_xgboost": (">=", 5),
     "pipeline_vs_passthrough": (">=", 0.8),
     "e2e_p99_ms_at_200eps": ("<=", 500),
     "e2e_p99_ms_at_1000eps": ("<=", 200),

@@ -1,8 +1,12 @@
 """Scoring: our batched handler against Beam's stock XGBoost handler, same model, same rows.
 
 Beam's ``XGBoostModelHandlerNumpy`` makes one ``DMatrix`` and one ``predict`` per element; ours
-stacks the batch into one float32 array and calls ``inplace_predict`` once, plus one
-``pred_contribs`` call for the reason codes of the rows that alert (~1% here).
+stacks the batch into one float32 array and calls ``inplace_predict`` once, plus one SHAP call
+for the reason codes of the rows that alert (~1% here).
+
+The reason codes alone: the job's TreeSHAP tables (:mod:`training.treeshap`) against XGBoost's
+``pred_contribs`` (two threads, as the job's booster is set), same model and rows, one alerting
+row per call (``shap_speedup_vs_xgboost``: what an alert costs) and batches of 512.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from training import model as models
 from training.registry import Registry
 
 BATCH = 512
+SHAP_ONE_BY_ONE = 40
 
 
 def _best(fn, repeat: int = 5) -> float:
@@ -71,6 +76,7 @@ def bench_scoring(rows: int = 4_096, seed: int = 0) -> dict[str, float]:
         stock_s = _best(
             lambda: [list(stock.run_inference(b, stock_model)) for b in stock_batches], repeat=2
         )
+    shap = bench_shap(booster, X[:BATCH])
     return {
         "scoring_rows": rows,
         "scoring_batch": BATCH,
@@ -78,6 +84,33 @@ def bench_scoring(rows: int = 4_096, seed: int = 0) -> dict[str, float]:
         "ours_score_only_rows_per_s": round(rows / scores_only),
         "beam_xgboost_handler_rows_per_s": round(rows / stock_s),
         "scoring_speedup_vs_beam_handler": round(stock_s / ours_s, 1),
+        **shap,
+    }
+
+
+def bench_shap(booster: xgb.Booster, X: np.ndarray) -> dict[str, float]:
+    """Reason-code cost of the job's tables against XGBoost's ``pred_contribs``: µs a row, one
+    row per call and ``len(X)`` rows per call (same booster, same rows)."""
+    models.contributions(booster, X[:1])  # builds the tables
+    one = [X[i : i + 1] for i in range(SHAP_ONE_BY_ONE)]
+
+    def xgboost(rows: np.ndarray) -> np.ndarray:
+        return booster.predict(xgb.DMatrix(rows), pred_contribs=True)
+
+    per_row = {
+        name: (
+            1e6 * _best(lambda f=f: [f(r) for r in one]) / len(one),
+            1e6 * _best(lambda f=f: f(X), repeat=3) / len(X),
+        )
+        for name, f in (("ours", lambda r: models.contributions(booster, r)), ("xgb", xgboost))
+    }
+    return {
+        "shap_trees": booster.num_boosted_rounds(),
+        "shap_us_per_row_one": round(per_row["ours"][0], 1),
+        "xgboost_shap_us_per_row_one": round(per_row["xgb"][0], 1),
+        "shap_speedup_vs_xgboost": round(per_row["xgb"][0] / per_row["ours"][0], 1),
+        f"shap_us_per_row_{len(X)}": round(per_row["ours"][1], 1),
+        f"xgboost_shap_us_per_row_{len(X)}": round(per_row["xgb"][1], 1),
     }
 
 

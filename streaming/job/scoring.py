@@ -38,7 +38,7 @@ from features.spec import FeatureSpec
 from streaming.job.common import NAMESPACE, StageCpu
 from streaming.job.entity_state import FeatureRow
 from streaming.schema import Transaction
-from training.model import contributions, detect_device, predict
+from training.model import contributions, detect_device, predict, shap_tables
 from training.registry import ModelVersion, Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class LiveModel:
         model = self.registry.load()
         model.check_spec(self.spec)
         model.booster.set_param({"device": self.device})
+        if self.device == "cpu":
+            shap_tables(model.booster)  # built here, not at the first alert
         return model
 
     def get(self) -> ModelVersion:
@@ -186,11 +188,11 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
         scores = predict(model.booster, X, live.device)
         threshold = model.threshold if self.threshold is None else self.threshold
         names = model.features
-        # Reason codes (SHAP, ~50x the cost of a score) only for the rows that will alert.
+        # Reason codes (SHAP, several times the cost of a score) only for the rows that alert.
         alerting = np.flatnonzero(scores >= threshold)
         reasons: dict[int, tuple[tuple[str, float, float], ...]] = {}
         if len(alerting):
-            contrib = contributions(model.booster, X[alerting])[:, :-1]
+            contrib = contributions(model.booster, X[alerting], live.device)[:, :-1]
             top = np.argsort(-contrib, axis=1, kind="stable")[:, : self.top_k]
             for k, i in enumerate(alerting):
                 row = batch[i].features

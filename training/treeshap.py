@@ -11,9 +11,9 @@ one comparison per split and one table row per leaf.
 
 Contributions equal XGBoost's up to float32 rounding (XGBoost sums in float32): the tests check
 them against ``pred_contribs`` on trained models with missing values and repeated features.
-Categorical splits are not supported (:meth:`ShapTables.of` returns None), nor are models whose
-tables would exceed :data:`MAX_TABLE_BYTES`; :func:`training.model.contributions` then uses
-XGBoost's own.
+Multi-output, dart and categorical models are not covered (:meth:`ShapTables.of` returns None),
+nor are models whose tables would exceed :data:`MAX_TABLE_BYTES`;
+:func:`training.model.contributions` then uses XGBoost's own.
 """
 
 from __future__ import annotations

@@ -93,8 +93,9 @@ class LiveModel:
         model = self.registry.load()
         model.check_spec(self.spec)
         model.booster.set_param({"device": self.device})
-        if self.device == "cpu":
-            shap_tables(model.booster)  # built here, not at the first alert
+        tables = shap_tables(model.booster) if self.device == "cpu" else None
+        if tables is not None:  # built and compiled here, not at the first alert
+            tables.contributions(np.zeros((1, tables.n_features), np.float32))
         return model
 
     def get(self) -> ModelVersion:

@@ -20,16 +20,23 @@ from streaming.job.scoring import BoosterHandler, Score
 from tests.streaming.job.stages import SPEC, batch_pipeline, to_transactions
 from tests.training.cupy_standin import StandInCupy
 from training import model as models
+from training.treeshap import ShapTables
 
 TOP_K = 3
 
 
-def _expected_reasons(booster: xgb.Booster, x: np.ndarray) -> list[tuple[str, float, float]]:
-    """The row's ``TOP_K`` largest SHAP contributions (stable order on ties), offline, with the
-    row's values (float64, as the row carries them)."""
-    contrib = models.contributions(booster, x[None, :])[0, :-1]
-    top = np.argsort(-contrib, kind="stable")[:TOP_K]
-    return [(SPEC.names[j], float(x[j]), float(contrib[j])) for j in top]
+def _check_reasons(reasons: tuple, booster: xgb.Booster, x: np.ndarray) -> None:
+    """``reasons`` are the row's ``TOP_K`` largest SHAP contributions by XGBoost's own
+    ``pred_contribs`` (to float32 rounding: a near-tie may pick either), with the row's values
+    (float64, as the row carries them), largest first."""
+    contrib = booster.predict(xgb.DMatrix(x[None, :].astype(np.float32)), pred_contribs=True)
+    contrib = contrib[0, :-1]
+    chosen = [SPEC.names.index(name) for name, _, _ in reasons]
+    assert len(chosen) == TOP_K == len(set(chosen))
+    np.testing.assert_array_equal([r[1] for r in reasons], x[chosen])
+    np.testing.assert_allclose([r[2] for r in reasons], contrib[chosen], rtol=0, atol=1e-5)
+    assert [r[2] for r in reasons] == sorted((r[2] for r in reasons), reverse=True)
+    assert contrib[chosen].min() >= np.sort(contrib)[-TOP_K] - 1e-5
 
 
 def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
@@ -64,10 +71,7 @@ def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
                 assert s.reasons == (), s.tx.transaction_id
                 continue
             alerting += 1
-            expected = _expected_reasons(booster, X[i])
-            assert [r[0] for r in s.reasons] == [r[0] for r in expected]
-            np.testing.assert_array_equal([r[1] for r in s.reasons], [r[1] for r in expected])
-            np.testing.assert_allclose([r[2] for r in s.reasons], [r[2] for r in expected], 1e-5)
+            _check_reasons(s.reasons, booster, X[i])
         assert 0 < alerting < len(scored), alerting
 
     handler = BoosterHandler(str(root), SPEC.name, threshold, top_k=TOP_K, max_batch_size=16)
@@ -96,3 +100,24 @@ def test_a_cuda_handler_sends_each_batch_to_the_device_once(
     np.testing.assert_array_equal(sent, X[:32].astype(np.float32))
     offline = models.predict(booster, X[:32].astype(np.float32))
     np.testing.assert_array_equal([s.score for s in scored], offline)
+
+
+def test_a_cpu_handler_builds_the_models_shap_tables_when_it_loads_it(
+    world: tuple[pd.DataFrame, np.ndarray],
+    model: tuple[xgb.Booster, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tables (and their kernel's compilation) cost the load, not the first alert."""
+    df, X = world
+    _, root = model
+    built: list[xgb.Booster] = []
+    of = ShapTables.of
+    monkeypatch.setattr(ShapTables, "of", classmethod(lambda cls, b: built.append(b) or of(b)))
+    handler = BoosterHandler(str(root), SPEC.name, threshold=0.0, poll_s=1e9)
+    monkeypatch.setattr("streaming.job.scoring._LIVE", {})  # a fresh load, not another test's
+    live = handler.load_model()
+    assert built == [live.model.booster]
+    txs = to_transactions(df)[:8]
+    rows = [FeatureRow(tx, x, int(Status.OK)) for tx, x in zip(txs, X[:8], strict=True)]
+    scored = list(handler.run_inference(rows, live))
+    assert all(len(s.reasons) == 3 for s in scored) and len(built) == 1

@@ -78,12 +78,12 @@ class ShapTables:
         feature = np.where(left < 0, -1, cat("split_indices", np.int32)).astype(np.int32)
         split = cat("split_conditions", np.float32)
         cover = cat("sum_hessian", np.float32).astype(np.float64)
-        local = np.arange(len(left)) - np.repeat(nodes[:-1], np.diff(nodes))
+        base = np.repeat(nodes[:-1], np.diff(nodes))  # each node's tree's first node
+        local = np.arange(len(left)) - base
         if np.any(parent >= local):
             return None  # a parent after its child: not a layout these tables are built for
         is_left = np.zeros(len(left), bool)
         children = np.flatnonzero(parent >= 0)
-        base = np.repeat(nodes[:-1], np.diff(nodes))
         is_left[children] = left[parent[children] + base[children]] == local[children]
         walk = _walk(nodes, parent, feature, is_left, cover)
         element, leaf_first, leaf_d, element_feature, zero = walk
@@ -113,10 +113,6 @@ class ShapTables:
             np.searchsorted(leaves, nodes).astype(np.int64), leaves,
             ((1 << d) - 1).astype(np.int64), leaf_table, leaf_features, table,
         )  # fmt: skip
-
-    @property
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """SHAP contributions of each row of ``X`` (rows, features; NaN: missing) per feature,

@@ -58,8 +58,8 @@ PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str
         timers.REPLACED,
         ("apache_beam.runners.direct.watermark_manager:_TransformWatermarks", "_fraudstream_tuned"),
     ),
-    "share_pubsub_publishers": (
-        publishers.share_pubsub_publishers,
+    "tune_direct_pubsub_write": (
+        publishers.tune_direct_pubsub_write,
         publishers.REPLACED,
         ("apache_beam.io.gcp.pubsub:_PubSubWriteDoFn", "_fraudstream_tuned"),
     ),

@@ -9,8 +9,8 @@
   bundles with elements, not on the empty one every step hands on per output.
 * :mod:`.timers` (:func:`skip_keys_without_timers`): the scan for due timers asks only the keyed
   states that can hold one.
-* :mod:`.publishers` (:func:`share_pubsub_publishers`): ``WriteToPubSub`` shares one publisher
-  per process instead of building one per bundle.
+* :mod:`.publishers` (:func:`tune_direct_pubsub_write`): ``WriteToPubSub`` serializes with the
+  protobuf class and sends each flush in one request through one publisher per process.
 * :mod:`.state_copy` (:func:`copy_keyed_states_lightly`): a bundle's copy of a keyed state
   skips the deep copy of its empty timers and global state.
 * :mod:`.read_options` (:func:`remember_read_project`): a Pub/Sub read takes the project from the
@@ -31,7 +31,7 @@ from streaming.local.runner.dofn_cache import cache_dofn_introspection
 from streaming.local.runner.empty_bundles import skip_empty_bundles
 from streaming.local.runner.event_times import parse_event_times_quickly
 from streaming.local.runner.gc_freeze import freeze_startup_objects
-from streaming.local.runner.publishers import share_pubsub_publishers
+from streaming.local.runner.publishers import tune_direct_pubsub_write
 from streaming.local.runner.pubsub_read import tune_direct_pubsub_read
 from streaming.local.runner.read_options import remember_read_project
 from streaming.local.runner.state_copy import copy_keyed_states_lightly
@@ -48,7 +48,7 @@ def tune_local_runner() -> dict[str, bool]:
         "cache_dofn_introspection": cache_dofn_introspection(),
         "skip_empty_bundles": skip_empty_bundles(),
         "skip_keys_without_timers": skip_keys_without_timers(),
-        "share_pubsub_publishers": share_pubsub_publishers(),
+        "tune_direct_pubsub_write": tune_direct_pubsub_write(),
         "copy_keyed_states_lightly": copy_keyed_states_lightly(),
         "remember_read_project": remember_read_project(),
         "parse_event_times_quickly": parse_event_times_quickly(),

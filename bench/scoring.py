@@ -5,7 +5,7 @@ stacks the batch into one float32 array and calls ``inplace_predict`` once, plus
 for the reason codes of the rows that alert (~1% here).
 
 The reason codes alone: the job's TreeSHAP tables (:mod:`training.treeshap`) against XGBoost's
-``pred_contribs`` (two threads, as the job's booster is set), same model and rows, one alerting
+``pred_contribs`` (two threads), same model and rows, one alerting
 row per call (``shap_speedup_vs_xgboost``: what an alert costs) and batches of 512.
 """
 

@@ -3,6 +3,7 @@ above the threshold only, everything else carried over from the row."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -121,3 +122,15 @@ def test_a_cpu_handler_builds_the_models_shap_tables_when_it_loads_it(
     rows = [FeatureRow(tx, x, int(Status.OK)) for tx, x in zip(txs, X[:8], strict=True)]
     scored = list(handler.run_inference(rows, live))
     assert all(len(s.reasons) == 3 for s in scored) and len(built) == 1
+
+
+def test_the_loaded_model_predicts_on_one_thread(
+    model: tuple[xgb.Booster, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's parallelism is across bundles: a predict's own threads only wait on busy
+    cores."""
+    _, root = model
+    monkeypatch.setattr("streaming.job.scoring._LIVE", {})
+    live = BoosterHandler(str(root), SPEC.name, device="cpu", poll_s=1e9).load_model()
+    config = json.loads(live.model.booster.save_config())
+    assert config["learner"]["generic_param"]["nthread"] == "1"

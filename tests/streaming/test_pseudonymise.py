@@ -297,3 +297,33 @@ def test_the_job_step_remembers_pseudonyms_within_its_bound(
     assert len(step.customers) <= 3 and len(step.terminals) <= 3
     with pytest.raises(TypeError, match="integer"):
         step.process(Transaction(10, 0, True, 1, 1.0))  # a bool is no id, remembered or not
+
+
+def test_every_copy_of_the_job_step_shares_the_process_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner may set up a copy of the step per bundle: the key is resolved once per source
+    and what one copy remembered the next one finds."""
+    from streaming.job import ids
+    from streaming.schema import Transaction
+
+    monkeypatch.setattr(ids, "_WORKER", {})
+    monkeypatch.delenv(ENV_KEY_SECRET, raising=False)
+    monkeypatch.setenv(ENV_KEY, KEY.hex())
+    resolved = []
+    from_env = Pseudonymiser.from_env
+    monkeypatch.setattr(
+        Pseudonymiser,
+        "from_env",
+        classmethod(lambda cls, *a, **k: resolved.append(1) or from_env(*a, **k)),
+    )
+    first, second = ids._Pseudonymise(None, False), ids._Pseudonymise(None, False)
+    first.setup()
+    first.process(Transaction(1, 0, 7, 107, 1.0))
+    second.setup()
+    assert len(resolved) == 1 and second.ids is first.ids
+    assert second.customers == {7: Pseudonymiser(KEY).customer(7)}
+    monkeypatch.setenv(ENV_KEY, OTHER_KEY.hex())  # another key: its own pseudonyms and memo
+    third = ids._Pseudonymise(None, False)
+    third.setup()
+    assert len(resolved) == 2 and third.ids == Pseudonymiser(OTHER_KEY) and not third.customers

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV
+from apache_beam.utils.windowed_value import WindowedValue
 
 from features.spec import FeatureSpec
 from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, at_event_time
@@ -63,7 +64,7 @@ class _WriteParquetPart(beam.DoFn):
 
     def process(
         self,
-        element: tuple[int, Iterable[dict]],
+        element: tuple[int, Iterable[list[dict]]],
         window=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ):
@@ -73,13 +74,16 @@ class _WriteParquetPart(beam.DoFn):
         from apache_beam.io.filesystems import FileSystems
 
         started = self.cpu.start()
-        shard, rows = element
+        shard, parts = element
+        # lists of rows (a bundle's of one hour and shard, see _ToRow); a single row from a
+        # job that grouped rows one by one before an update
+        rows = [row for part in parts for row in (part if isinstance(part, list) else [part])]
         name = part_name(window, pane, shard)
         local = FileSystems.get_scheme(self.directory) in (None, "file")
         target = FileSystems.join(self.directory, name)
         written = FileSystems.join(self.directory, f".{name}.tmp") if local else target
         with FileSystems.create(written, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(pa.Table.from_pylist(list(rows)), f)
+            pq.write_table(pa.Table.from_pylist(rows), f)
         if local:
             FileSystems.rename([written], [target])
         self.files.inc()
@@ -120,8 +124,9 @@ class WriteScored(beam.PTransform):
         self.flush_s = flush_s
 
     def expand(self, scored):
-        # One step per row before the windows (stamp, row, shard key): each step costs the
-        # runner per element.
+        # One step per row before the windows (stamp, row, shard key), and a bundle's rows of
+        # one hour and shard go on as one element: each step, and the trigger of the grouping
+        # most, costs the runner per element.
         if self.directory is not None:
             streaming = scored.pipeline.options.view_as(StandardOptions).streaming
             flush = trigger.AfterProcessingTime(int(self.flush_s))
@@ -130,7 +135,7 @@ class WriteScored(beam.PTransform):
                 scored
                 | "ToRow"
                 >> beam.ParDo(_ToRow(self.features, self.clock, sharded=True)).with_output_types(
-                    KV[int, dict]
+                    KV[int, Any]
                 )
                 | "HourWindows"
                 >> beam.WindowInto(
@@ -159,23 +164,44 @@ class WriteScored(beam.PTransform):
 
 class _ToRow(beam.DoFn):
     """Scored transactions -> their scored rows (:func:`scored_record`) at their transactions'
-    event time; ``sharded``: as ``(shard, row)``, spread over :data:`SCORED_SHARDS` by
-    transaction id."""
+    event time. ``sharded``: ``(shard, rows)``, spread over :data:`SCORED_SHARDS` by
+    transaction id, a bundle's rows of one event hour and shard in one list (emitted at the
+    bundle's end, stamped with the earliest of their times); else one row per element."""
 
     def __init__(self, features: list[str], clock: Clock, sharded: bool) -> None:
         self.features, self.clock, self.sharded = features, clock, sharded
         self.cpu = StageCpu("scored_rows")
 
-    def process(self, scored: Any) -> tuple[TimestampedValue]:
+    def start_bundle(self) -> None:
+        # (input window, hour, shard) -> [earliest timestamp, rows]
+        self.parts: dict[tuple[Any, int, int], list] = {}
+
+    def process(self, scored: Any, window=beam.DoFn.WindowParam) -> tuple[TimestampedValue, ...]:
         started = self.cpu.start()
         row = scored_record(scored, self.features, self.clock)
-        value = (row["transaction_id"] % SCORED_SHARDS, row) if self.sharded else row
-        out = TimestampedValue(value, at_event_time(scored).timestamp)
+        stamp = at_event_time(scored).timestamp
+        out: tuple[TimestampedValue, ...] = ()
+        if self.sharded:
+            shard = row["transaction_id"] % SCORED_SHARDS
+            key = (window, stamp.micros // (SCORED_WINDOW_S * 1_000_000), shard)
+            part = self.parts.get(key)
+            if part is None:
+                self.parts[key] = [stamp, [row]]
+            else:
+                part[0] = min(part[0], stamp)
+                part[1].append(row)
+        else:
+            out = (TimestampedValue(row, stamp),)
         self.cpu.stop(started)
-        return (out,)
+        return out
 
-    def finish_bundle(self) -> None:
+    def finish_bundle(self) -> list[WindowedValue]:
+        parts, self.parts = self.parts, {}
         self.cpu.report()
+        return [
+            WindowedValue((shard, rows), stamp, (window,))
+            for (window, _, shard), (stamp, rows) in parts.items()
+        ]
 
 
 def bigquery_schema(features: list[str]) -> str:

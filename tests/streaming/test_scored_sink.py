@@ -114,3 +114,28 @@ def test_rows_stamped_at_the_end_of_the_global_window_land_in_their_event_hour(t
         )
     hours = {Path(f).name.split("-")[1] for f in scored_files(str(tmp_path))}
     assert hours == {"20180815T000000", "20180815T010000"}
+
+
+def test_a_bundles_rows_of_one_hour_and_shard_go_on_as_one_element() -> None:
+    """The grouping's trigger costs the runner per element: ``_ToRow`` hands on a list per
+    (hour, shard) at the bundle's end, stamped with the earliest of its rows' times."""
+    from streaming.job.sinks import SCORED_SHARDS, _ToRow
+
+    step = _ToRow(FEATURES, clock=lambda: 0.0, sharded=True)
+    step.start_bundle()
+    rows = [scored_row(i) for i in range(100)]  # 00:00 to 01:39: two event hours
+    assert all(step.process(r, window=GlobalWindow()) == () for r in reversed(rows))
+    out = step.finish_bundle()
+    assert len(out) == 2 * SCORED_SHARDS
+    got = {}
+    for element in out:
+        shard, part = element.value
+        assert element.windows == (GlobalWindow(),)
+        ids = sorted(row["transaction_id"] for row in part)
+        assert {i % SCORED_SHARDS for i in ids} == {shard}
+        assert len({rows[i].tx.time_ns // (HOUR_S * 10**9) for i in ids}) == 1  # one hour
+        assert element.timestamp.micros == rows[ids[0]].tx.time_ns // 1_000  # the earliest
+        got.update(dict.fromkeys(ids))
+    assert sorted(got) == list(range(100))
+    step.start_bundle()
+    assert step.finish_bundle() == []  # nothing carried over between bundles

@@ -19,6 +19,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from google.cloud import pubsub
+from google.pubsub_v1.services.publisher import PublisherClient as GapicPublisher
+from google.pubsub_v1.types import PublishRequest, PubsubMessage
+
 from streaming.local.runner.guard import Replaced, fits
 
 _PS = "apache_beam.io.gcp.pubsub"
@@ -41,6 +45,8 @@ MAX_ORDERING_KEY_BYTES = 1024
 # a Publish request: at most 1,000 messages and 10 MB, its topic name and framing included
 REQUEST_MESSAGES = 1_000
 REQUEST_BYTES = 9_000_000
+
+_MESSAGE, _REQUEST = PubsubMessage.pb(), PublishRequest.pb()  # the protobuf classes themselves
 
 _lock = threading.Lock()
 _publisher: list[Any] = []  # this process's PublisherClient, once made
@@ -92,8 +98,6 @@ def tune_direct_pubsub_write() -> bool:
 def shared_publisher() -> Any:
     """This process's ``PublisherClient`` (it finds the emulator as the library does), made on
     first use; thread-safe."""
-    from google.cloud import pubsub
-
     with _lock:
         if not _publisher:
             _publisher.append(pubsub.PublisherClient())
@@ -103,8 +107,6 @@ def shared_publisher() -> Any:
 def serialized(data: bytes, attributes: dict[str, str] | None, ordering_key: str) -> bytes:
     """A message to publish as a serialized ``google.pubsub.v1.PubsubMessage``; ``ValueError``
     past Pub/Sub's limits, as Beam's ``PubsubMessage._to_proto_str(for_publish=True)``."""
-    from google.pubsub_v1.types import PubsubMessage
-
     if len(data) > MAX_DATA_BYTES:
         raise ValueError("A pubsub message data field must not exceed 10MB")
     if attributes:
@@ -117,7 +119,7 @@ def serialized(data: bytes, attributes: dict[str, str] | None, ordering_key: str
                 raise ValueError("A pubsub message attribute value must not exceed 1024 bytes")
     if len(ordering_key or "") > MAX_ORDERING_KEY_BYTES:
         raise ValueError("A pubsub message ordering key must not exceed 1024 bytes.")
-    message = PubsubMessage.pb()(data=data, attributes=attributes, ordering_key=ordering_key)
+    message = _MESSAGE(data=data, attributes=attributes, ordering_key=ordering_key)
     out = message.SerializeToString()
     if len(out) > MAX_DATA_BYTES:
         raise ValueError("Serialized pubsub message exceeds the publish request limit of 10MB")
@@ -131,9 +133,6 @@ def publish(
     ``client`` (a ``PublisherClient``: its GAPIC method, not its batching ``publish``), waiting
     for each request; ``with_attributes=False`` drops their attributes, as Beam's write does.
     Errors are the client library's, after its default retries."""
-    from google.pubsub_v1.services.publisher import PublisherClient as GapicPublisher
-    from google.pubsub_v1.types import PublishRequest
-
     for request in requests(topic, messages, with_attributes):
         GapicPublisher.publish(client, request=PublishRequest.wrap(request), timeout=timeout_s)
 
@@ -141,15 +140,13 @@ def publish(
 def requests(topic: str, messages: Sequence[bytes], with_attributes: bool) -> Iterator[Any]:
     """``PublishRequest`` protobufs holding ``messages`` in order, each within Pub/Sub's limits
     of :data:`REQUEST_MESSAGES` messages and about :data:`REQUEST_BYTES` bytes."""
-    from google.pubsub_v1.types import PublishRequest
-
-    request, size = PublishRequest.pb()(topic=topic), 0
+    request, size = _REQUEST(topic=topic), 0
     for message in messages:
         if request.messages and (
             len(request.messages) == REQUEST_MESSAGES or size + len(message) > REQUEST_BYTES
         ):
             yield request
-            request, size = PublishRequest.pb()(topic=topic), 0
+            request, size = _REQUEST(topic=topic), 0
         added = request.messages.add()
         added.MergeFromString(message)
         if not with_attributes:

@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from features.borrow import borrowed
 from features.prefetch import prefetch
 
 # Ops up to OP_MEAN come from a range's count and running sum; the others scan the range.
@@ -683,6 +684,10 @@ def process(
     Returns the index of the first event not applied: ``len(event_kinds)`` when all were, else
     an event whose entity's buffer is full (the caller grows the arena and calls again).
     """
+    # The caller holds every argument: views of them need no reference counting.
+    arena, out, event_vals = borrowed(arena), borrowed(out), borrowed(event_vals)
+    label_columns, walks, summed = borrowed(label_columns), borrowed(walks), borrowed(summed)
+    windows_ns, delays_ns = borrowed(windows_ns), borrowed(delays_ns)
     n_slots = windows_ns.shape[0]
     n_cols = event_vals.shape[1]
     uses_labels = label_columns.shape[0] > 0

@@ -1,13 +1,16 @@
-"""Kernel building blocks checked on their own: the one-pass scan and the prefetch hint."""
+"""Kernel building blocks checked on their own: the one-pass scan, the prefetch hint and
+borrowed arrays."""
 
 from __future__ import annotations
 
 import platform
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 from features import kernels
+from features.borrow import borrowed
 from features.prefetch import prefetch
 
 
@@ -43,3 +46,30 @@ def test_prefetch_is_a_hint_that_never_faults():
     if platform.machine() in ("x86_64", "AMD64"):
         (assembly,) = _prefetch_then_read.inspect_asm().values()
         assert "prefetcht0" in assembly
+
+
+@intrinsic
+def _owner(typingctx, array):
+    """The address of ``array``'s meminfo (its owner, whose count views update); 0: none."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(data.meminfo, context.get_value_type(types.intp))
+
+    return types.intp(array), codegen
+
+
+@njit
+def _owners_and_sum(array):
+    lent = borrowed(array)
+    row = lent[1]  # views of a borrowed array are borrowed too
+    row[0] = 7.0  # and write to the caller's memory
+    owners = (_owner(array), _owner(lent), _owner(row), _owner(row[1:].view(np.int64)))
+    return owners, lent.sum()
+
+
+def test_a_borrowed_array_and_its_views_have_no_owner_and_share_the_data():
+    array = np.ones((3, 4))
+    (own, lent, row, view), total = _owners_and_sum(array)
+    assert own != 0 and lent == row == view == 0
+    assert array[1, 0] == 7.0 and total == 18.0

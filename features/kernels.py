@@ -171,30 +171,43 @@ def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
         std = 0.0
     else:
         mean = total / cnt
-        # Two interleaved accumulators of each: two dependency chains, twice the throughput.
-        lo0 = hi0 = lo1 = hi1 = vals[b, c]
-        ss0 = ss1 = 0.0
+        # Four interleaved accumulators of each: four dependency chains, each of a few cycles
+        # per value, run side by side.
+        lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = vals[b, c]
+        ss0 = ss1 = ss2 = ss3 = 0.0
         i = b
-        while i + 1 < e:
+        while i + 3 < e:
             v0 = vals[i, c]
             v1 = vals[i + 1, c]
+            v2 = vals[i + 2, c]
+            v3 = vals[i + 3, c]
             d0 = v0 - mean
             d1 = v1 - mean
+            d2 = v2 - mean
+            d3 = v3 - mean
             ss0 += d0 * d0
             ss1 += d1 * d1
+            ss2 += d2 * d2
+            ss3 += d3 * d3
             lo0 = min(lo0, v0)
             lo1 = min(lo1, v1)
+            lo2 = min(lo2, v2)
+            lo3 = min(lo3, v3)
             hi0 = max(hi0, v0)
             hi1 = max(hi1, v1)
-            i += 2
-        if i < e:
-            d0 = vals[i, c] - mean
+            hi2 = max(hi2, v2)
+            hi3 = max(hi3, v3)
+            i += 4
+        while i < e:
+            v0 = vals[i, c]
+            d0 = v0 - mean
             ss0 += d0 * d0
-            lo0 = min(lo0, vals[i, c])
-            hi0 = max(hi0, vals[i, c])
-        lo = min(lo0, lo1)
-        hi = max(hi0, hi1)
-        std = np.sqrt((ss0 + ss1) / cnt)
+            lo0 = min(lo0, v0)
+            hi0 = max(hi0, v0)
+            i += 1
+        lo = min(min(lo0, lo1), min(lo2, lo3))
+        hi = max(max(hi0, hi1), max(hi2, hi3))
+        std = np.sqrt(((ss0 + ss1) + (ss2 + ss3)) / cnt)
     if f_std >= 0:
         out[at, f_std] = std
     if f_min >= 0:

@@ -421,6 +421,9 @@ def backfill_entity(
     Large arrays come from the caller: numpy allocates them with huge pages, and first-touch
     page faults otherwise dominate on virtual machines.
     """
+    # The caller holds the arrays: the views of them below need no reference counting.
+    grouped_times, grouped_vals = borrowed(grouped_times), borrowed(grouped_vals)
+    rows, scratch = borrowed(rows), borrowed(scratch)
     n = grouped_times.shape[0]
     width = n_feat + (1 if since_prev else 0)
     for g in prange(starts.shape[0] - 1):

@@ -106,7 +106,7 @@ class EntityStore:
     def _ensure_rows(self, n: int) -> None:
         if n > len(self.arena):
             grown = np.zeros((max(n, 2 * len(self.arena)), self.arena.shape[1]), np.int64)
-            grown[: len(self.arena)] = self.arena
+            grown[: self.n_rows] = self.arena[: self.n_rows]  # a new state sets its own row
             self.arena = grown
 
     def rows_for(self, ids: np.ndarray, is_tx: np.ndarray) -> np.ndarray:
@@ -126,12 +126,14 @@ class EntityStore:
 
     def _grow(self) -> None:
         """Double every row's buffer capacity (rare: amortised O(1) per event)."""
-        old, cap = self.arena, self.cap
+        old, cap, used = self.arena, self.cap, self.n_rows
         keep = self._width(cap)  # header, sums and the buffer's records, in place
         self.cap = 2 * cap
+        # Rows not in use yet are left untouched (their pages unmapped until then): a new
+        # state sets its own row (_rows_of).
         self.arena = np.zeros((len(old), self._width(self.cap)), np.int64)
-        self.arena[:, :keep] = old
-        self.arena[:, 1] = self.cap
+        self.arena[:used, :keep] = old[:used]
+        self.arena[:used, 1] = self.cap
 
     def process(
         self,
@@ -291,7 +293,8 @@ def _merge_status(kinds, per_entity, features):
                 if status[j] == kernels.ST_LABEL_NOT_USED:
                     status[j] = st
         if status[j] > kernels.ST_LATE:
-            features[j, :] = np.nan
+            for f in range(features.shape[1]):  # not features[j, :]: no view per event
+                features[j, f] = np.nan
     return status
 
 
@@ -366,6 +369,7 @@ class IncrementalEngine:
         self.spec = spec
         self.plans = {e: EntityPlan.build(spec, e) for e in spec.entities}
         self.stores = {e: EntityStore(p, max_lateness, capacity) for e, p in self.plans.items()}
+        self._width, self._computed = len(spec.names), len(spec.stream_names)
 
     def process(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``batch`` in order. Returns (features, status).
@@ -378,7 +382,11 @@ class IncrementalEngine:
         times = np.ascontiguousarray(batch.time_ns, np.int64)
         txids = np.ascontiguousarray(batch.transaction_id, np.int64)
         is_tx = kinds == KIND_TX
-        out = np.full((m, len(self.spec.names)), np.nan)
+        # Every column of a scored transaction is written below (the entity blocks, then the
+        # derived columns) and every other row set to NaN (_merge_status); only the spec's
+        # looked-up columns, which the caller fills, start as NaN.
+        out = np.empty((m, self._width))
+        out[:, self._computed :] = np.nan
         entities = self.spec.entities
         rows = np.empty((len(entities), m), np.int64)
         for e, entity in enumerate(entities):

@@ -47,7 +47,7 @@ class ProcessTotals:
         self.every_s = every_s
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._logged_at = 0.0
+        self._logged_at = float("-inf")  # never: the first add is due, however long the clock ran
         self._dirty = False  # a (loud) add since the last line
         self._quiet = False  # a quiet add since the last line
         self._ticker: threading.Thread | None = None

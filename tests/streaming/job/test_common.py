@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from streaming.job.common import ProcessTotals, StageCpu, parse_totals, stage_cpu_us
 
 
@@ -61,3 +63,11 @@ def test_stage_cpu_reports_whole_microseconds_per_bundle(monkeypatch):
 def test_stage_cpu_us_picks_the_cpu_totals():
     totals = {"cpu_us_score": 7, "cpu_us_terminal_features": 9, "feature_lookups": 3}
     assert stage_cpu_us(totals) == {"score": 7, "terminal_features": 9}
+
+
+def test_the_first_add_is_logged_on_a_machine_just_booted(caplog, monkeypatch):
+    monkeypatch.setattr(time, "monotonic", lambda: 5.0)  # up 5 s, less than every_s
+    totals = ProcessTotals(every_s=60)
+    with caplog.at_level("INFO", logger="streaming.job.common"):
+        totals.add("feature_lookups")
+    assert parse_totals(caplog.text) == {"feature_lookups": 1}

@@ -369,7 +369,7 @@ class IncrementalEngine:
         self.spec = spec
         self.plans = {e: EntityPlan.build(spec, e) for e in spec.entities}
         self.stores = {e: EntityStore(p, max_lateness, capacity) for e, p in self.plans.items()}
-        self._width, self._computed = len(spec.names), len(spec.stream_names)
+        self._n_columns, self._n_computed = len(spec.names), len(spec.stream_names)
 
     def process(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Apply ``batch`` in order. Returns (features, status).
@@ -385,8 +385,8 @@ class IncrementalEngine:
         # Every column of a scored transaction is written below (the entity blocks, then the
         # derived columns) and every other row set to NaN (_merge_status); only the spec's
         # looked-up columns, which the caller fills, start as NaN.
-        out = np.empty((m, self._width))
-        out[:, self._computed :] = np.nan
+        out = np.empty((m, self._n_columns))
+        out[:, self._n_computed :] = np.nan
         entities = self.spec.entities
         rows = np.empty((len(entities), m), np.int64)
         for e, entity in enumerate(entities):

@@ -1,9 +1,10 @@
 """Where the backfill's time goes: its steps timed one by one, beside its memory floor.
 
 The steps are those of :func:`features.backfill.compute`, called here one at a time on the same
-arrays (fastest of ``repeat`` runs each): the order check, per entity kind the counting sort
-(:func:`features.kernels.group_rows`) and the walks (:func:`features.kernels.backfill_entity`),
-then the raw, calendar and ratio columns and the output frame. Run alone:
+arrays (fastest of ``repeat`` runs each): the order check, per entity kind its sweeps
+(:mod:`features.sweep`, on the kernels' threads) and, where the spec has walks a sweep cannot do,
+the grouped walks (sort and walks, :func:`features.kernels.backfill_entity`), then the raw,
+calendar and ratio columns and the output frame. Run alone:
 ``python -m bench.backfill_profile [--preset NAME]``.
 """
 
@@ -15,12 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 
-import numba
 import numpy as np
 import pandas as pd
 
 from features import kernels, presets
-from features.backfill import backfill, group_keys
+from features.backfill import Sweeps, backfill, group_keys, walk_grouped
 from features.plan import EntityPlan, fill_derived
 from features.spec import FeatureSpec
 from features.table import event_times_ns
@@ -55,26 +55,19 @@ def backfill_profile(df: pd.DataFrame, spec: FeatureSpec, repeat: int = 5) -> Me
         "backfill_write_floor_ms": _ms(lambda: write_floor(n, spec), repeat),
         "backfill_order_check_ms": _ms(lambda: kernels.in_order(times, txids), repeat),
     }
-    threads = numba.get_num_threads()
-    order = np.empty(0, np.int64) if kernels.in_order(times, txids) else np.lexsort((txids, times))
+    in_order = kernels.in_order(times, txids)
+    order = np.empty(0, np.int64) if in_order else np.lexsort((txids, times))
     for plan in (p for p in (EntityPlan.build(spec, e) for e in spec.entities) if p.n_out):
-        cols = [values[c] for c in plan.columns] or [np.zeros(n)]
-        vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
-        tv, rows, vv = np.empty(n, np.int64), np.empty(n, np.int64), np.empty_like(vals)
-        scratch = np.empty((n, plan.n_out))
         keys, lo, n_groups = group_keys(df[plan.entity.key].to_numpy(np.int64))
-
-        def sort(keys=keys, lo=lo, n_groups=n_groups, vals=vals, tv=tv, vv=vv, rows=rows):
-            return kernels.group_rows(keys, lo, n_groups, order, times, vals, tv, vv, rows, threads)
-
-        starts = sort()
-        kernel_args = (starts, tv, vv, rows, plan.win, plan.dly, plan.walks, len(plan.fslot))
-        kernel_args += (plan.since_prev, scratch, out, plan.offset)
+        sweeps = Sweeps(times, order, values)
+        walks = sweeps.add(plan, keys, lo, n_groups)
         name = plan.entity.name
-        result[f"backfill_{name}_sort_ms"] = _ms(sort, repeat)
-        result[f"backfill_{name}_walks_ms"] = _ms(
-            lambda a=kernel_args: kernels.backfill_entity(*a), repeat
-        )
+        result[f"backfill_{name}_sweeps_ms"] = _ms(lambda s=sweeps: s.run(out), repeat)
+        if len(walks):
+            grouped = [(plan, walks, keys, lo, n_groups)]
+            result[f"backfill_{name}_grouped_ms"] = _ms(
+                lambda g=grouped: walk_grouped(g, times, order, values, out), repeat
+            )
     result["backfill_derived_ms"] = _ms(lambda: fill_derived(spec, out, times, values), repeat)
     result["backfill_frame_ms"] = _ms(
         lambda: pd.DataFrame(out, columns=spec.names, index=df.index, copy=False), repeat

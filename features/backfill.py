@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
 import numba
 import numpy as np
 import pandas as pd
 
-from features import kernels
+from features import kernels, sweep
 from features.batch import lookup_columns
 from features.plan import EntityPlan, fill_derived
 from features.spec import FeatureSpec
 from features.table import event_times_ns
+
+_PARALLEL_EVENTS = 1 << 16  # below this, starting threads costs more than the sweeps
+_NONE = np.zeros(0)  # the values of a sweep that sums nothing
 
 
 def group_keys(ids: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -40,6 +47,8 @@ def compute(
 
     ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values. Each
     entity's events are taken in (time, transaction id) order: the id is the arrival order.
+    Windows :mod:`features.sweep` can do are swept over the history in time order; the others
+    (scans, delayed sums that are not exact) walk each entity's events, grouped by a sort.
     """
     if spec.needs_label_arrivals:
         raise ValueError(
@@ -51,34 +60,131 @@ def compute(
     plans = [p for p in (EntityPlan.build(spec, e) for e in spec.entities) if p.n_out]
     in_order = kernels.in_order(times, txids)
     order = np.empty(0, np.int64) if in_order else np.lexsort((txids, times))
+    sweeps = Sweeps(times, order, values)
+    grouped = []
+    for plan in plans:
+        keys, lo, n_groups = group_keys(ids[plan.entity.key])
+        walks = sweeps.add(plan, keys, lo, n_groups)
+        if len(walks):
+            grouped.append((plan, walks, keys, lo, n_groups))
+    if grouped:
+        walk_grouped(grouped, times, order, values, out)
+    sweeps.run(out)
+    fill_derived(spec, out, times, values)
+    return out
+
+
+def walk_grouped(
+    grouped: list[tuple[EntityPlan, np.ndarray, np.ndarray, int, int]],
+    times: np.ndarray,
+    order: np.ndarray,
+    values: dict[str, np.ndarray],
+    out: np.ndarray,
+) -> None:
+    """The walks :mod:`features.sweep` cannot do: each entity's events grouped, then walked."""
+    n = len(times)
     # scratch shared by the entities (fresh memory is costly: see kernels.backfill_entity)
     tv, rows = np.empty(n, np.int64), np.empty(n, np.int64)
-    blk = np.empty(n * max((p.n_out for p in plans), default=1))
-    vv_all = np.empty(n * max((p.n_cols for p in plans), default=1))
-    for plan in plans:
+    blk = np.empty(n * max(p.n_out for p, *_ in grouped))
+    vv_all = np.empty(n * max(p.n_cols for p, *_ in grouped))
+    for plan, walks, keys, lo, n_groups in grouped:
         cols = [values[c] for c in plan.columns] or [np.zeros(n)]
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
         vv = vv_all[: vals.size].reshape(vals.shape)
-        keys, lo, n_groups = group_keys(ids[plan.entity.key])
         starts = kernels.group_rows(
             keys, lo, n_groups, order, times, vals, tv, vv, rows, numba.get_num_threads()
         )
+        scratch = blk[: n * plan.n_out].reshape(n, plan.n_out)
         kernels.backfill_entity(
-            starts,
-            tv,
-            vv,
-            rows,
-            plan.win,
-            plan.dly,
-            plan.walks,
-            len(plan.fslot),
-            plan.since_prev,
-            blk[: n * plan.n_out].reshape(n, plan.n_out),
-            out,
-            plan.offset,
+            starts, tv, vv, rows, plan.win, plan.dly, walks, scratch, out, plan.offset
         )
-    fill_derived(spec, out, times, values)
-    return out
+
+
+def _delayed_windows(
+    times: np.ndarray,
+    keys: np.ndarray,
+    lo: int,
+    n_groups: int,
+    vals: np.ndarray,
+    delay: int,
+    summing: bool,
+    windows: list[tuple[int, np.ndarray]],
+    out: np.ndarray,
+    rows: np.ndarray,
+) -> None:
+    """Windows of one delay (``(window, output columns)``): what entered, then each window."""
+    counts, sums = np.empty(len(times)), np.empty(len(times) if summing else 0)
+    sweep.entered(times, keys, lo, n_groups, vals, delay, summing, counts, sums)
+    for window, cols in windows:
+        sweep.delayed(
+            times, keys, lo, n_groups, vals, window, delay, summing, counts, sums, cols, out, rows
+        )
+
+
+class Sweeps:
+    """The sweeps of one backfill (:mod:`features.sweep`), collected per entity, then run on
+    the kernels' threads (each sweep is one pass; they release the GIL)."""
+
+    def __init__(self, times: np.ndarray, order: np.ndarray, values: dict[str, np.ndarray]):
+        self._order = order
+        self._times = times[order] if len(order) else times
+        self._values = values
+        self._sorted: dict[str, np.ndarray] = {}
+        self._exact: dict[str, bool] = {}
+        self._tasks: list[tuple[int, Callable[[np.ndarray], None]]] = []
+
+    def _column(self, name: str) -> np.ndarray:
+        if name not in self._sorted:
+            column = np.ascontiguousarray(self._values[name], np.float64)
+            self._sorted[name] = column[self._order] if len(self._order) else column
+        return self._sorted[name]
+
+    def _is_exact(self, name: str) -> bool:
+        if name not in self._exact:
+            self._exact[name] = bool(sweep.exact_sums(self._column(name)))
+        return self._exact[name]
+
+    def add(self, plan: EntityPlan, keys: np.ndarray, lo: int, n_groups: int) -> np.ndarray:
+        """Take the walks of ``plan`` a sweep can do; returns the others (rows of its walks)."""
+        keys = keys[self._order] if len(self._order) else keys
+        group = (self._times, keys, lo, n_groups)
+        rest, delayed = [], {}
+        for walk in plan.walks:
+            s, c, scans = int(walk[0]), int(walk[1]), bool(walk[2])
+            f = [int(x) for x in walk[3:]]
+            summing = not scans and (f[1] >= 0 or f[2] >= 0)
+            column = plan.columns[c] if summing else ""
+            exact = summing and self._is_exact(column)
+            window, delay = int(plan.win[s]), int(plan.dly[s])
+            if scans or (delay and summing and not exact):
+                rest.append(walk)
+                continue
+            cols = np.array([plan.offset + x if x >= 0 else -1 for x in f], np.int64)
+            if delay:  # windows of one delay and column share what entered them
+                delayed.setdefault((delay, column), []).append((window, cols))
+                continue
+            vals = self._column(column) if summing else _NONE
+            task = partial(sweep.recent, *group, vals, window, summing, exact, cols)
+            self._tasks.append((3 if summing and not exact else 2, task))
+        for (delay, column), windows in delayed.items():
+            vals = self._column(column) if column else _NONE
+            task = partial(_delayed_windows, *group, vals, delay, bool(column), windows)
+            self._tasks.append((2 * (1 + len(windows)), task))
+        if plan.since_prev:
+            col = plan.offset + len(plan.fslot)
+            self._tasks.append((1, partial(sweep.since_previous, *group, col)))
+        return np.array(rest, np.int64).reshape(-1, plan.walks.shape[1])
+
+    def run(self, out: np.ndarray) -> None:
+        """Run every sweep into ``out``, the costliest first."""
+        tasks = [task for _, task in sorted(self._tasks, key=lambda t: -t[0])]
+        threads = min(numba.get_num_threads(), len(tasks))
+        if threads <= 1 or len(self._times) < _PARALLEL_EVENTS:
+            for task in tasks:
+                task(out, self._order)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda task: task(out, self._order), tasks))
 
 
 def backfill(

@@ -8,7 +8,8 @@ pair and keeps a half-open index range ``[start, end)`` of the events inside
 O(1) amortised). The incremental path applies it to every slot and column of a bounded buffer
 kept per entity (:func:`advance`, then :func:`emit`); the backfill applies it to a whole sorted
 history, one (slot, column) at a time. Each sum sees the same floating-point operations in the
-same order either way, hence bit-identical results.
+same order either way, hence bit-identical results. (The backfill sweeps the windows where a
+time-ordered pass gives the same values, see :mod:`features.sweep`; these walks do the rest.)
 
 Count, sum and mean come from the running sums; std, min and max scan the slot's range (exact,
 O(events in the window)), all of a (slot, column) in one pass, std about the running sum's mean.
@@ -395,8 +396,6 @@ def backfill_entity(
     windows_ns,
     delays_ns,
     walks,
-    n_feat,
-    since_prev,
     scratch,
     out,
     col0,
@@ -406,10 +405,9 @@ def backfill_entity(
     ``grouped_times``/``grouped_vals`` hold each entity's events contiguously in (time, arrival)
     order, entity g at ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p
     (see :func:`group_rows`). Slot s is the window ``windows_ns[s]`` ending ``delays_ns[s]``
-    before the event; the ``n_feat`` features are those of ``walks`` (:func:`feature_walks`).
-    Row r's aggregates go to ``out[r, col0:]``, followed (if ``since_prev``) by seconds since
-    the entity's previous event. ``scratch`` is n x width,
-    C order. Entities run in parallel.
+    before the event; the features are those of ``walks`` (:func:`feature_walks`): feature f of
+    row r goes to ``out[r, col0 + f]``, other columns are left as they are. ``scratch`` is
+    n x (largest f + 1), C order. Entities run in parallel.
 
     Each entity's history is walked once per (slot, column): the range and its sum live in
     registers, and :func:`_step` does what :func:`advance` does for the stream, column by
@@ -425,7 +423,8 @@ def backfill_entity(
     grouped_times, grouped_vals = borrowed(grouped_times), borrowed(grouped_vals)
     rows, scratch = borrowed(rows), borrowed(scratch)
     n = grouped_times.shape[0]
-    width = n_feat + (1 if since_prev else 0)
+    written = np.unique(walks[:, 3:])
+    written = written[written >= 0]
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
@@ -450,12 +449,8 @@ def backfill_entity(
                     scratch[r[i], f_1] = _simple_value(e - b, total + comp, OP_SUM)
                 if f_2 >= 0:
                     scratch[r[i], f_2] = _simple_value(e - b, total + comp, OP_MEAN)
-        if since_prev and m > 0:
-            scratch[r[0], n_feat] = np.nan
-            for i in range(1, m):
-                scratch[r[i], n_feat] = (t[i] - t[i - 1]) / NS_PER_S
     for i in prange(n):
-        for f in range(width):
+        for f in written:
             out[i, col0 + f] = scratch[i, f]
 
 

@@ -1,6 +1,7 @@
 """The backfill profile times every step of :func:`features.backfill.compute` it names."""
 
 import numpy as np
+import pytest
 
 from bench.backfill_profile import backfill_profile, write_floor
 from features import presets
@@ -8,12 +9,17 @@ from features.synthetic import transactions
 from features.table import validate
 
 
-def test_profile_names_each_step_of_each_entity_kind() -> None:
-    spec = presets.DEFAULT
+@pytest.mark.parametrize(
+    ("preset", "grouped"),
+    [("default", True), ("baseline", False)],  # only default has walks a sweep cannot do
+)
+def test_profile_names_each_step_of_each_entity_kind(preset: str, grouped: bool) -> None:
+    spec = presets.get(preset)
     df = validate(transactions(n=2_000), spec)
     result = backfill_profile(df, spec, repeat=1)
     steps = {"whole", "write_floor", "order_check", "derived", "frame"}
-    steps |= {f"{e.name}_{step}" for e in spec.entities for step in ("sort", "walks")}
+    per_entity = ("sweeps", "grouped") if grouped else ("sweeps",)
+    steps |= {f"{e.name}_{step}" for e in spec.entities for step in per_entity}
     assert set(result) == {f"backfill_{step}_ms" for step in steps}
     assert all(isinstance(v, float) and v >= 0 for v in result.values())
 

@@ -1,0 +1,174 @@
+"""Backfill walks as one pass over the whole history in time order, without grouping by entity.
+
+A window's count and sum change only when an event *enters* it (at its own time plus the
+window's delay) or *leaves* it (that plus the window's length). Both happen in time order, so a
+window over all entities is a merge of the history with itself shifted: one pointer per kind of
+change walks the time-sorted arrays, and each change updates a small per-entity state (count,
+sum, compensation) that stays in cache. Results come out in time order, one sequential column
+per feature; no sort by entity, no scattered writes.
+
+The values are those of :func:`features.kernels._step` bit for bit, in two cases:
+
+* **no delay**: an entity's events leave in the order ``_step`` removes them, and before the
+  entity's next event enters, so each sum sees the same operations in the same order (the reset
+  of an emptied window included);
+* **exact sums** (every value an integer, the absolute sum below 2**53: labels, flags): every
+  partial sum is exact, so any order gives the same sum (and ``_step``'s compensation stays 0).
+
+A count is exact either way, and so is an exact sum: a delayed window's are what entered it (its
+events ``delay`` old, counted once for every window of that delay by :func:`entered`) less what
+left it. Other windows (a delayed sum of amounts, a scan for std, min or max) need each entity's
+events side by side: :func:`features.kernels.backfill_entity` does those.
+
+The merges choose each step with masks, not branches: which pointer moves next is as random as
+the data, and a mispredicted branch per step would cost more than the step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from features.kernels import NS_PER_S
+
+EXACT_LIMIT = 2.0**53
+
+
+@njit(cache=True)
+def exact_sums(vals):
+    """Whether every sum of ``vals`` is exact in float64: all integers, absolute sum < 2**52
+    (half the limit: the float total of the check may itself be rounded down)."""
+    total = 0.0
+    for v in vals:
+        if v != np.floor(v):
+            return False
+        total += abs(v)
+    return total < EXACT_LIMIT / 2
+
+
+@njit(cache=True, inline="always")
+def _emit(out, r, c_count, c_sum, c_mean, cnt, total):
+    """A window's features of the event at output row ``r`` (columns -1: not asked for)."""
+    if c_count >= 0:
+        out[r, c_count] = np.float64(cnt)
+    if c_sum >= 0:
+        out[r, c_sum] = total if cnt else 0.0
+    if c_mean >= 0:
+        out[r, c_mean] = total / max(cnt, 1)
+
+
+@njit(cache=True, nogil=True)
+def recent(times, keys, key_lo, n_groups, vals, window, summing, exact, cols, out, rows):
+    """Count / sum / mean over ``(t - window, t]`` of every event's entity, into ``out``.
+
+    ``times`` is sorted (ties in arrival order), ``keys[p] - key_lo`` the group of event p in
+    ``range(n_groups)``, ``vals`` the summed column (read only if ``summing``; plain sums if
+    ``exact``, else compensated as ``_step`` does). ``cols`` are the count, sum and mean output
+    columns (-1: none); event p's row is ``rows[p]``, or p if ``rows`` is empty.
+    """
+    n = times.shape[0]
+    total = np.zeros(n_groups)
+    comp = np.zeros(n_groups)
+    cnt = np.zeros(n_groups, np.int64)
+    c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
+    identity = rows.shape[0] == 0
+    left = 0  # the oldest event still in its window
+    p = 0  # the next event to enter (and be emitted)
+    while p < n:
+        # step: event `left` leaves (it is at least a window old), else event p enters
+        leaves = np.int64(times[left] <= times[p] - window)
+        q = p + ((left - p) & -leaves)
+        g = keys[q] - key_lo
+        c = cnt[g] + 1 - 2 * leaves
+        cnt[g] = c
+        s = 0.0
+        if summing:
+            x = np.float64(1 - 2 * leaves) * vals[q]
+            t = total[g]
+            s = t + x
+            if not exact:  # Neumaier, as kernels._kahan; an emptied window restarts at 0
+                a = (t - s) + x
+                b = (x - s) + t
+                keep = np.float64(c != 0)
+                s *= keep
+                cp = (comp[g] + (a if abs(t) >= abs(x) else b)) * keep
+                comp[g] = cp
+                total[g] = s
+                s += cp
+            else:
+                total[g] = s
+        # a leave writes the pending row too; its entering step overwrites it
+        _emit(out, p if identity else rows[p], c_count, c_sum, c_mean, c, s)
+        left += leaves
+        p += 1 - leaves
+
+
+@njit(cache=True, nogil=True)
+def entered(times, keys, key_lo, n_groups, vals, delay, summing, counts, sums):
+    """Each event's entity's count (and sum of ``vals``, if ``summing``) of events at least
+    ``delay`` (> 0) old, into ``counts[p]`` and ``sums[p]``; sums must be exact."""
+    n = times.shape[0]
+    cnt = np.zeros(n_groups)
+    total = np.zeros(n_groups)
+    j = 0  # the next event to count (at its time + delay)
+    p = 0  # the next event to emit
+    while p < n:
+        counted = np.int64(times[j] <= times[p] - delay)
+        q = p + ((j - p) & -counted)
+        g = keys[q] - key_lo
+        one = np.float64(counted)
+        c = cnt[g] + one
+        cnt[g] = c
+        counts[p] = c  # a counting step writes the pending event too: its own step overwrites it
+        if summing:
+            s = total[g] + one * vals[q]
+            total[g] = s
+            sums[p] = s
+        j += counted
+        p += 1 - counted
+
+
+@njit(cache=True, nogil=True)
+def delayed(
+    times, keys, key_lo, n_groups, vals, window, delay, summing, counts, sums, cols, out, rows
+):
+    """Count / sum / mean over ``(t - delay - window, t - delay]`` (``delay`` > 0), as
+    :func:`recent`, from what :func:`entered` counted at ``delay`` (``counts``, ``sums``): less
+    what has left the window. Sums must be exact (:func:`exact_sums`): an entity's events enter
+    and leave here in time order, where ``_step`` takes all that left before all that entered."""
+    n = times.shape[0]
+    cnt = np.zeros(n_groups)
+    total = np.zeros(n_groups)
+    c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
+    identity = rows.shape[0] == 0
+    j = 0  # the next event to leave (at its time + delay + window)
+    p = 0  # the next event to emit
+    while p < n:
+        leaves = np.int64(times[j] <= times[p] - delay - window)
+        q = p + ((j - p) & -leaves)
+        g = keys[q] - key_lo
+        one = np.float64(leaves)
+        left = cnt[g] + one
+        cnt[g] = left
+        s = 0.0
+        if summing:
+            gone = total[g] + one * vals[q]
+            total[g] = gone
+            s = sums[p] - gone
+        _emit(out, p if identity else rows[p], c_count, c_sum, c_mean, counts[p] - left, s)
+        j += leaves
+        p += 1 - leaves
+
+
+@njit(cache=True, nogil=True)
+def since_previous(times, keys, key_lo, n_groups, col, out, rows):
+    """Seconds since the entity's previous event (NaN for its first) into column ``col``."""
+    last = np.full(n_groups, np.iinfo(np.int64).min)
+    identity = rows.shape[0] == 0
+    for p in range(times.shape[0]):
+        g = keys[p] - key_lo
+        t = times[p]
+        before = last[g]
+        r = p if identity else rows[p]
+        out[r, col] = np.nan if before == np.iinfo(np.int64).min else (t - before) / NS_PER_S
+        last[g] = t

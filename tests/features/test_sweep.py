@@ -1,0 +1,110 @@
+"""The time-ordered sweeps of the backfill: which windows they take, and their values."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from features import sweep
+from features.backfill import Sweeps, group_keys
+from features.plan import EntityPlan
+from features.spec import AMOUNT, FRAUD, TERMINAL, Aggregate, FeatureSpec, Op
+
+MIN = timedelta(minutes=1)
+NS_PER_MIN = 60 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("values", "exact"),
+    [
+        ([], True),
+        ([0.0, 1.0, 1.0, 0.0], True),
+        ([-3.0, 4.0, 1e6], True),
+        ([1.0, 0.5], False),
+        ([2.0**52, 2.0**52], False),  # the sum leaves the integers float64 holds exactly
+        ([1e300], False),
+    ],
+)
+def test_exact_sums_are_those_of_integers_far_below_2_to_the_53(values, exact):
+    assert sweep.exact_sums(np.array(values, np.float64)) is exact
+
+
+def _plan_walks(amounts: np.ndarray) -> tuple[set[tuple[int, str]], set[tuple[int, str]]]:
+    """(swept, grouped) walks of a terminal plan, as (delay in minutes, column)."""
+    spec = FeatureSpec(
+        name="walks",
+        aggregates=(
+            Aggregate(TERMINAL, Op.MEAN, 5 * MIN),  # no delay: swept
+            Aggregate(TERMINAL, Op.MEAN, 5 * MIN, column=FRAUD, delay=10 * MIN),  # exact: swept
+            Aggregate(TERMINAL, Op.MEAN, 60 * MIN, delay=10 * MIN),  # swept only if exact
+            Aggregate(TERMINAL, Op.COUNT, 30 * MIN, delay=10 * MIN),  # a count: swept
+            Aggregate(TERMINAL, Op.MAX, 5 * MIN),  # a scan: grouped
+        ),
+        label_delay=10 * MIN,
+    )
+    plan = EntityPlan.build(spec, TERMINAL)
+    n = len(amounts)
+    values = {AMOUNT.name: amounts, FRAUD.name: np.zeros(n)}
+    sweeps = Sweeps(np.arange(n, dtype=np.int64), np.empty(0, np.int64), values)
+    keys, lo, n_groups = group_keys(np.zeros(n, np.int64))
+    rest = sweeps.add(plan, keys, lo, n_groups)
+
+    def described(walks: np.ndarray) -> set[tuple[int, str]]:
+        return {(int(plan.dly[w[0]]) // NS_PER_MIN, plan.columns[w[1]]) for w in walks}
+
+    grouped = described(rest)
+    return described(plan.walks) - grouped, grouped
+
+
+def test_windows_a_sweep_cannot_do_bit_for_bit_are_walked_grouped():
+    swept, grouped = _plan_walks(np.array([10.25, 3.5]))
+    assert (0, AMOUNT.name) in grouped  # the max scans its window
+    assert (10, AMOUNT.name) in grouped  # a delayed sum of cents: order matters
+    assert (10, FRAUD.name) in swept
+    whole, _ = _plan_walks(np.array([10.0, 3.0]))  # whole amounts: any order, same sum
+    assert (10, AMOUNT.name) in whole
+
+
+def _brute_force(times, keys, vals, window, delay):
+    """Count and sum of each event's entity over ``(t - delay - window, t - delay]``, events
+    taken up to and including itself (in the given order)."""
+    counts, sums = np.empty(len(times)), np.empty(len(times))
+    for p in range(len(times)):
+        hi = times[p] - delay
+        mask = (keys[: p + 1] == keys[p]) & (times[: p + 1] > hi - window) & (times[: p + 1] <= hi)
+        counts[p], sums[p] = mask.sum(), vals[: p + 1][mask].sum()
+    return counts, sums
+
+
+@pytest.mark.parametrize("delay", [0, 7])
+def test_sweeps_give_each_events_window_count_sum_and_mean(delay):
+    rng = np.random.default_rng(delay)
+    n = 400
+    times = np.sort(rng.integers(0, 300, n)).astype(np.int64)  # many ties
+    keys = rng.integers(10, 15, n).astype(np.int64)
+    vals = rng.integers(0, 3, n).astype(np.float64)  # exact, as a delayed sweep requires
+    window = 20
+    rows = rng.permutation(n).astype(np.int64)  # event p goes to output row rows[p]
+    out = np.full((n, 3), np.nan, order="F")
+    cols = np.array([0, 1, 2], np.int64)
+    args = (times, keys, 10, 5, vals, window)
+    if delay:
+        counts, sums = np.empty(n), np.empty(n)
+        sweep.entered(times, keys, 10, 5, vals, delay, True, counts, sums)
+        sweep.delayed(*args, delay, True, counts, sums, cols, out, rows)
+    else:
+        sweep.recent(*args, True, False, cols, out, rows)
+    count, total = _brute_force(times, keys, vals, window, delay)
+    np.testing.assert_array_equal(out[rows, 0], count)
+    np.testing.assert_array_equal(out[rows, 1], np.where(count > 0, total, 0.0))
+    np.testing.assert_allclose(out[rows, 2], np.where(count > 0, total / np.maximum(count, 1), 0))
+
+
+def test_seconds_since_previous_are_nan_for_an_entitys_first_event():
+    times = np.array([0, 2, 5, 5, 9], np.int64) * 10**9
+    keys = np.array([1, 2, 1, 1, 2], np.int64)
+    out = np.empty((5, 1))
+    sweep.since_previous(times, keys, 1, 2, 0, out, np.empty(0, np.int64))
+    np.testing.assert_array_equal(out[:, 0], [np.nan, np.nan, 5.0, 0.0, 7.0])

@@ -17,7 +17,6 @@ from features.spec import FeatureSpec
 from features.table import event_times_ns
 
 _PARALLEL_EVENTS = 1 << 16  # below this, starting threads costs more than the sweeps
-_NONE = np.zeros(0)  # the values of a sweep that sums nothing
 
 
 def group_keys(ids: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -105,20 +104,17 @@ def _delayed_windows(
     keys: np.ndarray,
     lo: int,
     n_groups: int,
-    vals: np.ndarray,
+    vals: np.ndarray | None,
     delay: int,
-    summing: bool,
     windows: list[tuple[int, np.ndarray]],
     out: np.ndarray,
-    rows: np.ndarray,
+    rows: np.ndarray | None,
 ) -> None:
     """Windows of one delay (``(window, output columns)``): what entered, then each window."""
-    counts, sums = np.empty(len(times)), np.empty(len(times) if summing else 0)
-    sweep.entered(times, keys, lo, n_groups, vals, delay, summing, counts, sums)
+    counts, sums = np.empty(len(times)), np.empty(len(times) if vals is not None else 0)
+    sweep.entered(times, keys, lo, n_groups, vals, delay, counts, sums)
     for window, cols in windows:
-        sweep.delayed(
-            times, keys, lo, n_groups, vals, window, delay, summing, counts, sums, cols, out, rows
-        )
+        sweep.delayed(times, keys, lo, n_groups, vals, window, delay, counts, sums, cols, out, rows)
 
 
 class Sweeps:
@@ -127,11 +123,12 @@ class Sweeps:
 
     def __init__(self, times: np.ndarray, order: np.ndarray, values: dict[str, np.ndarray]):
         self._order = order
+        self._rows = order if len(order) else None  # event p's output row (None: p)
         self._times = times[order] if len(order) else times
         self._values = values
         self._sorted: dict[str, np.ndarray] = {}
         self._exact: dict[str, bool] = {}
-        self._tasks: list[tuple[int, Callable[[np.ndarray], None]]] = []
+        self._tasks: list[tuple[int, Callable[[np.ndarray, np.ndarray | None], None]]] = []
 
     def _column(self, name: str) -> np.ndarray:
         if name not in self._sorted:
@@ -163,12 +160,12 @@ class Sweeps:
             if delay:  # windows of one delay and column share what entered them
                 delayed.setdefault((delay, column), []).append((window, cols))
                 continue
-            vals = self._column(column) if summing else _NONE
-            task = partial(sweep.recent, *group, vals, window, summing, exact, cols)
+            vals = self._column(column) if summing else None
+            task = partial(sweep.recent, *group, vals, window, exact, cols)
             self._tasks.append((3 if summing and not exact else 2, task))
         for (delay, column), windows in delayed.items():
-            vals = self._column(column) if column else _NONE
-            task = partial(_delayed_windows, *group, vals, delay, bool(column), windows)
+            vals = self._column(column) if column else None
+            task = partial(_delayed_windows, *group, vals, delay, windows)
             self._tasks.append((2 * (1 + len(windows)), task))
         if plan.since_prev:
             col = plan.offset + len(plan.fslot)
@@ -181,10 +178,10 @@ class Sweeps:
         threads = min(numba.get_num_threads(), len(tasks))
         if threads <= 1 or len(self._times) < _PARALLEL_EVENTS:
             for task in tasks:
-                task(out, self._order)
+                task(out, self._rows)
             return
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda task: task(out, self._order), tasks))
+            list(pool.map(lambda task: task(out, self._rows), tasks))
 
 
 def backfill(

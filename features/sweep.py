@@ -54,24 +54,22 @@ def _emit(out, r, c_count, c_sum, c_mean, cnt, total):
     if c_sum >= 0:
         out[r, c_sum] = total if cnt else 0.0
     if c_mean >= 0:
-        out[r, c_mean] = total / max(cnt, 1)
+        out[r, c_mean] = total / max(cnt, 1.0)
 
 
 @njit(cache=True, nogil=True)
-def recent(times, keys, key_lo, n_groups, vals, window, summing, exact, cols, out, rows):
+def recent(times, keys, key_lo, n_groups, vals, window, exact, cols, out, rows):
     """Count / sum / mean over ``(t - window, t]`` of every event's entity, into ``out``.
 
     ``times`` is sorted (ties in arrival order), ``keys[p] - key_lo`` the group of event p in
-    ``range(n_groups)``, ``vals`` the summed column (read only if ``summing``; plain sums if
-    ``exact``, else compensated as ``_step`` does). ``cols`` are the count, sum and mean output
-    columns (-1: none); event p's row is ``rows[p]``, or p if ``rows`` is empty.
+    ``range(n_groups)``, ``vals`` the summed column (None: counts only; plain sums if ``exact``,
+    else compensated as ``_step`` does). ``cols`` are the count, sum and mean output columns
+    (-1: none); event p's row is ``rows[p]``, or p if ``rows`` is None. (None is a type of its
+    own to Numba: each combination compiles to a loop without the tests.)
     """
     n = times.shape[0]
-    total = np.zeros(n_groups)
-    comp = np.zeros(n_groups)
-    cnt = np.zeros(n_groups, np.int64)
+    state = np.zeros((n_groups, 4))  # count, sum, compensation: one cache line per entity
     c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
-    identity = rows.shape[0] == 0
     left = 0  # the oldest event still in its window
     p = 0  # the next event to enter (and be emitted)
     while p < n:
@@ -79,37 +77,37 @@ def recent(times, keys, key_lo, n_groups, vals, window, summing, exact, cols, ou
         leaves = np.int64(times[left] <= times[p] - window)
         q = p + ((left - p) & -leaves)
         g = keys[q] - key_lo
-        c = cnt[g] + 1 - 2 * leaves
-        cnt[g] = c
+        sign = np.float64(1 - 2 * leaves)
+        c = state[g, 0] + sign
+        state[g, 0] = c
         s = 0.0
-        if summing:
-            x = np.float64(1 - 2 * leaves) * vals[q]
-            t = total[g]
+        if vals is not None:
+            x = sign * vals[q]
+            t = state[g, 1]
             s = t + x
             if not exact:  # Neumaier, as kernels._kahan; an emptied window restarts at 0
                 a = (t - s) + x
                 b = (x - s) + t
-                keep = np.float64(c != 0)
+                keep = np.float64(c != 0.0)
                 s *= keep
-                cp = (comp[g] + (a if abs(t) >= abs(x) else b)) * keep
-                comp[g] = cp
-                total[g] = s
+                cp = (state[g, 2] + (a if abs(t) >= abs(x) else b)) * keep
+                state[g, 2] = cp
+                state[g, 1] = s
                 s += cp
             else:
-                total[g] = s
+                state[g, 1] = s
         # a leave writes the pending row too; its entering step overwrites it
-        _emit(out, p if identity else rows[p], c_count, c_sum, c_mean, c, s)
+        _emit(out, p if rows is None else rows[p], c_count, c_sum, c_mean, c, s)
         left += leaves
         p += 1 - leaves
 
 
 @njit(cache=True, nogil=True)
-def entered(times, keys, key_lo, n_groups, vals, delay, summing, counts, sums):
-    """Each event's entity's count (and sum of ``vals``, if ``summing``) of events at least
+def entered(times, keys, key_lo, n_groups, vals, delay, counts, sums):
+    """Each event's entity's count (and sum of ``vals``, unless None) of events at least
     ``delay`` (> 0) old, into ``counts[p]`` and ``sums[p]``; sums must be exact."""
     n = times.shape[0]
-    cnt = np.zeros(n_groups)
-    total = np.zeros(n_groups)
+    state = np.zeros((n_groups, 2))  # count, sum
     j = 0  # the next event to count (at its time + delay)
     p = 0  # the next event to emit
     while p < n:
@@ -117,30 +115,26 @@ def entered(times, keys, key_lo, n_groups, vals, delay, summing, counts, sums):
         q = p + ((j - p) & -counted)
         g = keys[q] - key_lo
         one = np.float64(counted)
-        c = cnt[g] + one
-        cnt[g] = c
+        c = state[g, 0] + one
+        state[g, 0] = c
         counts[p] = c  # a counting step writes the pending event too: its own step overwrites it
-        if summing:
-            s = total[g] + one * vals[q]
-            total[g] = s
+        if vals is not None:
+            s = state[g, 1] + one * vals[q]
+            state[g, 1] = s
             sums[p] = s
         j += counted
         p += 1 - counted
 
 
 @njit(cache=True, nogil=True)
-def delayed(
-    times, keys, key_lo, n_groups, vals, window, delay, summing, counts, sums, cols, out, rows
-):
+def delayed(times, keys, key_lo, n_groups, vals, window, delay, counts, sums, cols, out, rows):
     """Count / sum / mean over ``(t - delay - window, t - delay]`` (``delay`` > 0), as
     :func:`recent`, from what :func:`entered` counted at ``delay`` (``counts``, ``sums``): less
     what has left the window. Sums must be exact (:func:`exact_sums`): an entity's events enter
     and leave here in time order, where ``_step`` takes all that left before all that entered."""
     n = times.shape[0]
-    cnt = np.zeros(n_groups)
-    total = np.zeros(n_groups)
+    state = np.zeros((n_groups, 2))  # count, sum of the events that left
     c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
-    identity = rows.shape[0] == 0
     j = 0  # the next event to leave (at its time + delay + window)
     p = 0  # the next event to emit
     while p < n:
@@ -148,14 +142,14 @@ def delayed(
         q = p + ((j - p) & -leaves)
         g = keys[q] - key_lo
         one = np.float64(leaves)
-        left = cnt[g] + one
-        cnt[g] = left
+        left = state[g, 0] + one
+        state[g, 0] = left
         s = 0.0
-        if summing:
-            gone = total[g] + one * vals[q]
-            total[g] = gone
+        if vals is not None:
+            gone = state[g, 1] + one * vals[q]
+            state[g, 1] = gone
             s = sums[p] - gone
-        _emit(out, p if identity else rows[p], c_count, c_sum, c_mean, counts[p] - left, s)
+        _emit(out, p if rows is None else rows[p], c_count, c_sum, c_mean, counts[p] - left, s)
         j += leaves
         p += 1 - leaves
 
@@ -164,11 +158,10 @@ def delayed(
 def since_previous(times, keys, key_lo, n_groups, col, out, rows):
     """Seconds since the entity's previous event (NaN for its first) into column ``col``."""
     last = np.full(n_groups, np.iinfo(np.int64).min)
-    identity = rows.shape[0] == 0
     for p in range(times.shape[0]):
         g = keys[p] - key_lo
         t = times[p]
         before = last[g]
-        r = p if identity else rows[p]
+        r = p if rows is None else rows[p]
         out[r, col] = np.nan if before == np.iinfo(np.int64).min else (t - before) / NS_PER_S
         last[g] = t

@@ -92,10 +92,10 @@ def test_sweeps_give_each_events_window_count_sum_and_mean(delay):
     args = (times, keys, 10, 5, vals, window)
     if delay:
         counts, sums = np.empty(n), np.empty(n)
-        sweep.entered(times, keys, 10, 5, vals, delay, True, counts, sums)
-        sweep.delayed(*args, delay, True, counts, sums, cols, out, rows)
+        sweep.entered(times, keys, 10, 5, vals, delay, counts, sums)
+        sweep.delayed(*args, delay, counts, sums, cols, out, rows)
     else:
-        sweep.recent(*args, True, False, cols, out, rows)
+        sweep.recent(*args, False, cols, out, rows)
     count, total = _brute_force(times, keys, vals, window, delay)
     np.testing.assert_array_equal(out[rows, 0], count)
     np.testing.assert_array_equal(out[rows, 1], np.where(count > 0, total, 0.0))
@@ -106,5 +106,5 @@ def test_seconds_since_previous_are_nan_for_an_entitys_first_event():
     times = np.array([0, 2, 5, 5, 9], np.int64) * 10**9
     keys = np.array([1, 2, 1, 1, 2], np.int64)
     out = np.empty((5, 1))
-    sweep.since_previous(times, keys, 1, 2, 0, out, np.empty(0, np.int64))
+    sweep.since_previous(times, keys, 1, 2, 0, out, None)
     np.testing.assert_array_equal(out[:, 0], [np.nan, np.nan, 5.0, 0.0, 7.0])

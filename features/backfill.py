@@ -12,7 +12,7 @@ import pandas as pd
 
 from features import kernels, sweep
 from features.batch import lookup_columns
-from features.plan import EntityPlan, fill_derived
+from features.plan import EntityPlan, fill_ratios, fill_raw_and_calendar
 from features.spec import FeatureSpec
 from features.table import event_times_ns
 
@@ -68,8 +68,10 @@ def compute(
             grouped.append((plan, walks, keys, lo, n_groups))
     if grouped:
         walk_grouped(grouped, times, order, values, out)
+    # the raw and calendar columns read no other: they run beside the sweeps, on one thread
+    sweeps.add_task(2, lambda out, _: fill_raw_and_calendar(spec, out, times, values, False))
     sweeps.run(out)
-    fill_derived(spec, out, times, values)
+    fill_ratios(spec, out, values)
     return out
 
 
@@ -171,6 +173,11 @@ class Sweeps:
             col = plan.offset + len(plan.fslot)
             self._tasks.append((1, partial(sweep.since_previous, *group, col)))
         return np.array(rest, np.int64).reshape(-1, plan.walks.shape[1])
+
+    def add_task(self, weight: int, task: Callable[[np.ndarray, np.ndarray | None], None]) -> None:
+        """Run ``task(out, rows)`` beside the sweeps (it must write only columns they do not);
+        ``weight`` orders the tasks, costliest first (a card's compensated sweep weighs 3)."""
+        self._tasks.append((weight, task))
 
     def run(self, out: np.ndarray) -> None:
         """Run every sweep into ``out``, the costliest first."""

@@ -142,11 +142,30 @@ def fill_derived(
     The entity columns must already hold the kernels' output (see ``EntityPlan.offset``): ratios
     read them. Backfill and streaming both call this, so derived features are identical.
     """
+    fill_raw_and_calendar(spec, out, times_ns, raw)
+    fill_ratios(spec, out, raw)
+
+
+def fill_raw_and_calendar(
+    spec: FeatureSpec,
+    out: np.ndarray,
+    times_ns: np.ndarray,
+    raw: dict[str, np.ndarray],
+    parallel: bool = True,
+) -> None:
+    """The raw and calendar columns of :func:`fill_derived` (they read no other column);
+    ``parallel=False`` keeps the calendar on the calling thread."""
     plan = DerivedPlan.of(spec)
     for j, name in plan.raw:
         out[:, j] = raw[name]
-    fill = kernels.calendar_parallel if len(times_ns) >= _PARALLEL_ROWS else kernels.calendar
+    many = parallel and len(times_ns) >= _PARALLEL_ROWS
+    fill = kernels.calendar_parallel if many else kernels.calendar
     fill(plan.calendar_kinds, np.ascontiguousarray(times_ns, np.int64), out, len(plan.raw))
+
+
+def fill_ratios(spec: FeatureSpec, out: np.ndarray, raw: dict[str, np.ndarray]) -> None:
+    """The ratio columns of :func:`fill_derived`, from the entity columns already in ``out``."""
+    plan = DerivedPlan.of(spec)
     if plan.numerators:
         numerators = np.array([raw[name] for name in plan.numerators], np.float64)
         kernels.ratios(out, numerators, plan.ratio_columns, plan.denominator_columns)

@@ -48,3 +48,14 @@ def test_golden_file_is_reproduced(shared_data):
     assert not (differs & ~tie).any()
     assert differs.sum() <= tie.sum()
     np.testing.assert_array_equal(ours["TX_AMOUNT"], df["TX_AMOUNT"])
+
+
+def test_ids_far_apart_give_the_same_features_as_compact_ones():
+    """Ids spanning a range much wider than their count are factorized, not used as indices."""
+    spec = presets.DEFAULT
+    df = validate(transactions(n=3_000), spec)
+    sparse = df.assign(
+        CUSTOMER_ID=df["CUSTOMER_ID"] * 10**12 + 7, TERMINAL_ID=-df["TERMINAL_ID"] * 10**13
+    )
+    compact, spread = (backfill(d, spec)[spec.names].to_numpy() for d in (df, sparse))
+    np.testing.assert_array_equal(compact, spread)

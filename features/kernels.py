@@ -269,7 +269,7 @@ def _calendar_row(kinds, t, out, i, col0):
             out[i, col0 + k] = 1.0 if hour <= 6 else 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def calendar(kinds, times, out, col0):
     """``out[i, col0 + k]`` = calendar feature ``kinds[k]`` of ``times[i]`` (serial: the
     stream calls this per transaction, where starting a parallel region costs milliseconds)."""

@@ -8,9 +8,21 @@ import numpy as np
 import pytest
 
 from features import sweep
-from features.backfill import Sweeps, group_keys
+from features.backfill import Sweeps, backfill, group_keys
 from features.plan import EntityPlan
-from features.spec import AMOUNT, FRAUD, TERMINAL, Aggregate, FeatureSpec, Op
+from features.spec import (
+    AMOUNT,
+    CUSTOMER,
+    DAY,
+    FRAUD,
+    TERMINAL,
+    Aggregate,
+    FeatureSpec,
+    Op,
+    SincePrevious,
+)
+from features.stream import stream_features
+from features.synthetic import transactions
 
 MIN = timedelta(minutes=1)
 NS_PER_MIN = 60 * 10**9
@@ -108,3 +120,22 @@ def test_seconds_since_previous_are_nan_for_an_entitys_first_event():
     out = np.empty((5, 1))
     sweep.since_previous(times, keys, 1, 2, 0, out, None)
     np.testing.assert_array_equal(out[:, 0], [np.nan, np.nan, 5.0, 0.0, 7.0])
+
+
+def test_delayed_counts_and_gaps_equal_the_streams_bit_for_bit():
+    """Windows that only count (no values read) and seconds since the previous event, which
+    no preset sweeps with a delay, against the stream's kernels."""
+    spec = FeatureSpec(
+        name="counts",
+        aggregates=(
+            Aggregate(TERMINAL, Op.COUNT, 2 * DAY, delay=DAY),
+            Aggregate(TERMINAL, Op.COUNT, 7 * DAY, delay=DAY),
+            Aggregate(CUSTOMER, Op.COUNT, 3 * DAY, delay=2 * DAY),
+        ),
+        since_previous=(SincePrevious(CUSTOMER), SincePrevious(TERMINAL)),
+        label_delay=DAY,
+    )
+    df = transactions(n=3_000, customers=20, terminals=30, days=40)
+    expected = backfill(df, spec)[spec.names].to_numpy()
+    streamed = stream_features(df, spec, batch_size=301)[spec.names].to_numpy()
+    np.testing.assert_array_equal(expected, streamed)

@@ -84,21 +84,34 @@ def walk_grouped(
 ) -> None:
     """The walks :mod:`features.sweep` cannot do: each entity's events grouped, then walked."""
     n = len(times)
+    compact = [_scratch_columns(walks) for _, walks, *_ in grouped]
     # scratch shared by the entities (fresh memory is costly: see kernels.backfill_entity)
     tv, rows = np.empty(n, np.int64), np.empty(n, np.int64)
-    blk = np.empty(n * max(p.n_out for p, *_ in grouped))
+    blk = np.empty(n * max(len(features) for _, features in compact))
     vv_all = np.empty(n * max(p.n_cols for p, *_ in grouped))
-    for plan, walks, keys, lo, n_groups in grouped:
+    for (plan, _, keys, lo, n_groups), (walks, features) in zip(grouped, compact, strict=True):
         cols = [values[c] for c in plan.columns] or [np.zeros(n)]
         vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
         vv = vv_all[: vals.size].reshape(vals.shape)
         starts = kernels.group_rows(
             keys, lo, n_groups, order, times, vals, tv, vv, rows, numba.get_num_threads()
         )
-        scratch = blk[: n * plan.n_out].reshape(n, plan.n_out)
+        scratch = blk[: n * len(features)].reshape(n, len(features))
+        columns = plan.offset + features
         kernels.backfill_entity(
-            starts, tv, vv, rows, plan.win, plan.dly, walks, scratch, out, plan.offset
+            starts, tv, vv, rows, plan.win, plan.dly, walks, scratch, out, columns
         )
+
+
+def _scratch_columns(walks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``walks`` with their features renumbered 0, 1, ... (the scratch's columns, only those
+    the walks write), and the feature each scratch column holds."""
+    features = np.unique(walks[:, 3:])
+    features = features[features >= 0]
+    renumbered = walks.copy()
+    written = walks[:, 3:] >= 0
+    renumbered[:, 3:][written] = np.searchsorted(features, walks[:, 3:][written])
+    return renumbered, features
 
 
 def _delayed_windows(

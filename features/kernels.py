@@ -398,16 +398,17 @@ def backfill_entity(
     walks,
     scratch,
     out,
-    col0,
+    columns,
 ):
     """Features of every event, each as seen at its own time.
 
     ``grouped_times``/``grouped_vals`` hold each entity's events contiguously in (time, arrival)
     order, entity g at ``starts[g]:starts[g + 1]``; ``rows[p]`` is the input row of position p
     (see :func:`group_rows`). Slot s is the window ``windows_ns[s]`` ending ``delays_ns[s]``
-    before the event; the features are those of ``walks`` (:func:`feature_walks`): feature f of
-    row r goes to ``out[r, col0 + f]``, other columns are left as they are. ``scratch`` is
-    n x (largest f + 1), C order. Entities run in parallel.
+    before the event; the features are those of ``walks`` (:func:`feature_walks`), whose feature
+    indices are columns of ``scratch`` (n x len(columns), C order): scratch column k of row r
+    goes to ``out[r, columns[k]]``, other columns are left as they are. Entities run in
+    parallel.
 
     Each entity's history is walked once per (slot, column): the range and its sum live in
     registers, and :func:`_step` does what :func:`advance` does for the stream, column by
@@ -423,8 +424,6 @@ def backfill_entity(
     grouped_times, grouped_vals = borrowed(grouped_times), borrowed(grouped_vals)
     rows, scratch = borrowed(rows), borrowed(scratch)
     n = grouped_times.shape[0]
-    written = np.unique(walks[:, 3:])
-    written = written[written >= 0]
     for g in prange(starts.shape[0] - 1):
         a = starts[g]
         m = starts[g + 1] - a
@@ -450,8 +449,8 @@ def backfill_entity(
                 if f_2 >= 0:
                     scratch[r[i], f_2] = _simple_value(e - b, total + comp, OP_MEAN)
     for i in prange(n):
-        for f in written:
-            out[i, col0 + f] = scratch[i, f]
+        for k in range(columns.shape[0]):
+            out[i, columns[k]] = scratch[i, k]
 
 
 @njit(cache=True, inline="always")

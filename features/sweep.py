@@ -88,9 +88,9 @@ def recent(times, keys, key_lo, n_groups, vals, window, exact, cols, out, rows):
             if not exact:  # Neumaier, as kernels._kahan; an emptied window restarts at 0
                 a = (t - s) + x
                 b = (x - s) + t
-                keep = np.float64(c != 0.0)
-                s *= keep
-                cp = (state[g, 2] + (a if abs(t) >= abs(x) else b)) * keep
+                cp = state[g, 2] + (a if abs(t) >= abs(x) else b)
+                s = s if c != 0.0 else 0.0
+                cp = cp if c != 0.0 else 0.0
                 state[g, 2] = cp
                 state[g, 1] = s
                 s += cp

@@ -139,3 +139,31 @@ def test_delayed_counts_and_gaps_equal_the_streams_bit_for_bit():
     expected = backfill(df, spec)[spec.names].to_numpy()
     streamed = stream_features(df, spec, batch_size=301)[spec.names].to_numpy()
     np.testing.assert_array_equal(expected, streamed)
+
+
+def test_an_emptied_window_restarts_at_positive_zero_as_the_streams_does():
+    """A window of negative amounts empties with a rounding residue below zero; the stream
+    restarts it at +0.0, so an amount of -0.0 entering next sums to +0.0, not -0.0."""
+    import pandas as pd
+
+    spec = FeatureSpec(
+        name="zeros",
+        aggregates=(Aggregate(CUSTOMER, Op.SUM, MIN), Aggregate(CUSTOMER, Op.MEAN, MIN)),
+        label_delay=MIN,
+    )
+    amounts = [-0.1, -0.2, -0.0]
+    df = pd.DataFrame(
+        {
+            "TRANSACTION_ID": np.arange(3, dtype=np.int64),
+            "TX_DATETIME": pd.Timestamp("2018-04-01") + pd.to_timedelta([0, 1, 600], unit="s"),
+            "CUSTOMER_ID": np.zeros(3, np.int64),
+            "TERMINAL_ID": np.zeros(3, np.int64),
+            "TX_AMOUNT": amounts,
+            "TX_FRAUD": np.zeros(3, np.int64),
+        }
+    )
+    names = [a.name(spec.label_delay) for a in spec.aggregates]
+    expected = stream_features(df, spec, batch_size=1)[names].to_numpy()
+    got = backfill(df, spec)[names].to_numpy()
+    assert np.signbit(expected[2]).tolist() == [False, False]  # the stream's +0.0
+    np.testing.assert_array_equal(got.view(np.int64), expected.view(np.int64))

@@ -137,18 +137,21 @@ class Sweeps:
     the kernels' threads (each sweep is one pass; they release the GIL)."""
 
     def __init__(self, times: np.ndarray, order: np.ndarray, values: dict[str, np.ndarray]):
-        self._order = order
         self._rows = order if len(order) else None  # event p's output row (None: p)
-        self._times = times[order] if len(order) else times
+        self._times = self._in_time_order(times)
         self._values = values
         self._sorted: dict[str, np.ndarray] = {}
         self._exact: dict[str, bool] = {}
         self._tasks: list[tuple[int, Callable[[np.ndarray, np.ndarray | None], None]]] = []
 
+    def _in_time_order(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (one value per input row) in the sweeps' (time, id) order."""
+        return array if self._rows is None else array[self._rows]
+
     def _column(self, name: str) -> np.ndarray:
         if name not in self._sorted:
             column = np.ascontiguousarray(self._values[name], np.float64)
-            self._sorted[name] = column[self._order] if len(self._order) else column
+            self._sorted[name] = self._in_time_order(column)
         return self._sorted[name]
 
     def _is_exact(self, name: str) -> bool:
@@ -158,7 +161,7 @@ class Sweeps:
 
     def add(self, plan: EntityPlan, keys: np.ndarray, lo: int, n_groups: int) -> np.ndarray:
         """Take the walks of ``plan`` a sweep can do; returns the others (rows of its walks)."""
-        keys = keys[self._order] if len(self._order) else keys
+        keys = self._in_time_order(keys)
         group = (self._times, keys, lo, n_groups)
         rest, delayed = [], {}
         for walk in plan.walks:

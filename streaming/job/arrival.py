@@ -4,6 +4,10 @@ A key's events are applied as they reach its state, and a transaction goes from 
 state to the next (keyed by that entity's id) with its features so far; the last assembles its
 row. Nothing waits for the watermark or for another entity. Delivered in arrival order, the
 features equal the backfill's; an event that overtakes an older one is scored without it.
+
+The entities whose features read labels come first in the chain (:func:`chain_order`), so a
+label goes through those states only: with the ``default`` preset, the terminal's, then the
+card's, and no label is keyed by card.
 """
 
 from __future__ import annotations
@@ -105,6 +109,16 @@ class _ChainLink(EntityStateFn):
         return ()  # assembled at the bundle's end
 
 
+def chain_order(spec: FeatureSpec) -> tuple[Entity, ...]:
+    """The chain's entities: those whose features read labels first, each group in the spec's
+    order. A label goes along only as far as the last entity that uses labels."""
+    entities = tuple(spec.entities)
+    return (
+        *(e for e in entities if uses_labels(spec, e)),
+        *(e for e in entities if not uses_labels(spec, e)),
+    )
+
+
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):
     """The chain's input: a transaction with no blocks yet, or a label some entity uses."""
     if isinstance(event, Transaction):
@@ -115,8 +129,9 @@ def _enter(event: Transaction | Label, first: Entity, labels_used: bool):
 
 class EntityChain(beam.PTransform):
     """Transactions and labels -> one :class:`FeatureRow` per transaction (``arrival``
-    ordering): a stateful step per entity, keyed by its id, each passing the transaction on
-    with its block (no join: nothing waits for another entity's output)."""
+    ordering): a stateful step per entity (in :func:`chain_order`), keyed by its id, each
+    passing the transaction on with its block (no join: nothing waits for another entity's
+    output)."""
 
     def __init__(
         self,
@@ -130,8 +145,8 @@ class EntityChain(beam.PTransform):
         self.initial = initial
 
     def expand(self, events):
-        entities = tuple(self.spec.entities)
-        labels_used = any(uses_labels(self.spec, e) for e in entities)
+        entities = chain_order(self.spec)
+        labels_used = uses_labels(self.spec, entities[0])
         chain = events | "KeyByEntity" >> beam.FlatMap(
             _enter, entities[0], labels_used
         ).with_output_types(KV[int, Any])

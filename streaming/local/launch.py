@@ -10,7 +10,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from streaming.job.pipeline import build, pipeline_options
-from streaming.local.runner import freeze_startup_objects, tune_local_runner
+from streaming.local.runner import (
+    collect_young_less_often,
+    freeze_startup_objects,
+    tune_local_runner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ def run_local(
     p = beam.Pipeline(options=pipeline_options(argv))
     build_fn(p, p.options)
     freeze_startup_objects()  # after build: imports, the model and Feast are loaded
+    collect_young_less_often()
     result = p.run()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

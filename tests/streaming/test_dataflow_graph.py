@@ -165,10 +165,15 @@ def dry_run_in_this_process(out: str, argv: list[str]) -> None:
 def patch_local_runner_in_this_process(out: str) -> None:
     """Apply the local runner's patches as ``run_local`` does; write what
     :func:`patches_in_this_process` then finds to ``out/launch.json``."""
-    from streaming.local.runner import freeze_startup_objects, tune_local_runner
+    from streaming.local.runner import (
+        collect_young_less_often,
+        freeze_startup_objects,
+        tune_local_runner,
+    )
 
     applied = tune_local_runner()
     freeze_startup_objects(later=lambda delay, call: None)
+    collect_young_less_often()
     Path(out, "launch.json").write_text(
         json.dumps({"applied": applied, **patches_in_this_process()})
     )
@@ -205,6 +210,7 @@ def patches_in_this_process() -> dict[str, object]:
         "foreign": sorted(foreign),
         "local_modules": sorted(m for m in sys.modules if m.startswith("streaming.local")),
         "gc_frozen": gc.get_freeze_count(),
+        "gc_young_threshold": gc.get_threshold()[0],
     }
 
 
@@ -351,15 +357,20 @@ def test_pubsub_reads_take_event_time_from_the_attribute_and_writes_hit_the_topi
 
 
 def test_a_template_launch_applies_no_local_runner_patch(launch: Launch):
+    from streaming.local.runner.collector import YOUNG_THRESHOLD  # not in the launch's process
+
     process = launch.process
     assert process["marks"] == []
     assert process["foreign"] == []
     assert process["local_modules"] == []
     assert process["gc_frozen"] == 0
+    assert process["gc_young_threshold"] != YOUNG_THRESHOLD  # Python's own
 
 
 def test_the_patch_check_sees_the_local_runner_patches(tmp_path: Path):
     """The check above, in a process where ``run_local``'s patches were applied."""
+    from streaming.local.runner.collector import YOUNG_THRESHOLD  # not in the check's process
+
     process = _child(tmp_path, "patch_local_runner_in_this_process")
     applied = [name for name, done in process["applied"].items() if done]
     assert applied, "no patch fits this Beam: the check has nothing to see"
@@ -367,3 +378,4 @@ def test_the_patch_check_sees_the_local_runner_patches(tmp_path: Path):
     assert process["foreign"]
     assert "streaming.local.runner" in process["local_modules"]
     assert process["gc_frozen"] > 0
+    assert process["gc_young_threshold"] == YOUNG_THRESHOLD

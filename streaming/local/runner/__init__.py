@@ -17,8 +17,10 @@
   pipeline options once per run, not once per bundle.
 * :mod:`.event_times` (:func:`parse_event_times_quickly`): a message's event-time attribute is
   parsed with ``datetime.fromisoformat`` where that gives Beam's result, not with dateutil.
-* :mod:`.gc_freeze` (:func:`freeze_startup_objects`): the objects loaded at start are kept out
-  of the cyclic collector's full passes; called once the pipeline is built.
+* :mod:`.collector` (:func:`freeze_startup_objects`, :func:`collect_young_less_often`): the
+  objects loaded at start are kept out of the cyclic collector's passes, and its youngest
+  generation is collected every 50,000 new objects instead of 700; called once the pipeline is
+  built.
 
 The first eight replace Beam internals of one release: each checks first that the installed Beam
 is the one it was written for (:mod:`.guard`) and, if not, is skipped with a warning, the runner
@@ -27,17 +29,17 @@ running without it. Local runs only: none of this is imported by the job on Data
 
 from __future__ import annotations
 
+from streaming.local.runner.collector import collect_young_less_often, freeze_startup_objects
 from streaming.local.runner.dofn_cache import cache_dofn_introspection
 from streaming.local.runner.empty_bundles import skip_empty_bundles
 from streaming.local.runner.event_times import parse_event_times_quickly
-from streaming.local.runner.gc_freeze import freeze_startup_objects
 from streaming.local.runner.publishers import tune_direct_pubsub_write
 from streaming.local.runner.pubsub_read import tune_direct_pubsub_read
 from streaming.local.runner.read_options import remember_read_project
 from streaming.local.runner.state_copy import copy_keyed_states_lightly
 from streaming.local.runner.timers import skip_keys_without_timers
 
-__all__ = ["freeze_startup_objects", "tune_local_runner"]
+__all__ = ["collect_young_less_often", "freeze_startup_objects", "tune_local_runner"]
 
 
 def tune_local_runner() -> dict[str, bool]:

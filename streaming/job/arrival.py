@@ -111,12 +111,8 @@ class _ChainLink(EntityStateFn):
 
 def chain_order(spec: FeatureSpec) -> tuple[Entity, ...]:
     """The chain's entities: those whose features read labels first, each group in the spec's
-    order. A label goes along only as far as the last entity that uses labels."""
-    entities = tuple(spec.entities)
-    return (
-        *(e for e in entities if uses_labels(spec, e)),
-        *(e for e in entities if not uses_labels(spec, e)),
-    )
+    order (a stable sort). A label goes along only as far as the last entity that uses labels."""
+    return tuple(sorted(spec.entities, key=lambda e: not uses_labels(spec, e)))
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):

@@ -1,5 +1,6 @@
-"""``run_local`` stops on SIGINT even where its parent started it with SIGINT ignored, as a
-shell does for a background job (``cmd &``, nohup): the local job's stop is Ctrl-C's signal."""
+"""``run_local``: it stops on SIGINT even where its parent started it with SIGINT ignored, as a
+shell does for a background job (``cmd &``, nohup): the local job's stop is Ctrl-C's signal; and
+its options."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from apache_beam.options.pipeline_options import DirectOptions
 from google.cloud import pubsub_v1
 
+from streaming.job.options import FraudstreamOptions
+from streaming.job.pipeline import pipeline_options
 from streaming.local import job_process as lj
+from streaming.local.launch import local_options
 
 ROOT = Path(__file__).resolve().parents[2]  # where ``python -m bench.pipeline`` resolves
 
@@ -46,3 +51,13 @@ def test_a_job_started_with_sigint_ignored_stops_on_sigint(pubsub_emulator, tmp_
     finally:
         code = lj.stop(job, timeout_s=30)
     assert code == 0, log_path.read_text()[-3000:]
+
+
+def test_a_local_run_unstacks_its_bundles():
+    """Each event has its own event time, so stacking equal ones would stack nothing: the local
+    job turns it off and keeps the rest of its options; the job's own options keep Beam's
+    default (a remote runner ignores the setting)."""
+    assert pipeline_options([]).view_as(DirectOptions).direct_runner_use_stacked_bundle is True
+    options = local_options(["--preset", "baseline"])
+    assert options.view_as(DirectOptions).direct_runner_use_stacked_bundle is False
+    assert options.view_as(FraudstreamOptions).preset == "baseline"

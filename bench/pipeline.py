@@ -17,6 +17,10 @@ The job runs the ``default`` preset (the job's own default) with the Bigtable fe
   job's end is the Pub/Sub publish time of its last output (the full job's: its last alert at
   the model's own threshold, counting the messages published up to that transaction), minus
   the time the measured phase started publishing.
+- ``pipeline_runner_thread_share``, ``passthrough_runner_thread_share``: the CPU time of each
+  job's busiest thread (its runner's) over that run's phase, as a share of one core. The
+  pass-through's runner mostly waits on the feed; the full job's gets what the benchmark's
+  publisher and the Pub/Sub emulator, sending on the same cores, leave it.
 - ``e2e_p99_ms_at_<rate>eps``: publish -> alert latency at that many events/s with the
   threshold at 0, so every transaction alerts: the alert's Pub/Sub publish time minus the time
   its transaction was handed to the publisher (one machine, one clock).
@@ -173,7 +177,23 @@ class _Outputs:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of process ``pid`` so far, by thread id (threads
+    that end while this reads are left out)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = _stat_cpu_s(task / "stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def _stat_cpu_s(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
@@ -190,10 +210,19 @@ class Run:
     counted."""
     totals: dict[str, int]
     """How much each count of the job's totals line grew over the phase."""
+    busiest_thread_cpu_s: float = 0.0
+    """The CPU time of the job's busiest thread (the runner's) from the phase's start until
+    its last output was seen."""
 
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def runner_thread_share(self) -> float:
+        """The share of a core the runner's thread had over the phase: below 1, it waited (for
+        the CPU, which the benchmark's publisher and the emulator share, or for I/O)."""
+        return self.busiest_thread_cpu_s / self.seconds
 
 
 def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
@@ -229,11 +258,13 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
         idle_s = time.monotonic()
         time.sleep(TOTALS_SETTLE_S)
         idle_cpu_per_s = (cpu_seconds(job.pid) - cpu_before) / (time.monotonic() - idle_s)
-        cpu_before = cpu_seconds(job.pid)
+        cpu_before, threads_before = cpu_seconds(job.pid), thread_cpu_seconds(job.pid)
         t0 = feed.start_phase()
         published = feed(WARM, WARM + count)
         target = count if kind == "full" else sum(published.values())
         lj.wait_for(done, WARM + target if kind == "full" else target, job, log, 600, "outputs")
+        threads = thread_cpu_seconds(job.pid)
+        busiest = max(cpu - threads_before.get(tid, 0.0) for tid, cpu in threads.items())
         time.sleep(TOTALS_SETTLE_S)
         outputs()
         cpu_after, end = cpu_seconds(job.pid), time.time()
@@ -250,7 +281,7 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
         events = sum(published.values())
     cpu = cpu_after - cpu_before - idle_cpu_per_s * max(0.0, end - finished)
     grown = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-    return Run(events, finished - t0, published["tx"], cpu, grown)
+    return Run(events, finished - t0, published["tx"], cpu, grown, busiest)
 
 
 def _latency(kind: str, w: World, tmp: Path, rate: float, count: int) -> np.ndarray:
@@ -392,6 +423,8 @@ def bench_pipeline(
         "pipeline_events_per_s": round(full.events_per_s, 1),
         "passthrough_events_per_s": round(passthrough.events_per_s, 1),
         "pipeline_vs_passthrough": round(full.events_per_s / passthrough.events_per_s, 3),
+        "pipeline_runner_thread_share": round(full.runner_thread_share, 2),
+        "passthrough_runner_thread_share": round(passthrough.runner_thread_share, 2),
         "pipeline_ordering": FraudstreamOptions([]).ordering,
         "pipeline_preset": SPEC.name,
         **latency,

@@ -1,13 +1,15 @@
 """The pipeline benchmark's cost keys from two runs' figures, the best runs it keeps, and the
-process CPU probe."""
+process and thread CPU probes."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import pytest
 
-from bench.pipeline import Run, cost_metrics, cpu_seconds
+from bench.pipeline import Run, cost_metrics, cpu_seconds, thread_cpu_seconds
 
 
 def test_cost_per_million_from_the_runs_totals():
@@ -41,6 +43,43 @@ def test_cpu_seconds_of_a_process_grow_with_its_work():
     before = cpu_seconds(os.getpid())
     sum(i * i for i in range(3_000_000))
     assert cpu_seconds(os.getpid()) > before
+
+
+def test_thread_cpu_seconds_charge_the_thread_that_works():
+    started, stop = threading.Event(), threading.Event()
+    ids: dict[str, int] = {}
+
+    def spin() -> None:
+        ids["worker"] = threading.get_native_id()
+        started.set()
+        while not stop.is_set():
+            sum(i * i for i in range(10_000))
+
+    before = thread_cpu_seconds(os.getpid())
+    worker = threading.Thread(target=spin)
+    worker.start()
+    started.wait()
+    try:
+        for _ in range(600):  # until the worker has 0.2 s of CPU (the kernel counts in ticks)
+            now = thread_cpu_seconds(os.getpid())
+            if now.get(ids["worker"], 0.0) >= 0.2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the spinning thread was charged no CPU time in 30 s")
+    finally:
+        stop.set()
+        worker.join()
+    main = threading.get_native_id()
+    assert ids["worker"] not in before
+    assert now[main] - before[main] < now[ids["worker"]]  # the main thread mostly slept
+
+
+def test_the_runner_threads_share_of_a_core_over_the_phase():
+    run = Run(events=4_000, seconds=4.0, transactions=2_000, cpu_s=3.0, totals={},
+              busiest_thread_cpu_s=2.5)  # fmt: skip
+    assert run.runner_thread_share == pytest.approx(0.625)
+    assert Run(4_000, 4.0, 2_000, 3.0, {}).runner_thread_share == 0.0  # not measured
 
 
 def test_the_best_run_of_each_job_is_kept_the_jobs_taking_turns(monkeypatch: pytest.MonkeyPatch):

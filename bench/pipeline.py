@@ -27,7 +27,7 @@ The job runs the ``default`` preset (the job's own default) with the Bigtable fe
   ``passthrough_p99_ms_at_<rate>eps``: the same for the pass-through job's copy of each
   transaction: the runner's own floor.
 - **Cost** (from the full job's throughput run): the job process's CPU time over the measured
-  phase (``/proc``, less its idle polling after the last output) against the thread CPU time of
+  phase (``psutil``, less its idle polling after the last output) against the thread CPU time of
   the job's own stages (their ``cpu_us_<stage>`` totals, :class:`streaming.job.common.StageCpu`),
   the runner's share being the rest; and the Bigtable RPCs the process sent (its totals line,
   :func:`streaming.store.bigtable.online_store.rpc_counts`; reads add the entity states loaded
@@ -56,6 +56,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pandas as pd
+import psutil
 
 from features import presets
 from features.backfill import backfill
@@ -176,25 +177,14 @@ class _Outputs:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
-    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+    """User + system CPU time of process ``pid`` so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """User + system CPU time of each thread of process ``pid`` so far, by thread id (threads
-    that end while this reads are left out)."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out[int(task.name)] = _stat_cpu_s(task / "stat")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def _stat_cpu_s(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    """User + system CPU time of each thread of process ``pid`` so far, by thread id."""
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 @dataclass(frozen=True)

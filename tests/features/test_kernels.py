@@ -1,11 +1,13 @@
-"""Kernel building blocks checked on their own: the one-pass scan, the prefetch hint and
-borrowed arrays."""
+"""Kernel building blocks checked on their own: the one-pass scan, the calendar columns, the
+prefetch hint and borrowed arrays."""
 
 from __future__ import annotations
 
 import platform
 
 import numpy as np
+import pandas as pd
+import pytest
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -32,6 +34,31 @@ def test_a_scan_writes_only_the_features_it_is_given():
     out = np.full((1, 3), -1.0)
     kernels._scan(vals, 0, 4, 0, vals[:, 0].sum(), -1, -1, 1, out, 0)
     assert out.tolist() == [[-1.0, 9.0, -1.0]]
+
+
+def _calendar_times(rng: np.random.Generator) -> np.ndarray:
+    """Times in order (dense around hour, day and week boundaries, before and after 1970)."""
+    starts = pd.to_datetime(["1969-12-27 05:00", "2018-04-01 00:00", "2024-02-28 23:00"]).asi8
+    hour = 3_600 * 10**9
+    edges = (np.arange(-3, 200) * hour)[:, None] + np.array([-1, 0, 1, hour // 2])
+    spread = rng.integers(0, 21 * 24 * hour, 70_000)
+    return np.sort(np.concatenate([(s + edges).ravel() for s in starts] + [starts[1] + spread]))
+
+
+@pytest.mark.parametrize("shuffled", [False, True], ids=["in_order", "shuffled"])
+@pytest.mark.parametrize("fill", [kernels.calendar, kernels.calendar_parallel])
+def test_calendar_columns_equal_pandas_for_times_in_any_order(fill, shuffled):
+    rng = np.random.default_rng(3)
+    times = _calendar_times(rng)
+    if shuffled:
+        times = rng.permutation(times)
+    stamps = pd.DatetimeIndex(times)
+    out = np.full((len(times), 4), -1.0, order="F")
+    fill(np.array([2, 0, 1]), times, out, 1)
+    assert (out[:, 0] == -1.0).all()
+    np.testing.assert_array_equal(out[:, 1], stamps.hour)
+    np.testing.assert_array_equal(out[:, 2], stamps.dayofweek >= 5)
+    np.testing.assert_array_equal(out[:, 3], stamps.hour <= 6)
 
 
 @njit

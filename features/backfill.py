@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from functools import partial
 
 import numba
@@ -69,7 +70,7 @@ def compute(
     if grouped:
         walk_grouped(grouped, times, order, values, out)
     # the raw and calendar columns read no other: they run beside the sweeps, on one thread
-    sweeps.add_task(2, lambda out, _: fill_raw_and_calendar(spec, out, times, values, False))
+    sweeps.add_task(0.3, lambda out, _: fill_raw_and_calendar(spec, out, times, values, False))
     sweeps.run(out)
     fill_ratios(spec, out, values)
     return out
@@ -114,22 +115,22 @@ def _scratch_columns(walks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return renumbered, features
 
 
-def _delayed_windows(
-    times: np.ndarray,
-    keys: np.ndarray,
-    lo: int,
-    n_groups: int,
-    vals: np.ndarray | None,
-    delay: int,
-    windows: list[tuple[int, np.ndarray]],
-    out: np.ndarray,
-    rows: np.ndarray | None,
-) -> None:
-    """Windows of one delay (``(window, output columns)``): what entered, then each window."""
-    counts, sums = np.empty(len(times)), np.empty(len(times) if vals is not None else 0)
-    sweep.entered(times, keys, lo, n_groups, vals, delay, counts, sums)
-    for window, cols in windows:
-        sweep.delayed(times, keys, lo, n_groups, vals, window, delay, counts, sums, cols, out, rows)
+Task = Callable[[np.ndarray, np.ndarray | None], None]  # task(out, rows)
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """A task of :class:`Sweeps`: ``run(out, rows)``, then its follow-ups (which may run at
+    once, on any thread). ``cost``: its time in plain sweeps (a compensated one is 1.5)."""
+
+    cost: float
+    run: Task
+    then: tuple[_Sweep, ...] = ()
+
+    @property
+    def priority(self) -> float:
+        """Its cost and that of its costliest chain of follow-ups: the longest go first."""
+        return self.cost + max((t.priority for t in self.then), default=0.0)
 
 
 class Sweeps:
@@ -142,7 +143,7 @@ class Sweeps:
         self._values = values
         self._sorted: dict[str, np.ndarray] = {}
         self._exact: dict[str, bool] = {}
-        self._tasks: list[tuple[int, Callable[[np.ndarray, np.ndarray | None], None]]] = []
+        self._tasks: list[_Sweep] = []
 
     def _in_time_order(self, array: np.ndarray) -> np.ndarray:
         """``array`` (one value per input row) in the sweeps' (time, id) order."""
@@ -180,31 +181,59 @@ class Sweeps:
                 continue
             vals = self._column(column) if summing else None
             task = partial(sweep.recent, *group, vals, window, exact, cols)
-            self._tasks.append((3 if summing and not exact else 2, task))
+            self._tasks.append(_Sweep(1.5 if summing and not exact else 1.0, task))
         for (delay, column), windows in delayed.items():
             vals = self._column(column) if column else None
-            task = partial(_delayed_windows, *group, vals, delay, windows)
-            self._tasks.append((2 * (1 + len(windows)), task))
+            self._tasks.append(self._delayed(group, vals, delay, windows))
         if plan.since_prev:
             col = plan.offset + len(plan.fslot)
-            self._tasks.append((1, partial(sweep.since_previous, *group, col)))
+            self._tasks.append(_Sweep(0.5, partial(sweep.since_previous, *group, col)))
         return np.array(rest, np.int64).reshape(-1, plan.walks.shape[1])
 
-    def add_task(self, weight: int, task: Callable[[np.ndarray, np.ndarray | None], None]) -> None:
+    @staticmethod
+    def _delayed(
+        group: tuple[np.ndarray, np.ndarray, int, int],
+        vals: np.ndarray | None,
+        delay: int,
+        windows: list[tuple[int, np.ndarray]],
+    ) -> _Sweep:
+        """Windows of one delay (``(window, output columns)``): what entered, then each window
+        (a follow-up task each)."""
+        n = len(group[0])
+        counts, sums = np.empty(n), np.empty(n if vals is not None else 0)
+        then = tuple(
+            _Sweep(1.0, partial(sweep.delayed, *group, vals, window, delay, counts, sums, cols))
+            for window, cols in windows
+        )
+        entered = partial(sweep.entered, *group, vals, delay, counts, sums)
+        return _Sweep(1.0, lambda out, rows: entered(), then)
+
+    def add_task(self, cost: float, task: Task) -> None:
         """Run ``task(out, rows)`` beside the sweeps (it must write only columns they do not);
-        ``weight`` orders the tasks, costliest first (a card's compensated sweep weighs 3)."""
-        self._tasks.append((weight, task))
+        ``cost``: its time in plain sweeps (the costliest tasks start first)."""
+        self._tasks.append(_Sweep(cost, task))
 
     def run(self, out: np.ndarray) -> None:
-        """Run every sweep into ``out``, the costliest first."""
-        tasks = [task for _, task in sorted(self._tasks, key=lambda t: -t[0])]
-        threads = min(numba.get_num_threads(), len(tasks))
+        """Run every sweep into ``out``, the longest chains first."""
+        ready = sorted(self._tasks, key=lambda t: -t.priority)
+        threads = min(numba.get_num_threads(), len(ready))
         if threads <= 1 or len(self._times) < _PARALLEL_EVENTS:
-            for task in tasks:
-                task(out, self._rows)
+            while ready:
+                task = ready.pop(0)
+                task.run(out, self._rows)
+                ready[:0] = task.then
             return
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(lambda task: task(out, self._rows), tasks))
+            running: dict[Future, _Sweep] = {}
+            while ready or running:
+                while ready and len(running) < threads:  # submitted only once a thread is free
+                    task = ready.pop(0)
+                    running[pool.submit(task.run, out, self._rows)] = task
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    ready.extend(running.pop(future).then)
+                ready.sort(key=lambda t: -t.priority)
 
 
 def backfill(

@@ -7,7 +7,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from features import sweep
+from features import backfill as backfill_module
+from features import presets, sweep
 from features.backfill import Sweeps, backfill, group_keys
 from features.plan import EntityPlan
 from features.spec import (
@@ -139,6 +140,17 @@ def test_delayed_counts_and_gaps_equal_the_streams_bit_for_bit():
     expected = backfill(df, spec)[spec.names].to_numpy()
     streamed = stream_features(df, spec, batch_size=301)[spec.names].to_numpy()
     np.testing.assert_array_equal(expected, streamed)
+
+
+def test_sweeps_on_threads_equal_those_run_one_after_another(monkeypatch):
+    """A history long enough for threads: each delay's windows run as tasks of their own
+    once what entered is counted, and the features equal those of a serial run."""
+    spec = presets.BASELINE
+    df = transactions(n=backfill_module._PARALLEL_EVENTS + 5_000, days=60)
+    threaded = backfill(df, spec)[spec.names].to_numpy()
+    monkeypatch.setattr(backfill_module, "_PARALLEL_EVENTS", len(df) + 1)
+    serial = backfill(df, spec)[spec.names].to_numpy()
+    np.testing.assert_array_equal(threaded, serial)
 
 
 def test_an_emptied_window_restarts_at_positive_zero_as_the_streams_does():

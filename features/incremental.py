@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.typed import Dict
 
 from features import kernels
-from features.plan import EntityPlan, fill_derived, lateness_ns
+from features.plan import DerivedPlan, EntityPlan, lateness_ns
 from features.spec import Entity, FeatureSpec
 
 KIND_TX = kernels.KIND_TX
@@ -269,33 +269,56 @@ def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
 
 
 @njit(cache=True)
-def _merge_status(kinds, per_entity, features):
+def _finish(kinds, per_entity, out, times, raw, raw_columns, calendar_kinds, ratio_args):
     """One status per event from each entity's (``per_entity[e, j]``): the worst for
     transactions; for labels, applied if any entity applied it, else the first entity's
-    reason. Row j of ``features`` becomes NaN unless event j is a transaction scored (``OK`` or
-    ``LATE``)."""
+    reason. A transaction scored (``OK`` or ``LATE``) gets its derived columns as
+    :func:`features.plan.fill_derived` computes them (``raw[r]`` into column
+    ``raw_columns[r]``, the calendar from the next column, ``ratio_args``: the numerators and
+    :func:`kernels.ratios`' columns); every other row becomes NaN."""
+    numerators, ratio_columns, denominator_columns = ratio_args
+    col0 = raw_columns.shape[0]
+    values = np.empty(calendar_kinds.shape[0])
+    start, end = np.int64(1), np.int64(0)  # the hour of ``values``: none yet
     status = np.empty(kinds.shape[0], np.int64)
     for j in range(kinds.shape[0]):
         if kinds[j] == _KIND_SKIP:
-            status[j] = kernels.ST_TOO_LATE
+            st = kernels.ST_TOO_LATE
         elif kinds[j] == KIND_TX:
-            worst = per_entity[0, j]
+            st = per_entity[0, j]
             for e in range(1, per_entity.shape[0]):
-                worst = max(worst, per_entity[e, j])
-            status[j] = worst
+                st = max(st, per_entity[e, j])
         else:
-            status[j] = kernels.ST_LABEL_NOT_USED
+            st = kernels.ST_LABEL_NOT_USED
             for e in range(per_entity.shape[0]):
-                st = per_entity[e, j]
-                if st == kernels.ST_LABEL_APPLIED:
-                    status[j] = st
+                if per_entity[e, j] == kernels.ST_LABEL_APPLIED:
+                    st = kernels.ST_LABEL_APPLIED
                     break
-                if status[j] == kernels.ST_LABEL_NOT_USED:
-                    status[j] = st
-        if status[j] > kernels.ST_LATE:
-            for f in range(features.shape[1]):  # not features[j, :]: no view per event
-                features[j, f] = np.nan
+                if st == kernels.ST_LABEL_NOT_USED:
+                    st = per_entity[e, j]
+        status[j] = st
+        if st > kernels.ST_LATE:
+            for f in range(out.shape[1]):  # not out[j, :]: no view per event
+                out[j, f] = np.nan
+            continue
+        for r in range(col0):
+            out[j, raw_columns[r]] = raw[r, j]
+        t = times[j]
+        if t < start or t >= end:  # labels, which interleave a week older, never get here
+            start = kernels.calendar_values(calendar_kinds, t, values)
+            end = start + kernels.NS_PER_HOUR
+        for k in range(calendar_kinds.shape[0]):
+            out[j, col0 + k] = values[k]
+        for k in range(ratio_columns.shape[0]):
+            d = out[j, denominator_columns[k]]
+            out[j, ratio_columns[k]] = kernels.ratio(numerators[k, j], d)
     return status
+
+
+def _rows_of_columns(values: dict[str, np.ndarray], names: list[str] | tuple[str, ...], m: int):
+    """The columns ``names`` of ``values`` as the rows of one float64 array (``len(names)``
+    by ``m``)."""
+    return np.array([values[name] for name in names], np.float64).reshape(len(names), m)
 
 
 @njit(cache=True)
@@ -383,7 +406,7 @@ class IncrementalEngine:
         txids = np.ascontiguousarray(batch.transaction_id, np.int64)
         is_tx = kinds == KIND_TX
         # Every column of a scored transaction is written below (the entity blocks, then the
-        # derived columns) and every other row set to NaN (_merge_status); only the spec's
+        # derived columns) and every other row set to NaN (_finish); only the spec's
         # looked-up columns, which the caller fills, start as NaN.
         out = np.empty((m, self._n_columns))
         out[:, self._n_computed :] = np.nan
@@ -402,8 +425,21 @@ class IncrementalEngine:
             vals = np.ascontiguousarray(np.column_stack(cols), np.float64)
             block = out[:, plan.offset : plan.offset + plan.n_out]
             self.stores[entity].process(kinds, rows[e], times, txids, vals, block, per_entity[e])
-        fill_derived(self.spec, out, times, batch.values)
-        return out, _merge_status(kinds, per_entity, out)
+        derived = DerivedPlan.of(self.spec)
+        raw = _rows_of_columns(batch.values, [name for _, name in derived.raw], m)
+        numerators = _rows_of_columns(batch.values, derived.numerators, m)
+        ratio_args = (numerators, derived.ratio_columns, derived.denominator_columns)
+        status = _finish(
+            kinds,
+            per_entity,
+            out,
+            times,
+            raw,
+            derived.raw_columns,
+            derived.calendar_kinds,
+            ratio_args,
+        )
+        return out, status
 
     def _may_be_too_late(self, tx_times: np.ndarray) -> bool:
         """Whether a transaction at one of ``tx_times`` could be too late for a state: false

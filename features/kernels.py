@@ -251,7 +251,7 @@ NS_PER_HOUR = 3_600 * 10**9
 
 
 @njit(cache=True, inline="always")
-def _calendar_values(kinds, t, values):
+def calendar_values(kinds, t, values):
     """``values[k]`` = weekend (kind 0), night (1: hour <= 6) or hour (2) of naive ns time t,
     for each ``kinds[k]``; returns the start of t's hour (every time of that hour has the same
     values). Integer floor division is exact; 1970-01-01 was a Thursday (Monday = 0)."""
@@ -277,7 +277,7 @@ def _calendar_rows(kinds, times, out, col0, lo, hi):
     for i in range(lo, hi):
         t = times[i]
         if t < start or t >= end:
-            start = _calendar_values(kinds, t, values)
+            start = calendar_values(kinds, t, values)
             end = start + NS_PER_HOUR
         for k in range(kinds.shape[0]):
             out[i, col0 + k] = values[k]
@@ -306,8 +306,13 @@ def ratios(out, numerators, ratio_columns, denominator_columns):
     NaN where the denominator is 0 (IEEE division otherwise, as numpy's)."""
     for i in range(out.shape[0]):
         for k in range(ratio_columns.shape[0]):
-            d = out[i, denominator_columns[k]]
-            out[i, ratio_columns[k]] = numerators[k, i] / d if d != 0 else np.nan
+            out[i, ratio_columns[k]] = ratio(numerators[k, i], out[i, denominator_columns[k]])
+
+
+@njit(cache=True, inline="always")
+def ratio(numerator, denominator):
+    """A ratio feature's value: NaN where the denominator is 0, IEEE division otherwise."""
+    return numerator / denominator if denominator != 0 else np.nan
 
 
 @njit(cache=True)

@@ -105,6 +105,7 @@ class DerivedPlan:
     """A spec's raw, calendar and ratio columns as positions in its feature matrix."""
 
     raw: tuple[tuple[int, str], ...]  # (output column, source column)
+    raw_columns: np.ndarray  # the output columns of ``raw``
     calendar_kinds: np.ndarray  # kernel codes, output columns from len(raw)
     ratio_columns: np.ndarray  # output column of each ratio
     denominator_columns: np.ndarray  # the output column each ratio divides by
@@ -120,6 +121,7 @@ class DerivedPlan:
         first = len(spec.stream_names) - len(spec.ratios)
         plan = cls(
             raw=tuple((j, col.name) for j, col in enumerate(spec.raw)),
+            raw_columns=np.arange(len(spec.raw), dtype=np.int64),
             calendar_kinds=np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64),
             ratio_columns=np.arange(first, first + len(spec.ratios), dtype=np.int64),
             denominator_columns=np.array(

@@ -315,7 +315,9 @@ def _finish(kinds, per_entity, out, times, raw, raw_columns, calendar_kinds, rat
     return status
 
 
-def _rows_of_columns(values: dict[str, np.ndarray], names: list[str] | tuple[str, ...], m: int):
+def _rows_of_columns(
+    values: dict[str, np.ndarray], names: list[str] | tuple[str, ...], m: int
+) -> np.ndarray:
     """The columns ``names`` of ``values`` as the rows of one float64 array (``len(names)``
     by ``m``)."""
     return np.array([values[name] for name in names], np.float64).reshape(len(names), m)

@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.typed import Dict
 
 from features import kernels
-from features.plan import DerivedPlan, EntityPlan, lateness_ns
+from features.plan import DerivedPlan, EntityPlan, lateness_ns, value_rows
 from features.spec import Entity, FeatureSpec
 
 KIND_TX = kernels.KIND_TX
@@ -269,15 +269,15 @@ def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
 
 
 @njit(cache=True)
-def _finish(kinds, per_entity, out, times, raw, raw_columns, calendar_kinds, ratio_args):
+def _finish(kinds, per_entity, out, times, raw, calendar_kinds, ratio_args):
     """One status per event from each entity's (``per_entity[e, j]``): the worst for
     transactions; for labels, applied if any entity applied it, else the first entity's
     reason. A transaction scored (``OK`` or ``LATE``) gets its derived columns as
-    :func:`features.plan.fill_derived` computes them (``raw[r]`` into column
-    ``raw_columns[r]``, the calendar from the next column, ``ratio_args``: the numerators and
-    :func:`kernels.ratios`' columns); every other row becomes NaN."""
+    :func:`features.plan.fill_derived` computes them (``raw[r]`` into column r, the calendar
+    from the next column on, ``ratio_args``: the numerators and :func:`kernels.ratios`'
+    columns); every other row becomes NaN."""
     numerators, ratio_columns, denominator_columns = ratio_args
-    col0 = raw_columns.shape[0]
+    col0 = raw.shape[0]
     values = np.empty(calendar_kinds.shape[0])
     start, end = np.int64(1), np.int64(0)  # the hour of ``values``: none yet
     status = np.empty(kinds.shape[0], np.int64)
@@ -302,7 +302,7 @@ def _finish(kinds, per_entity, out, times, raw, raw_columns, calendar_kinds, rat
                 out[j, f] = np.nan
             continue
         for r in range(col0):
-            out[j, raw_columns[r]] = raw[r, j]
+            out[j, r] = raw[r, j]
         t = times[j]
         if t < start or t >= end:  # labels, which interleave a week older, never get here
             start = kernels.calendar_values(calendar_kinds, t, values)
@@ -313,14 +313,6 @@ def _finish(kinds, per_entity, out, times, raw, raw_columns, calendar_kinds, rat
             d = out[j, denominator_columns[k]]
             out[j, ratio_columns[k]] = kernels.ratio(numerators[k, j], d)
     return status
-
-
-def _rows_of_columns(
-    values: dict[str, np.ndarray], names: list[str] | tuple[str, ...], m: int
-) -> np.ndarray:
-    """The columns ``names`` of ``values`` as the rows of one float64 array (``len(names)``
-    by ``m``)."""
-    return np.array([values[name] for name in names], np.float64).reshape(len(names), m)
 
 
 @njit(cache=True)
@@ -428,20 +420,10 @@ class IncrementalEngine:
             block = out[:, plan.offset : plan.offset + plan.n_out]
             self.stores[entity].process(kinds, rows[e], times, txids, vals, block, per_entity[e])
         derived = DerivedPlan.of(self.spec)
-        raw = _rows_of_columns(batch.values, [name for _, name in derived.raw], m)
-        numerators = _rows_of_columns(batch.values, derived.numerators, m)
+        raw = value_rows(batch.values, [name for _, name in derived.raw], m)
+        numerators = value_rows(batch.values, derived.numerators, m)
         ratio_args = (numerators, derived.ratio_columns, derived.denominator_columns)
-        status = _finish(
-            kinds,
-            per_entity,
-            out,
-            times,
-            raw,
-            derived.raw_columns,
-            derived.calendar_kinds,
-            ratio_args,
-        )
-        return out, status
+        return out, _finish(kinds, per_entity, out, times, raw, derived.calendar_kinds, ratio_args)
 
     def _may_be_too_late(self, tx_times: np.ndarray) -> bool:
         """Whether a transaction at one of ``tx_times`` could be too late for a state: false

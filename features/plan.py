@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -105,7 +106,6 @@ class DerivedPlan:
     """A spec's raw, calendar and ratio columns as positions in its feature matrix."""
 
     raw: tuple[tuple[int, str], ...]  # (output column, source column)
-    raw_columns: np.ndarray  # the output columns of ``raw``
     calendar_kinds: np.ndarray  # kernel codes, output columns from len(raw)
     ratio_columns: np.ndarray  # output column of each ratio
     denominator_columns: np.ndarray  # the output column each ratio divides by
@@ -121,7 +121,6 @@ class DerivedPlan:
         first = len(spec.stream_names) - len(spec.ratios)
         plan = cls(
             raw=tuple((j, col.name) for j, col in enumerate(spec.raw)),
-            raw_columns=np.arange(len(spec.raw), dtype=np.int64),
             calendar_kinds=np.array([_CALENDAR_CODES[c] for c in spec.calendar], np.int64),
             ratio_columns=np.arange(first, first + len(spec.ratios), dtype=np.int64),
             denominator_columns=np.array(
@@ -169,8 +168,14 @@ def fill_ratios(spec: FeatureSpec, out: np.ndarray, raw: dict[str, np.ndarray]) 
     """The ratio columns of :func:`fill_derived`, from the entity columns already in ``out``."""
     plan = DerivedPlan.of(spec)
     if plan.numerators:
-        numerators = np.array([raw[name] for name in plan.numerators], np.float64)
+        numerators = value_rows(raw, plan.numerators, len(out))
         kernels.ratios(out, numerators, plan.ratio_columns, plan.denominator_columns)
+
+
+def value_rows(values: dict[str, np.ndarray], names: Sequence[str], m: int) -> np.ndarray:
+    """The columns ``names`` of ``values`` (``m`` values each) as the rows of one float64
+    array, ``len(names)`` by ``m``."""
+    return np.array([values[name] for name in names], np.float64).reshape(len(names), m)
 
 
 def lateness_ns(max_lateness: timedelta) -> int:

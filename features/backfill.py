@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
@@ -118,10 +118,20 @@ def _scratch_columns(walks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 Task = Callable[[np.ndarray, np.ndarray | None], None]  # task(out, rows)
 
 
+def _into_columns(kernel: Callable[..., None], cols: Sequence[int]) -> Task:
+    """The task of a sweep ``kernel(*columns, rows)``: each column of ``out`` it writes (an
+    index, or -1: None, not asked for)."""
+
+    def task(out: np.ndarray, rows: np.ndarray | None) -> None:
+        kernel(*(out[:, c] if c >= 0 else None for c in cols), rows)
+
+    return task
+
+
 @dataclass(frozen=True)
 class _Sweep:
     """A task of :class:`Sweeps`: ``run(out, rows)``, then its follow-ups (which may run at
-    once, on any thread). ``cost``: its time in plain sweeps (a compensated one is 1.5)."""
+    once, on any thread). ``cost``: its time in plain sweeps (a compensated one is 1.1)."""
 
     cost: float
     run: Task
@@ -175,19 +185,20 @@ class Sweeps:
             if scans or (delay and summing and not exact):
                 rest.append(walk)
                 continue
-            cols = np.array([plan.offset + x if x >= 0 else -1 for x in f], np.int64)
+            cols = [plan.offset + x if x >= 0 else -1 for x in f]
             if delay:  # windows of one delay and column share what entered them
                 delayed.setdefault((delay, column), []).append((window, cols))
                 continue
             vals = self._column(column) if summing else None
-            task = partial(sweep.recent, *group, vals, window, exact, cols)
-            self._tasks.append(_Sweep(1.5 if summing and not exact else 1.0, task))
+            task = _into_columns(partial(sweep.recent, *group, vals, window, exact), cols)
+            self._tasks.append(_Sweep(1.1 if summing and not exact else 1.0, task))
         for (delay, column), windows in delayed.items():
             vals = self._column(column) if column else None
             self._tasks.append(self._delayed(group, vals, delay, windows))
         if plan.since_prev:
             col = plan.offset + len(plan.fslot)
-            self._tasks.append(_Sweep(0.5, partial(sweep.since_previous, *group, col)))
+            task = _into_columns(partial(sweep.since_previous, *group), [col])
+            self._tasks.append(_Sweep(0.5, task))
         return np.array(rest, np.int64).reshape(-1, plan.walks.shape[1])
 
     @staticmethod
@@ -195,14 +206,19 @@ class Sweeps:
         group: tuple[np.ndarray, np.ndarray, int, int],
         vals: np.ndarray | None,
         delay: int,
-        windows: list[tuple[int, np.ndarray]],
+        windows: list[tuple[int, list[int]]],
     ) -> _Sweep:
         """Windows of one delay (``(window, output columns)``): what entered, then each window
         (a follow-up task each)."""
         n = len(group[0])
         counts, sums = np.empty(n), np.empty(n if vals is not None else 0)
         then = tuple(
-            _Sweep(1.0, partial(sweep.delayed, *group, vals, window, delay, counts, sums, cols))
+            _Sweep(
+                1.0,
+                _into_columns(
+                    partial(sweep.delayed, *group, vals, window, delay, counts, sums), cols
+                ),
+            )
             for window, cols in windows
         )
         entered = partial(sweep.entered, *group, vals, delay, counts, sums)

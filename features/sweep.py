@@ -21,7 +21,10 @@ left it. Other windows (a delayed sum of amounts, a scan for std, min or max) ne
 events side by side: :func:`features.kernels.backfill_entity` does those.
 
 The merges choose each step with masks, not branches: which pointer moves next is as random as
-the data, and a mispredicted branch per step would cost more than the step.
+the data, and a mispredicted branch per step would cost more than the step. A step is a few
+dozen instructions, so the kernels count them: positions are unsigned (Numba adds no
+negative-index fix-up to those), and each output column is its own array or None (a column not
+asked for costs no test, and no register).
 """
 
 from __future__ import annotations
@@ -46,74 +49,84 @@ def exact_sums(vals):
     return total < EXACT_LIMIT / 2
 
 
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+
+
 @njit(cache=True, inline="always")
-def _emit(out, r, c_count, c_sum, c_mean, cnt, total):
-    """A window's features of the event at output row ``r`` (columns -1: not asked for)."""
-    if c_count >= 0:
-        out[r, c_count] = np.float64(cnt)
-    if c_sum >= 0:
-        out[r, c_sum] = total if cnt else 0.0
-    if c_mean >= 0:
-        out[r, c_mean] = total / max(cnt, 1.0)
+def _emit(count, total, mean, r, cnt, s, live):
+    """A window's features of the event at output row ``r`` (a column None: not asked for)."""
+    if count is not None:
+        count[r] = cnt
+    if total is not None:
+        total[r] = s if live else 0.0
+    if mean is not None:
+        mean[r] = s / max(cnt, 1.0)
+
+
+@njit(cache=True, inline="always")
+def _row(p, rows):
+    """Event ``p``'s output row (``p``: unsigned)."""
+    return p if rows is None else np.uint64(rows[p])
 
 
 @njit(cache=True, nogil=True)
-def recent(times, keys, key_lo, n_groups, vals, window, exact, cols, out, rows):
-    """Count / sum / mean over ``(t - window, t]`` of every event's entity, into ``out``.
+def recent(times, keys, key_lo, n_groups, vals, window, exact, count, total, mean, rows):
+    """Count / sum / mean over ``(t - window, t]`` of every event's entity, into the columns
+    ``count``, ``total`` and ``mean`` (each an array, one value per output row, or None).
 
     ``times`` is sorted (ties in arrival order), ``keys[p] - key_lo`` the group of event p in
     ``range(n_groups)``, ``vals`` the summed column (None: counts only; plain sums if ``exact``,
-    else compensated as ``_step`` does). ``cols`` are the count, sum and mean output columns
-    (-1: none); event p's row is ``rows[p]``, or p if ``rows`` is None. (None is a type of its
-    own to Numba: each combination compiles to a loop without the tests.)
+    else compensated as ``_step`` does). Event p's row is ``rows[p]``, or p if ``rows`` is None.
+    (None is a type of its own to Numba: each combination compiles to a loop without the tests.)
     """
-    n = times.shape[0]
+    n = np.uint64(times.shape[0])
     state = np.zeros((n_groups, 4))  # count, sum, compensation: one cache line per entity
-    c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
-    left = 0  # the oldest event still in its window
-    p = 0  # the next event to enter (and be emitted)
+    left = _U0  # the oldest event still in its window
+    p = _U0  # the next event to enter (and be emitted)
     while p < n:
         # step: event `left` leaves (it is at least a window old), else event p enters
-        leaves = np.int64(times[left] <= times[p] - window)
-        q = p + ((left - p) & -leaves)
-        g = keys[q] - key_lo
-        sign = np.float64(1 - 2 * leaves)
+        leaves = np.uint64(times[left] + window <= times[p])
+        q = p + ((left - p) & (_U0 - leaves))
+        g = np.uint64(keys[q] - key_lo)
+        sign = 1.0 - 2.0 * np.float64(leaves)
         c = state[g, 0] + sign
         state[g, 0] = c
+        live = c > 0.5  # a count: an emptied window restarts its sum at 0
         s = 0.0
         if vals is not None:
             x = sign * vals[q]
             t = state[g, 1]
             s = t + x
-            if not exact:  # Neumaier, as kernels._kahan; an emptied window restarts at 0
+            if not exact:  # Neumaier, as kernels._kahan
                 a = (t - s) + x
                 b = (x - s) + t
                 cp = state[g, 2] + (a if abs(t) >= abs(x) else b)
-                s = s if c != 0.0 else 0.0
-                cp = cp if c != 0.0 else 0.0
+                s = s if live else 0.0
+                cp = cp if live else 0.0
                 state[g, 2] = cp
                 state[g, 1] = s
                 s += cp
             else:
                 state[g, 1] = s
         # a leave writes the pending row too; its entering step overwrites it
-        _emit(out, p if rows is None else rows[p], c_count, c_sum, c_mean, c, s)
+        _emit(count, total, mean, _row(p, rows), c, s, live)
         left += leaves
-        p += 1 - leaves
+        p += _U1 - leaves
 
 
 @njit(cache=True, nogil=True)
 def entered(times, keys, key_lo, n_groups, vals, delay, counts, sums):
     """Each event's entity's count (and sum of ``vals``, unless None) of events at least
     ``delay`` (> 0) old, into ``counts[p]`` and ``sums[p]``; sums must be exact."""
-    n = times.shape[0]
+    n = np.uint64(times.shape[0])
     state = np.zeros((n_groups, 2))  # count, sum
-    j = 0  # the next event to count (at its time + delay)
-    p = 0  # the next event to emit
+    j = _U0  # the next event to count (at its time + delay)
+    p = _U0  # the next event to emit
     while p < n:
-        counted = np.int64(times[j] <= times[p] - delay)
-        q = p + ((j - p) & -counted)
-        g = keys[q] - key_lo
+        counted = np.uint64(times[j] + delay <= times[p])
+        q = p + ((j - p) & (_U0 - counted))
+        g = np.uint64(keys[q] - key_lo)
         one = np.float64(counted)
         c = state[g, 0] + one
         state[g, 0] = c
@@ -123,45 +136,47 @@ def entered(times, keys, key_lo, n_groups, vals, delay, counts, sums):
             state[g, 1] = s
             sums[p] = s
         j += counted
-        p += 1 - counted
+        p += _U1 - counted
 
 
 @njit(cache=True, nogil=True)
-def delayed(times, keys, key_lo, n_groups, vals, window, delay, counts, sums, cols, out, rows):
+def delayed(
+    times, keys, key_lo, n_groups, vals, window, delay, counts, sums, count, total, mean, rows
+):
     """Count / sum / mean over ``(t - delay - window, t - delay]`` (``delay`` > 0), as
     :func:`recent`, from what :func:`entered` counted at ``delay`` (``counts``, ``sums``): less
     what has left the window. Sums must be exact (:func:`exact_sums`): an entity's events enter
     and leave here in time order, where ``_step`` takes all that left before all that entered."""
-    n = times.shape[0]
+    n = np.uint64(times.shape[0])
     state = np.zeros((n_groups, 2))  # count, sum of the events that left
-    c_count, c_sum, c_mean = cols[0], cols[1], cols[2]
-    j = 0  # the next event to leave (at its time + delay + window)
-    p = 0  # the next event to emit
+    shift = delay + window
+    j = _U0  # the next event to leave (at its time + delay + window)
+    p = _U0  # the next event to emit
     while p < n:
-        leaves = np.int64(times[j] <= times[p] - delay - window)
-        q = p + ((j - p) & -leaves)
-        g = keys[q] - key_lo
+        leaves = np.uint64(times[j] + shift <= times[p])
+        q = p + ((j - p) & (_U0 - leaves))
+        g = np.uint64(keys[q] - key_lo)
         one = np.float64(leaves)
         left = state[g, 0] + one
         state[g, 0] = left
+        c = counts[p] - left
         s = 0.0
         if vals is not None:
             gone = state[g, 1] + one * vals[q]
             state[g, 1] = gone
             s = sums[p] - gone
-        _emit(out, p if rows is None else rows[p], c_count, c_sum, c_mean, counts[p] - left, s)
+        _emit(count, total, mean, _row(p, rows), c, s, c > 0.5)
         j += leaves
-        p += 1 - leaves
+        p += _U1 - leaves
 
 
 @njit(cache=True, nogil=True)
-def since_previous(times, keys, key_lo, n_groups, col, out, rows):
-    """Seconds since the entity's previous event (NaN for its first) into column ``col``."""
+def since_previous(times, keys, key_lo, n_groups, out, rows):
+    """Seconds since the entity's previous event (NaN for its first) into the column ``out``."""
     last = np.full(n_groups, np.iinfo(np.int64).min)
-    for p in range(times.shape[0]):
+    for p in range(np.uint64(times.shape[0])):
         g = keys[p] - key_lo
         t = times[p]
         before = last[g]
-        r = p if rows is None else rows[p]
-        out[r, col] = np.nan if before == np.iinfo(np.int64).min else (t - before) / NS_PER_S
+        out[_row(p, rows)] = np.nan if before == np.iinfo(np.int64).min else (t - before) / NS_PER_S
         last[g] = t

@@ -101,14 +101,14 @@ def test_sweeps_give_each_events_window_count_sum_and_mean(delay):
     window = 20
     rows = rng.permutation(n).astype(np.int64)  # event p goes to output row rows[p]
     out = np.full((n, 3), np.nan, order="F")
-    cols = np.array([0, 1, 2], np.int64)
+    columns = (out[:, 0], out[:, 1], out[:, 2])
     args = (times, keys, 10, 5, vals, window)
     if delay:
         counts, sums = np.empty(n), np.empty(n)
         sweep.entered(times, keys, 10, 5, vals, delay, counts, sums)
-        sweep.delayed(*args, delay, counts, sums, cols, out, rows)
+        sweep.delayed(*args, delay, counts, sums, *columns, rows)
     else:
-        sweep.recent(*args, False, cols, out, rows)
+        sweep.recent(*args, False, *columns, rows)
     count, total = _brute_force(times, keys, vals, window, delay)
     np.testing.assert_array_equal(out[rows, 0], count)
     np.testing.assert_array_equal(out[rows, 1], np.where(count > 0, total, 0.0))
@@ -119,7 +119,7 @@ def test_seconds_since_previous_are_nan_for_an_entitys_first_event():
     times = np.array([0, 2, 5, 5, 9], np.int64) * 10**9
     keys = np.array([1, 2, 1, 1, 2], np.int64)
     out = np.empty((5, 1))
-    sweep.since_previous(times, keys, 1, 2, 0, out, None)
+    sweep.since_previous(times, keys, 1, 2, out[:, 0], None)
     np.testing.assert_array_equal(out[:, 0], [np.nan, np.nan, 5.0, 0.0, 7.0])
 
 

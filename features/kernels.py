@@ -52,6 +52,8 @@ ST_DUPLICATE = 8  # a transaction id this state already holds (at the same time)
 NO_TIME = np.iinfo(np.int64).min
 HEADER = 4
 NS_PER_S = 1e9
+# Unsigned positions for hot loops: Numba adds a negative-index fix-up to every signed index.
+_U1, _U2, _U3, _U4 = (np.uint64(k) for k in range(1, 5))
 
 
 def row_width(n_slots: int, n_cols: int, cap: int) -> int:
@@ -166,22 +168,23 @@ def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
     backfill both call this, so the std's rounding is the same in both. Not inlined: the
     scan's code would crowd the registers of the loops that call it.
     """
+    b, e, c = np.uint64(b), np.uint64(e), np.uint64(c)  # unsigned: no negative-index fix-ups
     cnt = e - b
     if cnt == 0:
         lo = hi = np.nan
         std = 0.0
     else:
-        mean = total / cnt
+        mean = total / np.float64(cnt)
         # Four interleaved accumulators of each: four dependency chains, each of a few cycles
         # per value, run side by side.
         lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = vals[b, c]
         ss0 = ss1 = ss2 = ss3 = 0.0
         i = b
-        while i + 3 < e:
+        while i + _U3 < e:
             v0 = vals[i, c]
-            v1 = vals[i + 1, c]
-            v2 = vals[i + 2, c]
-            v3 = vals[i + 3, c]
+            v1 = vals[i + _U1, c]
+            v2 = vals[i + _U2, c]
+            v3 = vals[i + _U3, c]
             d0 = v0 - mean
             d1 = v1 - mean
             d2 = v2 - mean
@@ -198,17 +201,17 @@ def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
             hi1 = max(hi1, v1)
             hi2 = max(hi2, v2)
             hi3 = max(hi3, v3)
-            i += 4
+            i += _U4
         while i < e:
             v0 = vals[i, c]
             d0 = v0 - mean
             ss0 += d0 * d0
             lo0 = min(lo0, v0)
             hi0 = max(hi0, v0)
-            i += 1
+            i += _U1
         lo = min(min(lo0, lo1), min(lo2, lo3))
         hi = max(max(hi0, hi1), max(hi2, hi3))
-        std = np.sqrt(((ss0 + ss1) + (ss2 + ss3)) / cnt)
+        std = np.sqrt(((ss0 + ss1) + (ss2 + ss3)) / np.float64(cnt))
     if f_std >= 0:
         out[at, f_std] = std
     if f_min >= 0:

@@ -142,6 +142,11 @@ class _Sweep:
         """Its cost and that of its costliest chain of follow-ups: the longest go first."""
         return self.cost + max((t.priority for t in self.then), default=0.0)
 
+    @property
+    def size(self) -> int:
+        """How many tasks: this one and its follow-ups."""
+        return 1 + sum(t.size for t in self.then)
+
 
 class Sweeps:
     """The sweeps of one backfill (:mod:`features.sweep`), collected per entity, then run on
@@ -208,21 +213,26 @@ class Sweeps:
         delay: int,
         windows: list[tuple[int, list[int]]],
     ) -> _Sweep:
-        """Windows of one delay (``(window, output columns)``): what entered, then each window
-        (a follow-up task each)."""
+        """Windows of one delay (``(window, output columns)``): what entered, then the windows
+        two by two (:func:`features.sweep.delayed_pair`; a follow-up task per pair)."""
         n = len(group[0])
         counts, sums = np.empty(n), np.empty(n if vals is not None else 0)
-        then = tuple(
-            _Sweep(
-                1.0,
-                _into_columns(
-                    partial(sweep.delayed, *group, vals, window, delay, counts, sums), cols
-                ),
-            )
-            for window, cols in windows
-        )
-        entered = partial(sweep.entered, *group, vals, delay, counts, sums)
-        return _Sweep(1.0, lambda out, rows: entered(), then)
+        common = (*group, vals)
+        then = []
+        for i in range(0, len(windows), 2):
+            pair = windows[i : i + 2]
+            if len(pair) == 2:
+                (window_a, cols_a), (window_b, cols_b) = pair
+                kernel = partial(
+                    sweep.delayed_pair, *common, delay, counts, sums, window_a, window_b
+                )
+                then.append(_Sweep(1.5, _into_columns(kernel, [*cols_a, *cols_b])))
+            else:
+                ((window, cols),) = pair
+                kernel = partial(sweep.delayed, *common, window, delay, counts, sums)
+                then.append(_Sweep(1.0, _into_columns(kernel, cols)))
+        entered = partial(sweep.entered, *common, delay, counts, sums)
+        return _Sweep(1.0, lambda out, rows: entered(), tuple(then))
 
     def add_task(self, cost: float, task: Task) -> None:
         """Run ``task(out, rows)`` beside the sweeps (it must write only columns they do not);
@@ -232,7 +242,7 @@ class Sweeps:
     def run(self, out: np.ndarray) -> None:
         """Run every sweep into ``out``, the longest chains first."""
         ready = sorted(self._tasks, key=lambda t: -t.priority)
-        threads = min(numba.get_num_threads(), len(ready))
+        threads = min(numba.get_num_threads(), sum(t.size for t in ready))
         if threads <= 1 or len(self._times) < _PARALLEL_EVENTS:
             while ready:
                 task = ready.pop(0)

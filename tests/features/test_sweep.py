@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import numpy as np
@@ -24,6 +25,7 @@ from features.spec import (
 )
 from features.stream import stream_features
 from features.synthetic import transactions
+from features.table import event_times_ns
 
 MIN = timedelta(minutes=1)
 NS_PER_MIN = 60 * 10**9
@@ -115,6 +117,31 @@ def test_sweeps_give_each_events_window_count_sum_and_mean(delay):
     np.testing.assert_allclose(out[rows, 2], np.where(count > 0, total / np.maximum(count, 1), 0))
 
 
+@pytest.mark.parametrize("windows", [(20, 45), (45, 20), (20, 20)])
+def test_two_delayed_windows_in_one_loop_equal_each_alone(windows):
+    """The pair's merges end at different steps (a longer window has fewer leaves before the
+    last event); each window's columns are those of :func:`sweep.delayed` and brute force."""
+    rng = np.random.default_rng(sum(windows))
+    n, delay = 400, 7
+    times = np.sort(rng.integers(0, 300, n)).astype(np.int64)
+    keys = rng.integers(10, 15, n).astype(np.int64)
+    vals = rng.integers(0, 3, n).astype(np.float64)
+    rows = rng.permutation(n).astype(np.int64)
+    counts, sums = np.empty(n), np.empty(n)
+    sweep.entered(times, keys, 10, 5, vals, delay, counts, sums)
+    pair = np.full((n, 6), np.nan, order="F")
+    sweep.delayed_pair(
+        times, keys, 10, 5, vals, delay, counts, sums, *windows, *pair.T, rows
+    )  # fmt: skip
+    for i, window in enumerate(windows):
+        alone = np.full((n, 3), np.nan, order="F")
+        sweep.delayed(times, keys, 10, 5, vals, window, delay, counts, sums, *alone.T, rows)
+        np.testing.assert_array_equal(pair[:, 3 * i : 3 * i + 3], alone)
+        count, total = _brute_force(times, keys, vals, window, delay)
+        np.testing.assert_array_equal(pair[rows, 3 * i], count)
+        np.testing.assert_array_equal(pair[rows, 3 * i + 1], np.where(count > 0, total, 0.0))
+
+
 def test_seconds_since_previous_are_nan_for_an_entitys_first_event():
     times = np.array([0, 2, 5, 5, 9], np.int64) * 10**9
     keys = np.array([1, 2, 1, 1, 2], np.int64)
@@ -151,6 +178,42 @@ def test_sweeps_on_threads_equal_those_run_one_after_another(monkeypatch):
     monkeypatch.setattr(backfill_module, "_PARALLEL_EVENTS", len(df) + 1)
     serial = backfill(df, spec)[spec.names].to_numpy()
     np.testing.assert_array_equal(threaded, serial)
+
+
+def test_a_delays_windows_get_threads_of_their_own_once_what_entered_is_counted(monkeypatch):
+    """The terminal's sweeps alone: one task at first (what entered), whose follow-ups (two
+    windows in one loop, then the third) still run side by side: each waits for the other at a
+    barrier, which a single thread would never pass."""
+    spec = presets.BASELINE
+    plan = EntityPlan.build(spec, TERMINAL)
+    df = transactions(n=3_000, days=60)
+    times = event_times_ns(df)
+    values = {c: df[c].to_numpy(np.float64) for c in spec.value_columns}
+    keys, lo, n_groups = group_keys(df[TERMINAL.key].to_numpy(np.int64))
+
+    def run() -> np.ndarray:
+        sweeps = Sweeps(times, np.empty(0, np.int64), values)
+        assert not len(sweeps.add(plan, keys, lo, n_groups))  # every window swept
+        out = np.full((len(df), len(spec.names)), np.nan, order="F")
+        sweeps.run(out)
+        return out[:, plan.offset : plan.offset + plan.n_out]
+
+    expected = run()
+    meeting = threading.Barrier(2, timeout=20)
+
+    def meets(kernel):
+        def call(*args):
+            meeting.wait()
+            kernel(*args)
+
+        return call
+
+    monkeypatch.setattr(sweep, "delayed", meets(sweep.delayed))
+    monkeypatch.setattr(sweep, "delayed_pair", meets(sweep.delayed_pair))
+    monkeypatch.setattr(backfill_module, "_PARALLEL_EVENTS", 1)
+    monkeypatch.setattr(backfill_module.numba, "get_num_threads", lambda: 2)
+    np.testing.assert_array_equal(run(), expected)
+    assert not np.isnan(expected).any()
 
 
 def test_an_emptied_window_restarts_at_positive_zero_as_the_streams_does():

@@ -70,6 +70,15 @@ def _row(p, rows):
     return p if rows is None else np.uint64(rows[p])
 
 
+@njit(cache=True, inline="always")
+def _pick(times, keys, key_lo, shift, j, p):
+    """A merge step's choice: ``(moves, q, g)``, whether event j moves (it is ``shift`` old at
+    event p's time; 1 or 0), the event the step reads (j if so, else p) and its group."""
+    moves = np.uint64(times[j] + shift <= times[p])
+    q = p + ((j - p) & (_U0 - moves))
+    return moves, q, np.uint64(keys[q] - key_lo)
+
+
 @njit(cache=True, nogil=True)
 def recent(times, keys, key_lo, n_groups, vals, window, exact, count, total, mean, rows):
     """Count / sum / mean over ``(t - window, t]`` of every event's entity, into the columns
@@ -86,9 +95,7 @@ def recent(times, keys, key_lo, n_groups, vals, window, exact, count, total, mea
     p = _U0  # the next event to enter (and be emitted)
     while p < n:
         # step: event `left` leaves (it is at least a window old), else event p enters
-        leaves = np.uint64(times[left] + window <= times[p])
-        q = p + ((left - p) & (_U0 - leaves))
-        g = np.uint64(keys[q] - key_lo)
+        leaves, q, g = _pick(times, keys, key_lo, window, left, p)
         sign = 1.0 - 2.0 * np.float64(leaves)
         c = state[g, 0] + sign
         state[g, 0] = c
@@ -124,9 +131,7 @@ def entered(times, keys, key_lo, n_groups, vals, delay, counts, sums):
     j = _U0  # the next event to count (at its time + delay)
     p = _U0  # the next event to emit
     while p < n:
-        counted = np.uint64(times[j] + delay <= times[p])
-        q = p + ((j - p) & (_U0 - counted))
-        g = np.uint64(keys[q] - key_lo)
+        counted, q, g = _pick(times, keys, key_lo, delay, j, p)
         one = np.float64(counted)
         c = state[g, 0] + one
         state[g, 0] = c
@@ -145,9 +150,7 @@ def _delayed_step(
 ):
     """One step of :func:`delayed`'s merge: event j leaves the window (it is ``shift`` old at
     event p's time), else event p is emitted; returns the next ``(j, p)``."""
-    leaves = np.uint64(times[j] + shift <= times[p])
-    q = p + ((j - p) & (_U0 - leaves))
-    g = np.uint64(keys[q] - key_lo)
+    leaves, q, g = _pick(times, keys, key_lo, shift, j, p)
     one = np.float64(leaves)
     left = state[g, 0] + one
     state[g, 0] = left

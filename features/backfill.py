@@ -29,7 +29,7 @@ def group_keys(ids: np.ndarray) -> tuple[np.ndarray, int, int]:
     ids = np.ascontiguousarray(ids, np.int64)
     if len(ids) == 0:
         return ids, 0, 0
-    lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = (int(x) for x in kernels.value_range(ids))
     if hi - lo < len(ids) + 65_536:
         return ids, lo, hi - lo + 1
     codes, uniques = pd.factorize(ids)
@@ -42,10 +42,12 @@ def compute(
     txids: np.ndarray,
     ids: dict[str, np.ndarray],
     values: dict[str, np.ndarray],
+    beside: Sequence[tuple[float, Task]] = (),
 ) -> np.ndarray:
     """Feature matrix (rows = events, columns = ``spec.names``, column-major) from column arrays.
 
-    ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values. Each
+    ``ids`` maps entity key columns to ids, ``values`` numeric columns to float64 values;
+    ``beside``: more work for the sweeps' threads (:meth:`Sweeps.add_task`). Each
     entity's events are taken in (time, transaction id) order: the id is the arrival order.
     Windows :mod:`features.sweep` can do are swept over the history in time order; the others
     (scans, delayed sums that are not exact) walk each entity's events, grouped by a sort.
@@ -71,6 +73,8 @@ def compute(
         walk_grouped(grouped, times, order, values, out)
     # the raw and calendar columns read no other: they run beside the sweeps, on one thread
     sweeps.add_task(0.3, lambda out, _: fill_raw_and_calendar(spec, out, times, values, False))
+    for cost, task in beside:
+        sweeps.add_task(cost, task)
     sweeps.run(out)
     fill_ratios(spec, out, values)
     return out
@@ -277,9 +281,11 @@ def backfill(
     txids = df["TRANSACTION_ID"].to_numpy(np.int64)
     ids = {e.key: df[e.key].to_numpy(np.int64) for e in spec.entities}
     values = {c: df[c].to_numpy(np.float64) for c in spec.value_columns}
-    matrix = compute(spec, times, txids, ids, values)
+    txid_column = np.empty_like(txids)  # the frame's own copy, written beside the sweeps
+    copy_ids = (0.1, lambda out, rows: np.copyto(txid_column, txids))
+    matrix = compute(spec, times, txids, ids, values, beside=[copy_ids])
     if spec.lookups:
         matrix[:, len(spec.stream_names) :] = lookup_columns(df, spec, lookups)
-    out = pd.DataFrame(matrix, columns=spec.names, index=df.index, copy=False)
-    out.insert(0, "TRANSACTION_ID", txids)
-    return out
+    columns = {"TRANSACTION_ID": txid_column}
+    columns.update((name, matrix[:, i]) for i, name in enumerate(spec.names))
+    return pd.DataFrame(columns, index=df.index, copy=False)

@@ -320,11 +320,24 @@ def ratio(numerator, denominator):
 
 @njit(cache=True)
 def in_order(times, txids):
-    """Whether rows are already sorted by (time, transaction id), ids unique within a time."""
+    """Whether rows are already sorted by (time, transaction id), ids unique within a time.
+
+    One branch-free pass (it vectorises): histories have many equal times, on which a
+    short-circuit test would mispredict."""
+    unordered = False
     for r in range(1, times.shape[0]):
-        if times[r] < times[r - 1] or (times[r] == times[r - 1] and txids[r] <= txids[r - 1]):
-            return False
-    return True
+        t0, t1 = times[r - 1], times[r]
+        unordered |= (t1 < t0) | ((t1 == t0) & (txids[r] <= txids[r - 1]))
+    return not unordered
+
+
+@njit(cache=True, nogil=True)
+def value_range(values):
+    """``(min, max)`` of a non-empty array, in one pass."""
+    lo = hi = values[0]
+    for v in values:
+        lo, hi = min(lo, v), max(hi, v)
+    return lo, hi
 
 
 @njit(cache=True, parallel=True)

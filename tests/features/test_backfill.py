@@ -32,6 +32,19 @@ def test_output_keeps_input_row_order_and_ids():
     )
 
 
+def test_output_is_a_frame_of_its_own():
+    """Above the threading threshold too: the id column is copied beside the sweeps."""
+    for n in (500, 70_000):
+        df = validate(transactions(n=n), SPEC)
+        ids = df["TRANSACTION_ID"].to_numpy().copy()
+        out = backfill(df, SPEC)
+        np.testing.assert_array_equal(out["TRANSACTION_ID"].to_numpy(), ids)
+        out["TRANSACTION_ID"] += 1
+        out.loc[:, SPEC.names[0]] = -1.0
+        np.testing.assert_array_equal(df["TRANSACTION_ID"].to_numpy(), ids)
+        assert (df[SPEC.names[0]] != -1.0).all()
+
+
 def test_golden_file_is_reproduced(shared_data):
     """Every published value to 1e-9 except where a customer has two same-time transactions."""
     df = read_transactions([shared_data / "transactions.parquet"], SPEC)

@@ -61,6 +61,27 @@ def test_calendar_columns_equal_pandas_for_times_in_any_order(fill, shuffled):
     np.testing.assert_array_equal(out[:, 3], stamps.hour <= 6)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 1_000])
+def test_in_order_is_a_strict_lexicographic_order_of_time_then_id(n):
+    rng = np.random.default_rng(n)
+    for _ in range(200):
+        times = np.sort(rng.integers(0, n // 3 + 1, n))  # many equal times
+        ids = rng.permutation(n).astype(np.int64)
+        ids[: n // 2] = np.sort(ids[: n // 2])
+        if n and rng.random() < 0.5:  # ids sorted within each time: in order
+            ids = ids[np.lexsort((ids, times))]
+        if n > 1 and rng.random() < 0.2:
+            ids[rng.integers(1, n)] = ids[0]  # a repeated id
+        expected = all((times[r - 1], ids[r - 1]) < (times[r], ids[r]) for r in range(1, n))
+        assert kernels.in_order(times, ids) is expected
+
+
+def test_value_range_is_min_and_max():
+    values = np.random.default_rng(0).integers(-(2**62), 2**62, 10_001)
+    assert kernels.value_range(values) == (values.min(), values.max())
+    assert kernels.value_range(np.array([7])) == (7, 7)
+
+
 @njit
 def _prefetch_then_read(array, row):
     prefetch(array, row, 0)

@@ -40,6 +40,10 @@ NS_PER_MIN = 60 * 10**9
         ([1.0, 0.5], False),
         ([2.0**52, 2.0**52], False),  # the sum leaves the integers float64 holds exactly
         ([1e300], False),
+        ([1.0, np.nan], False),
+        ([1.0, np.inf], False),
+        ([1.0] * 5_000 + [0.5], False),  # in a later block than the first
+        ([2.0**40] * 3_000 + [2.0**40] * 3_000, False),  # over the limit across blocks
     ],
 )
 def test_exact_sums_are_those_of_integers_far_below_2_to_the_53(values, exact):

@@ -286,6 +286,6 @@ def backfill(
     matrix = compute(spec, times, txids, ids, values, beside=[copy_ids])
     if spec.lookups:
         matrix[:, len(spec.stream_names) :] = lookup_columns(df, spec, lookups)
-    columns = {"TRANSACTION_ID": txid_column}
-    columns.update((name, matrix[:, i]) for i, name in enumerate(spec.names))
-    return pd.DataFrame(columns, index=df.index, copy=False)
+    ids_frame = pd.DataFrame({"TRANSACTION_ID": txid_column}, index=df.index, copy=False)
+    features = pd.DataFrame(matrix, columns=spec.names, index=df.index, copy=False)
+    return pd.concat([ids_frame, features], axis=1, copy=False)  # two blocks, no copy

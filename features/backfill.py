@@ -286,6 +286,14 @@ def backfill(
     matrix = compute(spec, times, txids, ids, values, beside=[copy_ids])
     if spec.lookups:
         matrix[:, len(spec.stream_names) :] = lookup_columns(df, spec, lookups)
-    ids_frame = pd.DataFrame({"TRANSACTION_ID": txid_column}, index=df.index, copy=False)
-    features = pd.DataFrame(matrix, columns=spec.names, index=df.index, copy=False)
-    return pd.concat([ids_frame, features], axis=1, copy=False)  # two blocks, no copy
+    return as_frame(df.index, txid_column, matrix, spec.names)
+
+
+def as_frame(
+    index: pd.Index, txids: np.ndarray, matrix: np.ndarray, names: Sequence[str]
+) -> pd.DataFrame:
+    """``TRANSACTION_ID`` then the feature columns, in two blocks that are ``txids`` and
+    ``matrix`` themselves (no copy of either)."""
+    ids_frame = pd.DataFrame({"TRANSACTION_ID": txids}, index=index, copy=False)
+    features = pd.DataFrame(matrix, columns=list(names), index=index, copy=False)
+    return pd.concat([ids_frame, features], axis=1, copy=False)

@@ -34,12 +34,7 @@ Metrics = dict[str, float | int | str | None]
 
 def _best_of(fn: Callable[[], object], repeat: int) -> float:
     """Fastest wall time of ``repeat`` runs (the least disturbed by a noisy machine)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return _best_in_turns([fn], repeat)[0]
 
 
 def _best_in_turns(fns: list[Callable[[], object]], rounds: int) -> list[float]:

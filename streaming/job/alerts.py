@@ -61,22 +61,26 @@ class _Alert(beam.DoFn):
         self.latency = Metrics.distribution(NAMESPACE, "alert_latency_ms")
         self.cpu = StageCpu("alerts")
 
-    def process(self, scored: Any) -> tuple[dict, ...]:
-        if not (scored.accepted and scored.score >= scored.threshold):
-            return ()
+    def process(self, batch: list[Any]) -> list[dict]:
         started = self.cpu.start()
-        self.alerts.inc()
-        alert = alert_json(scored, self.features, self.clock)
-        self.latency.update(int(alert["processing_latency_ms"]))
+        alerts = [
+            alert_json(s, self.features, self.clock)
+            for s in batch
+            if s.accepted and s.score >= s.threshold
+        ]
+        for alert in alerts:
+            self.alerts.inc()
+            self.latency.update(int(alert["processing_latency_ms"]))
         self.cpu.stop(started)
-        return (alert,)
+        return alerts
 
     def finish_bundle(self) -> None:
         self.cpu.report()
 
 
 class Alerts(beam.PTransform):
-    """Scored transactions at or above the threshold -> alert dicts (rejected ones never alert).
+    """Lists of scored transactions -> an alert dict for each at or above the threshold
+    (rejected ones never alert).
 
     ``ToMessages`` turns them into ``PubsubMessage``-shaped pairs (JSON bytes, attributes) with
     the attribute ``dedupe`` = transaction id, so a consumer can drop redeliveries.

@@ -26,13 +26,13 @@ from streaming.job.alerts import Alerts, to_message
 from streaming.job.arrival import EntityChain
 from streaming.job.common import Clock
 from streaming.job.enrich import EnrichFromFeatureStore
-from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
+from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS, FeatureRow
 from streaming.job.event_time import EntityFeatures
 from streaming.job.ids import PseudonymiseIds
 from streaming.job.initial_states import STORE, InitialStates
 from streaming.job.join import JoinFeatures
 from streaming.job.options import FraudstreamOptions, is_local
-from streaming.job.parse import ParseAndValidate, dead_letter
+from streaming.job.parse import DEAD_LETTER, ParseAndValidate, dead_letter
 from streaming.job.scoring import BoosterHandler, Score
 from streaming.job.sinks import WriteFeatures, WriteScored
 from streaming.monitoring.stage import MonitorWindows
@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 
 class ScoreTransactions(beam.PTransform):
     """``{"transactions": payloads, "labels": payloads}`` -> ``{"alerts", "dead_letter",
-    "scored", "features"}``: parse, entity features, join, score, alert (``features``: the
-    accepted :class:`~streaming.job.entity_state.FeatureRow` of each transaction).
+    "scored", "features"}``: parse, entity features, join, score, alert. ``scored`` and
+    ``features`` carry lists: a batch's :class:`~streaming.job.scoring.Scored` rows, and its
+    accepted :class:`~streaming.job.entity_state.FeatureRow` (a transaction in one list only);
+    ``alerts`` and ``dead_letter`` a dict per element.
 
     Redelivered transactions are caught by the entity states (status ``DUPLICATE``), late ones
     beyond the allowed lateness too (``TOO_LATE``): both go to the dead-letter output with that
@@ -112,8 +114,10 @@ class ScoreTransactions(beam.PTransform):
             events = events | "EnrichFromFeatureStore" >> EnrichFromFeatureStore(
                 self.spec, self.lookup, self.clock
             )
+        # From here on an element is a list of rows (a bundle's, or up to a scoring batch):
+        # each step after the entity states costs the runner an element per batch.
         if self.ordering == "arrival":
-            rows = events | "EntityFeatures" >> EntityChain(
+            batches = events | "EntityFeatures" >> EntityChain(
                 self.spec, self.max_lateness, self.clock, self.initial
             )
         else:
@@ -123,24 +127,43 @@ class ScoreTransactions(beam.PTransform):
                 >> EntityFeatures(self.spec, e, self.max_lateness, self.initial)
                 for e in self.spec.entities
             ]
-            rows = (
+            batches = (
                 blocks
                 | "EntityBlocks" >> beam.Flatten()
                 | "JoinFeatures" >> JoinFeatures(self.spec, self.clock)
+                | "BatchRows"
+                >> beam.BatchElements(min_batch_size=1, max_batch_size=self.handler.max_batch_size)
             )
-        accepted, rejected = rows | "SplitRejected" >> beam.Partition(
-            lambda row, _: 0 if row.accepted else 1, 2
+        split = batches | "SplitRejected" >> beam.ParDo(_SplitRejected(self.clock)).with_outputs(
+            DEAD_LETTER, main="accepted"
         )
-        scored = accepted | "Score" >> Score(self.handler)
+        scored = split.accepted | "Score" >> Score(self.handler)
         alerts = scored | "Alerts" >> Alerts(self.spec.names, self.clock)
-        refused = rejected | "RejectedToDeadLetter" >> beam.Map(_rejected, self.clock)
-        dead = (txs.dead_letter, labels.dead_letter, refused) | "DeadLetters" >> beam.Flatten()
-        return {"alerts": alerts, "dead_letter": dead, "scored": scored, "features": accepted}
+        dead = (txs.dead_letter, labels.dead_letter, split[DEAD_LETTER]) | "DeadLetters" >> (
+            beam.Flatten()
+        )
+        return {"alerts": alerts, "dead_letter": dead, "scored": scored, "features": split.accepted}
 
 
-def _rejected(row, clock: Clock) -> dict:
-    """The dead letter of a transaction the entity states refused (its status is the reason)."""
-    return dead_letter(transaction_json(row.tx), Status(row.status).name, "features", clock)
+class _SplitRejected(beam.DoFn):
+    """A list of feature rows -> the list of its accepted ones (main output, when any) and the
+    dead letter of each refused one (tag ``dead_letter``, its status as the reason)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def process(self, rows: list[FeatureRow]):
+        accepted = [row for row in rows if row.accepted]
+        if len(accepted) < len(rows):
+            for row in rows:
+                if not row.accepted:
+                    reason = Status(row.status).name
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTER,
+                        dead_letter(transaction_json(row.tx), reason, "features", self.clock),
+                    )
+        if accepted:
+            yield accepted
 
 
 def read_pubsub(p: beam.Pipeline, label: str, subscription: str | None, topic: str | None):

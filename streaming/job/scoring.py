@@ -179,9 +179,15 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
         live: LiveModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[Scored]:
+        return self.score(batch, live)
+
+    def score(self, rows: Sequence[FeatureRow], live: LiveModel) -> list[Scored]:
+        """``rows`` scored by ``live``'s model, in order, at most ``max_batch_size`` a call."""
         cpu = StageCpu("score")  # RunInference's DoFn is Beam's: timed per batch, here
         started = cpu.start()
-        scored = self._score(batch, live)
+        scored: list[Scored] = []
+        for i in range(0, len(rows), self.max_batch_size):
+            scored += self._score(rows[i : i + self.max_batch_size], live)
         cpu.stop(started)
         cpu.report()
         return scored
@@ -227,12 +233,40 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
 
 
-class Score(beam.PTransform):
-    """Feature rows -> :class:`Scored` through ``RunInference`` with :class:`BoosterHandler`."""
+class _Batches(ModelHandler[Sequence[FeatureRow], list[Scored], LiveModel]):
+    """``handler`` on elements that are batches already (lists of rows): RunInference skips its
+    own batching, and the prediction of a batch is the list of its rows' :class:`Scored`, one
+    element downstream instead of one a row."""
 
     def __init__(self, handler: BoosterHandler) -> None:
         super().__init__()
         self.handler = handler
 
-    def expand(self, rows):
-        return rows | "RunInference" >> RunInference(self.handler)
+    def load_model(self) -> LiveModel:
+        return self.handler.load_model()
+
+    def run_inference(
+        self,
+        batch: Sequence[FeatureRow],
+        live: LiveModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> list[list[Scored]]:
+        return [self.handler.score(batch, live)]
+
+    def get_num_bytes(self, batch: Sequence[FeatureRow]) -> int:
+        return self.handler.get_num_bytes(batch)
+
+    def should_skip_batching(self) -> bool:
+        return True
+
+
+class Score(beam.PTransform):
+    """Lists of feature rows -> lists of :class:`Scored` (same rows, same order), through
+    ``RunInference`` with :class:`BoosterHandler` (batches of up to its ``max_batch_size``)."""
+
+    def __init__(self, handler: BoosterHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, batches):
+        return batches | "RunInference" >> RunInference(_Batches(self.handler))

@@ -95,7 +95,7 @@ class _WriteParquetPart(beam.DoFn):
 
 
 class WriteScored(beam.PTransform):
-    """Every scored transaction -> parquet files under ``directory`` (a local path or a
+    """Lists of scored transactions -> parquet files under ``directory`` (a local path or a
     ``gs://`` URI) or a BigQuery table ``project:dataset.table`` (Storage Write API).
 
     Rows are windowed by the hour of their event time and grouped every ``flush_s`` seconds of
@@ -163,9 +163,9 @@ class WriteScored(beam.PTransform):
 
 
 class _ToRow(beam.DoFn):
-    """Scored transactions -> their scored rows (:func:`scored_record`) at their transactions'
-    event time. ``sharded``: ``(shard, rows)``, spread over :data:`SCORED_SHARDS` by
-    transaction id, a bundle's rows of one event hour and shard in one list (emitted at the
+    """Lists of scored transactions -> their scored rows (:func:`scored_record`) at their
+    transactions' event time. ``sharded``: ``(shard, rows)``, spread over :data:`SCORED_SHARDS`
+    by transaction id, a bundle's rows of one event hour and shard in one list (emitted at the
     bundle's end, stamped with the earliest of their times); else one row per element."""
 
     def __init__(self, features: list[str], clock: Clock, sharded: bool) -> None:
@@ -176,12 +176,15 @@ class _ToRow(beam.DoFn):
         # (input window, hour, shard) -> [earliest timestamp, rows]
         self.parts: dict[tuple[Any, int, int], list] = {}
 
-    def process(self, scored: Any, window=beam.DoFn.WindowParam) -> tuple[TimestampedValue, ...]:
+    def process(self, batch: list[Any], window=beam.DoFn.WindowParam) -> list[TimestampedValue]:
         started = self.cpu.start()
-        row = scored_record(scored, self.features, self.clock)
-        stamp = at_event_time(scored).timestamp
-        out: tuple[TimestampedValue, ...] = ()
-        if self.sharded:
+        out: list[TimestampedValue] = []
+        for scored in batch:
+            row = scored_record(scored, self.features, self.clock)
+            stamp = at_event_time(scored).timestamp
+            if not self.sharded:
+                out.append(TimestampedValue(row, stamp))
+                continue
             shard = row["transaction_id"] % SCORED_SHARDS
             key = (window, stamp.micros // (SCORED_WINDOW_S * 1_000_000), shard)
             part = self.parts.get(key)
@@ -190,8 +193,6 @@ class _ToRow(beam.DoFn):
             else:
                 part[0] = min(part[0], stamp)
                 part[1].append(row)
-        else:
-            out = (TimestampedValue(row, stamp),)
         self.cpu.stop(started)
         return out
 
@@ -244,9 +245,8 @@ class _WriteFeatures(beam.DoFn):
     def start_bundle(self) -> None:
         self.rows: list[Any] = []
 
-    def process(self, row: Any) -> None:
-        if row.accepted:
-            self.rows.append(row)
+    def process(self, rows: list[Any]) -> None:
+        self.rows += [row for row in rows if row.accepted]
 
     def finish_bundle(self) -> None:
         if self.rows:
@@ -275,9 +275,10 @@ class _WriteFeatures(beam.DoFn):
 
 
 class WriteFeatures(beam.PTransform):
-    """Accepted feature rows -> each entity's fresh values in the online store, batched per
-    bundle. ``open_writer`` builds the writer on the worker (e.g. a ``functools.partial`` of
-    :meth:`~streaming.store.feast_store.FeastFeatureStore.open`): stores are not picklable."""
+    """Lists of feature rows -> each accepted row's entities' fresh values in the online store,
+    batched per bundle. ``open_writer`` builds the writer on the worker (e.g. a
+    ``functools.partial`` of :meth:`~streaming.store.feast_store.FeastFeatureStore.open`):
+    stores are not picklable."""
 
     def __init__(self, spec: FeatureSpec, open_writer: Callable[[], OnlineFeatureWriter]) -> None:
         super().__init__()

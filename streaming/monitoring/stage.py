@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import TimestampedValue
 
 from streaming.job.common import Clock, at_event_time
 from streaming.schema import scored_record
@@ -66,8 +67,15 @@ class _WindowRecord(beam.DoFn):
         )
 
 
+def _rows_at_event_time(batch: list[Any], features: list[str], clock: Clock):
+    """The scored rows of a list of scored transactions, each at its event time."""
+    for scored in batch:
+        row = scored_record(scored, features, clock)
+        yield TimestampedValue(row, at_event_time(scored).timestamp)
+
+
 class MonitorWindows(beam.PTransform):
-    """Scored transactions -> one monitoring record per event-time window: events, alerts,
+    """Lists of scored transactions -> one monitoring record per event-time window: events, alerts,
     alert rate, latency p50/p99, the PSI of every model input and of the score against the
     model's training reference (:mod:`training.drift`; thresholds 0.1 and 0.25), the largest.
 
@@ -99,8 +107,7 @@ class MonitorWindows(beam.PTransform):
         late = trigger.AfterProcessingTime(self.refresh_s)
         return (
             scored
-            | "AtEventTime" >> beam.Map(at_event_time)
-            | "ToRow" >> beam.Map(scored_record, self.features, self.clock)
+            | "ToRows" >> beam.FlatMap(_rows_at_event_time, self.features, self.clock)
             | "EventTimeWindows"
             >> beam.WindowInto(
                 window.FixedWindows(self.window_s),

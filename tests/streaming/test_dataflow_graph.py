@@ -99,12 +99,17 @@ CORE = {
     "SplitRejected",
     "Score",
     "Alerts",
-    "RejectedToDeadLetter",
     "DeadLetters",
 }
 ENTITY_STAGES = {
     "arrival": {"EntityFeatures"},
-    "event_time": {"CustomerFeatures", "TerminalFeatures", "EntityBlocks", "JoinFeatures"},
+    "event_time": {
+        "CustomerFeatures",
+        "TerminalFeatures",
+        "EntityBlocks",
+        "JoinFeatures",
+        "BatchRows",
+    },
 }
 """ScoreTransactions' stages besides :data:`CORE`, by ``--ordering``."""
 LOOKUP_STAGES = {"EnrichFromFeatureStore"}
@@ -116,9 +121,9 @@ IN_THE_DIAGRAM = (
     "DeadLetterMessages",
     "MonitoringMessages",
     "WriteMonitoring",
-    "RejectedToDeadLetter",
     "DeadLetters",
     "EntityBlocks",
+    "BatchRows",
 }
 """The labels the README's diagram of the job names (the others are its plumbing)."""
 STATEFUL = {

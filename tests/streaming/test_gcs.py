@@ -164,7 +164,7 @@ def test_scored_files_on_gcs(gcs_bucket: str) -> None:
             _ = (
                 p
                 | beam.Create(rows)
-                | beam.Map(lambda s: beam.window.TimestampedValue(s, s.tx.time_ns / 1e9))
+                | beam.Map(lambda s: beam.window.TimestampedValue([s], s.tx.time_ns / 1e9))
                 | WriteScored(FEATURES, directory=directory, clock=lambda: 0.0)
             )
     scored = read_scored(directory)

@@ -58,9 +58,10 @@ def test_windowed_records_equal_the_offline_ones():
         rng.normal(size=(2_000, len(SPEC.names))), SPEC.names, scores=rng.random(2_000)
     )
     clock = lambda: 0.0  # noqa: E731 - latency 0 for every row, on both sides
+    batches = [rows[i : i + 7] for i in range(0, len(rows), 7)]  # as the job's: lists of rows
     stream = (
         TestStream()
-        .add_elements([TimestampedValue(r, r.tx.time_ns / 1e9) for r in rows])
+        .add_elements([TimestampedValue(b, b[0].tx.time_ns / 1e9) for b in batches])
         .advance_watermark_to_infinity()
     )
     options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])

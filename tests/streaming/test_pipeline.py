@@ -74,8 +74,9 @@ _GOT: dict[str, list] = {}
 
 
 def _keep(element, name: str) -> None:
-    """Collect outputs (the in-process runner pickles this by reference: same globals)."""
-    _GOT.setdefault(name, []).append(element)
+    """Collect outputs, the rows of a list (``scored`` carries lists) one by one (the
+    in-process runner pickles this by reference: same globals)."""
+    _GOT.setdefault(name, []).extend(element if isinstance(element, list) else [element])
 
 
 def run_core(txs: list, labels: list, model_dir) -> dict[str, list]:

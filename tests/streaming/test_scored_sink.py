@@ -35,7 +35,7 @@ def _write(rows: list, directory: Path) -> None:
         _ = (
             p
             | beam.Create(rows)
-            | beam.Map(lambda s: TimestampedValue(s, s.tx.time_ns / 1e9))
+            | beam.Map(lambda s: TimestampedValue([s], s.tx.time_ns / 1e9))
             | WriteScored(FEATURES, directory=str(directory), clock=lambda: 0.0)
         )
 
@@ -85,9 +85,9 @@ def test_successive_firings_of_one_window_write_files_of_their_own(tmp_path: Pat
 
     rows = [scored_row(i) for i in range(40)]  # all in the 00:00 hour
     stream = _TestStream().advance_watermark_to(0)
-    stream.add_elements([TimestampedValue(r, r.tx.time_ns / 1e9) for r in rows[:20]])
+    stream.add_elements([TimestampedValue([r], r.tx.time_ns / 1e9) for r in rows[:20]])
     stream.advance_processing_time(10)
-    stream.add_elements([TimestampedValue(r, r.tx.time_ns / 1e9) for r in rows[20:]])
+    stream.add_elements([TimestampedValue([r], r.tx.time_ns / 1e9) for r in rows[20:]])
     stream.advance_processing_time(10)
     stream.advance_watermark_to_infinity()
     options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
@@ -101,15 +101,16 @@ def test_successive_firings_of_one_window_write_files_of_their_own(tmp_path: Pat
 
 
 def test_rows_stamped_at_the_end_of_the_global_window_land_in_their_event_hour(tmp_path: Path):
-    """RunInference emits its batches at the global window's end: the sink stamps each row with
-    its event time again, so files still follow the event hours."""
+    """Lists of rows stamped with another time (here the global window's end, where a batch
+    runner's RunInference emits them): the sink stamps each row with its event time again, so
+    files still follow the event hours."""
     rows = [scored_row(i) for i in range(90)]
     end = GlobalWindow().max_timestamp()
     with TestPipeline() as p:
         _ = (
             p
-            | beam.Create(rows)
-            | beam.Map(lambda s: TimestampedValue(s, end))
+            | beam.Create([rows[:45], rows[45:]])
+            | beam.Map(lambda b: TimestampedValue(b, end))
             | WriteScored(FEATURES, directory=str(tmp_path), clock=lambda: 0.0)
         )
     hours = {Path(f).name.split("-")[1] for f in scored_files(str(tmp_path))}
@@ -124,7 +125,7 @@ def test_a_bundles_rows_of_one_hour_and_shard_go_on_as_one_element() -> None:
     step = _ToRow(FEATURES, clock=lambda: 0.0, sharded=True)
     step.start_bundle()
     rows = [scored_row(i) for i in range(100)]  # 00:00 to 01:39: two event hours
-    assert all(step.process(r, window=GlobalWindow()) == () for r in reversed(rows))
+    assert step.process(rows[::-1], window=GlobalWindow()) == []
     out = step.finish_bundle()
     assert len(out) == 2 * SCORED_SHARDS
     got = {}

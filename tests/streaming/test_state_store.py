@@ -210,8 +210,9 @@ _GOT: dict[str, list] = {}
 
 
 def _keep(element, name: str) -> None:
-    """Collect outputs (the in-process runner pickles this by reference: same globals)."""
-    _GOT.setdefault(name, []).append(element)
+    """Collect outputs, the rows of a list (``scored`` carries lists) one by one (the
+    in-process runner pickles this by reference: same globals)."""
+    _GOT.setdefault(name, []).extend(element if isinstance(element, list) else [element])
 
 
 def _payloads(df: pd.DataFrame, spec: FeatureSpec) -> list[tuple]:

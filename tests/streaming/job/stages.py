@@ -82,13 +82,13 @@ def in_arrival_order(df: pd.DataFrame) -> list[Transaction | Label]:
 def rows_equal(
     expected: Mapping[tuple[int, str], np.ndarray], computed_at: float
 ) -> Callable[[Iterable], None]:
-    """An ``assert_that`` matcher of feature rows: exactly one row per ``(transaction id,
-    status name)`` of ``expected``, with those features bit for bit (NaN equal to NaN), each
+    """An ``assert_that`` matcher of feature rows, or of lists of them (the ``arrival`` chain's
+    elements): exactly one row per ``(transaction id, status name)`` of ``expected``, with those features bit for bit (NaN equal to NaN), each
     assembled at ``computed_at`` (the stage's clock)."""
 
     def match(actual: Iterable) -> None:
         got: dict[tuple[int, str], list[np.ndarray]] = {}
-        for row in actual:
+        for row in (r for e in actual for r in (e if isinstance(e, list) else [e])):
             if row.computed_at != computed_at:
                 raise BeamAssertException(f"computed_at {row.computed_at}, not {computed_at}")
             got.setdefault((row.tx.transaction_id, Status(row.status).name), []).append(

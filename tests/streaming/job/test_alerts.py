@@ -81,5 +81,5 @@ def test_alerts_at_or_above_the_threshold_for_accepted_transactions_only() -> No
         _alert(6, 0.8) | {"customer_id_clear": 105, "terminal_id_clear": 133},
     ]
     with batch_pipeline() as p:
-        alerts = p | Create(scored) | Alerts(FEATURES, clock=lambda: NOW)
+        alerts = p | Create([scored[:2], scored[2:]]) | Alerts(FEATURES, clock=lambda: NOW)
         assert_that(alerts, equal_to(expected))

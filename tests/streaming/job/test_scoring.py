@@ -43,7 +43,8 @@ def _check_reasons(reasons: tuple, booster: xgb.Booster, x: np.ndarray) -> None:
 def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
     world: tuple[pd.DataFrame, np.ndarray], model: tuple[xgb.Booster, Path]
 ) -> None:
-    """Batches of at most 16 rows; the threshold (overriding the model's) is the median score,
+    """Lists of rows in, a list of their scored rows (same order) out for each; the handler
+    scores at most 16 rows a call. The threshold (overriding the model's) is the median score,
     so about half the rows alert."""
     df, X = world
     booster, root = model
@@ -56,8 +57,14 @@ def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
     ]
     by_id = dict(zip(df["TRANSACTION_ID"].tolist(), range(len(df)), strict=True))
 
-    def match(scored: Iterable) -> None:
-        scored = list(scored)
+    batches = [rows[:40], rows[40:41], rows[41:]]  # more than one call each, and a single row
+    sent = sorted([r.tx.transaction_id for r in b] for b in batches)
+
+    def match(got: Iterable) -> None:
+        got = list(got)
+        if sorted([s.tx.transaction_id for s in b] for b in got) != sent:
+            raise BeamAssertException("not one list per list, in the same order")
+        scored = [s for b in got for s in b]
         if sorted(s.tx.transaction_id for s in scored) != sorted(by_id):
             raise BeamAssertException("not exactly one scored row per feature row")
         alerting = 0
@@ -77,7 +84,7 @@ def test_rows_get_the_offline_scores_and_reasons_above_the_threshold(
 
     handler = BoosterHandler(str(root), SPEC.name, threshold, top_k=TOP_K, max_batch_size=16)
     with batch_pipeline() as p:
-        assert_that(p | Create(rows) | Score(handler), match)
+        assert_that(p | Create(batches) | Score(handler), match)
 
 
 def test_a_cuda_handler_sends_each_batch_to_the_device_once(

@@ -61,8 +61,8 @@ def test_write_scored_writes_every_row_to_parquet_parts(tmp_path: Path) -> None:
     with batch_pipeline() as p:
         _ = (
             p
-            | Create(scored)
-            | Map(lambda s: TimestampedValue(s, s.tx.time_ns / 1e9))
+            | Create([scored[:1], scored[1:]])
+            | Map(lambda b: TimestampedValue(b, min(s.tx.time_ns for s in b) / 1e9))
             | WriteScored(FEATURES, directory=str(directory), clock=lambda: NOW)
         )
     files = sorted(f for f in directory.rglob("*") if f.is_file())
@@ -111,7 +111,8 @@ def test_write_features_stores_each_entitys_newest_accepted_values(
     _STORES[name] = store = InMemoryFeatureStore(SPEC, clock=lambda: START + timedelta(hours=1))
     try:
         with batch_pipeline() as p:
-            out = p | Create(rows) | WriteFeatures(SPEC, functools.partial(_open_store, name))
+            batches = Create([rows[:2], rows[2:]])
+            out = p | batches | WriteFeatures(SPEC, functools.partial(_open_store, name))
             assert_that(out, equal_to([]))
     finally:
         del _STORES[name]

@@ -37,13 +37,14 @@ BEAM_PYTHON_US_PER_ELEMENT_STEP = 1.43
 Beam's developers with their map-function microbenchmark
 (https://github.com/apache/beam/pull/4741, comment of 2018-03-20). A lower bound for the
 runner's share on Dataflow: it leaves out the shuffles before keyed steps (coding, state)."""
-STEPS_PER_TRANSACTION = 23
+STEPS_PER_TRANSACTION = 9
 """Element-steps one transaction and its label pass through in the job's graph (counted from
 ``streaming.job.pipeline.build`` with the scored sink and the online store on, preset
-``default``): a transaction through read, parse, flatten, pseudonymise, key, the two entity
-states, partition, batching, RunInference, alerts, the feature writer and the scored sink's row,
-window, grouping (two steps on a runner) and file (17); its label through read, parse, flatten,
-pseudonymise, key and the terminal's state, the one entity state that reads labels (6)."""
+``default``): a transaction through read, parse (which pseudonymises and keys it), flatten and
+the two entity states (5); its label through read, parse, flatten and the terminal's state, the
+one entity state that reads labels (4). The steps after the entity states (split, RunInference,
+alerts, the feature writer, the scored sink) take a bundle's rows as one element, a few
+elements a bundle of hundreds: not counted."""
 
 WORKER_VCPUS = 4
 """A choice: vCPUs per Dataflow worker (e.g. ``n2-standard-4``); the table scales with it."""

@@ -12,6 +12,7 @@ card's, and no label is keyed by card.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -111,6 +112,8 @@ class _ChainLink(EntityStateFn):
             if self.uses_labels:
                 self._apply(key, event, state)
             return ((entity_id(event, self.next), event),) if self.labels_later else ()
+        if isinstance(event, Transaction):  # the chain's first link, entered keyed
+            event = _Partial(event, ())
         blocks = (*event.blocks, self._apply(key, event.tx, state))
         if self.next is not None:
             return ((entity_id(event.tx, self.next), _Partial(event.tx, blocks)),)
@@ -122,6 +125,11 @@ def chain_order(spec: FeatureSpec) -> tuple[Entity, ...]:
     """The chain's entities: those whose features read labels first, each group in the spec's
     order (a stable sort). A label goes along only as far as the last entity that uses labels."""
     return tuple(sorted(spec.entities, key=lambda e: not uses_labels(spec, e)))
+
+
+def chain_key(spec: FeatureSpec) -> functools.partial[int]:
+    """``key(record)``: the id a transaction or label enters :class:`EntityChain` keyed by."""
+    return functools.partial(entity_id, entity=chain_order(spec)[0])
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):
@@ -136,7 +144,10 @@ class EntityChain(beam.PTransform):
     """Transactions and labels -> lists of :class:`FeatureRow`, one row per transaction, a
     bundle's rows of one window per list (``arrival`` ordering): a stateful step per entity (in
     :func:`chain_order`), keyed by its id, each passing the transaction on with its block (no
-    join: nothing waits for another entity's output)."""
+    join: nothing waits for another entity's output).
+
+    ``keyed``: the events come keyed already, ``(chain_key(spec)(event), event)`` (the job keys
+    them as it parses them: a step of its own would cost the runner once more per element)."""
 
     def __init__(
         self,
@@ -144,17 +155,20 @@ class EntityChain(beam.PTransform):
         max_lateness: timedelta = DEFAULT_MAX_LATENESS,
         clock: Clock = time.time,
         initial: InitialStates | None = None,
+        keyed: bool = False,
     ) -> None:
         super().__init__()
         self.spec, self.max_lateness, self.clock = spec, max_lateness, clock
-        self.initial = initial
+        self.initial, self.keyed = initial, keyed
 
     def expand(self, events):
         entities = chain_order(self.spec)
         labels_used = uses_labels(self.spec, entities[0])
-        chain = events | "KeyByEntity" >> beam.FlatMap(
-            _enter, entities[0], labels_used
-        ).with_output_types(KV[int, Any])
+        chain = events
+        if not self.keyed:
+            chain = events | "KeyByEntity" >> beam.FlatMap(
+                _enter, entities[0], labels_used
+            ).with_output_types(KV[int, Any])
         for i, entity in enumerate(entities):
             after = entities[i + 1 :]
             link = beam.ParDo(

@@ -15,9 +15,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import Timestamp
 
 from streaming.job.common import NAMESPACE, Clock, StageCpu
+from streaming.job.ids import PseudonymiseIds
 
 DEAD_LETTER = "dead_letter"
 Parse = Callable[..., Any]
@@ -57,8 +59,15 @@ class _Parse(beam.DoFn):
     A record leaves stamped with its own event time (a transaction's ``TX_DATETIME``, a label's
     ``LABEL_DATETIME``): the message attribute ``event_time`` is optional."""
 
-    def __init__(self, parse: Parse, stage: str, clock: Clock):
-        self.parse, self.stage, self.clock = parse, stage, clock
+    def __init__(
+        self,
+        parse: Parse,
+        stage: str,
+        clock: Clock,
+        ids: PseudonymiseIds | None = None,
+        key: Callable[[Any], int] | None = None,
+    ) -> None:
+        self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
         self.ok = Metrics.counter(NAMESPACE, f"{stage}_ok")
         self.bad = Metrics.counter(NAMESPACE, f"{stage}_dead_letter")
         self.cpu = StageCpu(stage)
@@ -66,6 +75,7 @@ class _Parse(beam.DoFn):
     def setup(self) -> None:
         self.field_counters: dict[str, Any] = {}
         self.unknown_seen = 0
+        self.pseudonymise = self.ids.on_worker() if self.ids is not None else None
 
     def process(self, payload: bytes | str) -> tuple[Any]:
         started = self.cpu.start()
@@ -85,8 +95,11 @@ class _Parse(beam.DoFn):
                 DEAD_LETTER, dead_letter(payload, str(exc), self.stage, self.clock)
             )
         self.ok.inc()
+        if self.pseudonymise is not None:
+            record = self.pseudonymise(record)
         event_ns = getattr(record, "label_time_ns", record.time_ns)
-        return TimestampedValue(record, Timestamp(micros=event_ns // 1_000))
+        out = record if self.key is None else (self.key(record), record)
+        return TimestampedValue(out, Timestamp(micros=event_ns // 1_000))
 
     def _unknown(self, names: list[str]) -> None:
         """Count each unknown field by name; log a field's first sighting, then a sample."""
@@ -122,13 +135,25 @@ class ParseAndValidate(beam.PTransform):
     :class:`~streaming.schema.WireContract` bound); ``stage`` names the stage in dead letters
     and in the counters ``<stage>_ok``, ``<stage>_dead_letter`` and
     ``<stage>_unknown_field_<name>`` (fields ignored by the tolerant contract).
+
+    ``ids``: the records leave with pseudonymised ids; ``key``: as ``(key(record), record)``
+    (an ``int`` key), the ids pseudonymised first. Both are done in this step: a step of its
+    own would cost the runner once more per element.
     """
 
-    def __init__(self, parse: Parse, stage: str, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        parse: Parse,
+        stage: str,
+        clock: Clock = time.time,
+        ids: PseudonymiseIds | None = None,
+        key: Callable[[Any], int] | None = None,
+    ) -> None:
         super().__init__()
-        self.parse, self.stage, self.clock = parse, stage, clock
+        self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
 
     def expand(self, payloads):
-        return payloads | "Parse" >> beam.ParDo(
-            _Parse(self.parse, self.stage, self.clock)
-        ).with_outputs(DEAD_LETTER, main="records")
+        parse = beam.ParDo(_Parse(self.parse, self.stage, self.clock, self.ids, self.key))
+        if self.key is not None:
+            parse = parse.with_output_types(KV[int, Any])
+        return payloads | "Parse" >> parse.with_outputs(DEAD_LETTER, main="records")

@@ -23,7 +23,7 @@ from features import presets
 from features.incremental import Status
 from features.spec import DEFAULT_MAX_LATENESS, FeatureSpec
 from streaming.job.alerts import Alerts, to_message
-from streaming.job.arrival import EntityChain
+from streaming.job.arrival import EntityChain, chain_key
 from streaming.job.common import Clock
 from streaming.job.enrich import EnrichFromFeatureStore
 from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS, FeatureRow
@@ -97,19 +97,27 @@ class ScoreTransactions(beam.PTransform):
         self.contract, self.lookup = contract, lookup
 
     def expand(self, inputs):
+        # arrival ordering: parsed events go keyed straight to the entity chain, unless they
+        # are enriched from the feature store first
+        keyed = self.ordering == "arrival" and not self.spec.lookups
+        key = chain_key(self.spec) if keyed else None
         txs = inputs["transactions"] | "ParseTransactions" >> ParseAndValidate(
             functools.partial(parse_transaction, contract=self.contract),
             "parse_transactions",
             self.clock,
+            self.pseudonymise,
+            key,
         )
         labels = inputs["labels"] | "ParseLabels" >> ParseAndValidate(
-            functools.partial(parse_label, contract=self.contract), "parse_labels", self.clock
+            functools.partial(parse_label, contract=self.contract),
+            "parse_labels",
+            self.clock,
+            self.pseudonymise,
+            key,
         )
         # No dedupe stage: the entity states catch redelivered transactions, and applying a
         # label twice sets the same value (a zero delta).
         events = (txs.records, labels.records) | "Events" >> beam.Flatten()
-        if self.pseudonymise is not None:
-            events = events | "PseudonymiseIds" >> self.pseudonymise
         if self.spec.lookups:
             events = events | "EnrichFromFeatureStore" >> EnrichFromFeatureStore(
                 self.spec, self.lookup, self.clock
@@ -118,7 +126,7 @@ class ScoreTransactions(beam.PTransform):
         # each step after the entity states costs the runner an element per batch.
         if self.ordering == "arrival":
             batches = events | "EntityFeatures" >> EntityChain(
-                self.spec, self.max_lateness, self.clock, self.initial
+                self.spec, self.max_lateness, self.clock, self.initial, keyed
             )
         else:
             blocks = [

@@ -95,7 +95,6 @@ CORE = {
     "ParseTransactions",
     "ParseLabels",
     "Events",
-    "PseudonymiseIds",
     "SplitRejected",
     "Score",
     "Alerts",

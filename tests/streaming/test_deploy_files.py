@@ -384,7 +384,7 @@ def test_flex_main_translates_the_job_for_dataflow_without_submitting(no_network
     assert f"--sdk_container_image={image}" in LAUNCHER_FLAGS
     names = {t.unique_name for t in components.transforms.values()}
     wired = {"ReadTransactions", "ReadLabels", "ScoreTransactions", "WriteAlerts", "WriteDLQ"}
-    wired |= {"WriteFeatures", "WriteScored", "ScoreTransactions/PseudonymiseIds"}
+    wired |= {"WriteFeatures", "WriteScored"}
     wired |= {"ScoreTransactions/CustomerFeatures", "ScoreTransactions/JoinFeatures"}
     assert wired <= names
     assert "MonitorWindows" not in names  # no monitoring_topic

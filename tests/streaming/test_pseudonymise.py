@@ -262,7 +262,7 @@ def test_pickle_round_trip(pz: Pseudonymiser) -> None:
     np.testing.assert_array_equal(clone.terminals(ids), pz.terminals(ids))
 
 
-def test_the_job_step_remembers_pseudonyms_within_its_bound(
+def test_the_jobs_pseudonymiser_remembers_pseudonyms_within_its_bound(
     pz: Pseudonymiser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each id is hashed once while the memo holds it; a full memo starts afresh."""
@@ -283,27 +283,26 @@ def test_the_job_step_remembers_pseudonyms_within_its_bound(
             hashed.append((TERMINAL, i))
             return pz.terminal(i)
 
-    step = ids._Pseudonymise(None, keep_clear=False)
-    step.ids = Counting()  # what setup resolves from the environment, counted
-    step.customers, step.terminals = {}, {}
+    # what on_worker resolves from the environment, counted
+    step = ids.WorkerPseudonyms(Counting(), {}, {}, keep_clear=False)
     records = [Transaction(t, 0, c, c + 100, 1.0) for t, c in enumerate([1, 2, 1, 3, 1, 4, 5])]
     records.append(Label(9, 2, 102, 0, 0, 1))
     expected = [(pz.customer(r.customer_id), pz.terminal(r.terminal_id)) for r in records]
-    out = [step.process(r)[0] for r in records]
+    out = [step(r) for r in records]
     assert [(o.customer_id, o.terminal_id) for o in out] == expected
     assert [type(o) for o in out] == [type(r) for r in records]
     customers = [i for e, i in hashed if e == CUSTOMER]
     assert customers == [1, 2, 3, 4, 5, 2]  # repeats remembered; full at 3 ids, then afresh
     assert len(step.customers) <= 3 and len(step.terminals) <= 3
     with pytest.raises(TypeError, match="integer"):
-        step.process(Transaction(10, 0, True, 1, 1.0))  # a bool is no id, remembered or not
+        step(Transaction(10, 0, True, 1, 1.0))  # a bool is no id, remembered or not
 
 
 def test_every_copy_of_the_job_step_shares_the_process_memo(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A runner may set up a copy of the step per bundle: the key is resolved once per source
-    and what one copy remembered the next one finds."""
+    """A runner may set up a copy of the parse step per bundle: the key is resolved once per
+    source and what one copy remembered the next one finds."""
     from streaming.job import ids
     from streaming.schema import Transaction
 
@@ -317,13 +316,12 @@ def test_every_copy_of_the_job_step_shares_the_process_memo(
         "from_env",
         classmethod(lambda cls, *a, **k: resolved.append(1) or from_env(*a, **k)),
     )
-    first, second = ids._Pseudonymise(None, False), ids._Pseudonymise(None, False)
-    first.setup()
-    first.process(Transaction(1, 0, 7, 107, 1.0))
-    second.setup()
+    settings = ids.PseudonymiseIds(None, False)
+    first = settings.on_worker()
+    first(Transaction(1, 0, 7, 107, 1.0))
+    second = settings.on_worker()
     assert len(resolved) == 1 and second.ids is first.ids
     assert second.customers == {7: Pseudonymiser(KEY).customer(7)}
     monkeypatch.setenv(ENV_KEY, OTHER_KEY.hex())  # another key: its own pseudonyms and memo
-    third = ids._Pseudonymise(None, False)
-    third.setup()
+    third = settings.on_worker()
     assert len(resolved) == 2 and third.ids == Pseudonymiser(OTHER_KEY) and not third.customers

@@ -83,8 +83,9 @@ def rows_equal(
     expected: Mapping[tuple[int, str], np.ndarray], computed_at: float
 ) -> Callable[[Iterable], None]:
     """An ``assert_that`` matcher of feature rows, or of lists of them (the ``arrival`` chain's
-    elements): exactly one row per ``(transaction id, status name)`` of ``expected``, with those features bit for bit (NaN equal to NaN), each
-    assembled at ``computed_at`` (the stage's clock)."""
+    elements): exactly one row per ``(transaction id, status name)`` of ``expected``, with those
+    features bit for bit (NaN equal to NaN), each assembled at ``computed_at`` (the stage's
+    clock)."""
 
     def match(actual: Iterable) -> None:
         got: dict[tuple[int, str], list[np.ndarray]] = {}

@@ -138,3 +138,44 @@ def test_unknown_fields_are_counted_by_name_and_records_carry_their_event_time()
     assert got["parse_transactions_unknown_field_CURRENCY"] == 2
     assert got["parse_transactions_unknown_field_CHANNEL"] == 1
     assert "parse_transactions_dead_letter" not in got or got["parse_transactions_dead_letter"] == 0
+
+
+def test_with_ids_records_leave_pseudonymised_and_dead_letters_keep_the_payload(
+    monkeypatch,
+) -> None:
+    """``ids``: each record's customer and terminal ids are the key's pseudonyms (a label's
+    too; a transaction keeps its clear ids with ``keep_clear``), while a bad payload's dead
+    letter holds it as sent."""
+    from streaming.job.ids import PseudonymiseIds
+    from streaming.pseudonymise import ENV_KEY, ENV_KEY_SECRET, Pseudonymiser
+
+    key = bytes(range(32))
+    monkeypatch.delenv(ENV_KEY_SECRET, raising=False)
+    monkeypatch.setenv(ENV_KEY, key.hex())
+    pz = Pseudonymiser(key)
+    ids = PseudonymiseIds(keep_clear=True)
+    p = batch_pipeline()
+    txs = (
+        p
+        | "Transactions" >> Create([json.dumps(TX), "{not json"])
+        | "ParseTransactions"
+        >> ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW, ids)
+    )
+    labels = (
+        p
+        | "Labels" >> Create([json.dumps(LABEL)])
+        | "ParseLabels" >> ParseAndValidate(parse_label, "parse_labels", lambda: NOW, ids)
+    )
+    customer, terminal = pz.customer(5), pz.terminal(33)
+    assert (customer, terminal) != (5, 33)
+    tx = Transaction(17, TX_NS, customer, terminal, 57.16, received_at=NOW, clear_ids=(5, 33))
+    assert_that(txs.records, equal_to([tx]), label="Transactions")
+    assert_that(
+        labels.records | Map(lambda r: (r.customer_id, r.terminal_id)),
+        equal_to([(customer, terminal)]),
+        label="Labels",
+    )
+    assert_that(
+        txs.dead_letter | Map(lambda d: d["payload"]), equal_to(["{not json"]), label="Dead"
+    )
+    p.run().wait_until_finish()

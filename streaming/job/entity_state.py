@@ -183,12 +183,6 @@ def uses_labels(spec: FeatureSpec, entity: Entity) -> bool:
     return len(EntityPlan.build(spec, entity).label_cols) > 0
 
 
-"""Keys of the join: a transaction joins in bucket ``id % JOIN_BUCKETS``. A key per transaction
-would leave a keyed state per transaction behind on the DirectRunner (it keeps every key's); with
-64 buckets each bucket's pending map, encoded on every block, held ~15 entries (a quarter of a
-local run's CPU)."""
-
-
 def assemble(
     spec: FeatureSpec, offsets: dict[str, int], parts: dict[str, EntityBlock], now: float = 0.0
 ) -> Any:

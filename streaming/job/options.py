@@ -37,7 +37,12 @@ class FraudstreamOptions(PipelineOptions):
         )
         parser.add_argument("--threshold", type=float, default=None, help="override the model's")
         parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-        parser.add_argument("--scoring_batch_size", type=int, default=512)
+        parser.add_argument(
+            "--scoring_batch_size",
+            type=int,
+            default=512,
+            help="rows per XGBoost predict at most (a bundle's rows are scored in chunks)",
+        )
         parser.add_argument(
             "--model_poll_s", type=float, default=10.0, help="how often `current` is re-checked"
         )

@@ -139,8 +139,10 @@ class BoosterHandler(ModelHandler[FeatureRow, Scored, LiveModel]):
     """Scores batches with the registry's champion, swapped live (:class:`LiveModel`).
 
     ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when XGBoost sees a GPU).
-    ``max_batch_size`` caps RunInference's batches (512 by default: on 2 CPU cores rows/s is
-    flat from ~256 rows; a GPU wants larger batches, see ``make bench-gpu``).
+    ``max_batch_size`` caps the rows of one predict (512 by default: on 2 CPU cores rows/s is
+    flat from ~256 rows; a GPU wants larger batches, see ``make bench-gpu``): the job's lists
+    (a bundle's rows, :class:`Score`) are scored in chunks of it, and RunInference on single
+    rows batches up to it.
     """
 
     def __init__(

@@ -68,8 +68,8 @@ class _Alert(beam.DoFn):
             for s in batch
             if s.accepted and s.score >= s.threshold
         ]
+        self.alerts.inc(len(alerts))
         for alert in alerts:
-            self.alerts.inc()
             self.latency.update(int(alert["processing_latency_ms"]))
         self.cpu.stop(started)
         return alerts

@@ -112,7 +112,7 @@ class _ChainLink(EntityStateFn):
             if self.uses_labels:
                 self._apply(key, event, state)
             return ((entity_id(event, self.next), event),) if self.labels_later else ()
-        if isinstance(event, Transaction):  # the chain's first link, entered keyed
+        if isinstance(event, Transaction):  # entering the chain: no blocks yet
             event = _Partial(event, ())
         blocks = (*event.blocks, self._apply(key, event.tx, state))
         if self.next is not None:
@@ -133,10 +133,9 @@ def chain_key(spec: FeatureSpec) -> functools.partial[int]:
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):
-    """The chain's input: a transaction with no blocks yet, or a label some entity uses."""
-    if isinstance(event, Transaction):
-        yield entity_id(event, first), _Partial(event, ())
-    elif labels_used:
+    """The chain's input, keyed by the first entity's id: a transaction, or a label some entity
+    uses (the keyed input the job's parse steps emit, less the unused labels)."""
+    if labels_used or isinstance(event, Transaction):
         yield entity_id(event, first), event
 
 

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 NAMESPACE = "fraudstream"
@@ -19,13 +18,13 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-def at_event_time(scored: Any) -> TimestampedValue:
-    """``scored`` (anything with a ``tx``) stamped with its transaction's event time.
+def event_timestamp(scored: Any) -> Timestamp:
+    """The event time of ``scored``'s transaction (anything with a ``tx``).
 
-    RunInference batches elements and emits them at the end of the global window, so the
-    stages that window scored rows by event time (the scored files, monitoring) stamp them
-    again first."""
-    return TimestampedValue(scored, Timestamp(micros=scored.tx.time_ns // 1_000))
+    Scored rows travel in lists stamped with the earliest of their times (or, from a batch
+    runner's RunInference, at the end of the global window), so the stages that window them by
+    event time (the scored files, monitoring) stamp each row again."""
+    return Timestamp(micros=scored.tx.time_ns // 1_000)
 
 
 class ProcessTotals:

@@ -147,9 +147,8 @@ class ScoreTransactions(beam.PTransform):
         )
         scored = split.accepted | "Score" >> Score(self.handler)
         alerts = scored | "Alerts" >> Alerts(self.spec.names, self.clock)
-        dead = (txs.dead_letter, labels.dead_letter, split[DEAD_LETTER]) | "DeadLetters" >> (
-            beam.Flatten()
-        )
+        dead_letters = (txs.dead_letter, labels.dead_letter, split[DEAD_LETTER])
+        dead = dead_letters | "DeadLetters" >> beam.Flatten()
         return {"alerts": alerts, "dead_letter": dead, "scored": scored, "features": split.accepted}
 
 
@@ -161,15 +160,14 @@ class _SplitRejected(beam.DoFn):
         self.clock = clock
 
     def process(self, rows: list[FeatureRow]):
-        accepted = [row for row in rows if row.accepted]
-        if len(accepted) < len(rows):
-            for row in rows:
-                if not row.accepted:
-                    reason = Status(row.status).name
-                    yield beam.pvalue.TaggedOutput(
-                        DEAD_LETTER,
-                        dead_letter(transaction_json(row.tx), reason, "features", self.clock),
-                    )
+        accepted = []
+        for row in rows:
+            if row.accepted:
+                accepted.append(row)
+                continue
+            reason = Status(row.status).name
+            letter = dead_letter(transaction_json(row.tx), reason, "features", self.clock)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
         if accepted:
             yield accepted
 

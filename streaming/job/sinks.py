@@ -23,7 +23,7 @@ from apache_beam.typehints import KV
 from apache_beam.utils.windowed_value import WindowedValue
 
 from features.spec import FeatureSpec
-from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, at_event_time
+from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, event_timestamp
 from streaming.schema import from_ns, scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
@@ -181,7 +181,7 @@ class _ToRow(beam.DoFn):
         out: list[TimestampedValue] = []
         for scored in batch:
             row = scored_record(scored, self.features, self.clock)
-            stamp = at_event_time(scored).timestamp
+            stamp = event_timestamp(scored)
             if not self.sharded:
                 out.append(TimestampedValue(row, stamp))
                 continue

@@ -8,7 +8,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
-from streaming.job.common import Clock, at_event_time
+from streaming.job.common import Clock, event_timestamp
 from streaming.schema import scored_record
 
 
@@ -71,7 +71,7 @@ def _rows_at_event_time(batch: list[Any], features: list[str], clock: Clock):
     """The scored rows of a list of scored transactions, each at its event time."""
     for scored in batch:
         row = scored_record(scored, features, clock)
-        yield TimestampedValue(row, at_event_time(scored).timestamp)
+        yield TimestampedValue(row, event_timestamp(scored))
 
 
 class MonitorWindows(beam.PTransform):

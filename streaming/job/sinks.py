@@ -10,11 +10,13 @@ loudly (DirectRunner); nothing is dropped silently.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms import trigger, window
@@ -22,9 +24,10 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV
 from apache_beam.utils.windowed_value import WindowedValue
 
+from features.incremental import Status
 from features.spec import FeatureSpec
 from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, event_timestamp
-from streaming.schema import from_ns, scored_record
+from streaming.schema import scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
 
@@ -52,38 +55,130 @@ def part_name(window: Any, pane: Any, shard: int) -> str:
     return f"part-{stamp}-p{index:05d}-s{shard:03d}.parquet"
 
 
+@dataclass(frozen=True)
+class ScoredPart:
+    """Scored transactions as columns: one event hour and shard of a bundle, what the scored
+    files' grouping carries (a few arrays encode far faster than a dict per row, and need no
+    conversion to be written). :meth:`table` gives the rows of :func:`scored_record`."""
+
+    ids: np.ndarray  # int64 (n, 3): transaction, customer, terminal
+    time_ns: np.ndarray  # int64
+    values: np.ndarray  # float64 (n, 3): score, threshold, latency_ms
+    alert: np.ndarray  # bool
+    status: np.ndarray  # int8, a Status each
+    model_version: np.ndarray  # object: str
+    features: np.ndarray  # float64 (n, model inputs)
+
+    @classmethod
+    def of(cls, scored: Sequence[Any], now: float) -> ScoredPart:
+        """The part of ``scored`` (:class:`~streaming.job.scoring.Scored`), their latency
+        measured at ``now`` (seconds, the clock of ``Transaction.received_at``)."""
+        txs = [s.tx for s in scored]
+        values = np.array([(s.score, s.threshold, s.tx.received_at) for s in scored], np.float64)
+        values[:, 2] = np.round((now - values[:, 2]) * 1000.0, 3)
+        accepted = np.array([s.accepted for s in scored], bool)
+        return cls(
+            ids=np.array([(t.transaction_id, t.customer_id, t.terminal_id) for t in txs], np.int64),
+            time_ns=np.array([t.time_ns for t in txs], np.int64),
+            values=values,
+            alert=accepted & (values[:, 0] >= values[:, 1]),
+            status=np.array([s.status for s in scored], np.int8),
+            model_version=np.array([s.model_version for s in scored], object),
+            features=np.stack([s.features for s in scored]).astype(np.float64, copy=False),
+        )
+
+    def table(self, features: Sequence[str]) -> pa.Table:
+        """The part as :func:`scored_record` rows (its columns, their order and types)."""
+        columns = {
+            "transaction_id": self.ids[:, 0],
+            "customer_id": self.ids[:, 1],
+            "terminal_id": self.ids[:, 2],
+            "event_time": pa.array(self.time_ns // 1_000, pa.timestamp("us")),
+            "score": self.values[:, 0],
+            "threshold": self.values[:, 1],
+            "alert": self.alert,
+            "model_version": pa.array(self.model_version, pa.string()),
+            "status": pa.array(_STATUS_NAMES[self.status], pa.string()),
+            "latency_ms": self.values[:, 2],
+        }
+        columns.update(zip(features, self.features.T, strict=True))
+        return pa.table(columns)
+
+    @staticmethod
+    def concat(parts: Sequence[ScoredPart]) -> ScoredPart:
+        """One part of all ``parts`` (non-empty), in order."""
+        columns = (np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ScoredPart))
+        return ScoredPart(*columns)
+
+
+def _status_names() -> np.ndarray:
+    """Each status code's name, indexed by the code."""
+    names = np.empty(max(Status) + 1, object)
+    for status in Status:
+        names[status] = status.name
+    return names
+
+
+_STATUS_NAMES = _status_names()
+
+
+def scored_table(
+    parts: Iterable[ScoredPart | list[dict] | dict], features: Sequence[str]
+) -> pa.Table | None:
+    """The rows of ``parts`` as one table (None: no rows). Parts that are rows
+    (:func:`scored_record` dicts, alone or in lists) are what a job version that grouped rows
+    instead of parts has left in the grouping when it is updated in place: they are read too."""
+    columnar, rows = [], []
+    for part in parts:
+        if isinstance(part, ScoredPart):
+            columnar.append(part)
+        else:
+            rows += part if isinstance(part, list) else [part]
+    tables = [ScoredPart.concat(columnar).table(features)] if columnar else []
+    if rows:
+        table = pa.Table.from_pylist(rows)
+        tables.append(table.cast(tables[0].schema) if tables else table)
+    return pa.concat_tables(tables) if tables else None
+
+
+_DICTIONARY_COLUMNS = ["model_version", "status"]
+"""The scored files' dictionary-encoded columns: a few values each. The features' floats are
+not (parquet's default tries a dictionary for every column and gives up on most: 4 times the
+CPU of the whole write)."""
+
+
 class _WriteParquetPart(beam.DoFn):
-    """One firing's rows of one shard -> one parquet file named by :func:`part_name`, through
+    """One firing's parts of one shard -> one parquet file named by :func:`part_name`, through
     ``FileSystems`` (a local path or ``gs://``). Locally it is written to a hidden temporary
     name and renamed; an object store replaces an object whole."""
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
+    def __init__(self, directory: str, features: Sequence[str]) -> None:
+        self.directory, self.features = directory, list(features)
         self.files = Metrics.counter(NAMESPACE, "scored_files")
         self.cpu = StageCpu("write_scored")
 
     def process(
         self,
-        element: tuple[int, Iterable[list[dict]]],
+        element: tuple[int, Iterable[ScoredPart]],
         window=beam.DoFn.WindowParam,
         pane=beam.DoFn.PaneInfoParam,
     ):
-        import pyarrow as pa
         import pyarrow.parquet as pq
         from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
         started = self.cpu.start()
         shard, parts = element
-        # lists of rows (a bundle's of one hour and shard, see _ToRow); a single row from a
-        # job that grouped rows one by one before an update
-        rows = [row for part in parts for row in (part if isinstance(part, list) else [part])]
+        table = scored_table(parts, self.features)
+        if table is None:  # a firing with no new rows (an on-time pane may be empty)
+            self.cpu.stop(started)
+            return ()
         name = part_name(window, pane, shard)
         local = FileSystems.get_scheme(self.directory) in (None, "file")
         target = FileSystems.join(self.directory, name)
         written = FileSystems.join(self.directory, f".{name}.tmp") if local else target
         with FileSystems.create(written, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            pq.write_table(pa.Table.from_pylist(rows), f)
+            pq.write_table(table, f, use_dictionary=_DICTIONARY_COLUMNS)
         if local:
             FileSystems.rename([written], [target])
         self.files.inc()
@@ -133,10 +228,7 @@ class WriteScored(beam.PTransform):
             fire = trigger.AfterWatermark(early=flush, late=flush) if streaming else None
             return (
                 scored
-                | "ToRow"
-                >> beam.ParDo(_ToRow(self.features, self.clock, sharded=True)).with_output_types(
-                    KV[int, Any]
-                )
+                | "ToRow" >> beam.ParDo(_ToParts(self.clock)).with_output_types(KV[int, Any])
                 | "HourWindows"
                 >> beam.WindowInto(
                     window.FixedWindows(SCORED_WINDOW_S),
@@ -145,11 +237,11 @@ class WriteScored(beam.PTransform):
                     allowed_lateness=SCORED_ALLOWED_LATENESS_S,
                 )
                 | "GroupFiring" >> beam.GroupByKey()
-                | "WriteParquet" >> beam.ParDo(_WriteParquetPart(self.directory))
+                | "WriteParquet" >> beam.ParDo(_WriteParquetPart(self.directory, self.features))
             )
         return (
             scored
-            | "ToRow" >> beam.ParDo(_ToRow(self.features, self.clock, sharded=False))
+            | "ToRow" >> beam.ParDo(_ToRow(self.features, self.clock))
             | "ToBigQueryRow" >> beam.Map(_bigquery_row)
             | "WriteBigQuery"
             >> beam.io.WriteToBigQuery(
@@ -162,47 +254,65 @@ class WriteScored(beam.PTransform):
         )
 
 
-class _ToRow(beam.DoFn):
-    """Lists of scored transactions -> their scored rows (:func:`scored_record`) at their
-    transactions' event time. ``sharded``: ``(shard, rows)``, spread over :data:`SCORED_SHARDS`
-    by transaction id, a bundle's rows of one event hour and shard in one list (emitted at the
-    bundle's end, stamped with the earliest of their times); else one row per element."""
+class _ToParts(beam.DoFn):
+    """Lists of scored transactions -> ``(shard, ScoredPart)``: a bundle's transactions of one
+    event hour and shard (spread over :data:`SCORED_SHARDS` by transaction id) as one part,
+    emitted at the bundle's end, stamped with the earliest of their times."""
 
-    def __init__(self, features: list[str], clock: Clock, sharded: bool) -> None:
-        self.features, self.clock, self.sharded = features, clock, sharded
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self.cpu = StageCpu("scored_rows")
 
     def start_bundle(self) -> None:
-        # (input window, hour, shard) -> [earliest timestamp, rows]
+        # (input window, hour, shard) -> [earliest timestamp, scored transactions]
         self.parts: dict[tuple[Any, int, int], list] = {}
 
-    def process(self, batch: list[Any], window=beam.DoFn.WindowParam) -> list[TimestampedValue]:
+    def process(self, batch: list[Any], window=beam.DoFn.WindowParam) -> None:
         started = self.cpu.start()
-        out: list[TimestampedValue] = []
         for scored in batch:
-            row = scored_record(scored, self.features, self.clock)
             stamp = event_timestamp(scored)
-            if not self.sharded:
-                out.append(TimestampedValue(row, stamp))
-                continue
-            shard = row["transaction_id"] % SCORED_SHARDS
-            key = (window, stamp.micros // (SCORED_WINDOW_S * 1_000_000), shard)
+            hour = stamp.micros // (SCORED_WINDOW_S * 1_000_000)
+            key = (window, hour, scored.tx.transaction_id % SCORED_SHARDS)
             part = self.parts.get(key)
             if part is None:
-                self.parts[key] = [stamp, [row]]
+                self.parts[key] = [stamp, [scored]]
             else:
                 part[0] = min(part[0], stamp)
-                part[1].append(row)
+                part[1].append(scored)
+        self.cpu.stop(started)
+
+    def finish_bundle(self) -> list[WindowedValue]:
+        started = self.cpu.start()
+        parts, self.parts = self.parts, {}
+        now = self.clock()
+        out = [
+            WindowedValue((shard, ScoredPart.of(scored, now)), stamp, (window,))
+            for (window, _, shard), (stamp, scored) in parts.items()
+        ]
+        self.cpu.stop(started)
+        self.cpu.report()
+        return out
+
+
+class _ToRow(beam.DoFn):
+    """Lists of scored transactions -> one :func:`scored_record` row each, at its
+    transaction's event time."""
+
+    def __init__(self, features: list[str], clock: Clock) -> None:
+        self.features, self.clock = features, clock
+        self.cpu = StageCpu("scored_rows")
+
+    def process(self, batch: list[Any]) -> list[TimestampedValue]:
+        started = self.cpu.start()
+        out = [
+            TimestampedValue(scored_record(s, self.features, self.clock), event_timestamp(s))
+            for s in batch
+        ]
         self.cpu.stop(started)
         return out
 
-    def finish_bundle(self) -> list[WindowedValue]:
-        parts, self.parts = self.parts, {}
+    def finish_bundle(self) -> None:
         self.cpu.report()
-        return [
-            WindowedValue((shard, rows), stamp, (window,))
-            for (window, _, shard), (stamp, rows) in parts.items()
-        ]
 
 
 def bigquery_schema(features: list[str]) -> str:
@@ -258,7 +368,8 @@ class _WriteFeatures(beam.DoFn):
     def _write(self) -> None:
         rows, self.rows = self.rows, []
         X = np.stack([r.features for r in rows])
-        times = np.array([from_ns(r.tx.time_ns) for r in rows], "datetime64[ns]")
+        micros = np.array([r.tx.time_ns for r in rows], np.int64) // 1_000  # as from_ns
+        times = micros.astype("datetime64[us]").astype("datetime64[ns]")
         batches = [
             EntityBatch(
                 entity=e,

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow, TimestampedValue
@@ -118,21 +119,21 @@ def test_rows_stamped_at_the_end_of_the_global_window_land_in_their_event_hour(t
 
 
 def test_a_bundles_rows_of_one_hour_and_shard_go_on_as_one_element() -> None:
-    """The grouping's trigger costs the runner per element: ``_ToRow`` hands on a list per
+    """The grouping's trigger costs the runner per element: ``_ToParts`` hands on one part per
     (hour, shard) at the bundle's end, stamped with the earliest of its rows' times."""
-    from streaming.job.sinks import SCORED_SHARDS, _ToRow
+    from streaming.job.sinks import SCORED_SHARDS, _ToParts
 
-    step = _ToRow(FEATURES, clock=lambda: 0.0, sharded=True)
+    step = _ToParts(clock=lambda: 0.0)
     step.start_bundle()
     rows = [scored_row(i) for i in range(100)]  # 00:00 to 01:39: two event hours
-    assert step.process(rows[::-1], window=GlobalWindow()) == []
+    assert step.process(rows[::-1], window=GlobalWindow()) is None
     out = step.finish_bundle()
     assert len(out) == 2 * SCORED_SHARDS
     got = {}
     for element in out:
         shard, part = element.value
         assert element.windows == (GlobalWindow(),)
-        ids = sorted(row["transaction_id"] for row in part)
+        ids = sorted(part.ids[:, 0].tolist())
         assert {i % SCORED_SHARDS for i in ids} == {shard}
         assert len({rows[i].tx.time_ns // (HOUR_S * 10**9) for i in ids}) == 1  # one hour
         assert element.timestamp.micros == rows[ids[0]].tx.time_ns // 1_000  # the earliest
@@ -140,3 +141,50 @@ def test_a_bundles_rows_of_one_hour_and_shard_go_on_as_one_element() -> None:
     assert sorted(got) == list(range(100))
     step.start_bundle()
     assert step.finish_bundle() == []  # nothing carried over between bundles
+
+
+def _varied(i: int) -> SimpleNamespace:
+    """``scored_row(i)`` with each status, rejected rows, scores on and about the threshold,
+    another model version and NaN features in turn."""
+    row = scored_row(i)
+    row.status = int(list(Status)[i % len(Status)])
+    row.accepted = row.status <= Status.LATE
+    row.score = (0.5, 0.2, 0.9, float("nan"))[i % 4]
+    row.model_version = f"v000{i % 2}"
+    row.tx = Transaction(i, row.tx.time_ns + 123_456_789, 7, 8, 1.0, received_at=99.876543)
+    row.features = np.array([np.nan, i * 0.1]) if i % 3 else row.features
+    return row
+
+
+def test_a_part_is_written_as_the_rows_of_scored_record() -> None:
+    """The columnar part gives the table ``scored_record``'s dicts give: the same columns in
+    the same order, the same types, the same values (NaN kept, a rejected row never alerts,
+    the event time to the microsecond, the latency rounded to the microsecond)."""
+    import pyarrow as pa
+
+    from streaming.job.sinks import ScoredPart, scored_table
+    from streaming.schema import scored_record
+
+    scored = [_varied(i) for i in range(24)]
+    now = 100.0
+    expected = pa.Table.from_pylist([scored_record(s, FEATURES, lambda: now) for s in scored])
+    parts = [ScoredPart.of(scored[:5], now), ScoredPart.of(scored[5:], now)]
+    got = scored_table(parts, FEATURES)
+    assert got.schema == expected.schema
+    pd.testing.assert_frame_equal(got.to_pandas(), expected.to_pandas(), check_exact=True)
+    assert got["alert"].to_pylist() != [s.score >= s.threshold for s in scored]  # rejections
+
+
+def test_rows_left_in_the_grouping_by_a_job_before_an_update_are_written_too() -> None:
+    """A job updated in place finds rows (dicts, alone or in lists) in the grouping beside the
+    new parts: one table holds them all, with the parts' types."""
+    from streaming.job.sinks import ScoredPart, scored_table
+    from streaming.schema import scored_record
+
+    scored = [_varied(i) for i in range(6)]
+    rows = [scored_record(s, FEATURES, lambda: 100.0) for s in scored]
+    table = scored_table([rows[:2], ScoredPart.of(scored[2:5], 100.0), rows[5]], FEATURES)
+    assert sorted(table["transaction_id"].to_pylist()) == list(range(6))
+    assert table.schema == ScoredPart.of(scored, 100.0).table(FEATURES).schema
+    only_rows = scored_table([rows], FEATURES)
+    assert only_rows["transaction_id"].to_pylist() == list(range(6))

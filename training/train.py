@@ -62,6 +62,15 @@ def _validate_window(df: pd.DataFrame, split: Split) -> None:
     split.check_data(df["TX_DATETIME"])
 
 
+def _check_rows(rows: np.ndarray, start: pd.Timestamp, end: pd.Timestamp, what: str) -> None:
+    """Raise ``ValueError`` naming the days if ``rows`` selects none: a gap in the input."""
+    if not rows.any():
+        raise ValueError(
+            f"no transactions to use for {what} from {start.date()} to {(end - DAY).date()} "
+            "(a gap in the input?): choose another --train-end or --train-days"
+        )
+
+
 def champion_metrics(
     registry: Registry, df: pd.DataFrame, val: np.ndarray, spec: FeatureSpec, X: np.ndarray
 ) -> dict | None:
@@ -113,6 +122,8 @@ def run_train(
     y = df["TX_FRAUD"].to_numpy()
     train = in_window(df["TX_DATETIME"], split.train_start, split.train_end)
     val = scored_rows(df, split)
+    _check_rows(train, split.train_start, split.train_end, "training")
+    _check_rows(val, split.test_start, split.test_end, "validation")
     params = params or models.Params()
     booster = models.train(X[train], y[train], params)
     scores = models.predict(booster, X[val])

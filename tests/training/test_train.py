@@ -87,6 +87,14 @@ def test_clear_errors(history, tmp_path, capsys):
     assert "the input covers 2018-04-01 to 2018-05-30" in capsys.readouterr().err
     assert main([*args, "--train-end", "2018-05-28", "--train-days", "7"]) == 2
     assert "train_days must be >= 21" in capsys.readouterr().err
+    gap = tmp_path / "gap.parquet"  # nothing in the validation week (2018-05-21 to 05-27)
+    df = transactions(n=6_000, customers=60, terminals=40, days=60, fraud_rate=0.05)
+    df[(df["TX_DATETIME"] < "2018-05-21") | (df["TX_DATETIME"] >= "2018-05-28")].to_parquet(gap)
+    args = ["train", "--input", str(gap), "--model-dir", models]
+    assert main([*args, "--train-end", "2018-05-28", "--train-days", "56"]) == 2
+    assert "no transactions to use for validation from 2018-05-21 to 2018-05-27" in (
+        capsys.readouterr().err
+    )
     no_fraud = tmp_path / "nofraud.parquet"
     transactions(n=2_000, days=60, fraud_rate=0.0).to_parquet(no_fraud)
     args = ["train", "--input", str(no_fraud), "--model-dir", models]

@@ -64,7 +64,7 @@ from streaming.local import emulators as emu
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
-from streaming.schema import count_scored
+from streaming.schema import ScoredCounter
 from streaming.store.names import view_name
 
 CARD = next(e for e in SPEC.entities if e.key == "CUSTOMER_ID")
@@ -336,7 +336,8 @@ def measure(
             trailing_labels=False,
         )
         publisher.flush()
-        lj.wait_for(lambda: count_scored(str(scored)), warm, job, log, 300)
+        scored_rows = ScoredCounter(scored)
+        lj.wait_for(scored_rows, warm, job, log, 300)
         live = True
         replay(
             df,
@@ -350,7 +351,7 @@ def measure(
             trailing_labels=False,
         )
         publisher.flush()
-        lj.wait_for(lambda: count_scored(str(scored)), len(df) - start, job, log, 300)
+        lj.wait_for(scored_rows, len(df) - start, job, log, 300)
         requests.put(None)
         read = results.get(timeout=120)
         time.sleep(2)

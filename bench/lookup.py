@@ -56,7 +56,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -74,7 +73,7 @@ from streaming.local import emulators as emu
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
-from streaming.schema import count_scored, read_scored
+from streaming.schema import ScoredCounter, read_scored
 from streaming.store.feast_store import apply_repo, scratch_repo
 from streaming.store.names import batch_view_name
 from training import model as models
@@ -245,7 +244,7 @@ def run_job(
         publisher.flush()
         return counts
 
-    scored_rows = partial(count_scored, str(scored))
+    scored_rows = ScoredCounter(scored)
     try:
         feed(world.seen + warm, world.seen, None)
         lj.wait_for(scored_rows, warm, job, log)
@@ -326,9 +325,11 @@ def bench_lookup(
     rounds: int = ROUNDS,
     warm: int = WARM,
     settle: int = SETTLE,
+    prime: bool = True,
 ) -> Metrics:
     """Start the emulators, run both presets ``rounds`` times, stop them. Keys
-    ``lookup_*``: see the module doc."""
+    ``lookup_*``: see the module doc. ``prime``: a first job, not measured, warms the
+    emulators and the caches of the machine."""
     reason = emu.gcloud_available(("pubsub", "bigtable"))
     if reason:
         print(f"bench: lookup skipped: {reason}", file=sys.stderr)
@@ -353,8 +354,10 @@ def bench_lookup(
                     f"the snapshot's {snapshot_rows} rows do not tell the scan from the "
                     f"warm-up's reads (up to {2 * (warm + settle)}): lower --warm or --settle"
                 )
-            print("bench: lookup, priming run (not measured)", file=sys.stderr, flush=True)
-            run_job(DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, rate, warm, settle)
+            if prime:
+                print("bench: lookup, priming run (not measured)", file=sys.stderr, flush=True)
+                job = (DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, rate, warm, settle)
+                run_job(*job)
             for r in range(rounds):
                 for preset in PRESETS if r % 2 == 0 else PRESETS[::-1]:
                     print(f"bench: lookup, {preset} (round {r + 1})", file=sys.stderr, flush=True)

@@ -70,7 +70,7 @@ from streaming.local import job_process as lj
 from streaming.local.launch import run_local
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY
-from streaming.schema import count_scored
+from streaming.schema import ScoredCounter
 from streaming.store.feast_store import apply_repo, scratch_repo
 from training import model as models
 from training.registry import Registry
@@ -228,7 +228,7 @@ def _throughput(kind: str, w: World, tmp: Path, count: int) -> Run:
         args = lj.job_args(topics, w.models_dir, SPEC.name, scored, repo, ["--device", "cpu"])
         args += ["--max_lateness_hours", str(24 * 90)]  # redelivered stragglers still count
         job = lj.start(args, log)
-        done: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
+        done: Callable[[], int] = ScoredCounter(scored)
         outputs = _Outputs(topics.subscriptions["alerts"])
     else:
         args = ["--transactions_subscription", topics.subscriptions["tx"],
@@ -286,7 +286,7 @@ def _latency(kind: str, w: World, tmp: Path, rate: float, count: int) -> np.ndar
         scored = tmp / f"scored-latency-{tag}"
         args = lj.job_args(topics, w.models_dir, SPEC.name, scored, None, extra)
         job = lj.start(args, log)
-        done: Callable[[], int] = lambda: count_scored(scored)  # noqa: E731
+        done: Callable[[], int] = ScoredCounter(scored)
     else:
         args = ["--transactions_subscription", topics.subscriptions["tx"],
                 "--labels_subscription", topics.subscriptions["labels"],

@@ -360,12 +360,25 @@ def read_scored(directory: str) -> Any:
 
 def count_scored(directory: str) -> int:
     """How many scored rows are written under ``directory`` (reads parquet footers only)."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
+    return ScoredCounter(directory)()
 
-    total = 0
-    for path in scored_files(directory):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+
+class ScoredCounter:
+    """:func:`count_scored` for polling: each file's footer is read once. A file's name is a
+    function of its rows' window, firing and shard, so a file written again under its name (a
+    retried bundle) holds the same rows; a poll reads only the files new since the last."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = str(directory)
+        self.rows: dict[str, int] = {}
+
+    def __call__(self) -> int:
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystem import CompressionTypes
+        from apache_beam.io.filesystems import FileSystems
+
+        for path in scored_files(self.directory):
+            if path not in self.rows:
+                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                    self.rows[path] = pq.ParquetFile(f).metadata.num_rows
+        return sum(self.rows.values())

@@ -29,7 +29,7 @@ from streaming.job.parse import dead_letter
 from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, replay
 from streaming.pseudonymise import ENV_KEY, Pseudonymiser
-from streaming.schema import count_scored, read_scored
+from streaming.schema import ScoredCounter, read_scored
 from streaming.store.feast_store import FeastFeatureStore, apply_repo, scratch_repo
 from streaming.store.names import stored_entities
 from training import model as models
@@ -99,8 +99,8 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
             publish(tx, bad, {})
         replay(df.head(N_DUPLICATES), publish, tx, labels, SPEC.label_delay)  # redeliveries
         publish.flush()
-        deadline = time.monotonic() + 240
-        while count_scored(scored_dir) < N_TX and time.monotonic() < deadline:
+        deadline, scored_rows = time.monotonic() + 240, ScoredCounter(scored_dir)
+        while scored_rows() < N_TX and time.monotonic() < deadline:
             assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             time.sleep(1)
         time.sleep(3)  # the last alerts and dead letters are on their way to Pub/Sub
@@ -207,10 +207,10 @@ def test_the_job_rides_out_a_bigtable_restart(
 
 
 def _wait_scored(job, scored_dir: Path, n: int, log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while count_scored(scored_dir) < n:
+    deadline, scored_rows = time.monotonic() + timeout_s, ScoredCounter(scored_dir)
+    while scored_rows() < n:
         assert job.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{count_scored(scored_dir)} of {n} scored"
+        assert time.monotonic() < deadline, f"{scored_rows()} of {n} scored"
         time.sleep(1)
 
 

@@ -188,3 +188,18 @@ def test_rows_left_in_the_grouping_by_a_job_before_an_update_are_written_too() -
     assert table.schema == ScoredPart.of(scored, 100.0).table(FEATURES).schema
     only_rows = scored_table([rows], FEATURES)
     assert only_rows["transaction_id"].to_pylist() == list(range(6))
+
+
+def test_a_counter_polled_while_files_come_counts_each_row_once(tmp_path: Path) -> None:
+    """``ScoredCounter`` reads each file once and adds the files new since its last poll; a
+    file written again under its name (a retried bundle) is not counted twice."""
+    from streaming.schema import ScoredCounter
+
+    counter = ScoredCounter(str(tmp_path))
+    assert counter() == 0
+    _write([scored_row(i) for i in range(60)], tmp_path)  # the 00:00 hour
+    assert counter() == 60
+    _write([scored_row(i) for i in range(60, 150)], tmp_path)  # 01:00 and 02:00
+    _write([scored_row(i) for i in range(60)], tmp_path)  # the first hour again
+    assert counter() == count_scored(str(tmp_path)) == 150
+    assert len(counter.rows) == len(scored_files(str(tmp_path)))

@@ -50,7 +50,9 @@ def test_a_short_run_measures_both_presets_and_reads_what_training_joins() -> No
     reason = emu.gcloud_available(("pubsub", "bigtable"))
     if reason:
         pytest.skip(reason)
-    result = lookup.bench_lookup(data=None, rate=60.0, seconds=10.0, rounds=1, warm=100, settle=200)
+    result = lookup.bench_lookup(
+        data=None, rate=60.0, seconds=10.0, rounds=1, warm=100, settle=200, prime=False
+    )
     measured = result["lookup_transactions_measured"]
     assert result["lookup_data"].startswith("synthetic")
     assert measured == 300

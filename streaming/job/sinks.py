@@ -71,8 +71,8 @@ class ScoredPart:
 
     @classmethod
     def of(cls, scored: Sequence[Any], now: float) -> ScoredPart:
-        """The part of ``scored`` (:class:`~streaming.job.scoring.Scored`), their latency
-        measured at ``now`` (seconds, the clock of ``Transaction.received_at``)."""
+        """The part of ``scored`` (:class:`~streaming.job.scoring.Scored`, at least one), their
+        latency measured at ``now`` (seconds, the clock of ``Transaction.received_at``)."""
         txs = [s.tx for s in scored]
         values = np.array([(s.score, s.threshold, s.tx.received_at) for s in scored], np.float64)
         values[:, 2] = np.round((now - values[:, 2]) * 1000.0, 3)

@@ -9,28 +9,37 @@ import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
 from streaming.job.common import Clock, event_timestamp
-from streaming.schema import scored_record
+from streaming.job.sinks import ScoredPart
 
 
 class _MonitorCombine(beam.CombineFn):
-    """Scored rows of one window -> :class:`~streaming.monitoring.stats.WindowCounts` (additive bin
-    counts of every model input and the score, alerts, a latency histogram)."""
+    """Scored parts of one window -> :class:`~streaming.monitoring.stats.WindowCounts` (additive
+    bin counts of every model input and the score, alerts, a latency histogram). ``features``:
+    the parts' feature columns (the reference's inputs are taken from them by name).
+
+    Scored rows (:func:`~streaming.schema.scored_record` dicts) are counted too: what a job
+    version that windowed rows instead of parts leaves in flight when it is updated in place."""
 
     BATCH = 1024
 
-    def __init__(self, reference: Any) -> None:
+    def __init__(self, reference: Any, features: list[str]) -> None:
         self.reference = reference
+        self.columns = [features.index(name) for name in reference.names]
 
     def create_accumulator(self) -> tuple[list, Any]:
         from streaming.monitoring.stats import WindowCounts
 
         return [], WindowCounts.empty(self.reference)
 
-    def add_input(self, acc: tuple[list, Any], row: dict) -> tuple[list, Any]:
+    def add_input(self, acc: tuple[list, Any], part: ScoredPart | dict) -> tuple[list, Any]:
         from streaming.monitoring.stats import WindowCounts
 
         rows, counts = acc
-        rows.append(row)
+        if isinstance(part, ScoredPart):
+            scores, latency = part.values[:, 0], part.values[:, 2]
+            X = part.features[:, self.columns]
+            return rows, counts + WindowCounts.of(self.reference, X, scores, part.alert, latency)
+        rows.append(part)
         if len(rows) >= self.BATCH:
             return [], counts + WindowCounts.of_rows(self.reference, rows)
         return rows, counts
@@ -67,11 +76,25 @@ class _WindowRecord(beam.DoFn):
         )
 
 
-def _rows_at_event_time(batch: list[Any], features: list[str], clock: Clock):
-    """The scored rows of a list of scored transactions, each at its event time."""
-    for scored in batch:
-        row = scored_record(scored, features, clock)
-        yield TimestampedValue(row, event_timestamp(scored))
+class _ToWindowParts(beam.DoFn):
+    """Lists of scored transactions -> one :class:`ScoredPart` per monitoring window their event
+    times fall in, stamped with the earliest of its times (a window's parts, not its rows, then
+    cost the runner per element)."""
+
+    def __init__(self, window_s: int, clock: Clock) -> None:
+        self.window_us, self.clock = window_s * 1_000_000, clock
+
+    def process(self, batch: list[Any]):
+        now = self.clock()
+        windows: dict[int, tuple[Any, list[Any]]] = {}
+        for scored in batch:
+            stamp = event_timestamp(scored)
+            earliest, group = windows.setdefault(stamp.micros // self.window_us, (stamp, []))
+            group.append(scored)
+            if stamp < earliest:
+                windows[stamp.micros // self.window_us] = (stamp, group)
+        for stamp, group in windows.values():
+            yield TimestampedValue(ScoredPart.of(group, now), stamp)
 
 
 class MonitorWindows(beam.PTransform):
@@ -107,7 +130,7 @@ class MonitorWindows(beam.PTransform):
         late = trigger.AfterProcessingTime(self.refresh_s)
         return (
             scored
-            | "ToRows" >> beam.FlatMap(_rows_at_event_time, self.features, self.clock)
+            | "ToRows" >> beam.ParDo(_ToWindowParts(self.window_s, self.clock))
             | "EventTimeWindows"
             >> beam.WindowInto(
                 window.FixedWindows(self.window_s),
@@ -115,6 +138,9 @@ class MonitorWindows(beam.PTransform):
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                 allowed_lateness=self.lateness_days * 86_400,
             )
-            | "Counts" >> beam.CombineGlobally(_MonitorCombine(self.reference)).without_defaults()
+            | "Counts"
+            >> beam.CombineGlobally(
+                _MonitorCombine(self.reference, self.features)
+            ).without_defaults()
             | "Record" >> beam.ParDo(_WindowRecord(self.reference, self.source))
         )

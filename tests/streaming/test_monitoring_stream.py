@@ -104,3 +104,30 @@ def test_calendar_inputs_are_reported_but_do_not_make_a_window_drift():
     assert all(r["psi_TX_DURING_NIGHT"] > 0.25 for r in records)
     assert all(r["max_psi_feature"] != "TX_DURING_NIGHT" for r in records)
     assert [r["drift"] for r in records] == ["stable"] * len(records)
+
+
+def test_parts_count_as_their_rows_and_rows_from_before_an_update_still_count():
+    """The combine's parts (the reference's inputs taken by name, here in another order than the
+    features) give the counts of the same rows as dicts; dicts beside parts are counted too."""
+    from streaming.job.sinks import ScoredPart
+    from streaming.monitoring.stage import _MonitorCombine
+    from streaming.monitoring.stats import WindowCounts
+
+    rows = _scored(500)  # scores uniform, threshold 0.9: about 50 alerts
+    names = SPEC.names[::-1]
+    rng = np.random.default_rng(2)
+    reference = reference_profile(
+        rng.normal(size=(2_000, len(names))), names, scores=rng.random(2_000)
+    )
+    combine = _MonitorCombine(reference, SPEC.names)
+    dicts = [scored_record(r, SPEC.names, lambda: 1.0) for r in rows]
+    acc = combine.create_accumulator()
+    acc = combine.add_input(acc, ScoredPart.of(rows[:200], 1.0))
+    acc = combine.add_input(acc, dicts[200])
+    acc = combine.add_input(acc, ScoredPart.of(rows[201:], 1.0))
+    got = combine.extract_output(acc)
+    expected = WindowCounts.of_rows(reference, dicts)
+    assert (got.events, got.alerts) == (expected.events, expected.alerts)
+    assert got.events == 500 and got.alerts > 0
+    for field in ("features", "scores", "latency"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))

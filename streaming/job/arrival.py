@@ -24,12 +24,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from features.plan import EntityPlan
 from features.spec import DEFAULT_MAX_LATENESS, Entity, FeatureSpec
-from streaming.job.common import Clock
+from streaming.job.common import Clock, StampedGroups
 from streaming.job.entity_state import (
     ENTITY_STATE_PARAM,
     EntityBlock,
     EntityStateFn,
-    FeatureRow,
     assemble_many,
     entity_id,
     feature_offsets,
@@ -93,13 +92,10 @@ class _ChainLink(EntityStateFn):
             started = self.cpu.start()
             pending, self.assembling = self.assembling, []
             rows = assemble_many(self.spec, self.offsets, [p for p, _, _ in pending], self.clock())
-            by_window: dict[Any, tuple[Any, list[FeatureRow]]] = {}
+            by_window = StampedGroups()
             for row, (_, stamp, window) in zip(rows, pending, strict=True):
-                earliest, batch = by_window.setdefault(window, (stamp, []))
-                batch.append(row)
-                if stamp < earliest:
-                    by_window[window] = (stamp, batch)
-            out = [WindowedValue(b, t, (w,)) for w, (t, b) in by_window.items()]
+                by_window.add(window, stamp, row)
+            out = [WindowedValue(batch, t, (w,)) for w, t, batch in by_window.take()]
             self.cpu.stop(started)
         self.cpu.report()
         return out

@@ -27,6 +27,27 @@ def event_timestamp(scored: Any) -> Timestamp:
     return Timestamp(micros=scored.tx.time_ns // 1_000)
 
 
+class StampedGroups:
+    """Items grouped by key, each group stamped with the earliest of its items' timestamps: a
+    group emitted as one element at that time is never behind the watermark of any item in it."""
+
+    def __init__(self) -> None:
+        self.groups: dict[Any, list] = {}  # key -> [earliest timestamp, items]
+
+    def add(self, key: Any, stamp: Timestamp, item: Any) -> None:
+        group = self.groups.get(key)
+        if group is None:
+            self.groups[key] = [stamp, [item]]
+        else:
+            group[0] = min(group[0], stamp)
+            group[1].append(item)
+
+    def take(self) -> list[tuple[Any, Timestamp, list]]:
+        """``(key, earliest timestamp, items)`` of every group; the groups start afresh."""
+        groups, self.groups = self.groups, {}
+        return [(key, stamp, items) for key, (stamp, items) in groups.items()]
+
+
 class ProcessTotals:
     """Running totals of this worker process, logged as one ``fraudstream totals:`` line at
     most every ``every_s`` seconds while they change (and by :meth:`flush`).

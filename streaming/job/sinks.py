@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 import apache_beam as beam
@@ -24,10 +23,16 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV
 from apache_beam.utils.windowed_value import WindowedValue
 
-from features.incremental import Status
 from features.spec import FeatureSpec
-from streaming.job.common import NAMESPACE, TOTALS, Clock, StageCpu, event_timestamp
-from streaming.schema import scored_record
+from streaming.job.common import (
+    NAMESPACE,
+    TOTALS,
+    Clock,
+    StageCpu,
+    StampedGroups,
+    event_timestamp,
+)
+from streaming.schema import ScoredPart, scored_record
 from streaming.store.base import EntityBatch, OnlineFeatureWriter
 from streaming.store.names import stored_entities
 
@@ -53,73 +58,6 @@ def part_name(window: Any, pane: Any, shard: int) -> str:
         stamp = "global"
     index = pane.index if pane is not None else 0
     return f"part-{stamp}-p{index:05d}-s{shard:03d}.parquet"
-
-
-@dataclass(frozen=True)
-class ScoredPart:
-    """Scored transactions as columns: one event hour and shard of a bundle, what the scored
-    files' grouping carries (a few arrays encode far faster than a dict per row, and need no
-    conversion to be written). :meth:`table` gives the rows of :func:`scored_record`."""
-
-    ids: np.ndarray  # int64 (n, 3): transaction, customer, terminal
-    time_ns: np.ndarray  # int64
-    values: np.ndarray  # float64 (n, 3): score, threshold, latency_ms
-    alert: np.ndarray  # bool
-    status: np.ndarray  # int8, a Status each
-    model_version: np.ndarray  # object: str
-    features: np.ndarray  # float64 (n, model inputs)
-
-    @classmethod
-    def of(cls, scored: Sequence[Any], now: float) -> ScoredPart:
-        """The part of ``scored`` (:class:`~streaming.job.scoring.Scored`, at least one), their
-        latency measured at ``now`` (seconds, the clock of ``Transaction.received_at``)."""
-        txs = [s.tx for s in scored]
-        values = np.array([(s.score, s.threshold, s.tx.received_at) for s in scored], np.float64)
-        values[:, 2] = np.round((now - values[:, 2]) * 1000.0, 3)
-        accepted = np.array([s.accepted for s in scored], bool)
-        return cls(
-            ids=np.array([(t.transaction_id, t.customer_id, t.terminal_id) for t in txs], np.int64),
-            time_ns=np.array([t.time_ns for t in txs], np.int64),
-            values=values,
-            alert=accepted & (values[:, 0] >= values[:, 1]),
-            status=np.array([s.status for s in scored], np.int8),
-            model_version=np.array([s.model_version for s in scored], object),
-            features=np.stack([s.features for s in scored]).astype(np.float64, copy=False),
-        )
-
-    def table(self, features: Sequence[str]) -> pa.Table:
-        """The part as :func:`scored_record` rows (its columns, their order and types)."""
-        columns = {
-            "transaction_id": self.ids[:, 0],
-            "customer_id": self.ids[:, 1],
-            "terminal_id": self.ids[:, 2],
-            "event_time": pa.array(self.time_ns // 1_000, pa.timestamp("us")),
-            "score": self.values[:, 0],
-            "threshold": self.values[:, 1],
-            "alert": self.alert,
-            "model_version": pa.array(self.model_version, pa.string()),
-            "status": pa.array(_STATUS_NAMES[self.status], pa.string()),
-            "latency_ms": self.values[:, 2],
-        }
-        columns.update(zip(features, self.features.T, strict=True))
-        return pa.table(columns)
-
-    @staticmethod
-    def concat(parts: Sequence[ScoredPart]) -> ScoredPart:
-        """One part of all ``parts`` (non-empty), in order."""
-        columns = (np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(ScoredPart))
-        return ScoredPart(*columns)
-
-
-def _status_names() -> np.ndarray:
-    """Each status code's name, indexed by the code."""
-    names = np.empty(max(Status) + 1, object)
-    for status in Status:
-        names[status] = status.name
-    return names
-
-
-_STATUS_NAMES = _status_names()
 
 
 def scored_table(
@@ -264,30 +202,22 @@ class _ToParts(beam.DoFn):
         self.cpu = StageCpu("scored_rows")
 
     def start_bundle(self) -> None:
-        # (input window, hour, shard) -> [earliest timestamp, scored transactions]
-        self.parts: dict[tuple[Any, int, int], list] = {}
+        self.parts = StampedGroups()  # by (input window, hour, shard)
 
     def process(self, batch: list[Any], window=beam.DoFn.WindowParam) -> None:
         started = self.cpu.start()
         for scored in batch:
             stamp = event_timestamp(scored)
             hour = stamp.micros // (SCORED_WINDOW_S * 1_000_000)
-            key = (window, hour, scored.tx.transaction_id % SCORED_SHARDS)
-            part = self.parts.get(key)
-            if part is None:
-                self.parts[key] = [stamp, [scored]]
-            else:
-                part[0] = min(part[0], stamp)
-                part[1].append(scored)
+            self.parts.add((window, hour, scored.tx.transaction_id % SCORED_SHARDS), stamp, scored)
         self.cpu.stop(started)
 
     def finish_bundle(self) -> list[WindowedValue]:
         started = self.cpu.start()
-        parts, self.parts = self.parts, {}
         now = self.clock()
         out = [
             WindowedValue((shard, ScoredPart.of(scored, now)), stamp, (window,))
-            for (window, _, shard), (stamp, scored) in parts.items()
+            for (window, _, shard), stamp, scored in self.parts.take()
         ]
         self.cpu.stop(started)
         self.cpu.report()

@@ -8,8 +8,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 
-from streaming.job.common import Clock, event_timestamp
-from streaming.job.sinks import ScoredPart
+from streaming.job.common import Clock, StampedGroups, event_timestamp
+from streaming.schema import ScoredPart
 
 
 class _MonitorCombine(beam.CombineFn):
@@ -36,9 +36,8 @@ class _MonitorCombine(beam.CombineFn):
 
         rows, counts = acc
         if isinstance(part, ScoredPart):
-            scores, latency = part.values[:, 0], part.values[:, 2]
-            X = part.features[:, self.columns]
-            return rows, counts + WindowCounts.of(self.reference, X, scores, part.alert, latency)
+            batch = (part.features[:, self.columns], part.scores, part.alert, part.latency_ms)
+            return rows, counts + WindowCounts.of(self.reference, *batch)
         rows.append(part)
         if len(rows) >= self.BATCH:
             return [], counts + WindowCounts.of_rows(self.reference, rows)
@@ -86,14 +85,11 @@ class _ToWindowParts(beam.DoFn):
 
     def process(self, batch: list[Any]):
         now = self.clock()
-        windows: dict[int, tuple[Any, list[Any]]] = {}
+        windows = StampedGroups()
         for scored in batch:
             stamp = event_timestamp(scored)
-            earliest, group = windows.setdefault(stamp.micros // self.window_us, (stamp, []))
-            group.append(scored)
-            if stamp < earliest:
-                windows[stamp.micros // self.window_us] = (stamp, group)
-        for stamp, group in windows.values():
+            windows.add(stamp.micros // self.window_us, stamp, scored)
+        for _, stamp, group in windows.take():
             yield TimestampedValue(ScoredPart.of(group, now), stamp)
 
 

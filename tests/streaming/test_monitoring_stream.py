@@ -109,9 +109,9 @@ def test_calendar_inputs_are_reported_but_do_not_make_a_window_drift():
 def test_parts_count_as_their_rows_and_rows_from_before_an_update_still_count():
     """The combine's parts (the reference's inputs taken by name, here in another order than the
     features) give the counts of the same rows as dicts; dicts beside parts are counted too."""
-    from streaming.job.sinks import ScoredPart
     from streaming.monitoring.stage import _MonitorCombine
     from streaming.monitoring.stats import WindowCounts
+    from streaming.schema import ScoredPart
 
     rows = _scored(500)  # scores uniform, threshold 0.9: about 50 alerts
     names = SPEC.names[::-1]

@@ -162,8 +162,8 @@ def test_a_part_is_written_as_the_rows_of_scored_record() -> None:
     the event time to the microsecond, the latency rounded to the microsecond)."""
     import pyarrow as pa
 
-    from streaming.job.sinks import ScoredPart, scored_table
-    from streaming.schema import scored_record
+    from streaming.job.sinks import scored_table
+    from streaming.schema import ScoredPart, scored_record
 
     scored = [_varied(i) for i in range(24)]
     now = 100.0
@@ -178,8 +178,8 @@ def test_a_part_is_written_as_the_rows_of_scored_record() -> None:
 def test_rows_left_in_the_grouping_by_a_job_before_an_update_are_written_too() -> None:
     """A job updated in place finds rows (dicts, alone or in lists) in the grouping beside the
     new parts: one table holds them all, with the parts' types."""
-    from streaming.job.sinks import ScoredPart, scored_table
-    from streaming.schema import scored_record
+    from streaming.job.sinks import scored_table
+    from streaming.schema import ScoredPart, scored_record
 
     scored = [_varied(i) for i in range(6)]
     rows = [scored_record(s, FEATURES, lambda: 100.0) for s in scored]

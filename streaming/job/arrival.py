@@ -97,6 +97,7 @@ class _ChainLink(EntityStateFn):
                 by_window.add(window, stamp, row)
             out = [WindowedValue(batch, t, (w,)) for w, t, batch in by_window.take()]
             self.cpu.stop(started)
+        self.counts.report()
         self.cpu.report()
         return out
 

@@ -48,6 +48,27 @@ class StampedGroups:
         return [(key, stamp, items) for key, (stamp, items) in groups.items()]
 
 
+class BundleCounters:
+    """Beam counters a per-element step adds to once a bundle: a ``Counter.inc`` costs about
+    1 µs on the dev VM, a dictionary add a tenth of that. The step counts with :meth:`add`
+    and calls :meth:`report` in ``finish_bundle``; the counters see a bundle's counts when it
+    ends."""
+
+    def __init__(self, counters: Mapping[Any, Any]) -> None:
+        self.counters = dict(counters)  # key -> Beam counter
+        self.pending = dict.fromkeys(self.counters, 0)
+
+    def add(self, key: Any, n: int = 1) -> None:
+        self.pending[key] += n
+
+    def report(self) -> None:
+        """Add the counts since the last report to their counters."""
+        for key, n in self.pending.items():
+            if n:
+                self.counters[key].inc(n)
+                self.pending[key] = 0
+
+
 class ProcessTotals:
     """Running totals of this worker process, logged as one ``fraudstream totals:`` line at
     most every ``every_s`` seconds while they change (and by :meth:`flush`).

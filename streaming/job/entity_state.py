@@ -50,7 +50,7 @@ from apache_beam.transforms.userstate import (
 from features.incremental import KIND_LABEL, KIND_TX, ExportedStates, Status
 from features.plan import EntityPlan, fill_derived
 from features.spec import Entity, FeatureSpec
-from streaming.job.common import NAMESPACE, TOTALS, StageCpu
+from streaming.job.common import NAMESPACE, TOTALS, BundleCounters, StageCpu
 from streaming.job.initial_states import InitialStates, StateLookup
 from streaming.schema import Label, Transaction
 
@@ -124,9 +124,9 @@ class EntityStateFn(beam.DoFn):
     ) -> None:
         self.plan, self.max_lateness, self.initial = plan, max_lateness, initial
         name = plan.entity.name
-        self.counters = {  # by status code
-            int(s): Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status
-        }
+        self.counts = BundleCounters(  # by status code
+            {int(s): Metrics.counter(NAMESPACE, f"{name}_{s.name.lower()}") for s in Status}
+        )
         self.bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_loaded")
         self.not_bootstrapped = Metrics.counter(NAMESPACE, f"{name}_initial_state_missing")
         self.cpu = StageCpu(f"{name}_features")
@@ -164,7 +164,7 @@ class EntityStateFn(beam.DoFn):
         exported, code = self.states.apply(
             key, blob, kind, event.time_ns, event.transaction_id, vals, out
         )
-        self.counters[code].inc()
+        self.counts.add(code)
         if exported:
             state.write(exported)
         elif lookup is not None:

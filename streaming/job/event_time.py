@@ -98,6 +98,7 @@ class _OrderedEntityState(EntityStateFn):
         return [b for b in blocks if b is not None]
 
     def finish_bundle(self) -> None:
+        self.counts.report()
         self.cpu.report()
 
 

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from streaming.schema import Label, Transaction
+
 MEMO_SIZE = 1 << 17
 """Pseudonyms a worker process remembers per entity (about 20 MB in all) before it starts
 afresh: cards and terminals recur, and a dictionary hit costs a fortieth of an HMAC (3 µs)."""
@@ -46,6 +48,29 @@ class WorkerPseudonyms:
     def __call__(self, record: Any) -> Any:
         customer = _remembered(self.customers, record.customer_id, self.ids.customer)
         terminal = _remembered(self.terminals, record.terminal_id, self.ids.terminal)
+        # the job's two records are built directly: dataclasses.replace takes twice as long
+        if type(record) is Transaction:
+            clear = (record.customer_id, record.terminal_id) if self.keep_clear else None
+            return Transaction(
+                transaction_id=record.transaction_id,
+                time_ns=record.time_ns,
+                customer_id=customer,
+                terminal_id=terminal,
+                amount=record.amount,
+                received_at=record.received_at,
+                clear_ids=clear or record.clear_ids,
+                lookups=record.lookups,
+            )
+        if type(record) is Label:
+            return Label(
+                transaction_id=record.transaction_id,
+                customer_id=customer,
+                terminal_id=terminal,
+                time_ns=record.time_ns,
+                label_time_ns=record.label_time_ns,
+                fraud=record.fraud,
+                received_at=record.received_at,
+            )
         extra = {}
         if self.keep_clear and hasattr(record, "clear_ids"):
             extra["clear_ids"] = (record.customer_id, record.terminal_id)

@@ -18,7 +18,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import Timestamp
 
-from streaming.job.common import NAMESPACE, Clock, StageCpu
+from streaming.job.common import NAMESPACE, BundleCounters, Clock, StageCpu
 from streaming.job.ids import PseudonymiseIds
 
 DEAD_LETTER = "dead_letter"
@@ -68,8 +68,12 @@ class _Parse(beam.DoFn):
         key: Callable[[Any], int] | None = None,
     ) -> None:
         self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
-        self.ok = Metrics.counter(NAMESPACE, f"{stage}_ok")
-        self.bad = Metrics.counter(NAMESPACE, f"{stage}_dead_letter")
+        self.counts = BundleCounters(
+            {
+                "ok": Metrics.counter(NAMESPACE, f"{stage}_ok"),
+                "bad": Metrics.counter(NAMESPACE, f"{stage}_dead_letter"),
+            }
+        )
         self.cpu = StageCpu(stage)
 
     def setup(self) -> None:
@@ -84,17 +88,18 @@ class _Parse(beam.DoFn):
         return (out,)
 
     def finish_bundle(self) -> None:
+        self.counts.report()
         self.cpu.report()
 
     def _parse(self, payload: bytes | str) -> Any:
         try:
             record = self.parse(payload, self.clock(), unknown=self._unknown)
         except ValueError as exc:  # the schema raises ValueError (UTF-8 and JSON errors too)
-            self.bad.inc()
+            self.counts.add("bad")
             return beam.pvalue.TaggedOutput(
                 DEAD_LETTER, dead_letter(payload, str(exc), self.stage, self.clock)
             )
-        self.ok.inc()
+        self.counts.add("ok")
         if self.pseudonymise is not None:
             record = self.pseudonymise(record)
         event_ns = getattr(record, "label_time_ns", record.time_ns)

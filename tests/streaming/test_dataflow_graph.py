@@ -142,6 +142,7 @@ PATCHED_MODULES = (
     "apache_beam.runners.direct.executor",
     "apache_beam.runners.direct.transform_evaluator",
     "apache_beam.runners.direct.watermark_manager",
+    "apache_beam.transforms.window",
 )
 """The Beam modules whose code :mod:`streaming.local.runner` replaces."""
 DETERMINISTIC_KEYS = {

@@ -22,6 +22,7 @@ from streaming.local.runner import (
     dofn_cache,
     empty_bundles,
     event_times,
+    global_window,
     guard,
     publishers,
     pubsub_read,
@@ -80,6 +81,11 @@ PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str
         event_times.parse_event_times_quickly,
         event_times.REPLACED,
         ("apache_beam.utils.timestamp:Timestamp", "_fraudstream_tuned"),
+    ),
+    "build_global_window_once": (
+        global_window.build_global_window_once,
+        global_window.REPLACED,
+        ("apache_beam.transforms.window:GlobalWindow", "_fraudstream_tuned"),
     ),
 }
 

@@ -325,3 +325,38 @@ def test_every_copy_of_the_job_step_shares_the_process_memo(
     monkeypatch.setenv(ENV_KEY, OTHER_KEY.hex())  # another key: its own pseudonyms and memo
     third = settings.on_worker()
     assert len(resolved) == 2 and third.ids == Pseudonymiser(OTHER_KEY) and not third.customers
+
+
+@pytest.mark.parametrize("keep_clear", [False, True])
+def test_the_jobs_pseudonymiser_changes_the_ids_and_nothing_else(
+    pz: Pseudonymiser, keep_clear: bool
+) -> None:
+    """Every other field as it was (a transaction's looked-up features and clear ids too);
+    ``keep_clear``: a transaction keeps its clear ids, a label has none to keep."""
+    import dataclasses
+
+    from streaming.job import ids
+    from streaming.schema import Label, Transaction
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:  # any record with the two ids
+        customer_id: int
+        terminal_id: int
+        note: str = "kept"
+
+    step = ids.WorkerPseudonyms(pz, {}, {}, keep_clear=keep_clear)
+    tx = Transaction(5, 10**18, 7, 107, 12.5, received_at=3.25, lookups=(1.0, 2.0))
+    earlier = dataclasses.replace(tx, clear_ids=(70, 170))  # clear ids set before
+    label = Label(5, 7, 107, 10**18, 10**18 + 9, 1, received_at=4.5)
+    for record in (tx, label):  # a field added to the records must be set here, and kept
+        unset = {f.name for f in dataclasses.fields(record) if getattr(record, f.name) == f.default}
+        assert unset <= {"clear_ids"}, unset
+    for record in (tx, earlier, label, Other(7, 107)):
+        out = step(record)
+        clear = {}
+        if keep_clear and hasattr(record, "clear_ids"):
+            clear = {"clear_ids": (record.customer_id, record.terminal_id)}
+        assert out == dataclasses.replace(
+            record, customer_id=pz.customer(7), terminal_id=pz.terminal(107), **clear
+        )
+        assert type(out) is type(record)

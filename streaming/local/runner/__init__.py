@@ -1,4 +1,4 @@
-"""Make the Python DirectRunner keep up with a local stream: nine patches, one per module.
+"""Make the Python DirectRunner keep up with a local stream: ten patches, one per module.
 
 * :mod:`.pubsub_read` (:func:`tune_direct_pubsub_read`): Pub/Sub is pulled ahead of the runner
   in a thread per subscription, acknowledged from another; an idle subscription stalls nothing,
@@ -17,12 +17,15 @@
   pipeline options once per run, not once per bundle.
 * :mod:`.event_times` (:func:`parse_event_times_quickly`): a message's event-time attribute is
   parsed with ``datetime.fromisoformat`` where that gives Beam's result, not with dateutil.
+* :mod:`.global_window` (:func:`build_global_window_once`): ``GlobalWindow()``, called per
+  element read and per element of a DoFn without window arguments, no longer rebuilds the
+  singleton's end each time.
 * :mod:`.collector` (:func:`freeze_startup_objects`, :func:`collect_young_less_often`): the
   objects loaded at start are kept out of the cyclic collector's passes, and its youngest
   generation is collected every 50,000 new objects instead of 700; called once the pipeline is
   built.
 
-The first eight replace Beam internals of one release: each checks first that the installed Beam
+The first nine replace Beam internals of one release: each checks first that the installed Beam
 is the one it was written for (:mod:`.guard`) and, if not, is skipped with a warning, the runner
 running without it. Local runs only: none of this is imported by the job on Dataflow.
 """
@@ -33,6 +36,7 @@ from streaming.local.runner.collector import collect_young_less_often, freeze_st
 from streaming.local.runner.dofn_cache import cache_dofn_introspection
 from streaming.local.runner.empty_bundles import skip_empty_bundles
 from streaming.local.runner.event_times import parse_event_times_quickly
+from streaming.local.runner.global_window import build_global_window_once
 from streaming.local.runner.publishers import tune_direct_pubsub_write
 from streaming.local.runner.pubsub_read import tune_direct_pubsub_read
 from streaming.local.runner.read_options import remember_read_project
@@ -43,7 +47,7 @@ __all__ = ["collect_young_less_often", "freeze_startup_objects", "tune_local_run
 
 
 def tune_local_runner() -> dict[str, bool]:
-    """Apply the eight Beam patches, the Pub/Sub read with its default settings; returns, by
+    """Apply the nine Beam patches, the Pub/Sub read with its default settings; returns, by
     patch, whether it is applied (False: skipped, Beam is not what it was written for)."""
     return {
         "tune_direct_pubsub_read": tune_direct_pubsub_read(),
@@ -54,4 +58,5 @@ def tune_local_runner() -> dict[str, bool]:
         "copy_keyed_states_lightly": copy_keyed_states_lightly(),
         "remember_read_project": remember_read_project(),
         "parse_event_times_quickly": parse_event_times_quickly(),
+        "build_global_window_once": build_global_window_once(),
     }

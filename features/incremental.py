@@ -65,6 +65,7 @@ class EntityStore:
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
         self.n_cols = plan.n_cols
+        self.status = np.empty(1, np.int64)  # the kernel's status of the event, reused
         self.cap = capacity
         # entity id -> arena row: a table for ids in [0, len(self.dense)), a dict for the rest
         self.dense = np.full(0, -1, np.int64)
@@ -215,7 +216,7 @@ class ExportedStates:
     """One entity type's events applied one at a time to exported states (:meth:`EntityStore.export`
     bytes), the form a keyed stream step keeps per key: one kernel call per event and no store.
     The results equal restoring the state into an :class:`EntityStore`, processing the event and
-    exporting it again, bit for bit."""
+    exporting it again, bit for bit. One instance per thread: it reuses a scratch array."""
 
     def __init__(self, plan: EntityPlan, max_lateness: timedelta) -> None:
         self.plan = plan
@@ -223,6 +224,7 @@ class ExportedStates:
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
         self.n_cols = plan.n_cols
+        self.status = np.empty(1, np.int64)  # the kernel's status of the event, reused
 
     def apply(
         self, key: int, blob: bytes, kind: int, time_ns: int, txid: int, vals: np.ndarray,
@@ -235,7 +237,8 @@ class ExportedStates:
         state of this plan."""
         words = state_words(key, blob, self.n_slots, self.n_cols) if blob else _NO_WORDS
         p = self.plan
-        status = np.full(1, int(Status.LABEL_NOT_USED), np.int64)
+        status = self.status
+        status[0] = Status.LABEL_NOT_USED
         exported = kernels.apply_exported(
             words, kind, time_ns, txid, vals, p.label_cols, p.win, p.dly, p.walks, p.summed,
             len(p.fslot), p.since_prev, self.keep_ns, self.lateness_ns, out, status,

@@ -134,6 +134,14 @@ class EntityStateFn(beam.DoFn):
     def setup(self) -> None:
         self.states = ExportedStates(self.plan, self.max_lateness)
         self.initial_state = self.initial.lookup(self.plan.entity) if self.initial else None
+        # an event's inputs to the kernel, one array per kind, filled in place (event_value's
+        # values: the transaction's amount and the label's flag, 0 in every other column)
+        columns = list(self.plan.columns) or ["none"]
+        self.tx_vals, self.label_vals = np.zeros((1, len(columns))), np.zeros((1, len(columns)))
+        self.amount_at = columns.index("TX_AMOUNT") if "TX_AMOUNT" in columns else None
+        self.fraud_at = columns.index("TX_FRAUD") if "TX_FRAUD" in columns else None
+        self.no_features = np.full((1, self.plan.n_out), np.nan)  # copied for a transaction
+        self.label_out = np.empty((1, self.plan.n_out))  # a label has no features
 
     def teardown(self) -> None:
         TOTALS.flush()
@@ -157,10 +165,14 @@ class EntityStateFn(beam.DoFn):
         elif blob is None or blob == NO_STATE:
             blob = b""
         is_tx = isinstance(event, Transaction)
-        plan = self.plan
-        vals = np.array([[event_value(event, c) for c in plan.columns] or [0.0]], np.float64)
-        out = np.full((1, plan.n_out), np.nan)
-        kind = KIND_TX if is_tx else KIND_LABEL
+        if is_tx:
+            kind, vals, out = KIND_TX, self.tx_vals, self.no_features.copy()
+            if self.amount_at is not None:
+                vals[0, self.amount_at] = event.amount
+        else:
+            kind, vals, out = KIND_LABEL, self.label_vals, self.label_out
+            if self.fraud_at is not None:
+                vals[0, self.fraud_at] = event.fraud
         exported, code = self.states.apply(
             key, blob, kind, event.time_ns, event.transaction_id, vals, out
         )
@@ -171,7 +183,7 @@ class EntityStateFn(beam.DoFn):
             state.write(NO_STATE)  # seen: not looked up again
         if not is_tx:
             return None
-        return EntityBlock(event, plan.entity.name, out[0], code)
+        return EntityBlock(event, self.plan.entity.name, out[0], code)
 
 
 def feature_offsets(spec: FeatureSpec) -> dict[str, int]:

@@ -46,6 +46,17 @@ def test_entries_are_plain_protobufs_with_their_cells():
     assert isinstance(entry, Message)  # a plain protobuf, not a proto-plus wrapper
 
 
+def test_an_entry_is_the_one_the_data_client_builds():
+    """Cells in order, each as the data client's own ``SetCell`` sends it."""
+    from google.cloud.bigtable.data.mutations import RowMutationEntry, SetCell
+
+    cells = [(b"customer", 5_000, b"\x01" * 40), (b"terminal", 7_000, b"")]
+    theirs = RowMutationEntry(
+        b"CUSTOMER_ID=42", [SetCell("f", q, v, timestamp_micros=t) for q, t, v in cells]
+    )._to_pb()
+    assert set_cells(b"CUSTOMER_ID=42", "f", cells) == type(theirs).pb(theirs)
+
+
 def test_one_call_when_every_entry_succeeds():
     server = Server()
     assert mutate_rows(server, entries(3), budget_s=5, what="write") == 1

@@ -47,19 +47,16 @@ def _messages() -> SimpleNamespace:
 
 def set_cells(key: bytes, family: str, cells: Iterable[tuple[bytes, int, bytes]]) -> Any:
     """A plain ``MutateRowsRequest.Entry`` setting ``(qualifier, timestamp µs, value)`` cells of
-    row ``key`` in ``family``."""
-    m = _messages()
-    return m.entry(
-        row_key=key,
-        mutations=[
-            m.mutation(
-                set_cell=m.mutation.SetCell(
-                    family_name=family, column_qualifier=q, timestamp_micros=t, value=v
-                )
-            )
-            for q, t, v in cells
-        ],
-    )
+    row ``key`` in ``family``. The cells are filled in place (``mutations.add()``): building
+    each nested message from keyword arguments takes three times as long."""
+    entry = _messages().entry(row_key=key)
+    for q, t, v in cells:
+        cell = entry.mutations.add().set_cell
+        cell.family_name = family
+        cell.column_qualifier = q
+        cell.timestamp_micros = t
+        cell.value = v
+    return entry
 
 
 def gapic_send(table: Any, attempt_timeout_s: float) -> Send:

@@ -12,8 +12,8 @@ card's, and no label is keyed by card.
 
 from __future__ import annotations
 
-import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -31,6 +31,7 @@ from streaming.job.entity_state import (
     EntityStateFn,
     assemble_many,
     entity_id,
+    entity_key,
     feature_offsets,
     uses_labels,
 )
@@ -67,6 +68,7 @@ class _ChainLink(EntityStateFn):
         super().__init__(EntityPlan.build(spec, entity), max_lateness, initial)
         self.spec, self.clock = spec, clock
         self.next = after[0] if after else None
+        self.next_id = entity_key(self.next) if self.next is not None else None
         self.uses_labels = len(self.plan.label_cols) > 0
         self.labels_later = any(uses_labels(spec, e) for e in after)
         self.offsets = feature_offsets(spec)
@@ -108,12 +110,12 @@ class _ChainLink(EntityStateFn):
         if isinstance(event, Label):
             if self.uses_labels:
                 self._apply(key, event, state)
-            return ((entity_id(event, self.next), event),) if self.labels_later else ()
+            return ((self.next_id(event), event),) if self.labels_later else ()
         if isinstance(event, Transaction):  # entering the chain: no blocks yet
             event = _Partial(event, ())
         blocks = (*event.blocks, self._apply(key, event.tx, state))
         if self.next is not None:
-            return ((entity_id(event.tx, self.next), _Partial(event.tx, blocks)),)
+            return ((self.next_id(event.tx), _Partial(event.tx, blocks)),)
         self.assembling.append(({b.entity: b for b in blocks}, timestamp, window))
         return ()  # assembled at the bundle's end
 
@@ -124,9 +126,9 @@ def chain_order(spec: FeatureSpec) -> tuple[Entity, ...]:
     return tuple(sorted(spec.entities, key=lambda e: not uses_labels(spec, e)))
 
 
-def chain_key(spec: FeatureSpec) -> functools.partial[int]:
+def chain_key(spec: FeatureSpec) -> Callable[[Transaction | Label], int]:
     """``key(record)``: the id a transaction or label enters :class:`EntityChain` keyed by."""
-    return functools.partial(entity_id, entity=chain_order(spec)[0])
+    return entity_key(chain_order(spec)[0])
 
 
 def _enter(event: Transaction | Label, first: Entity, labels_used: bool):

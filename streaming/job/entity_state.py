@@ -34,7 +34,8 @@ scored as accepted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -85,6 +86,12 @@ class FeatureRow:
 
 def entity_id(event: Transaction | Label, entity: Entity) -> int:
     return getattr(event, entity.key.lower())
+
+
+def entity_key(entity: Entity) -> Callable[[Transaction | Label], int]:
+    """``entity_id(event, entity)`` as a picklable function of the event, for the per-element
+    steps: an ``attrgetter`` of the record's id field."""
+    return operator.attrgetter(entity.key.lower())
 
 
 def event_value(event: Transaction | Label, column: str) -> float:

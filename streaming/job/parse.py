@@ -14,9 +14,10 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
 from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming.job.common import NAMESPACE, BundleCounters, Clock, StageCpu
 from streaming.job.ids import PseudonymiseIds
@@ -49,6 +50,7 @@ MAX_FIELD_COUNTERS = 50
 """Distinct unknown field names counted by name per worker; more go to ``..._other``."""
 LOG_EVERY = 10_000
 """After its first sighting, an unknown field is logged once per this many messages."""
+_GLOBAL_WINDOW = (GlobalWindow(),)
 
 
 class _Parse(beam.DoFn):
@@ -57,7 +59,9 @@ class _Parse(beam.DoFn):
     schema's message to the producer (``str(exc)``), counted per stage.
 
     A record leaves stamped with its own event time (a transaction's ``TX_DATETIME``, a label's
-    ``LABEL_DATETIME``): the message attribute ``event_time`` is optional."""
+    ``LABEL_DATETIME``): the message attribute ``event_time`` is optional. In the global window
+    (a Pub/Sub read's) it leaves as a ``WindowedValue`` in that window: a ``TimestampedValue``
+    would cost Beam an assignment to the same window per element."""
 
     def __init__(
         self,
@@ -66,8 +70,10 @@ class _Parse(beam.DoFn):
         clock: Clock,
         ids: PseudonymiseIds | None = None,
         key: Callable[[Any], int] | None = None,
+        global_window: bool = False,
     ) -> None:
         self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
+        self.global_window = global_window
         self.counts = BundleCounters(
             {
                 "ok": Metrics.counter(NAMESPACE, f"{stage}_ok"),
@@ -104,7 +110,10 @@ class _Parse(beam.DoFn):
             record = self.pseudonymise(record)
         event_ns = getattr(record, "label_time_ns", record.time_ns)
         out = record if self.key is None else (self.key(record), record)
-        return TimestampedValue(out, Timestamp(micros=event_ns // 1_000))
+        stamp = Timestamp(micros=event_ns // 1_000)
+        if self.global_window:
+            return WindowedValue(out, stamp, _GLOBAL_WINDOW)
+        return TimestampedValue(out, stamp)
 
     def _unknown(self, names: list[str]) -> None:
         """Count each unknown field by name; log a field's first sighting, then a sample."""
@@ -158,7 +167,10 @@ class ParseAndValidate(beam.PTransform):
         self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
 
     def expand(self, payloads):
-        parse = beam.ParDo(_Parse(self.parse, self.stage, self.clock, self.ids, self.key))
+        in_global = isinstance(payloads.windowing.windowfn, GlobalWindows)
+        parse = beam.ParDo(
+            _Parse(self.parse, self.stage, self.clock, self.ids, self.key, in_global)
+        )
         if self.key is not None:
             parse = parse.with_output_types(KV[int, Any])
         return payloads | "Parse" >> parse.with_outputs(DEAD_LETTER, main="records")

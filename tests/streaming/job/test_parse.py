@@ -179,3 +179,27 @@ def test_with_ids_records_leave_pseudonymised_and_dead_letters_keep_the_payload(
         txs.dead_letter | Map(lambda d: d["payload"]), equal_to(["{not json"]), label="Dead"
     )
     p.run().wait_until_finish()
+
+
+def test_records_land_in_the_window_of_their_event_time_in_any_windowing() -> None:
+    """In the global window (a Pub/Sub read's) and in event-time windows of the input: a record
+    is assigned by its own time, not by the payload's."""
+    from apache_beam import WindowInto
+    from apache_beam.transforms.window import FixedWindows, GlobalWindow, IntervalWindow
+
+    class _Window(DoFn):
+        def process(self, record, ts=DoFn.TimestampParam, window=DoFn.WindowParam):
+            yield record.transaction_id, ts.micros, window
+
+    hour = TX_NS // 1_000_000_000 // 3600 * 3600
+    for windowing, expected in [
+        (None, GlobalWindow()),
+        (FixedWindows(3600), IntervalWindow(hour, hour + 3600)),
+    ]:
+        p = batch_pipeline()
+        payloads = p | Create([json.dumps(TX)]) | Map(lambda payload: Stamped(payload, 0))
+        if windowing is not None:
+            payloads = payloads | WindowInto(windowing)
+        txs = payloads | ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW)
+        assert_that(txs.records | ParDo(_Window()), equal_to([(17, TX_NS // 1_000, expected)]))
+        p.run().wait_until_finish()

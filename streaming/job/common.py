@@ -29,20 +29,22 @@ def event_timestamp(scored: Any) -> Timestamp:
 
 class StampedGroups:
     """Items grouped by key, each group stamped with the earliest of its items' timestamps: a
-    group emitted as one element at that time is never behind the watermark of any item in it."""
+    group emitted as one element at that time is never behind the watermark of any item in it.
+    A stamp is anything ordered: a Beam ``Timestamp``, or its microseconds as an ``int``."""
 
     def __init__(self) -> None:
         self.groups: dict[Any, list] = {}  # key -> [earliest timestamp, items]
 
-    def add(self, key: Any, stamp: Timestamp, item: Any) -> None:
+    def add(self, key: Any, stamp: Timestamp | int, item: Any) -> None:
         group = self.groups.get(key)
         if group is None:
             self.groups[key] = [stamp, [item]]
-        else:
-            group[0] = min(group[0], stamp)
-            group[1].append(item)
+            return
+        if stamp < group[0]:
+            group[0] = stamp
+        group[1].append(item)
 
-    def take(self) -> list[tuple[Any, Timestamp, list]]:
+    def take(self) -> list[tuple[Any, Timestamp | int, list]]:
         """``(key, earliest timestamp, items)`` of every group; the groups start afresh."""
         groups, self.groups = self.groups, {}
         return [(key, stamp, items) for key, (stamp, items) in groups.items()]

@@ -44,3 +44,32 @@ def test_fits_warns_once_naming_the_patch(caplog: pytest.LogCaptureFixture):
         assert not guard.fits("a_patch", [changed])
     [record] = caplog.records
     assert "a_patch skipped" in record.getMessage() and "json:dumps" in record.getMessage()
+
+
+def test_a_patch_is_applied_once_and_only_where_it_fits(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The decorated function runs the patch the first time, marks its owner, and then only
+    says it is applied; a patch that does not fit is neither run nor marked."""
+    calls = []
+
+    @guard.patch_once("demo_patch", "json:JSONEncoder", "_fraudstream_demo", [DUMPS])
+    def demo_patch() -> None:
+        """Demo."""
+        calls.append(1)
+
+    monkeypatch.delattr(json.JSONEncoder, "_fraudstream_demo", raising=False)
+    assert demo_patch.__name__ == "demo_patch" and demo_patch.__doc__ == "Demo."
+    assert demo_patch() is True and demo_patch() is True
+    assert calls == [1] and json.JSONEncoder._fraudstream_demo is True
+    monkeypatch.delattr(json.JSONEncoder, "_fraudstream_demo")
+
+    @guard.patch_once("stale_patch", "json:JSONEncoder", "_fraudstream_demo", [
+        guard.Replaced("json:dumps", "0" * 16)])  # fmt: skip
+    def stale_patch() -> None:
+        calls.append(2)
+
+    with caplog.at_level(logging.WARNING):
+        assert stale_patch() is False
+    assert calls == [1] and not hasattr(json.JSONEncoder, "_fraudstream_demo")
+    assert "stale_patch" in caplog.text

@@ -15,10 +15,9 @@ bundle. Beam promises no number of bundles, so a DoFn sees no difference but few
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _EX = "apache_beam.runners.direct.executor"
 _WM = "apache_beam.runners.direct.watermark_manager"
@@ -31,35 +30,32 @@ REPLACED = (
     Replaced(f"{_TE}:TransformEvaluatorRegistry.get_evaluator", "5abce2c8d9c4b102"),
 )
 
-_lock = threading.Lock()
 
-
-def skip_empty_bundles() -> bool:
+@patch_once(
+    "skip_empty_bundles",
+    f"{_EX}:_ExecutorServiceParallelExecutor",
+    "_fraudstream_skips_empty",
+    REPLACED,
+)
+def skip_empty_bundles() -> None:
     """Patch the DirectRunner to run ParDo and Flatten steps only on bundles with elements.
     Idempotent; returns whether the runner is patched (False: Beam is not what the patch was
     written for)."""
     from apache_beam.runners.direct import executor as ex
 
-    with _lock:
-        cls = ex._ExecutorServiceParallelExecutor
-        if getattr(cls, "_fraudstream_skips_empty", False):
-            return True
-        if not fits("skip_empty_bundles", REPLACED):
-            return False
+    cls = ex._ExecutorServiceParallelExecutor
 
-        def schedule_consumers(self: Any, committed_bundle: Any) -> None:
-            consumers = self.value_to_consumers.get(committed_bundle.pcollection, ())
-            empty = not committed_bundle.has_elements()
-            for applied_ptransform in consumers:
-                if empty and _element_wise(self, applied_ptransform):
-                    continue
-                self.schedule_consumption(
-                    applied_ptransform, committed_bundle, [], self.default_completion_callback
-                )
+    def schedule_consumers(self: Any, committed_bundle: Any) -> None:
+        consumers = self.value_to_consumers.get(committed_bundle.pcollection, ())
+        empty = not committed_bundle.has_elements()
+        for applied_ptransform in consumers:
+            if empty and _element_wise(self, applied_ptransform):
+                continue
+            self.schedule_consumption(
+                applied_ptransform, committed_bundle, [], self.default_completion_callback
+            )
 
-        cls.schedule_consumers = schedule_consumers
-        cls._fraudstream_skips_empty = True
-        return True
+    cls.schedule_consumers = schedule_consumers
 
 
 def _element_wise(executor: Any, applied: Any) -> bool:

@@ -11,11 +11,10 @@ result; any other string, and any the fast path refuses, goes to Beam's parser.
 from __future__ import annotations
 
 import re
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _TS = "apache_beam.utils.timestamp"
 REPLACED = (
@@ -28,33 +27,26 @@ SIMPLE_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|
 """The strings the fast path reads: at most microseconds, an explicit zone."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_lock = threading.Lock()
 
 
-def parse_event_times_quickly() -> bool:
+@patch_once("parse_event_times_quickly", f"{_TS}:Timestamp", "_fraudstream_tuned", REPLACED)
+def parse_event_times_quickly() -> None:
     """Patch ``Timestamp.from_rfc3339`` to read :data:`SIMPLE_RFC3339` strings with
     ``datetime.fromisoformat`` (idempotent). Returns whether it is patched (False: Beam is not
     what the patch was written for)."""
     from apache_beam.utils.timestamp import Timestamp
 
-    with _lock:
-        if getattr(Timestamp, "_fraudstream_tuned", False):
-            return True
-        if not fits("parse_event_times_quickly", REPLACED):
-            return False
-        beams = Timestamp.from_rfc3339.__func__
+    beams = Timestamp.from_rfc3339.__func__
 
-        def from_rfc3339(cls: type, rfc3339: str) -> Any:
-            if isinstance(rfc3339, str) and SIMPLE_RFC3339.match(rfc3339):
-                try:
-                    since = datetime.fromisoformat(rfc3339) - _EPOCH
-                except ValueError:
-                    pass  # e.g. February 30th: Beam's parser says why
-                else:
-                    seconds = since.days * 86_400 + since.seconds
-                    return cls(seconds=seconds, micros=since.microseconds)
-            return beams(cls, rfc3339)
+    def from_rfc3339(cls: type, rfc3339: str) -> Any:
+        if isinstance(rfc3339, str) and SIMPLE_RFC3339.match(rfc3339):
+            try:
+                since = datetime.fromisoformat(rfc3339) - _EPOCH
+            except ValueError:
+                pass  # e.g. February 30th: Beam's parser says why
+            else:
+                seconds = since.days * 86_400 + since.seconds
+                return cls(seconds=seconds, micros=since.microseconds)
+        return beams(cls, rfc3339)
 
-        Timestamp.from_rfc3339 = classmethod(from_rfc3339)
-        Timestamp._fraudstream_tuned = True
-        return True
+    Timestamp.from_rfc3339 = classmethod(from_rfc3339)

@@ -10,9 +10,7 @@ it is set; the end is a constant, so every ``GlobalWindow()`` is the same object
 
 from __future__ import annotations
 
-import threading
-
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _W = "apache_beam.transforms.window"
 REPLACED = (
@@ -21,26 +19,18 @@ REPLACED = (
     Replaced(f"{_W}:GlobalWindow._getTimestampFromProto", "87e3a40af85d31a5"),
 )
 
-_lock = threading.Lock()
 
-
-def build_global_window_once() -> bool:
+@patch_once("build_global_window_once", f"{_W}:GlobalWindow", "_fraudstream_tuned", REPLACED)
+def build_global_window_once() -> None:
     """Patch ``GlobalWindow.__init__`` to set the singleton's end only the first time
     (idempotent). Returns whether it is patched (False: Beam is not what the patch was written
     for)."""
     from apache_beam.transforms.window import GlobalWindow
 
-    with _lock:
-        if getattr(GlobalWindow, "_fraudstream_tuned", False):
-            return True
-        if not fits("build_global_window_once", REPLACED):
-            return False
-        beams = GlobalWindow.__init__
+    beams = GlobalWindow.__init__
 
-        def __init__(self: GlobalWindow) -> None:
-            if getattr(self, "_end", None) is None:
-                beams(self)
+    def __init__(self: GlobalWindow) -> None:
+        if getattr(self, "_end", None) is None:
+            beams(self)
 
-        GlobalWindow.__init__ = __init__
-        GlobalWindow._fraudstream_tuned = True
-        return True
+    GlobalWindow.__init__ = __init__

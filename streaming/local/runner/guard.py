@@ -4,7 +4,8 @@ Each patch replaces or wraps Beam internals of one release series, whose code it
 for line. Before patching, it checks that Beam is that series and that every function it
 replaces or relies on still has the source it was written against (a digest of
 ``inspect.getsource``). If not, the patch is skipped with one warning and the runner runs
-unpatched: slower, but correct.
+unpatched: slower, but correct. :func:`patch_once` makes a patching function do that check,
+once per process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import hashlib
 import importlib
 import inspect
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,16 @@ log = logging.getLogger(__name__)
 def source_digest(obj: Any) -> str:
     """The first 16 hex digits of the SHA-256 of ``obj``'s source code."""
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def resolve(path: str) -> Any:
+    """The object ``module:qualified.name`` (or a module, ``module:``) names now; raises
+    ``ImportError`` or ``AttributeError``."""
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for name in filter(None, qualname.split(".")):
+        obj = getattr(obj, name)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,7 @@ class Replaced:
 
     def resolve(self) -> Any:
         """The object ``path`` names now; raises ``ImportError`` or ``AttributeError``."""
-        module, _, qualname = self.path.partition(":")
-        obj: Any = importlib.import_module(module)
-        for name in qualname.split("."):
-            obj = getattr(obj, name)
-        return obj
+        return resolve(self.path)
 
     def misfit(self) -> str | None:
         """Why the installed function is not the one the patch expects; None if it is."""
@@ -76,3 +84,32 @@ def fits(patch: str, replaced: Sequence[Replaced]) -> bool:
     if reason is not None:
         log.warning("local runner patch %s skipped, the runner runs without it: %s", patch, reason)
     return reason is None
+
+
+_PATCHING = threading.Lock()
+
+
+def patch_once(
+    name: str, owner: str, mark: str, replaced: Sequence[Replaced]
+) -> Callable[[Callable[[], None]], Callable[[], bool]]:
+    """Decorate the function that applies patch ``name``: the decorated function applies it
+    once per process, and only if it :func:`fits` the installed Beam, and returns whether it is
+    applied. Applied, the attribute ``mark`` of ``owner`` (a :func:`resolve` path) is True."""
+
+    def decorate(patch: Callable[[], None]) -> Callable[[], bool]:
+        def apply() -> bool:
+            with _PATCHING:
+                target = resolve(owner)
+                if getattr(target, mark, False):
+                    return True
+                if not fits(name, replaced):
+                    return False
+                patch()
+                setattr(target, mark, True)
+                return True
+
+        apply.__name__, apply.__qualname__ = patch.__name__, patch.__qualname__
+        apply.__doc__, apply.__module__ = patch.__doc__, patch.__module__
+        return apply
+
+    return decorate

@@ -23,7 +23,7 @@ from google.cloud import pubsub
 from google.pubsub_v1.services.publisher import PublisherClient as GapicPublisher
 from google.pubsub_v1.types import PublishRequest, PubsubMessage
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _PS = "apache_beam.io.gcp.pubsub"
 REPLACED = (
@@ -52,47 +52,41 @@ _lock = threading.Lock()
 _publisher: list[Any] = []  # this process's PublisherClient, once made
 
 
-def tune_direct_pubsub_write() -> bool:
+@patch_once("tune_direct_pubsub_write", f"{_PS}:_PubSubWriteDoFn", "_fraudstream_tuned", REPLACED)
+def tune_direct_pubsub_write() -> None:
     """Patch ``WriteToPubSub`` (see the module's docstring). Idempotent; returns whether it is
     patched (False: Beam is not what the patch was written for). Pipelines built before the
     call keep Beam's serialization."""
     from apache_beam.io.gcp import pubsub as beam_pubsub
 
-    with _lock:
-        dofn, write = beam_pubsub._PubSubWriteDoFn, beam_pubsub.WriteToPubSub
-        if getattr(dofn, "_fraudstream_tuned", False):
-            return True
-        if not fits("tune_direct_pubsub_write", REPLACED):
-            return False
+    dofn, write = beam_pubsub._PubSubWriteDoFn, beam_pubsub.WriteToPubSub
 
-        def setup(self: Any) -> None:
-            self._pub_client = shared_publisher()
-            self._topic = self._pub_client.topic_path(self.project, self.short_topic_name)
+    def setup(self: Any) -> None:
+        self._pub_client = shared_publisher()
+        self._topic = self._pub_client.topic_path(self.project, self.short_topic_name)
 
-        def _flush(self: Any) -> None:
-            if self._buffer:
-                publish(self._pub_client, self._topic, self._buffer, self.with_attributes,
-                        self.FLUSH_TIMEOUT_SECS)  # fmt: skip
-                self._buffer = []
+    def _flush(self: Any) -> None:
+        if self._buffer:
+            publish(self._pub_client, self._topic, self._buffer, self.with_attributes,
+                    self.FLUSH_TIMEOUT_SECS)  # fmt: skip
+            self._buffer = []
 
-        # Beam's own serialization stays for what it does differently: a payload that is not
-        # bytes (proto-plus reads a str as base64) and an element that is not a message
-        # (its TypeError)
-        beam_message, beam_bytes = write.message_to_proto_str, write.bytes_to_proto_str
+    # Beam's own serialization stays for what it does differently: a payload that is not
+    # bytes (proto-plus reads a str as base64) and an element that is not a message
+    # (its TypeError)
+    beam_message, beam_bytes = write.message_to_proto_str, write.bytes_to_proto_str
 
-        def message_to_proto_str(message: Any) -> bytes:
-            if isinstance(message, beam_pubsub.PubsubMessage) and isinstance(message.data, bytes):
-                return serialized(message.data, message.attributes, message.ordering_key)
-            return beam_message(message)
+    def message_to_proto_str(message: Any) -> bytes:
+        if isinstance(message, beam_pubsub.PubsubMessage) and isinstance(message.data, bytes):
+            return serialized(message.data, message.attributes, message.ordering_key)
+        return beam_message(message)
 
-        def bytes_to_proto_str(data: Any) -> bytes:
-            return serialized(data, {}, "") if isinstance(data, bytes) else beam_bytes(data)
+    def bytes_to_proto_str(data: Any) -> bytes:
+        return serialized(data, {}, "") if isinstance(data, bytes) else beam_bytes(data)
 
-        dofn.setup, dofn._flush = setup, _flush
-        write.message_to_proto_str = staticmethod(message_to_proto_str)
-        write.bytes_to_proto_str = staticmethod(bytes_to_proto_str)
-        dofn._fraudstream_tuned = True
-        return True
+    dofn.setup, dofn._flush = setup, _flush
+    write.message_to_proto_str = staticmethod(message_to_proto_str)
+    write.bytes_to_proto_str = staticmethod(bytes_to_proto_str)
 
 
 def shared_publisher() -> Any:

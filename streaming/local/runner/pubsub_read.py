@@ -29,7 +29,7 @@ from google.api_core import exceptions
 from google.api_core.retry import Retry, if_exception_type
 from proto.datetime_helpers import DatetimeWithNanoseconds
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 UNAVAILABLE_BUDGET_S = 60.0  # how long a local read waits for an unavailable Pub/Sub
 DEFAULT_MAX_MESSAGES = 1_000
@@ -316,44 +316,47 @@ def tune_direct_pubsub_read(
             "need max_messages >= 1, timeout_s > 0 and idle_wait_s >= 0, got "
             f"{max_messages}, {timeout_s}, {idle_wait_s}"
         )
+    with _lock:
+        _settings.update(max_messages=max_messages, timeout=timeout_s, idle_wait=idle_wait_s)
+    return _patch_read()
+
+
+@patch_once(
+    "tune_direct_pubsub_read", f"{_TE}:_PubSubReadEvaluator", "_fraudstream_tuned", REPLACED
+)
+def _patch_read() -> None:
+    """Give the read evaluator a prefetching client that knows the runner's work queue (see
+    :func:`tune_direct_pubsub_read`)."""
     from apache_beam.runners.direct import executor as ex
     from apache_beam.runners.direct import transform_evaluator as te
 
     evaluator = te._PubSubReadEvaluator
-    with _lock:
-        _settings.update(max_messages=max_messages, timeout=timeout_s, idle_wait=idle_wait_s)
-        if getattr(evaluator, "_fraudstream_tuned", False):
-            return True
-        if not fits("tune_direct_pubsub_read", REPLACED):
-            return False
-        original = evaluator._get_subscriber_client_state_unlocked.__func__
+    original = evaluator._get_subscriber_client_state_unlocked.__func__
 
-        def _get_subscriber_client_state_unlocked(cls: type, transform: Any) -> Any:
-            state = original(cls, transform)  # one per read transform, closed with it
-            if not isinstance(state.client, _FastPull):
-                state.client = _FastPull(state.client)
-            return state
+    def _get_subscriber_client_state_unlocked(cls: type, transform: Any) -> Any:
+        state = original(cls, transform)  # one per read transform, closed with it
+        if not isinstance(state.client, _FastPull):
+            state.client = _FastPull(state.client)
+        return state
 
-        evaluator._get_subscriber_client_state_unlocked = classmethod(
-            _get_subscriber_client_state_unlocked
-        )
-        finish_bundle = evaluator.finish_bundle
+    evaluator._get_subscriber_client_state_unlocked = classmethod(
+        _get_subscriber_client_state_unlocked
+    )
+    finish_bundle = evaluator.finish_bundle
 
-        def finish_bundle_knowing_the_queue(self: Any) -> Any:
-            _reading.work = getattr(self._evaluation_context, "_fraudstream_work", None)
-            try:
-                return finish_bundle(self)  # the pull happens here
-            finally:
-                _reading.work = None
+    def finish_bundle_knowing_the_queue(self: Any) -> Any:
+        _reading.work = getattr(self._evaluation_context, "_fraudstream_work", None)
+        try:
+            return finish_bundle(self)  # the pull happens here
+        finally:
+            _reading.work = None
 
-        evaluator.finish_bundle = finish_bundle_knowing_the_queue
-        parallel = ex._ExecutorServiceParallelExecutor
-        init = parallel.__init__
+    evaluator.finish_bundle = finish_bundle_knowing_the_queue
+    parallel = ex._ExecutorServiceParallelExecutor
+    init = parallel.__init__
 
-        def __init__(self: Any, value_to_consumers: Any, registry: Any, context: Any) -> None:
-            init(self, value_to_consumers, registry, context)
-            context._fraudstream_work = self.executor_service.queue  # what the workers take
+    def __init__(self: Any, value_to_consumers: Any, registry: Any, context: Any) -> None:
+        init(self, value_to_consumers, registry, context)
+        context._fraudstream_work = self.executor_service.queue  # what the workers take
 
-        parallel.__init__ = __init__
-        evaluator._fraudstream_tuned = True
-        return True
+    parallel.__init__ = __init__

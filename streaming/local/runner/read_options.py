@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _TE = "apache_beam.runners.direct.transform_evaluator"
 REPLACED = (Replaced(f"{_TE}:_PubSubReadEvaluator.__init__", "9b5ea2fec7506478"),)
@@ -22,47 +22,44 @@ _lock = threading.Lock()
 _projects: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 
-def remember_read_project() -> bool:
+@patch_once(
+    "remember_read_project",
+    f"{_TE}:_PubSubReadEvaluator",
+    "_fraudstream_remembers_project",
+    REPLACED,
+)
+def remember_read_project() -> None:
     """Patch ``_PubSubReadEvaluator.__init__`` to read the options' project once per run
     (idempotent). Returns whether it is patched (False: Beam is not what the patch was written
     for)."""
     from apache_beam.runners.direct import transform_evaluator as te
 
-    with _lock:
-        cls = te._PubSubReadEvaluator
-        if getattr(cls, "_fraudstream_remembers_project", False):
-            return True
-        if not fits("remember_read_project", REPLACED):
-            return False
+    cls = te._PubSubReadEvaluator
 
-        def __init__(
-            self: Any,
-            evaluation_context: Any,
-            applied_ptransform: Any,
-            input_committed_bundle: Any,
-            side_inputs: Any,
-        ) -> None:
-            assert not side_inputs
-            te._TransformEvaluator.__init__(
-                self, evaluation_context, applied_ptransform, input_committed_bundle, side_inputs
-            )
-            self.source = self._applied_ptransform.transform._source
-            if self.source.id_label:
-                raise NotImplementedError(
-                    "DirectRunner: id_label is not supported for PubSub reads"
-                )
-            sub_project = options_project(self._evaluation_context) or self.source.project
-            self._sub_name = self.get_subscription(
-                self._applied_ptransform,
-                self.source.project,
-                self.source.topic_name,
-                sub_project,
-                self.source.subscription_name,
-            )
+    def __init__(
+        self: Any,
+        evaluation_context: Any,
+        applied_ptransform: Any,
+        input_committed_bundle: Any,
+        side_inputs: Any,
+    ) -> None:
+        assert not side_inputs
+        te._TransformEvaluator.__init__(
+            self, evaluation_context, applied_ptransform, input_committed_bundle, side_inputs
+        )
+        self.source = self._applied_ptransform.transform._source
+        if self.source.id_label:
+            raise NotImplementedError("DirectRunner: id_label is not supported for PubSub reads")
+        sub_project = options_project(self._evaluation_context) or self.source.project
+        self._sub_name = self.get_subscription(
+            self._applied_ptransform,
+            self.source.project,
+            self.source.topic_name,
+            sub_project,
+            self.source.subscription_name,
+        )
 
-        cls.__init__ = __init__
-        cls._fraudstream_remembers_project = True
-        return True
+    cls.__init__ = __init__
 
 
 def options_project(context: Any) -> str | None:

@@ -13,12 +13,11 @@ so a copy is what Beam's would be.
 from __future__ import annotations
 
 import copy
-import threading
 from typing import Any
 
 from apache_beam.transforms import trigger
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _TRIGGER = "apache_beam.transforms.trigger"
 REPLACED = (
@@ -27,22 +26,16 @@ REPLACED = (
     Replaced(f"{_TRIGGER}:InMemoryUnmergedState.__init__", "7616afbb137436ca"),
 )
 
-_lock = threading.Lock()
 
-
-def copy_keyed_states_lightly() -> bool:
+@patch_once(
+    "copy_keyed_states_lightly", f"{_TRIGGER}:InMemoryUnmergedState", "_fraudstream_tuned", REPLACED
+)
+def copy_keyed_states_lightly() -> None:
     """Patch ``InMemoryUnmergedState.copy`` to skip the deep copy of empty timers and global
     state (idempotent). Returns whether it is patched (False: Beam is not what the patch was
     written for)."""
-    with _lock:
-        cls = trigger.InMemoryUnmergedState
-        if getattr(cls, "_fraudstream_tuned", False):
-            return True
-        if not fits("copy_keyed_states_lightly", REPLACED):
-            return False
-        cls.copy = light_copy
-        cls._fraudstream_tuned = True
-        return True
+    cls = trigger.InMemoryUnmergedState
+    cls.copy = light_copy
 
 
 def light_copy(self: Any) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from streaming.local.runner.guard import Replaced, fits
+from streaming.local.runner.guard import Replaced, patch_once
 
 _WM = "apache_beam.runners.direct.watermark_manager"
 REPLACED = (
@@ -25,52 +25,48 @@ REPLACED = (
 _lock = threading.Lock()
 
 
-def skip_keys_without_timers() -> bool:
+@patch_once(
+    "skip_keys_without_timers", f"{_WM}:_TransformWatermarks", "_fraudstream_tuned", REPLACED
+)
+def skip_keys_without_timers() -> None:
     """Patch ``_TransformWatermarks.extract_transform_timers`` to ask only the keyed states
     that hold a timer, and none at all for a stateful ``ParDo`` whose DoFn declares no timer
     (same result: a state without timers has none to fire). Idempotent; returns whether the
     scan is patched (False: Beam is not what the patch was written for)."""
     from apache_beam.runners.direct import watermark_manager as wm
 
-    with _lock:
-        cls = wm._TransformWatermarks
-        if getattr(cls, "_fraudstream_tuned", False):
-            return True
-        if not fits("skip_keys_without_timers", REPLACED):
-            return False
-        init = cls.__init__
+    cls = wm._TransformWatermarks
+    init = cls.__init__
 
-        def __init__(self: Any, clock: Any, keyed_states: Any, transform: Any) -> None:
-            init(self, clock, keyed_states, transform)
-            self._fraudstream_timerless = _declares_no_timers(transform)
+    def __init__(self: Any, clock: Any, keyed_states: Any, transform: Any) -> None:
+        init(self, clock, keyed_states, transform)
+        self._fraudstream_timerless = _declares_no_timers(transform)
 
-        def extract_transform_timers(self: Any) -> tuple[list, bool]:
-            if self._fraudstream_timerless:
-                return [], False
-            with self._lock:
-                fired, has_realtime = [], False
-                now = self._clock.time()
-                for encoded_key, state in self._keyed_states.items():
-                    timers_by_window = getattr(state, "timers", None)
-                    if timers_by_window is not None and not any(timers_by_window.values()):
-                        continue
-                    timers, realtime = state.get_timers(
-                        watermark=self._input_watermark, processing_time=now
-                    )
-                    has_realtime = has_realtime or realtime
-                    for window, (name, domain, timestamp, tag) in timers:
-                        fired.append(
-                            wm.TimerFiring(
-                                encoded_key, window, name, domain, timestamp, dynamic_timer_tag=tag
-                            )
+    def extract_transform_timers(self: Any) -> tuple[list, bool]:
+        if self._fraudstream_timerless:
+            return [], False
+        with self._lock:
+            fired, has_realtime = [], False
+            now = self._clock.time()
+            for encoded_key, state in self._keyed_states.items():
+                timers_by_window = getattr(state, "timers", None)
+                if timers_by_window is not None and not any(timers_by_window.values()):
+                    continue
+                timers, realtime = state.get_timers(
+                    watermark=self._input_watermark, processing_time=now
+                )
+                has_realtime = has_realtime or realtime
+                for window, (name, domain, timestamp, tag) in timers:
+                    fired.append(
+                        wm.TimerFiring(
+                            encoded_key, window, name, domain, timestamp, dynamic_timer_tag=tag
                         )
-                self._fired_timers.update(fired)
-                return fired, has_realtime
+                    )
+            self._fired_timers.update(fired)
+            return fired, has_realtime
 
-        cls.__init__ = __init__
-        cls.extract_transform_timers = extract_transform_timers
-        cls._fraudstream_tuned = True
-        return True
+    cls.__init__ = __init__
+    cls.extract_transform_timers = extract_transform_timers
 
 
 def _declares_no_timers(applied: Any) -> bool:

@@ -65,7 +65,6 @@ class EntityStore:
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
         self.n_cols = plan.n_cols
-        self.status = np.empty(1, np.int64)  # the kernel's status of the event, reused
         self.cap = capacity
         # entity id -> arena row: a table for ids in [0, len(self.dense)), a dict for the rest
         self.dense = np.full(0, -1, np.int64)

@@ -6,7 +6,6 @@ The patches themselves are tested in ``test_runner_<module>.py``.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import logging
@@ -90,19 +89,11 @@ PATCHES: dict[str, tuple[Callable[[], bool], Sequence[guard.Replaced], tuple[str
 }
 
 
-def _resolve(path: str) -> Any:
-    module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for name in filter(None, qualname.split(".")):
-        obj = getattr(obj, name)
-    return obj
-
-
 def _owner_and_name(replaced: guard.Replaced) -> tuple[Any, str]:
     owner, _, name = replaced.path.rpartition(".")
     if ":" not in owner:  # a module-level function
         owner, name = replaced.path.split(":")
-    return _resolve(owner), name
+    return guard.resolve(owner), name
 
 
 def _as_found(replaced: Sequence[guard.Replaced]) -> list[Any]:
@@ -114,7 +105,7 @@ def _as_found(replaced: Sequence[guard.Replaced]) -> list[Any]:
 def unapplied(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every patch unmarked, so that a call checks whether it fits again (restored after)."""
     for _, _, (owner, mark) in PATCHES.values():
-        monkeypatch.delattr(_resolve(owner), mark, raising=False)
+        monkeypatch.delattr(guard.resolve(owner), mark, raising=False)
 
 
 def test_every_patch_fits_the_pinned_beam():
@@ -142,7 +133,7 @@ def test_a_patch_for_another_beam_is_skipped_with_a_warning(
     [record] = caplog.records
     assert patch in record.getMessage() and "apache-beam 2.78.0" in record.getMessage()
     assert _as_found(replaced) == before  # nothing patched
-    assert not hasattr(_resolve(owner), mark)
+    assert not hasattr(guard.resolve(owner), mark)
 
 
 @pytest.mark.parametrize("patch", list(PATCHES))
@@ -162,7 +153,7 @@ def test_a_patch_whose_target_changed_is_skipped_with_a_warning(
     assert patch in record.getMessage()
     assert f"{replaced[0].path} is not the code" in record.getMessage()
     assert _as_found(replaced) == before  # nothing patched
-    assert not hasattr(_resolve(owner), mark)
+    assert not hasattr(guard.resolve(owner), mark)
 
 
 def test_a_patch_whose_target_is_missing_is_skipped_with_a_warning(

@@ -34,8 +34,7 @@ def copy_keyed_states_lightly() -> None:
     """Patch ``InMemoryUnmergedState.copy`` to skip the deep copy of empty timers and global
     state (idempotent). Returns whether it is patched (False: Beam is not what the patch was
     written for)."""
-    cls = trigger.InMemoryUnmergedState
-    cls.copy = light_copy
+    trigger.InMemoryUnmergedState.copy = light_copy
 
 
 def light_copy(self: Any) -> Any:

@@ -363,7 +363,7 @@ class ScoredPart:
             ids=np.array([(t.transaction_id, t.customer_id, t.terminal_id) for t in txs], np.int64),
             time_ns=np.array([t.time_ns for t in txs], np.int64),
             values=values,
-            alert=accepted & (values[:, 0] >= values[:, 1]),
+            alert=accepted & (values[:, 0] >= values[:, 1]),  # score >= threshold
             status=np.array([s.status for s in scored], np.int8),
             model_version=np.array([s.model_version for s in scored], object),
             features=np.stack([s.features for s in scored]).astype(np.float64, copy=False),
@@ -372,6 +372,10 @@ class ScoredPart:
     @property
     def scores(self) -> np.ndarray:
         return self.values[:, 0]
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self.values[:, 1]
 
     @property
     def latency_ms(self) -> np.ndarray:
@@ -388,7 +392,7 @@ class ScoredPart:
             self.ids[:, 2],
             pa.array(self.time_ns // 1_000, pa.timestamp("us")),
             self.scores,
-            self.values[:, 1],
+            self.thresholds,
             self.alert,
             pa.array(self.model_version, pa.string()),
             pa.array(_STATUS_NAMES[self.status], pa.string()),

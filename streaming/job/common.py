@@ -18,13 +18,19 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-def event_timestamp(scored: Any) -> Timestamp:
-    """The event time of ``scored``'s transaction (anything with a ``tx``).
+def event_micros(scored: Any) -> int:
+    """The event time of ``scored``'s transaction (anything with a ``tx``), in microseconds: a
+    plain int, cheaper to group and compare by than a Beam ``Timestamp``.
 
     Scored rows travel in lists stamped with the earliest of their times (or, from a batch
     runner's RunInference, at the end of the global window), so the stages that window them by
     event time (the scored files, monitoring) stamp each row again."""
-    return Timestamp(micros=scored.tx.time_ns // 1_000)
+    return scored.tx.time_ns // 1_000
+
+
+def event_timestamp(scored: Any) -> Timestamp:
+    """:func:`event_micros` as a Beam ``Timestamp``."""
+    return Timestamp(micros=event_micros(scored))
 
 
 class StampedGroups:

@@ -31,6 +31,7 @@ from streaming.job.common import (
     Clock,
     StageCpu,
     StampedGroups,
+    event_micros,
     event_timestamp,
 )
 from streaming.schema import ScoredPart, scored_record
@@ -208,7 +209,7 @@ class _ToParts(beam.DoFn):
     def process(self, batch: list[Any], window=beam.DoFn.WindowParam) -> None:
         started = self.cpu.start()
         for scored in batch:  # plain ints: a Beam Timestamp a row costs more than the rest
-            micros = scored.tx.time_ns // 1_000
+            micros = event_micros(scored)
             hour = micros // (SCORED_WINDOW_S * 1_000_000)
             key = (window, hour, scored.tx.transaction_id % SCORED_SHARDS)
             self.parts.add(key, micros, scored)

@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from streaming.job.common import Clock, StampedGroups
+from streaming.job.common import Clock, StampedGroups, event_micros
 from streaming.schema import ScoredPart
 
 
@@ -88,7 +88,7 @@ class _ToWindowParts(beam.DoFn):
         now = self.clock()
         windows = StampedGroups()  # stamped in µs: a Beam Timestamp a row costs more than the rest
         for scored in batch:
-            micros = scored.tx.time_ns // 1_000
+            micros = event_micros(scored)
             windows.add(micros // self.window_us, micros, scored)
         for _, micros, group in windows.take():
             yield TimestampedValue(ScoredPart.of(group, now), Timestamp(micros=micros))

@@ -190,9 +190,22 @@ def _bench_freshness() -> Metrics:
     return bench_freshness()
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``, else ``platform.processor()``), so a
+    figure says which host it came from: a shared VM's host may change between runs."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> Metrics:
     return {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}",
         "python": platform.python_version(),
         "numpy": version("numpy"),
         "numba": version("numba"),

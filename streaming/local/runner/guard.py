@@ -10,6 +10,7 @@ once per process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -108,8 +109,9 @@ def patch_once(
                 setattr(target, mark, True)
                 return True
 
-        apply.__name__, apply.__qualname__ = patch.__name__, patch.__qualname__
-        apply.__doc__, apply.__module__ = patch.__doc__, patch.__module__
-        return apply
+        # the patch's name and docstring (not its annotations: ``apply`` returns a bool)
+        return functools.update_wrapper(
+            apply, patch, assigned=("__module__", "__name__", "__qualname__", "__doc__")
+        )
 
     return decorate

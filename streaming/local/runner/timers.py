@@ -8,7 +8,6 @@ the states that hold none.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from streaming.local.runner.guard import Replaced, patch_once
@@ -21,8 +20,6 @@ REPLACED = (
     Replaced("apache_beam.transforms.trigger:InMemoryUnmergedState.__init__", "7616afbb137436ca"),
     Replaced("apache_beam.transforms.trigger:InMemoryUnmergedState.get_timers", "bfeaafd1883ed346"),
 )
-
-_lock = threading.Lock()
 
 
 @patch_once(

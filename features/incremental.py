@@ -5,8 +5,8 @@ Semantics (the backfill gives the same float64 values for the same events in tim
 * A transaction's features are computed as of its own time, over the events of its entity that
   arrived before it, plus itself.
 * Out of order: a transaction older than its entity's newest event but within ``max_lateness``
-  of it is inserted where it belongs: later events see it, and its own features are computed by
-  a scan at its time (equal to the backfill up to float rounding). One older than that is
+  of it is inserted where it belongs: later events see it, and its own features are computed
+  from its windows at its time (equal to the backfill up to float rounding). One older than that is
   rejected (status ``TOO_LATE``) and changes no state.
 * Redelivery: a transaction whose id the state already holds at the same time is ignored
   (status ``DUPLICATE``). The original is always still buffered when the copy is not too late,
@@ -65,6 +65,7 @@ class EntityStore:
         self.lateness_ns = lateness_ns(max_lateness)
         self.n_slots = len(plan.win)
         self.n_cols = plan.n_cols
+        self.n_ext = plan.n_extras
         self.cap = capacity
         # entity id -> arena row: a table for ids in [0, len(self.dense)), a dict for the rest
         self.dense = np.full(0, -1, np.int64)
@@ -76,7 +77,7 @@ class EntityStore:
         self.newest_bound = kernels.NO_TIME
 
     def _width(self, cap: int) -> int:
-        return kernels.row_width(self.n_slots, self.n_cols, cap)
+        return kernels.row_width(self.n_slots, self.n_cols, self.n_ext, cap)
 
     def __len__(self) -> int:
         return self.n_rows
@@ -163,6 +164,7 @@ class EntityStore:
                 p.dly,
                 p.walks,
                 p.summed,
+                p.extras_at,
                 len(p.fslot),
                 p.since_prev,
                 self.keep_ns,
@@ -182,32 +184,43 @@ class EntityStore:
         if row < 0:
             return b""
         r = self.arena[row]
-        return kernels.export_row(r, self.n_slots, self.n_cols, self.cap, self.keep_ns).tobytes()
+        words = kernels.export_row(r, self.n_slots, self.n_cols, self.n_ext, self.cap, self.keep_ns)
+        return words.tobytes()
 
     def load(self, key: int, blob: bytes) -> None:
         """Restore one entity's state from :meth:`export`; ``ValueError`` if it does not fit."""
-        words = state_words(key, blob, self.n_slots, self.n_cols)
+        words = state_words(key, blob, self.plan)
         while int(words[1]) > self.cap:
             self._grow()
         row = int(self.row_of(np.array([key]), create=True)[0])
         r = self.arena[row]
         r[:] = 0
-        kernels.restore_row(r, words, self.n_slots, self.n_cols, self.cap)
+        kernels.restore_row(r, words, self.n_slots, self.n_cols, self.n_ext, self.cap)
         self.newest_bound = max(self.newest_bound, int(r[2]))
 
 
 _NO_WORDS = np.empty(0, np.int64)
 
 
-def state_words(key: int, blob: bytes, n_slots: int, n_cols: int) -> np.ndarray:
-    """The words of entity ``key``'s exported state ``blob``; ``ValueError`` unless it is a
-    state of ``n_slots`` slots and ``n_cols`` columns."""
+def state_words(key: int, blob: bytes, plan: EntityPlan) -> np.ndarray:
+    """The words of entity ``key``'s exported state ``blob`` in the current format (a state
+    of format 0 is migrated: :func:`kernels.migrate_row`); ``ValueError`` unless it is a state
+    of ``plan``."""
     if len(blob) % 8:
         raise ValueError(f"state of {key} is not a state ({len(blob)} bytes)")
     words = np.frombuffer(blob, np.int64)
-    head = kernels.row_width(n_slots, n_cols, 0)
-    if len(words) < head or len(words) != kernels.row_width(n_slots, n_cols, int(words[1])):
+    n_slots, n_cols = len(plan.win), plan.n_cols
+    fmt = int(words[3]) if len(words) > 3 else 0
+    if fmt not in (0, kernels.STATE_FORMAT):
+        raise ValueError(
+            f"state of {key} has format {fmt}; this version reads {kernels.STATE_FORMAT} and 0"
+        )
+    n_ext = plan.n_extras if fmt else 0
+    head = kernels.row_width(n_slots, n_cols, n_ext, 0)
+    if len(words) < head or len(words) != kernels.row_width(n_slots, n_cols, n_ext, int(words[1])):
         raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
+    if fmt == 0:
+        return kernels.migrate_row(words, n_slots, n_cols, plan.extras_at)
     return words
 
 
@@ -221,8 +234,6 @@ class ExportedStates:
         self.plan = plan
         self.keep_ns = plan.horizon_ns + lateness_ns(max_lateness)
         self.lateness_ns = lateness_ns(max_lateness)
-        self.n_slots = len(plan.win)
-        self.n_cols = plan.n_cols
         self.status = np.empty(1, np.int64)  # the kernel's status of the event, reused
 
     def apply(
@@ -234,13 +245,13 @@ class ExportedStates:
         to ``out`` (1 x the plan's features). Returns the new state (``b""`` while the entity
         has none) and the event's :class:`Status` code. ``ValueError`` if ``blob`` is not a
         state of this plan."""
-        words = state_words(key, blob, self.n_slots, self.n_cols) if blob else _NO_WORDS
+        words = state_words(key, blob, self.plan) if blob else _NO_WORDS
         p = self.plan
         status = self.status
         status[0] = Status.LABEL_NOT_USED
         exported = kernels.apply_exported(
             words, kind, time_ns, txid, vals, p.label_cols, p.win, p.dly, p.walks, p.summed,
-            len(p.fslot), p.since_prev, self.keep_ns, self.lateness_ns, out, status,
+            p.extras_at, len(p.fslot), p.since_prev, self.keep_ns, self.lateness_ns, out, status,
         )  # fmt: skip
         return exported.tobytes(), int(status[0])
 
@@ -264,8 +275,7 @@ def _rows_of(dense, sparse, n_rows, ids, create, arena, cap):
             else:
                 sparse[key] = row
             arena[row, :] = 0
-            arena[row, 1] = cap
-            arena[row, 2] = kernels.NO_TIME
+            kernels.new_row(arena[row], cap)
         out[i] = row
     return out, n_rows
 

@@ -11,15 +11,23 @@ history, one (slot, column) at a time. Each sum sees the same floating-point ope
 same order either way, hence bit-identical results. (The backfill sweeps the windows where a
 time-ordered pass gives the same values, see :mod:`features.sweep`; these walks do the rest.)
 
-Count, sum and mean come from the running sums; std, min and max scan the slot's range (exact,
-O(events in the window)), all of a (slot, column) in one pass, std about the running sum's mean.
-A running sum only a count uses is not kept.
+Count, sum and mean come from the running sums. A (slot, column) with std, min or max features
+also keeps running *extras* (:func:`_extend`): a compensated sum of squares, from which std
+comes with the running sum (:func:`_std`), and the range's cached extremes, exact: a value
+entering updates them, and one leaving that equals an extreme marks it unknown (NaN), to be
+found again by a scan of the range (:func:`_extremes`) when a feature next reads it; about once
+a window's length of events for the range's largest value. So an event reads the few buffered
+events its ranges move over, not the whole window. A running sum only a count uses is not kept.
 
 A state *row* (one entity, int64 words; float parts are viewed as float64) is laid out as::
 
-    [n, cap, newest_time, 0, start_0, end_0, ..., start_{S-1}, end_{S-1}]   header, 4 + 2S
+    [n, cap, newest_time, format, start_0, end_0, ..., start_{S-1}, end_{S-1}]   header, 4 + 2S
     [sum, compensation] per (slot, column)                                   2 * S * C (float64)
+    [squares, compensation, min, max] per (slot, column) with extras         4 * E (float64)
     [time, txid, vals[C] (float64)] per buffered event                       cap * (2 + C)
+
+``format`` is :data:`STATE_FORMAT` (exported states carry it; :func:`migrate_row` converts a
+state of format 0, which had no extras).
 
 An event's fields share a cache line: the stream touches entities at random, and each of its
 reads (a window's oldest event, the append, a label's transaction) is then one line, not three.
@@ -51,14 +59,21 @@ ST_DUPLICATE = 8  # a transaction id this state already holds (at the same time)
 
 NO_TIME = np.iinfo(np.int64).min
 HEADER = 4
+STATE_FORMAT = 1  # header word 3; 0: the rows before extras (std, min, max scanned per event)
 NS_PER_S = 1e9
 # Unsigned positions for hot loops: Numba adds a negative-index fix-up to every signed index.
 _U1, _U2, _U3, _U4 = (np.uint64(k) for k in range(1, 5))
 
 
-def row_width(n_slots: int, n_cols: int, cap: int) -> int:
-    """Words (int64) in one state row."""
-    return HEADER + 2 * n_slots + 2 * n_slots * n_cols + cap * (2 + n_cols)
+def row_width(n_slots: int, n_cols: int, n_ext: int, cap: int) -> int:
+    """Words (int64) in one state row with ``n_ext`` (slot, column) extras."""
+    return _head(n_slots, n_cols, n_ext) + cap * (2 + n_cols)
+
+
+@njit(cache=True, inline="always")
+def _head(n_slots, n_cols, n_ext):
+    """Words of a state row before its buffered events: header, sums and extras."""
+    return HEADER + 2 * n_slots + 2 * n_slots * n_cols + 4 * n_ext
 
 
 @njit(cache=True, inline="always")
@@ -118,12 +133,38 @@ def _move(times, n, hi, window_ns, b, e):
 
 
 @njit(cache=True, inline="always")
-def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, summed, t):
+def _extend(vals, c, b0, e0, b, e, squares, comp, lo, hi):
+    """The extras of column c (sum of squares compensated in ``comp``, cached extremes ``lo``
+    and ``hi``) for a range :func:`_step` moved from ``[b0, e0)`` to ``[b, e)``: the same
+    events leave, in the same order, and an emptied range restarts, so the stream and the
+    backfill, both moving ranges with :func:`_step`, get the same sums bit for bit.
+
+    An empty range's extremes are +inf and -inf; NaN is unknown (:func:`_extremes` finds it),
+    and stays unknown as values enter. Returns the new ``(squares, comp, lo, hi)``."""
+    for i in range(b0, min(b, e0)):  # left, oldest first
+        v = vals[i, c]
+        squares, comp = _kahan(squares, comp, -(v * v))
+        lo = np.nan if v <= lo else lo
+        hi = np.nan if v >= hi else hi
+    if b >= e0:  # every event left (or none was in): restart, as _step does
+        squares, comp = 0.0, 0.0
+        lo, hi = np.inf, -np.inf
+    for i in range(max(b, e0), e):  # entered and still in the window
+        v = vals[i, c]
+        squares, comp = _kahan(squares, comp, v * v)
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    return squares, comp, lo, hi
+
+
+@njit(cache=True, inline="always")
+def advance(times, vals, n, ranges, acc, ext, windows_ns, delays_ns, summed, ext_at, t):
     """Move every slot's range to the window ending at ``t`` over ``times[:n]``.
 
     ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)``; ``acc`` holds the
     (sum, compensation) pair of every (slot, column), updated with the ranges where
-    ``summed[s * C + c]`` (a sum no feature reads is left as it is).
+    ``summed[s * C + c]`` (a sum no feature reads is left as it is); ``ext`` the extras
+    (:func:`_extend`) of each (slot, column) with ``ext_at[s * C + c]`` >= 0, at that index.
     """
     n_cols = vals.shape[1]
     for s in range(windows_ns.shape[0]):
@@ -145,6 +186,12 @@ def advance(times, vals, n, ranges, acc, windows_ns, delays_ns, summed, t):
             b, e = _move(times, n, hi, windows_ns[s], b0, e0)
         ranges[2 * s] = b
         ranges[2 * s + 1] = e
+        for c in range(n_cols):
+            x = ext_at[s * n_cols + c]
+            if x >= 0:
+                ext[x], ext[x + 1], ext[x + 2], ext[x + 3] = _extend(
+                    vals, c, b0, e0, b, e, ext[x], ext[x + 1], ext[x + 2], ext[x + 3]
+                )
 
 
 @njit(cache=True, inline="always")
@@ -157,75 +204,83 @@ def _simple_value(cnt, total, op):
     return total if op == OP_SUM else total / cnt
 
 
-@njit(cache=True)
-def _scan(vals, b, e, c, total, f_std, f_min, f_max, out, at):
-    """Features ``f_std``, ``f_min`` and ``f_max`` (-1: none) of column c over ``vals[b:e]``,
-    in one pass, into ``out[at]``.
-
-    ``total`` is the range's running sum: std is about its mean, so the scan needs one pass.
-    Min and max of an empty range are NaN, std 0. Values are finite (checked on input), so
-    min and max need no NaN test and compile to branch-free instructions. The stream and the
-    backfill both call this, so the std's rounding is the same in both. Not inlined: the
-    scan's code would crowd the registers of the loops that call it.
-    """
-    b, e, c = np.uint64(b), np.uint64(e), np.uint64(c)  # unsigned: no negative-index fix-ups
-    cnt = e - b
-    if cnt == 0:
-        lo = hi = np.nan
-        std = 0.0
-    else:
-        mean = total / np.float64(cnt)
-        # Four interleaved accumulators of each: four dependency chains, each of a few cycles
-        # per value, run side by side.
-        lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = vals[b, c]
-        ss0 = ss1 = ss2 = ss3 = 0.0
-        i = b
-        while i + _U3 < e:
-            v0 = vals[i, c]
-            v1 = vals[i + _U1, c]
-            v2 = vals[i + _U2, c]
-            v3 = vals[i + _U3, c]
-            d0 = v0 - mean
-            d1 = v1 - mean
-            d2 = v2 - mean
-            d3 = v3 - mean
-            ss0 += d0 * d0
-            ss1 += d1 * d1
-            ss2 += d2 * d2
-            ss3 += d3 * d3
-            lo0 = min(lo0, v0)
-            lo1 = min(lo1, v1)
-            lo2 = min(lo2, v2)
-            lo3 = min(lo3, v3)
-            hi0 = max(hi0, v0)
-            hi1 = max(hi1, v1)
-            hi2 = max(hi2, v2)
-            hi3 = max(hi3, v3)
-            i += _U4
-        while i < e:
-            v0 = vals[i, c]
-            d0 = v0 - mean
-            ss0 += d0 * d0
-            lo0 = min(lo0, v0)
-            hi0 = max(hi0, v0)
-            i += _U1
-        lo = min(min(lo0, lo1), min(lo2, lo3))
-        hi = max(max(hi0, hi1), max(hi2, hi3))
-        std = np.sqrt(((ss0 + ss1) + (ss2 + ss3)) / np.float64(cnt))
-    if f_std >= 0:
-        out[at, f_std] = std
-    if f_min >= 0:
-        out[at, f_min] = lo
-    if f_max >= 0:
-        out[at, f_max] = hi
+_VARIANCE_NOISE = 16 * np.finfo(np.float64).eps  # the mean square's rounding, relative
 
 
 @njit(cache=True, inline="always")
-def emit(vals, ranges, sums, walks, out, at):
+def _std(cnt, total, squares):
+    """Standard deviation (population) of ``cnt`` values whose sum is ``total`` and sum of
+    squares ``squares``: 0 for none, and where the variance is within the rounding of the
+    mean square (so equal values give 0, as a scan would)."""
+    if cnt == 0:
+        return 0.0
+    mean_square = squares / np.float64(cnt)
+    mean = total / np.float64(cnt)
+    var = mean_square - mean * mean
+    return np.sqrt(var) if var > _VARIANCE_NOISE * mean_square else 0.0
+
+
+@njit(cache=True)
+def _extremes(vals, b, e, c):
+    """``(min, max)`` of column c over ``vals[b:e]`` (non-empty), in one pass.
+
+    Values are finite (checked on input), so the comparisons need no NaN test and compile to
+    branch-free instructions; four interleaved pairs of accumulators run side by side. Not
+    inlined: the scan's code would crowd the registers of the loops that call it.
+    """
+    b, e, c = np.uint64(b), np.uint64(e), np.uint64(c)  # unsigned: no negative-index fix-ups
+    lo0 = hi0 = lo1 = hi1 = lo2 = hi2 = lo3 = hi3 = vals[b, c]
+    i = b
+    while i + _U3 < e:
+        v0 = vals[i, c]
+        v1 = vals[i + _U1, c]
+        v2 = vals[i + _U2, c]
+        v3 = vals[i + _U3, c]
+        lo0 = min(lo0, v0)
+        lo1 = min(lo1, v1)
+        lo2 = min(lo2, v2)
+        lo3 = min(lo3, v3)
+        hi0 = max(hi0, v0)
+        hi1 = max(hi1, v1)
+        hi2 = max(hi2, v2)
+        hi3 = max(hi3, v3)
+        i += _U4
+    while i < e:
+        v0 = vals[i, c]
+        lo0 = min(lo0, v0)
+        hi0 = max(hi0, v0)
+        i += _U1
+    return min(min(lo0, lo1), min(lo2, lo3)), max(max(hi0, hi1), max(hi2, hi3))
+
+
+@njit(cache=True, inline="always")
+def _scanned(vals, b, e, c, total, ext, x, f_std, f_min, f_max, out, at):
+    """Features ``f_std``, ``f_min`` and ``f_max`` (-1: none) of column c over ``vals[b:e]``
+    into ``out[at]``, from its running sum ``total`` and its extras ``ext[x:x + 4]``; unknown
+    extremes wanted are found by a scan and kept there. Min and max of an empty range are NaN.
+    """
+    cnt = e - b
+    if f_std >= 0:
+        out[at, f_std] = _std(cnt, total, ext[x] + ext[x + 1])
+    if f_min >= 0 or f_max >= 0:
+        lo, hi = ext[x + 2], ext[x + 3]
+        if cnt == 0:
+            lo = hi = np.nan
+        elif np.isnan(lo) or np.isnan(hi):
+            lo, hi = _extremes(vals, b, e, c)
+            ext[x + 2], ext[x + 3] = lo, hi
+        if f_min >= 0:
+            out[at, f_min] = lo
+        if f_max >= 0:
+            out[at, f_max] = hi
+
+
+@njit(cache=True, inline="always")
+def emit(vals, ranges, sums, ext, ext_at, walks, out, at):
     """Write every feature of ``walks`` (see :func:`feature_walks`) into ``out[at]``.
 
     ``ranges[2s], ranges[2s + 1]`` is slot s's ``[start, end)`` in ``vals``;
-    ``sums[s * C + c]`` is column c's sum over it.
+    ``sums[s * C + c]`` is column c's sum over it, ``ext[ext_at[s * C + c]:][:4]`` its extras.
     """
     n_cols = vals.shape[1]
     for k in range(walks.shape[0]):
@@ -234,7 +289,8 @@ def emit(vals, ranges, sums, walks, out, at):
         e = ranges[2 * s + 1]
         total = sums[s * n_cols + c]
         if walks[k, 2]:
-            _scan(vals, b, e, c, total, walks[k, 3], walks[k, 4], walks[k, 5], out, at)
+            x = ext_at[s * n_cols + c]
+            _scanned(vals, b, e, c, total, ext, x, walks[k, 3], walks[k, 4], walks[k, 5], out, at)
             continue
         for op in range(OP_MEAN + 1):
             f = walks[k, 3 + op]
@@ -413,6 +469,19 @@ def feature_walks(n_slots, n_cols, feature_slot, feature_column, feature_op):
 
 
 @njit(cache=True)
+def extras_at(walks, n_slots, n_cols):
+    """Where each (slot, column)'s extras start in a row's extras (float64 words), -1 for
+    none: the (slot, column) of each walk with std, min or max features, in walk order."""
+    at = np.full(n_slots * n_cols, -1, np.int64)
+    n_ext = 0
+    for k in range(walks.shape[0]):
+        if walks[k, 2]:
+            at[walks[k, 0] * n_cols + walks[k, 1]] = 4 * n_ext
+            n_ext += 1
+    return at
+
+
+@njit(cache=True)
 def summed_columns(walks, n_slots, n_cols):
     """Which (slot, column) running sums a feature of ``walks`` reads: a sum, a mean or a
     std (about the mean); a count needs only the range."""
@@ -448,9 +517,9 @@ def backfill_entity(
     parallel.
 
     Each entity's history is walked once per (slot, column): the range and its sum live in
-    registers, and :func:`_step` does what :func:`advance` does for the stream, column by
-    column, so the values are bit-identical. Scanned features (std, min, max) get a walk of
-    their own, to keep the scan out of the count/sum/mean loop. Values go to ``scratch`` at
+    registers, and :func:`_step` (with :func:`_extend`) does what :func:`advance` does for the
+    stream, column by column, so the values are bit-identical. Std, min and max get a walk of
+    their own, to keep their extras out of the count/sum/mean loop. Values go to ``scratch`` at
     their input row: one cache line per event, which the entity's next walks find still cached;
     a last parallel pass copies ``scratch`` into ``out`` sequentially.
 
@@ -473,9 +542,14 @@ def backfill_entity(
             w, d = windows_ns[s], delays_ns[s]
             b, e, total, comp = 0, 0, 0.0, 0.0
             if scans:
+                ext = np.zeros(4)  # the extras of the (slot, column), as a state row's
                 for i in range(m):
-                    b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
-                    _scan(v, b, e, c, total + comp, f_0, f_1, f_2, scratch, r[i])
+                    b0, e0 = b, e
+                    b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b0, e0, total, comp)
+                    ext[0], ext[1], ext[2], ext[3] = _extend(
+                        v, c, b0, e0, b, e, ext[0], ext[1], ext[2], ext[3]
+                    )
+                    _scanned(v, b, e, c, total + comp, ext, 0, f_0, f_1, f_2, scratch, r[i])
                 continue
             for i in range(m):
                 b, e, total, comp = _step(t, v, c, i + 1, t[i] - d, w, b, e, total, comp)
@@ -516,10 +590,10 @@ def _upper_bound_recent(times, n, t):
 
 
 @njit(cache=True, inline="always")
-def events_of(row, n_slots, n_cols, cap):
+def events_of(row, n_slots, n_cols, n_ext, cap):
     """The buffer of a state row: ``(records, times, txids, vals)``, views of one
     ``cap x (2 + C)`` block (times and ids as int64, vals as float64)."""
-    off = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    off = _head(n_slots, n_cols, n_ext)
     width = 2 + n_cols
     # as_strided, not reshape: numba's reshape calls a C helper (numba_attempt_nocopy_reshape)
     # on every call, a sizeable share of an event's cost; the views are the same.
@@ -530,10 +604,10 @@ def events_of(row, n_slots, n_cols, cap):
 
 
 @njit(cache=True)
-def compact(row, n_slots, n_cols, cap, cutoff):
+def compact(row, n_slots, n_cols, n_ext, cap, cutoff):
     """Drop buffered events with time <= cutoff (they are behind every slot's range)."""
     n = row[0]
-    records, times, _, _ = events_of(row, n_slots, n_cols, cap)
+    records, times, _, _ = events_of(row, n_slots, n_cols, n_ext, cap)
     m = _upper_bound(times, n, cutoff)
     for s in range(n_slots):
         m = min(m, row[HEADER + 2 * s])
@@ -548,13 +622,15 @@ def compact(row, n_slots, n_cols, cap, cutoff):
 
 
 @njit(cache=True, inline="always")
-def _ranges_and_sums(row, n_slots, n_cols):
-    """Views of a state row's slot ranges (``start, end`` per slot, int64) and running sums
-    (``[sum, compensation]`` per (slot, column), float64)."""
+def _ranges_and_sums(row, n_slots, n_cols, n_ext):
+    """Views of a state row's slot ranges (``start, end`` per slot, int64), running sums
+    (``[sum, compensation]`` per (slot, column), float64) and extras (float64)."""
     sums_at = HEADER + 2 * n_slots
+    ext_at = sums_at + 2 * n_slots * n_cols
     ranges = row[HEADER:sums_at]
-    acc = row[sums_at : sums_at + 2 * n_slots * n_cols].view(np.float64)
-    return ranges, acc
+    acc = row[sums_at:ext_at].view(np.float64)
+    ext = row[ext_at : ext_at + 4 * n_ext].view(np.float64)
+    return ranges, acc, ext
 
 
 @njit(cache=True, inline="always")
@@ -574,18 +650,23 @@ def _find_buffered(times, txids, end, t, txid):
 
 
 @njit(cache=True, inline="always")
-def _apply_label(vals, ranges, acc, k, c, value):
+def _apply_label(vals, ranges, acc, ext, ext_at, k, c, value):
     """Set column c (a label column) of buffered event k to ``value``.
 
-    Each slot whose range holds event k gets the change added to its running sum of column c;
-    the other slots see the new value once their range reaches event k.
+    Each slot whose range holds event k gets the change added to its running sum of column c
+    (and to its sum of squares, its extremes then unknown); the other slots see the new value
+    once their range reaches event k.
     """
     n_cols = vals.shape[1]
-    delta = value - vals[k, c]
+    old = vals[k, c]
     vals[k, c] = value
     for s in range(ranges.shape[0] // 2):
         if ranges[2 * s] <= k < ranges[2 * s + 1]:
-            _kahan_add(acc, 2 * (s * n_cols + c), delta)
+            _kahan_add(acc, 2 * (s * n_cols + c), value - old)
+            x = ext_at[s * n_cols + c]
+            if x >= 0:
+                _kahan_add(ext, x, value * value - old * old)
+                ext[x + 2] = ext[x + 3] = np.nan
 
 
 @njit(cache=True, inline="always")
@@ -600,8 +681,9 @@ def _make_room(records, n, k):
 
 
 @njit(cache=True, inline="always")
-def _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns):
-    """Update the slot ranges and running sums for a late event just inserted at index k.
+def _admit_late(vals, ranges, acc, ext, ext_at, k, t, newest, windows_ns, delays_ns):
+    """Update the slot ranges, running sums and extras for a late event just inserted at
+    index k.
 
     The ranges still describe the windows ending at ``newest`` (minus each slot's delay): a
     range past index k moves up by one, and a range whose window holds t also takes the event
@@ -617,15 +699,22 @@ def _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns):
         elif t <= hi:  # inside the window: the range grows by the event
             ranges[2 * s + 1] += 1
             for c in range(n_cols):
-                _kahan_add(acc, 2 * (s * n_cols + c), vals[k, c])
+                v = vals[k, c]
+                _kahan_add(acc, 2 * (s * n_cols + c), v)
+                x = ext_at[s * n_cols + c]
+                if x >= 0:
+                    _kahan_add(ext, x, v * v)
+                    ext[x + 2] = v if v < ext[x + 2] else ext[x + 2]
+                    ext[x + 3] = v if v > ext[x + 3] else ext[x + 3]
 
 
 @njit(cache=True, inline="always")
-def _ranges_at(times, vals, k, t, windows_ns, delays_ns, ranges, sums):
-    """Slot ranges and plain sums of the windows ending at t over ``times[:k + 1]``.
+def _ranges_at(times, vals, k, t, windows_ns, delays_ns, ext_at, ranges, sums, ext):
+    """Slot ranges, plain sums and extras of the windows ending at t over ``times[:k + 1]``.
 
     For a late event at index k, seen at its own time: the events after it are not in its
-    windows. Fills ``ranges`` (``start, end`` per slot) and ``sums[s * C + c]``.
+    windows. Fills ``ranges`` (``start, end`` per slot), ``sums[s * C + c]`` and, where
+    ``ext_at`` has them, the extras (plain sums of squares, extremes unknown).
     """
     n_cols = vals.shape[1]
     for s in range(windows_ns.shape[0]):
@@ -635,10 +724,15 @@ def _ranges_at(times, vals, k, t, windows_ns, delays_ns, ranges, sums):
         ranges[2 * s] = b
         ranges[2 * s + 1] = e
         for c in range(n_cols):
-            total = 0.0
+            total = squares = 0.0
             for i in range(b, e):
-                total += vals[i, c]
+                v = vals[i, c]
+                total += v
+                squares += v * v
             sums[s * n_cols + c] = total
+            x = ext_at[s * n_cols + c]
+            if x >= 0:
+                ext[x], ext[x + 1], ext[x + 2], ext[x + 3] = squares, 0.0, np.nan, np.nan
 
 
 @njit(cache=True, inline="always")
@@ -655,6 +749,15 @@ PREFETCH_EVENTS_AHEAD = 8
 
 
 @njit(cache=True, inline="always")
+def _count_extras(ext_at):
+    """How many (slot, column)s of :func:`extras_at` have extras."""
+    n = 0
+    for x in ext_at:
+        n += x >= 0
+    return n
+
+
+@njit(cache=True, inline="always")
 def _applies(event_kinds, arena_rows, uses_labels, j):
     """Whether :func:`process` reads event j's state: a transaction's, or a label's when the
     plan has label features."""
@@ -663,16 +766,16 @@ def _applies(event_kinds, arena_rows, uses_labels, j):
 
 
 @njit(cache=True, inline="always")
-def _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols):
+def _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols, n_ext):
     """Start loading the parts of state rows that events ahead of event j will read.
 
-    Event ``j + PREFETCH_HEADER_AHEAD``: its header and sums. Event
+    Event ``j + PREFETCH_HEADER_AHEAD``: its header, sums and extras. Event
     ``j + PREFETCH_EVENTS_AHEAD`` (its header loaded by now): for a transaction, its buffered
     events from the oldest slot start on (the ranges move over them, scans read them); for a
     label, from the earliest slot end on (where its transaction lies, a delay back).
     """
     m = arena_rows.shape[0]
-    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    head = _head(n_slots, n_cols, n_ext)
     ahead = j + PREFETCH_HEADER_AHEAD
     if ahead < m and _applies(event_kinds, arena_rows, uses_labels, ahead):
         r = arena_rows[ahead]
@@ -683,12 +786,19 @@ def _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_
     if ahead < m and _applies(event_kinds, arena_rows, uses_labels, ahead):
         r = arena_rows[ahead]
         n = arena[r, 0]
-        first = n
-        for i in range(HEADER + (event_kinds[ahead] == KIND_LABEL), HEADER + 2 * n_slots, 2):
-            first = min(first, arena[r, i])
         width = 2 + n_cols
-        for w in range(head + first * width, head + (n + 1) * width, 8):
-            prefetch(arena, r, w)
+        if event_kinds[ahead] == KIND_LABEL:
+            first = n
+            for i in range(HEADER + 1, HEADER + 2 * n_slots, 2):
+                first = min(first, arena[r, i])
+            for w in range(head + first * width, head + (n + 1) * width, 8):
+                prefetch(arena, r, w)
+        else:
+            for i in range(HEADER, HEADER + 2 * n_slots):
+                w = head + arena[r, i] * width
+                prefetch(arena, r, w)
+                prefetch(arena, r, w + 8)
+            prefetch(arena, r, head + n * width)
 
 
 @njit(cache=True)
@@ -704,6 +814,7 @@ def process(
     delays_ns,
     walks,
     summed,
+    ext_at,
     n_feat,
     since_prev,
     keep_ns,
@@ -723,9 +834,10 @@ def process(
     (:func:`feature_walks`), slot s being the window of ``windows_ns[s]`` ending
     ``delays_ns[s]`` before the transaction; then, if ``since_prev``, seconds since the
     entity's previous transaction. ``summed`` (:func:`summed_columns`) says which running
-    sums the features read. A transaction older than the entity's
-    newest by ``lateness_ns`` or more is rejected; a full buffer first drops the events
-    ``keep_ns`` or more older than the newest (see :func:`compact`). A label sets the
+    sums the features read, ``ext_at`` (:func:`extras_at`) where the extras are. A
+    transaction older than the entity's newest by ``lateness_ns`` or more is rejected; a full
+    buffer first drops the events ``keep_ns`` or more older than the newest (see
+    :func:`compact`). A label sets the
     ``label_columns`` of its buffered transaction (same time and id) to its values.
 
     Returns the index of the first event not applied: ``len(event_kinds)`` when all were, else
@@ -734,14 +846,16 @@ def process(
     # The caller holds every argument: views of them need no reference counting.
     arena, out, event_vals = borrowed(arena), borrowed(out), borrowed(event_vals)
     label_columns, walks, summed = borrowed(label_columns), borrowed(walks), borrowed(summed)
-    windows_ns, delays_ns = borrowed(windows_ns), borrowed(delays_ns)
+    windows_ns, delays_ns, ext_at = borrowed(windows_ns), borrowed(delays_ns), borrowed(ext_at)
     n_slots = windows_ns.shape[0]
     n_cols = event_vals.shape[1]
+    n_ext = _count_extras(ext_at)
     uses_labels = label_columns.shape[0] > 0
     sums = np.zeros(n_slots * n_cols, np.float64)
     own_ranges = np.empty(2 * n_slots, np.int64)  # a late event's ranges at its own time
+    own_ext = np.empty(4 * n_ext, np.float64)  # and its extras
     for j in range(first, event_kinds.shape[0]):
-        _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols)
+        _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_cols, n_ext)
         kind = event_kinds[j]
         if kind == KIND_SKIP:
             continue
@@ -754,14 +868,14 @@ def process(
         newest = row[2]
         t = event_times[j]
         txid = event_txids[j]
-        ranges, acc = _ranges_and_sums(row, n_slots, n_cols)
-        records, times, txids, vals = events_of(row, n_slots, n_cols, cap)
+        ranges, acc, ext = _ranges_and_sums(row, n_slots, n_cols, n_ext)
+        records, times, txids, vals = events_of(row, n_slots, n_cols, n_ext, cap)
 
         if kind == KIND_LABEL:
             k = _find_buffered(times, txids, _upper_bound_recent(times, n, t), t, txid)
             if k >= 0:
                 for c in label_columns:
-                    _apply_label(vals, ranges, acc, k, c, event_vals[j, c])
+                    _apply_label(vals, ranges, acc, ext, ext_at, k, c, event_vals[j, c])
                 status[j] = ST_LABEL_APPLIED
             elif n == 0 or t < times[0]:
                 status[j] = ST_LABEL_EXPIRED
@@ -783,7 +897,7 @@ def process(
             status[j] = ST_DUPLICATE
             continue
         if n == cap and seen_any:
-            compact(row, n_slots, n_cols, cap, newest - keep_ns)
+            compact(row, n_slots, n_cols, n_ext, cap, newest - keep_ns)
             n = row[0]
         if n == cap:  # still full: the caller grows the arena and calls again from j
             return j
@@ -799,17 +913,17 @@ def process(
 
         if not late:
             row[2] = t
-            advance(times, vals, n + 1, ranges, acc, windows_ns, delays_ns, summed, t)
+            advance(times, vals, n + 1, ranges, acc, ext, windows_ns, delays_ns, summed, ext_at, t)
             _acc_sums(acc, sums)
-            emit(vals, ranges, sums, walks, out, j)
+            emit(vals, ranges, sums, ext, ext_at, walks, out, j)
             if since_prev:
                 out[j, n_feat] = _seconds_since(t, newest)
             status[j] = ST_OK
         else:
             # The state's windows still end at `newest`; this event's own windows end at t.
-            _admit_late(vals, ranges, acc, k, t, newest, windows_ns, delays_ns)
-            _ranges_at(times, vals, k, t, windows_ns, delays_ns, own_ranges, sums)
-            emit(vals, own_ranges, sums, walks, out, j)
+            _admit_late(vals, ranges, acc, ext, ext_at, k, t, newest, windows_ns, delays_ns)
+            _ranges_at(times, vals, k, t, windows_ns, delays_ns, ext_at, own_ranges, sums, own_ext)
+            emit(vals, own_ranges, sums, own_ext, ext_at, walks, out, j)
             if since_prev:
                 out[j, n_feat] = _seconds_since(t, times[k - 1] if k > 0 else NO_TIME)
             status[j] = ST_LATE
@@ -817,14 +931,22 @@ def process(
 
 
 @njit(cache=True)
-def restore_row(row, words, n_slots, n_cols, cap):
+def new_row(row, cap):
+    """Make a zeroed ``row`` of capacity ``cap`` an entity's empty state."""
+    row[1] = cap
+    row[2] = NO_TIME
+    row[3] = STATE_FORMAT
+
+
+@njit(cache=True)
+def restore_row(row, words, n_slots, n_cols, n_ext, cap):
     """Fill a zeroed state ``row`` of capacity ``cap`` from exported ``words`` (see
     :func:`export_row`; ``cap`` at least their n)."""
-    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    head = _head(n_slots, n_cols, n_ext)
     n = words[1]  # an export holds n in the capacity word
     row[:head] = words[:head]
     row[1] = cap
-    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+    records, _, _, _ = events_of(row, n_slots, n_cols, n_ext, cap)
     for i in range(n):
         records[i, 0] = words[head + i]
         records[i, 1] = words[head + n + i]
@@ -833,24 +955,55 @@ def restore_row(row, words, n_slots, n_cols, cap):
 
 
 @njit(cache=True)
-def export_row(row, n_slots, n_cols, cap, keep_ns):
+def export_row(row, n_slots, n_cols, n_ext, cap, keep_ns):
     """The compact form of a state row, after dropping the events ``keep_ns`` or more older
-    than its newest: its header and sums (the capacity word set to n), then times[n], txids[n]
-    and vals[n x C] (float64 bits)."""
+    than its newest: its header, sums and extras (the capacity word set to n), then times[n],
+    txids[n] and vals[n x C] (float64 bits)."""
     if row[2] != NO_TIME:
-        compact(row, n_slots, n_cols, cap, row[2] - keep_ns)
-    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+        compact(row, n_slots, n_cols, n_ext, cap, row[2] - keep_ns)
+    head = _head(n_slots, n_cols, n_ext)
     n = row[0]
     exported = np.empty(head + n * (2 + n_cols), np.int64)
     exported[:head] = row[:head]
     exported[1] = n
-    records, _, _, _ = events_of(row, n_slots, n_cols, cap)
+    records, _, _, _ = events_of(row, n_slots, n_cols, n_ext, cap)
     for i in range(n):
         exported[head + i] = records[i, 0]
         exported[head + n + i] = records[i, 1]
         for c in range(n_cols):
             exported[head + 2 * n + i * n_cols + c] = records[i, 2 + c]
     return exported
+
+
+@njit(cache=True)
+def migrate_row(words, n_slots, n_cols, ext_at):
+    """Exported ``words`` of format 0 (no extras) in the current format: the extras of each
+    range computed from its buffered events (sums of squares compensated, oldest first, as if
+    the events had entered one by one and none left; extremes exact). Features then equal a
+    state kept in the current format up to the rounding of std."""
+    n_ext = _count_extras(ext_at)
+    head0 = _head(n_slots, n_cols, 0)
+    head = _head(n_slots, n_cols, n_ext)
+    n = words[1]
+    migrated = np.empty(words.shape[0] + 4 * n_ext, np.int64)
+    migrated[:head0] = words[:head0]
+    migrated[head:] = words[head0:]
+    migrated[3] = STATE_FORMAT
+    ext = migrated[head0:head].view(np.float64)
+    vals = migrated[head + 2 * n :].view(np.float64)
+    for s in range(n_slots):
+        b, e = words[HEADER + 2 * s], words[HEADER + 2 * s + 1]
+        for c in range(n_cols):
+            x = ext_at[s * n_cols + c]
+            if x < 0:
+                continue
+            squares, comp, lo, hi = 0.0, 0.0, np.inf, -np.inf
+            for i in range(b, e):
+                v = vals[i * n_cols + c]
+                squares, comp = _kahan(squares, comp, v * v)
+                lo, hi = min(lo, v), max(hi, v)
+            ext[x], ext[x + 1], ext[x + 2], ext[x + 3] = squares, comp, lo, hi
+    return migrated
 
 
 @njit(cache=True)
@@ -865,6 +1018,7 @@ def apply_exported(
     delays_ns,
     walks,
     summed,
+    ext_at,
     n_feat,
     since_prev,
     keep_ns,
@@ -882,17 +1036,17 @@ def apply_exported(
     """
     n_slots = windows_ns.shape[0]
     n_cols = vals.shape[1]
+    n_ext = _count_extras(ext_at)
     n = words[1] if words.shape[0] > 0 else 0
     cap = n + 1  # room for this event: no compaction before it, as in a store with room
-    head = HEADER + 2 * n_slots + 2 * n_slots * n_cols
+    head = _head(n_slots, n_cols, n_ext)
     arena = np.zeros((1, head + cap * (2 + n_cols)), np.int64)
     row = arena[0]
     rows = np.zeros(1, np.int64)
     if words.shape[0] > 0:
-        restore_row(row, words, n_slots, n_cols, cap)
+        restore_row(row, words, n_slots, n_cols, n_ext, cap)
     elif kind == KIND_TX:
-        row[1] = cap
-        row[2] = NO_TIME  # a new entity's empty state
+        new_row(row, cap)
     else:
         rows[0] = -1  # a label for an entity without state
     process(
@@ -907,6 +1061,7 @@ def apply_exported(
         delays_ns,
         walks,
         summed,
+        ext_at,
         n_feat,
         since_prev,
         keep_ns,
@@ -917,4 +1072,4 @@ def apply_exported(
     )
     if rows[0] < 0:
         return np.empty(0, np.int64)
-    return export_row(row, n_slots, n_cols, cap, keep_ns)
+    return export_row(row, n_slots, n_cols, n_ext, cap, keep_ns)

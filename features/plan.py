@@ -88,6 +88,16 @@ class EntityPlan:
         """Which (slot, column) running sums the features read (:func:`kernels.summed_columns`)."""
         return kernels.summed_columns(self.walks, len(self.win), self.n_cols)
 
+    @cached_property
+    def extras_at(self) -> np.ndarray:
+        """Where each (slot, column)'s extras are in a state row (:func:`kernels.extras_at`)."""
+        return kernels.extras_at(self.walks, len(self.win), self.n_cols)
+
+    @property
+    def n_extras(self) -> int:
+        """How many (slot, column)s keep extras (those with std, min or max features)."""
+        return int((self.extras_at >= 0).sum())
+
 
 _CALENDAR_CODES = {Calendar.WEEKEND: 0, Calendar.NIGHT: 1, Calendar.HOUR: 2}
 _PARALLEL_ROWS = 1 << 16  # below this, starting threads costs more than it saves

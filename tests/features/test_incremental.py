@@ -352,3 +352,55 @@ def test_exported_states_refuse_a_state_of_another_spec_or_no_state_at_all():
         default.apply(7, state, KIND_TX, T0 + DAY, 2, vals, out_d)
     with pytest.raises(ValueError, match="state of 7 is not a state"):
         default.apply(7, state[:-3], KIND_TX, T0 + DAY, 2, vals, out_d)
+
+
+def _format_0(blob: bytes, plan) -> bytes:
+    """A state as the rows before extras exported it: no extras, format word 0."""
+    from features import kernels
+
+    words = np.frombuffer(blob, np.int64).copy()
+    head = kernels.row_width(len(plan.win), plan.n_cols, 0, 0)
+    words[3] = 0
+    return np.concatenate([words[:head], words[head + 4 * plan.n_extras :]]).tobytes()
+
+
+def test_a_state_from_before_extras_is_migrated_and_gives_the_same_features():
+    """Std, min and max read running extras; a state exported without them (format 0) gets
+    them from its buffered events on load, in a store and in a keyed step alike."""
+    from features.incremental import ExportedStates
+    from features.plan import EntityPlan
+
+    spec = presets.DEFAULT
+    rng = np.random.default_rng(3)
+    days = np.sort(rng.uniform(0, 60, 400))
+    history = [(KIND_TX, i, d, 1, 5, float(rng.gamma(2, 40)), 0) for i, d in enumerate(days)]
+    later = [(KIND_TX, 1_000 + i, 60 + i / 4, 1, 5, float(rng.gamma(2, 40)), 0) for i in range(40)]
+    kept = IncrementalEngine(spec)
+    kept.process(batch(*history))
+    plan = EntityPlan.build(spec, CUSTOMER)
+    assert plan.n_extras == 4  # the card's 1, 7 and 30 days and its habit window
+    migrated = IncrementalEngine(spec)
+    migrated.load(CUSTOMER, 1, _format_0(kept.export(CUSTOMER, 1), plan))
+    migrated.load(TERMINAL, 5, kept.export(TERMINAL, 5))
+    want, _ = kept.process(batch(*later))
+    got, _ = migrated.process(batch(*later))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    scanned = [i for i, n in enumerate(spec.names) if "_MAX_" in n or "_MIN_" in n]
+    np.testing.assert_array_equal(got[:, scanned], want[:, scanned])  # extremes are exact
+
+    applied = ExportedStates(plan, timedelta(0))
+    blob, vals, at = kept.export(CUSTOMER, 1), np.array([[70.0]]), int(T0 + 71 * DAY)
+    out_new, out_old = np.empty((1, plan.n_out + 1)), np.empty((1, plan.n_out + 1))
+    new_state, _ = applied.apply(1, blob, KIND_TX, at, 9_999, vals, out_new)
+    old_state, _ = applied.apply(1, _format_0(blob, plan), KIND_TX, at, 9_999, vals, out_old)
+    np.testing.assert_allclose(out_old, out_new, rtol=1e-12)
+    assert len(old_state) == len(new_state)  # written back in the current format
+
+
+def test_a_state_of_an_unknown_format_is_refused():
+    a = IncrementalEngine(presets.DEFAULT)
+    a.process(batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0)))
+    words = np.frombuffer(a.export(CUSTOMER, 1), np.int64).copy()
+    words[3] = 7  # a format from a later version
+    with pytest.raises(ValueError, match="state of 1 has format 7; this version reads 1 and 0"):
+        IncrementalEngine(presets.DEFAULT).load(CUSTOMER, 1, words.tobytes())

@@ -1,5 +1,5 @@
-"""Kernel building blocks checked on their own: the one-pass scan, the calendar columns, the
-prefetch hint and borrowed arrays."""
+"""Kernel building blocks checked on their own: std, min and max from running extras, the
+calendar columns, the prefetch hint and borrowed arrays."""
 
 from __future__ import annotations
 
@@ -16,24 +16,56 @@ from features.borrow import borrowed
 from features.prefetch import prefetch
 
 
-def test_one_pass_scan_gives_std_min_and_max_of_any_range():
+def _slide(times: np.ndarray, vals: np.ndarray, window: int) -> list[tuple[int, int, list]]:
+    """Each event's window ``(t - window, t]`` moved as the stream moves it, with its range and
+    its std, min and max features from the running sums and extras."""
+    ext, out = np.zeros(4), np.full((1, 3), -1.0)
+    b = e = 0
+    total = comp = 0.0
+    seen = []
+    for i in range(len(times)):
+        b0, e0 = b, e
+        b, e, total, comp = kernels._step(
+            times, vals, 1, i + 1, times[i], window, b0, e0, total, comp
+        )
+        ext[:] = kernels._extend(vals, 1, b0, e0, b, e, *ext)
+        kernels._scanned(vals, b, e, 1, total + comp, ext, 0, 2, 0, 1, out, 0)
+        seen.append((b, e, out[0].tolist()))
+    return seen
+
+
+def test_running_extras_give_std_min_and_max_of_a_moving_window():
     rng = np.random.default_rng(7)
-    vals = rng.lognormal(4, 1, size=(101, 3))
-    out = np.full((1, 3), -1.0)
-    for b, e in [(0, 101), (5, 6), (10, 43), (17, 18), (3, 100), (50, 52)]:
-        column = vals[b:e, 1]
-        kernels._scan(vals, b, e, 1, column.sum(), 2, 0, 1, out, 0)
-        np.testing.assert_allclose(out[0, 2], column.std(), rtol=1e-12)
-        assert out[0, 0] == column.min() and out[0, 1] == column.max()
-    kernels._scan(vals, 9, 9, 1, 0.0, 2, 0, 1, out, 0)
+    times = np.cumsum(rng.integers(0, 5, 600)).astype(np.int64)
+    times[300:] += 1_000  # a gap longer than the window: it empties and restarts
+    vals = rng.lognormal(4, 1, size=(600, 3))
+    vals[::5, 1] = np.round(vals[::5, 1] / 20) * 20  # ties, also of extremes
+    for i, (b, e, (lo, hi, std)) in enumerate(_slide(times, vals, 40)):
+        inside = vals[: i + 1, 1][times[: i + 1] > times[i] - 40]
+        assert (b, e) == (i + 1 - len(inside), i + 1)
+        assert lo == inside.min() and hi == inside.max()
+        np.testing.assert_allclose(std, inside.std(), rtol=1e-9)
+
+
+def test_equal_values_have_a_std_of_zero_and_an_empty_window_none():
+    times = np.array([0, 1, 2, 3, 100], np.int64)
+    vals = np.full((5, 2), 0.1)
+    seen = _slide(times, vals, 10)
+    assert [std for *_, (_, _, std) in seen] == [0.0] * 5
+    ext, out = np.array([0.0, 0.0, np.inf, -np.inf]), np.full((1, 3), -1.0)
+    kernels._scanned(vals, 3, 3, 1, 0.0, ext, 0, 2, 0, 1, out, 0)
     assert out[0, 2] == 0.0 and np.isnan(out[0, :2]).all()
 
 
-def test_a_scan_writes_only_the_features_it_is_given():
-    vals = np.arange(12.0).reshape(4, 3)
+def test_an_extreme_that_leaves_is_found_again_by_a_scan():
+    vals = np.array([[0.0, v] for v in (5.0, 9.0, 1.0, 7.0, 3.0)])
+    ext = np.array(kernels._extend(vals, 1, 0, 0, 0, 5, 0.0, 0.0, 0.0, 0.0))
+    assert ext[2:].tolist() == [1.0, 9.0]
+    ext[:] = kernels._extend(vals, 1, 0, 5, 2, 5, *ext)  # 5 and 9 leave: the max is unknown
+    assert ext[2] == 1.0 and np.isnan(ext[3])
     out = np.full((1, 3), -1.0)
-    kernels._scan(vals, 0, 4, 0, vals[:, 0].sum(), -1, -1, 1, out, 0)
-    assert out.tolist() == [[-1.0, 9.0, -1.0]]
+    kernels._scanned(vals, 2, 5, 1, 11.0, ext, 0, -1, -1, 1, out, 0)
+    assert out.tolist() == [[-1.0, 7.0, -1.0]] and ext[3] == 7.0  # kept for the next reads
 
 
 def _calendar_times(rng: np.random.Generator) -> np.ndarray:

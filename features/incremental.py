@@ -23,6 +23,7 @@ Semantics (the backfill gives the same float64 values for the same events in tim
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -200,15 +201,26 @@ class EntityStore:
 
 
 _NO_WORDS = np.empty(0, np.int64)
+_COUNT_AND_FORMAT = struct.Struct("<q8xq")  # an exported state's words 1 and 3 (n, format)
 
 
 def state_words(key: int, blob: bytes, plan: EntityPlan) -> np.ndarray:
     """The words of entity ``key``'s exported state ``blob`` in the current format (a state
     of format 0 is migrated: :func:`kernels.migrate_row`); ``ValueError`` unless it is a state
     of ``plan``."""
+    head, record = plan.state_shape
+    if len(blob) >= 8 * head:  # the usual case first: a keyed step reads a state per event
+        n, fmt = _COUNT_AND_FORMAT.unpack_from(blob, 8)
+        if fmt == kernels.STATE_FORMAT and len(blob) == 8 * (head + n * record):
+            return np.frombuffer(blob, np.int64)
     if len(blob) % 8:
         raise ValueError(f"state of {key} is not a state ({len(blob)} bytes)")
-    words = np.frombuffer(blob, np.int64)
+    return _older_state(key, np.frombuffer(blob, np.int64), plan)
+
+
+def _older_state(key: int, words: np.ndarray, plan: EntityPlan) -> np.ndarray:
+    """:func:`state_words` of a state not in the current format for ``plan``: migrated from
+    format 0, else refused."""
     n_slots, n_cols = len(plan.win), plan.n_cols
     fmt = int(words[3]) if len(words) > 3 else 0
     if fmt not in (0, kernels.STATE_FORMAT):
@@ -219,9 +231,7 @@ def state_words(key: int, blob: bytes, plan: EntityPlan) -> np.ndarray:
     head = kernels.row_width(n_slots, n_cols, n_ext, 0)
     if len(words) < head or len(words) != kernels.row_width(n_slots, n_cols, n_ext, int(words[1])):
         raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
-    if fmt == 0:
-        return kernels.migrate_row(words, n_slots, n_cols, plan.extras_at)
-    return words
+    return kernels.migrate_row(words, n_slots, n_cols, plan.extras_at)
 
 
 class ExportedStates:

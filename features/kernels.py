@@ -67,7 +67,7 @@ _U1, _U2, _U3, _U4 = (np.uint64(k) for k in range(1, 5))
 
 def row_width(n_slots: int, n_cols: int, n_ext: int, cap: int) -> int:
     """Words (int64) in one state row with ``n_ext`` (slot, column) extras."""
-    return _head(n_slots, n_cols, n_ext) + cap * (2 + n_cols)
+    return _head.py_func(n_slots, n_cols, n_ext) + cap * (2 + n_cols)  # no dispatch from Python
 
 
 @njit(cache=True, inline="always")

@@ -93,10 +93,16 @@ class EntityPlan:
         """Where each (slot, column)'s extras are in a state row (:func:`kernels.extras_at`)."""
         return kernels.extras_at(self.walks, len(self.win), self.n_cols)
 
-    @property
+    @cached_property
     def n_extras(self) -> int:
         """How many (slot, column)s keep extras (those with std, min or max features)."""
         return int((self.extras_at >= 0).sum())
+
+    @cached_property
+    def state_shape(self) -> tuple[int, int]:
+        """Words of an exported state before its buffered events (:func:`kernels.row_width`),
+        and words per buffered event."""
+        return kernels.row_width(len(self.win), self.n_cols, self.n_extras, 0), 2 + self.n_cols
 
 
 _CALENDAR_CODES = {Calendar.WEEKEND: 0, Calendar.NIGHT: 1, Calendar.HOUR: 2}

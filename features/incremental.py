@@ -6,8 +6,8 @@ Semantics (the backfill gives the same float64 values for the same events in tim
   arrived before it, plus itself.
 * Out of order: a transaction older than its entity's newest event but within ``max_lateness``
   of it is inserted where it belongs: later events see it, and its own features are computed
-  from its windows at its time (equal to the backfill up to float rounding). One older than that is
-  rejected (status ``TOO_LATE``) and changes no state.
+  from its windows at its time (equal to the backfill up to float rounding). One older than
+  that is rejected (status ``TOO_LATE``) and changes no state.
 * Redelivery: a transaction whose id the state already holds at the same time is ignored
   (status ``DUPLICATE``). The original is always still buffered when the copy is not too late,
   so every copy is caught.
@@ -201,7 +201,7 @@ class EntityStore:
 
 
 _NO_WORDS = np.empty(0, np.int64)
-_COUNT_AND_FORMAT = struct.Struct("<q8xq")  # an exported state's words 1 and 3 (n, format)
+_COUNT_AND_FORMAT = struct.Struct("=q8xq")  # an exported state's words 1 and 3 (n, format)
 
 
 def state_words(key: int, blob: bytes, plan: EntityPlan) -> np.ndarray:
@@ -219,8 +219,8 @@ def state_words(key: int, blob: bytes, plan: EntityPlan) -> np.ndarray:
 
 
 def _older_state(key: int, words: np.ndarray, plan: EntityPlan) -> np.ndarray:
-    """:func:`state_words` of a state not in the current format for ``plan``: migrated from
-    format 0, else refused."""
+    """:func:`state_words` with every check: a state of format 0 is migrated, one that is not
+    a state of ``plan`` refused."""
     n_slots, n_cols = len(plan.win), plan.n_cols
     fmt = int(words[3]) if len(words) > 3 else 0
     if fmt not in (0, kernels.STATE_FORMAT):
@@ -231,7 +231,7 @@ def _older_state(key: int, words: np.ndarray, plan: EntityPlan) -> np.ndarray:
     head = kernels.row_width(n_slots, n_cols, n_ext, 0)
     if len(words) < head or len(words) != kernels.row_width(n_slots, n_cols, n_ext, int(words[1])):
         raise ValueError(f"state of {key} does not match this spec ({len(words)} words)")
-    return kernels.migrate_row(words, n_slots, n_cols, plan.extras_at)
+    return words if fmt else kernels.migrate_row(words, n_slots, n_cols, plan.extras_at)
 
 
 class ExportedStates:

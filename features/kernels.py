@@ -42,7 +42,7 @@ from numpy.lib.stride_tricks import as_strided
 from features.borrow import borrowed
 from features.prefetch import prefetch
 
-# Ops up to OP_MEAN come from a range's count and running sum; the others scan the range.
+# Ops up to OP_MEAN come from a range's count and running sum; the others from its extras.
 OP_COUNT, OP_SUM, OP_MEAN, OP_STD, OP_MIN, OP_MAX = 0, 1, 2, 3, 4, 5
 KIND_TX, KIND_LABEL, KIND_SKIP = 0, 1, 2  # SKIP: leave the event to other entities / callers
 

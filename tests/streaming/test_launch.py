@@ -21,8 +21,16 @@ from streaming.local.launch import local_options
 ROOT = Path(__file__).resolve().parents[2]  # where ``python -m bench.pipeline`` resolves
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _start_with_sigint_ignored(command: list[str], log) -> subprocess.Popen:
+    """Start ``command`` as a shell starts a background job: SIGINT ignored at its exec (an
+    ignored signal stays ignored across exec). Ignored here, around the start, not in a
+    ``preexec_fn``: that forks this process while gRPC's threads run, and the child can abort
+    before its exec."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_job_started_with_sigint_ignored_stops_on_sigint(pubsub_emulator, tmp_path: Path):
@@ -32,12 +40,8 @@ def test_a_job_started_with_sigint_ignored_stops_on_sigint(pubsub_emulator, tmp_
             "--alerts_topic", topics.topics["alerts"]]  # fmt: skip
     log_path = tmp_path / "job.log"
     with open(log_path, "w") as log:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "bench.pipeline", "passthrough", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            preexec_fn=_ignore_sigint,
+        job = _start_with_sigint_ignored(
+            [sys.executable, "-m", "bench.pipeline", "passthrough", *args], log
         )
     try:
         publisher = pubsub_v1.PublisherClient()

@@ -625,11 +625,11 @@ def compact(row, n_slots, n_cols, n_ext, cap, cutoff):
 def _ranges_and_sums(row, n_slots, n_cols, n_ext):
     """Views of a state row's slot ranges (``start, end`` per slot, int64), running sums
     (``[sum, compensation]`` per (slot, column), float64) and extras (float64)."""
-    sums_at = HEADER + 2 * n_slots
-    ext_at = sums_at + 2 * n_slots * n_cols
-    ranges = row[HEADER:sums_at]
-    acc = row[sums_at:ext_at].view(np.float64)
-    ext = row[ext_at : ext_at + 4 * n_ext].view(np.float64)
+    sums_from = HEADER + 2 * n_slots
+    extras_from = sums_from + 2 * n_slots * n_cols
+    ranges = row[HEADER:sums_from]
+    acc = row[sums_from:extras_from].view(np.float64)
+    ext = row[extras_from : extras_from + 4 * n_ext].view(np.float64)
     return ranges, acc, ext
 
 
@@ -770,9 +770,10 @@ def _prefetch_states(arena, arena_rows, event_kinds, uses_labels, j, n_slots, n_
     """Start loading the parts of state rows that events ahead of event j will read.
 
     Event ``j + PREFETCH_HEADER_AHEAD``: its header, sums and extras. Event
-    ``j + PREFETCH_EVENTS_AHEAD`` (its header loaded by now): for a transaction, its buffered
-    events from the oldest slot start on (the ranges move over them, scans read them); for a
-    label, from the earliest slot end on (where its transaction lies, a delay back).
+    ``j + PREFETCH_EVENTS_AHEAD`` (its header loaded by now): for a transaction, the lines at
+    each slot's range start and end (the events its ranges move over) and where it will be
+    appended; for a label, the buffered events from the earliest slot end on (where its
+    transaction lies, a delay back).
     """
     m = arena_rows.shape[0]
     head = _head(n_slots, n_cols, n_ext)
@@ -837,8 +838,8 @@ def process(
     sums the features read, ``ext_at`` (:func:`extras_at`) where the extras are. A
     transaction older than the entity's newest by ``lateness_ns`` or more is rejected; a full
     buffer first drops the events ``keep_ns`` or more older than the newest (see
-    :func:`compact`). A label sets the
-    ``label_columns`` of its buffered transaction (same time and id) to its values.
+    :func:`compact`). A label sets the ``label_columns`` of its buffered transaction (same time
+    and id) to its values.
 
     Returns the index of the first event not applied: ``len(event_kinds)`` when all were, else
     an event whose entity's buffer is full (the caller grows the arena and calls again).
@@ -978,8 +979,8 @@ def export_row(row, n_slots, n_cols, n_ext, cap, keep_ns):
 @njit(cache=True)
 def migrate_row(words, n_slots, n_cols, ext_at):
     """Exported ``words`` of format 0 (no extras) in the current format: the extras of each
-    range computed from its buffered events (sums of squares compensated, oldest first, as if
-    the events had entered one by one and none left; extremes exact). Features then equal a
+    range as :func:`_extend` computes them for a range entered from empty (sums of squares
+    compensated, oldest first, as if none had left; extremes exact). Features then equal a
     state kept in the current format up to the rounding of std."""
     n_ext = _count_extras(ext_at)
     head0 = _head(n_slots, n_cols, 0)
@@ -990,19 +991,15 @@ def migrate_row(words, n_slots, n_cols, ext_at):
     migrated[head:] = words[head0:]
     migrated[3] = STATE_FORMAT
     ext = migrated[head0:head].view(np.float64)
-    vals = migrated[head + 2 * n :].view(np.float64)
+    vals = migrated[head + 2 * n :].view(np.float64).reshape(n, n_cols)  # exported: n x C
     for s in range(n_slots):
         b, e = words[HEADER + 2 * s], words[HEADER + 2 * s + 1]
         for c in range(n_cols):
             x = ext_at[s * n_cols + c]
-            if x < 0:
-                continue
-            squares, comp, lo, hi = 0.0, 0.0, np.inf, -np.inf
-            for i in range(b, e):
-                v = vals[i * n_cols + c]
-                squares, comp = _kahan(squares, comp, v * v)
-                lo, hi = min(lo, v), max(hi, v)
-            ext[x], ext[x + 1], ext[x + 2], ext[x + 3] = squares, comp, lo, hi
+            if x >= 0:
+                ext[x], ext[x + 1], ext[x + 2], ext[x + 3] = _extend(
+                    vals, c, 0, 0, b, e, 0.0, 0.0, 0.0, 0.0
+                )
     return migrated
 
 

@@ -209,13 +209,16 @@ def run_job(
     warm: int,
     settle: int,
     scan_rows: int = 0,
+    job_flags: tuple[str, ...] = (),
 ) -> Run:
     """One job of ``preset`` on the emulators: warm-up (``warm`` transactions at once, ``settle``
     at ``rate`` events/s), measured phase at ``rate``, stop. ``scan_rows`` > 0: the warm-up
-    totals must show that many rows read (the lookup stage's scan), else RuntimeError."""
+    totals must show that many rows read (the lookup stage's scan), else RuntimeError.
+    ``job_flags``: more ``fraudstream run`` options."""
     topics = lj.Topics.create(f"bench-lookup-{preset}")
     scored = tmp / f"scored-{preset}-{uuid.uuid4().hex[:6]}"
     extra = ["--device", "cpu", "--threshold", "0", "--max_lateness_hours", str(24 * 90)]
+    extra += job_flags
     args = lj.job_args(topics, models_dir, preset, scored, repo, extra)
     log = tmp / f"{preset}-{uuid.uuid4().hex[:6]}.log"
     job = lj.start(args, log)
@@ -326,10 +329,12 @@ def bench_lookup(
     warm: int = WARM,
     settle: int = SETTLE,
     prime: bool = True,
+    job_flags: tuple[str, ...] = (),
 ) -> Metrics:
     """Start the emulators, run both presets ``rounds`` times, stop them. Keys
     ``lookup_*``: see the module doc. ``prime``: a first job, not measured, warms the
-    emulators and the caches of the machine."""
+    emulators and the caches of the machine. ``job_flags``: more ``fraudstream run`` options
+    for every job."""
     reason = emu.gcloud_available(("pubsub", "bigtable"))
     if reason:
         print(f"bench: lookup skipped: {reason}", file=sys.stderr)
@@ -357,13 +362,13 @@ def bench_lookup(
             if prime:
                 print("bench: lookup, priming run (not measured)", file=sys.stderr, flush=True)
                 job = (DEFAULT.name, world, model_dirs[DEFAULT.name], repo, tmp, rate, warm, settle)
-                run_job(*job)
+                run_job(*job, job_flags=job_flags)
             for r in range(rounds):
                 for preset in PRESETS if r % 2 == 0 else PRESETS[::-1]:
                     print(f"bench: lookup, {preset} (round {r + 1})", file=sys.stderr, flush=True)
                     scan = snapshot_rows if preset == ENRICHED.name else 0
                     job = (preset, world, model_dirs[preset], repo, tmp, rate, warm, settle, scan)
-                    runs.append(run_job(*job))
+                    runs.append(run_job(*job, job_flags=job_flags))
     measured = world.slice.iloc[warm + settle :]
     return summarise(world, runs, measured, rate, snapshot_rows)
 

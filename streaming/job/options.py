@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from features import presets
 from features.spec import DEFAULT_MAX_LATENESS, HOUR
 from streaming.job.entity_state import DEFAULT_ORDERING, ORDERINGS
+from streaming.job.sinks import SCORED_FLUSH_S
 from streaming.store.names import PROFILES, REPO
 
 if TYPE_CHECKING:
@@ -109,6 +110,13 @@ class FraudstreamOptions(PipelineOptions):
             "event hour, trigger firing and shard)",
         )
         parser.add_argument("--scored_table", help="scored events to BigQuery: project:dataset.t")
+        parser.add_argument(
+            "--scored_flush_s",
+            type=int,
+            default=SCORED_FLUSH_S,
+            help="seconds of processing time between an event hour's scored files (more: "
+            "fewer, larger files; a reader sees rows later)",
+        )
         parser.add_argument(
             "--monitoring_topic",
             help="per-window drift (PSI) and alert-rate records, JSON "

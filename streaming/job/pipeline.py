@@ -193,6 +193,9 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     opts = options.view_as(FraudstreamOptions)
     if not opts.model_dir:
         raise ValueError("--model_dir is required")
+    if opts.scored_flush_s < 1:
+        flush = opts.scored_flush_s
+        raise ValueError(f"--scored_flush_s must be at least 1 (seconds), got {flush}")
     local = is_local(options.view_as(StandardOptions).runner)
     pseudonymise, id_key = None, ""  # id_key: the key's fingerprint, where known at launch
     if opts.pseudonymise_ids == "on":
@@ -272,7 +275,10 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         )
     if opts.scored_dir or opts.scored_table:
         _ = out["scored"] | "WriteScored" >> WriteScored(
-            spec.names, directory=opts.scored_dir, table=opts.scored_table
+            spec.names,
+            directory=opts.scored_dir,
+            table=opts.scored_table,
+            flush_s=opts.scored_flush_s,
         )
     return out
 

@@ -47,6 +47,8 @@ watermark is the wall clock); a window's later rows go to further panes, never d
 
 SCORED_SHARDS = 4
 """Files per window and firing (rows are spread by transaction id)."""
+SCORED_FLUSH_S = 5
+"""Seconds of processing time between the firings of an event hour's scored files."""
 
 
 def part_name(window: Any, pane: Any, shard: int) -> str:
@@ -150,11 +152,13 @@ class WriteScored(beam.PTransform):
         directory: str | None = None,
         table: str | None = None,
         clock: Clock = time.time,
-        flush_s: int = 5,
+        flush_s: int = SCORED_FLUSH_S,
     ) -> None:
         super().__init__()
         if (directory is None) == (table is None):
             raise ValueError("WriteScored: give exactly one of directory and table")
+        if flush_s < 1:
+            raise ValueError(f"scored_flush_s must be at least 1 second, got {flush_s}")
         self.features, self.directory, self.table, self.clock = features, directory, table, clock
         self.flush_s = flush_s
 
@@ -164,7 +168,7 @@ class WriteScored(beam.PTransform):
         # most, costs the runner per element.
         if self.directory is not None:
             streaming = scored.pipeline.options.view_as(StandardOptions).streaming
-            flush = trigger.AfterProcessingTime(int(self.flush_s))
+            flush = trigger.AfterProcessingTime(self.flush_s)
             fire = trigger.AfterWatermark(early=flush, late=flush) if streaming else None
             return (
                 scored

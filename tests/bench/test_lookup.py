@@ -51,8 +51,9 @@ def test_a_short_run_measures_both_presets_and_reads_what_training_joins() -> No
     if reason:
         pytest.skip(reason)
     result = lookup.bench_lookup(
-        data=None, rate=60.0, seconds=10.0, rounds=1, warm=100, settle=200, prime=False
-    )
+        data=None, rate=120.0, seconds=5.0, rounds=1, warm=100, settle=200, prime=False,
+        job_flags=("--scored_flush_s", "1"),
+    )  # fmt: skip
     measured = result["lookup_transactions_measured"]
     assert result["lookup_data"].startswith("synthetic")
     assert measured == 300

@@ -89,6 +89,7 @@ def test_the_job_on_the_emulators(emulators, unique_name, model_dir, tmp_path, m
     # its messages leased until their ack deadline); with the wall clock as watermark such an
     # event is late for its entities. Accept a month of lateness: every event counts here.
     extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40), "--clear_ids_in_alerts"]
+    extra += ["--scored_flush_s", "1"]  # the scored files sooner: the test waits on them
     args = lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra)
     job = lj.start(args, tmp_path / "job.log")
     try:
@@ -182,7 +183,7 @@ def test_the_job_rides_out_a_bigtable_restart(
     repo = scratch_repo(tmp_path / "repo", f"rs_{unique_name('p').split('-')[1]}")
     apply_repo("emulator", repo)
     scored_dir = tmp_path / "scored"
-    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40)]
+    extra = ["--device", "cpu", "--max_lateness_hours", str(24 * 40), "--scored_flush_s", "1"]
     job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, repo, extra), tmp_path / "log")
     half = len(df) // 2
     try:
@@ -227,7 +228,8 @@ def test_a_pubsub_restart_stops_the_job_loudly(
     monkeypatch.setenv(ENV_KEY, secrets.token_hex(32))
     topics = lj.Topics.create("pubsub-restart")
     scored_dir, log = tmp_path / "scored", tmp_path / "log"
-    job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, None, ["--device", "cpu"]), log)
+    extra = ["--device", "cpu", "--scored_flush_s", "1"]
+    job = lj.start(lj.job_args(topics, root, SPEC.name, scored_dir, None, extra), log)
     try:
         publish = Publisher(lj.PROJECT)
         replay(df.iloc[:200], publish, topics.topic_id("tx"), topics.topic_id("labels"),

@@ -96,6 +96,7 @@ def test_the_job_with_every_input_remote(
         "--preset", SPEC.name,
         "--initial_state", states,
         "--scored_dir", f"{bucket}/scored",
+        "--scored_flush_s", "1",
         "--feature_store", "feast",
         "--feature_store_profile", "emulator",
         "--feast_registry", settings.registry,

@@ -82,3 +82,9 @@ def test_beam_options_and_unlike_flags_pass_to_beam():
                 "--max_num_workers", "4", "--save_main_session", "--job_name", "fraud"]  # fmt: skip
     check_job_flags([*dataflow, *SUBS, "--alerts_topic", "projects/p/topics/alerts"])
     check_job_flags([*SUBS, "--some_runner_flag", "1"])  # Beam warns and discards it
+
+
+def test_a_scored_files_flush_period_under_a_second_is_refused_at_launch(tmp_path):
+    job = ["--model_dir", str(tmp_path / "none"), "--scored_dir", str(tmp_path), *SUBS]
+    with pytest.raises(ValueError, match=r"--scored_flush_s must be at least 1 \(seconds\), got 0"):
+        _build([*job, "--scored_flush_s", "0"])

@@ -101,6 +101,35 @@ def test_successive_firings_of_one_window_write_files_of_their_own(tmp_path: Pat
     assert sorted(read_scored(str(tmp_path))["transaction_id"]) == list(range(40))
 
 
+@pytest.mark.parametrize(("flush_s", "firings"), [(5, 3), (30, 1)])
+def test_the_flush_period_sets_how_often_a_window_fires(tmp_path: Path, flush_s, firings) -> None:
+    """The same stream (rows, 10 s, rows, 10 s, the watermark's end): every 5 s, a firing after
+    each pause and one at the window's end; every 30 s, the end's only."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream as _TestStream  # not a test class
+
+    rows = [scored_row(i) for i in range(40)]
+    stream = _TestStream().advance_watermark_to(0)
+    stream.add_elements([TimestampedValue([r], r.tx.time_ns / 1e9) for r in rows[:20]])
+    stream.advance_processing_time(10)
+    stream.add_elements([TimestampedValue([r], r.tx.time_ns / 1e9) for r in rows[20:30]])
+    stream.advance_processing_time(10)
+    stream.add_elements([TimestampedValue([r], r.tx.time_ns / 1e9) for r in rows[30:]])
+    stream.advance_watermark_to_infinity()
+    options = PipelineOptions(["--runner", "BundleBasedDirectRunner"])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        _ = p | stream | WriteScored(FEATURES, directory=str(tmp_path), flush_s=flush_s)
+    names = [Path(f).name for f in scored_files(str(tmp_path))]
+    assert len({name.split("-p")[1][:5] for name in names}) == firings, names
+    assert sorted(read_scored(str(tmp_path))["transaction_id"]) == list(range(40))
+
+
+def test_a_flush_period_under_a_second_is_refused() -> None:
+    with pytest.raises(ValueError, match="scored_flush_s must be at least 1 second, got 0"):
+        WriteScored(FEATURES, directory="d", flush_s=0)
+
+
 def test_rows_stamped_at_the_end_of_the_global_window_land_in_their_event_hour(tmp_path: Path):
     """Lists of rows stamped with another time (here the global window's end, where a batch
     runner's RunInference emits them): the sink stamps each row with its event time again, so

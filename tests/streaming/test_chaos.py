@@ -1,6 +1,6 @@
 """Chaos tests of the core job (``ScoreTransactions``): fuzzed input, redelivery, late events.
 
-* Fuzz: 10,000 generated malformed transactions and 1,000 malformed labels (``fuzz.py``), mixed
+* Fuzz: 5,000 generated malformed transactions and 1,000 malformed labels (``fuzz.py``), mixed
   with the valid ones, in one run of the whole job: it never crashes, every bad message is a
   dead letter with its reason and its payload, every valid one is scored once.
 * Redelivery: every message published twice, then a batch redelivered after the watermark moved
@@ -40,7 +40,7 @@ from tests.streaming.test_pipeline import (
 pytestmark = pytest.mark.chaos
 __all__ = ["world"]  # the module-scoped fixture (trains a tiny model into a registry)
 
-N_BAD_TRANSACTIONS = 10_000
+N_BAD_TRANSACTIONS = 5_000
 N_BAD_LABELS = 1_000
 N_ODD_VALID = 100
 
@@ -131,7 +131,7 @@ def test_the_schema_accepts_odd_but_valid_transactions():
 
 @pytest.mark.slow
 def test_fuzzed_messages_go_to_the_dead_letter_output_and_valid_ones_are_scored_once(world):
-    """10,000 bad transactions and 1,000 bad labels and the world's valid messages, shuffled, in
+    """5,000 bad transactions and 1,000 bad labels and the world's valid messages, shuffled, in
     one batch run of the whole job (FnApiRunner). The odd but valid transactions are checked
     at the parser only (see ``test_the_schema_accepts_odd_but_valid_transactions``): 100 of
     them, one per new entity, did not finish in the batch job within 2 minutes."""

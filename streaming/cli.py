@@ -827,6 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "beam_options", False):  # the rest are Beam's pipeline options
         args.pipeline_args = extra
     from features.table import InputError
+    from streaming.local.gcs import anonymous_for_emulator
+
+    anonymous_for_emulator()  # on the GCS emulator without credentials: no 30 s of retries
 
     try:
         return int(args.func(args) or 0)

@@ -14,6 +14,7 @@ from uuid import uuid4
 import pytest
 
 from streaming.local import emulators as emu
+from streaming.local.gcs import anonymous_for_emulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator", "gcs_emulator"}
@@ -79,8 +80,11 @@ def bigtable_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
 @pytest.fixture(scope="session")
 def gcs_emulator(emulator_state_dir: Path) -> Iterator[emu.EmulatorInfo]:
     """The Cloud Storage emulator (in memory), with STORAGE_EMULATOR_HOST set for the session:
-    google-cloud-storage and Beam's ``gs://`` file system then use it anonymously."""
-    yield from _run_emulator("gcs", emulator_state_dir)
+    google-cloud-storage and Beam's ``gs://`` file system then use it anonymously (Beam's at
+    once, as ``fraudstream`` commands do: :func:`streaming.local.gcs.anonymous_for_emulator`)."""
+    for info in _run_emulator("gcs", emulator_state_dir):
+        anonymous_for_emulator()
+        yield info
 
 
 @pytest.fixture

@@ -132,15 +132,22 @@ def _subscriber(emulator_host: str | None) -> Any:
     return pubsub_v1.SubscriberClient()
 
 
+DRAIN_MORE_S = 1.0
+"""How long :func:`drain` waits for more once a pull has brought messages."""
+
+
 def drain(subscription: str, wait_s: float = 5.0) -> list:
-    """Every message now in ``subscription`` (acknowledged), until a pull finds none."""
+    """Every message now in ``subscription`` (acknowledged), until a pull finds none: the first
+    pull waits up to ``wait_s`` for a message, the next ones up to :data:`DRAIN_MORE_S` (a pull
+    of an empty subscription waits out its timeout)."""
     from google.api_core import exceptions
 
     subscriber, got = _subscriber(os.environ.get("PUBSUB_EMULATOR_HOST")), []
     while True:
+        timeout = min(wait_s, DRAIN_MORE_S) if got else wait_s
         try:
             response = subscriber.pull(
-                subscription=subscription, max_messages=1_000, timeout=wait_s
+                subscription=subscription, max_messages=1_000, timeout=timeout
             )
         except exceptions.DeadlineExceeded:
             return got

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 from apache_beam.runners.runner import PipelineResult
 
 from features import presets
@@ -196,6 +196,13 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     if opts.scored_flush_s < 1:
         flush = opts.scored_flush_s
         raise ValueError(f"--scored_flush_s must be at least 1 (seconds), got {flush}")
+    cache_mb = options.view_as(WorkerOptions).max_cache_memory_usage_mb
+    if cache_mb:
+        log.warning(
+            "--max_cache_memory_usage_mb %s: Beam weighs every state write of this job by "
+            "walking all loaded modules (about 2 ms a write); leave the cache off (0)",
+            cache_mb,
+        )
     local = is_local(options.view_as(StandardOptions).runner)
     pseudonymise, id_key = None, ""  # id_key: the key's fingerprint, where known at launch
     if opts.pseudonymise_ids == "on":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -88,3 +90,14 @@ def test_a_scored_files_flush_period_under_a_second_is_refused_at_launch(tmp_pat
     job = ["--model_dir", str(tmp_path / "none"), "--scored_dir", str(tmp_path), *SUBS]
     with pytest.raises(ValueError, match=r"--scored_flush_s must be at least 1 \(seconds\), got 0"):
         _build([*job, "--scored_flush_s", "0"])
+
+
+def test_a_launch_with_beams_state_cache_on_warns_that_it_weighs_every_write(tmp_path, caplog):
+    job = ["--model_dir", str(tmp_path / "none"), *SUBS]
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError):  # then: no key here
+        _build([*job, "--max_cache_memory_usage_mb", "100"])
+    assert "--max_cache_memory_usage_mb 100" in caplog.text and "leave the cache off" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError):
+        _build(job)
+    assert "max_cache_memory_usage_mb" not in caplog.text

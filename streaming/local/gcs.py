@@ -1,16 +1,18 @@
-"""Beam's ``gs://`` file system on the Cloud Storage emulator, without waiting for credentials.
+"""A command's ``gs://`` access without waiting for Beam's credential retries.
 
 Beam looks Google credentials up once per process; when there are none, it retries four times
-with backoff (about 30 s) and then connects anonymously. With ``STORAGE_EMULATOR_HOST`` set and
-no Application Default Credentials the answer is known at once, and
-:func:`anonymous_for_emulator` gives it to Beam first. Local use only: Dataflow's workers have
-credentials and no emulator.
+with backoff (about 30 s) and then connects anonymously. Where there are no Application Default
+Credentials the answer is known at once: on the Cloud Storage emulator (``STORAGE_EMULATOR_HOST``)
+:func:`anonymous_for_emulator` gives it to Beam first; elsewhere a private bucket would refuse
+the anonymous client, and :func:`missing_credentials` says so before anything starts. Local use
+only: Dataflow's workers have credentials and no emulator.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from streaming.local.runner.guard import Replaced, misfit
 
@@ -22,6 +24,34 @@ RELIED_ON = (  # the once-per-process cache filled here: no lookup once it is in
 log = logging.getLogger(__name__)
 
 
+def has_default_credentials() -> bool:
+    """Whether Google's Application Default Credentials find any (no network call where there is
+    no credentials file and no metadata server)."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        google.auth.default()
+    except DefaultCredentialsError:
+        return False
+    return True
+
+
+def missing_credentials(args: Sequence[str]) -> str | None:
+    """Why a command given ``args`` would fail on ``gs://``: one of them names a ``gs://`` URI,
+    ``STORAGE_EMULATOR_HOST`` is not set and there are no Application Default Credentials
+    (Beam would retry for about 30 s, then reach the bucket anonymously and be refused).
+    None when none of that stands in the way."""
+    if os.environ.get(EMULATOR_ENV) or not any("gs://" in a for a in args):
+        return None
+    if has_default_credentials():
+        return None
+    return (
+        "no Google credentials for gs://: run `gcloud auth application-default login` (or set "
+        f"GOOGLE_APPLICATION_CREDENTIALS), or set {EMULATOR_ENV} for the GCS emulator"
+    )
+
+
 def anonymous_for_emulator() -> bool:
     """Make Beam's ``gs://`` client of this process anonymous now, where ``STORAGE_EMULATOR_HOST``
     is set and Google's Application Default Credentials find nothing; returns whether it did.
@@ -29,14 +59,7 @@ def anonymous_for_emulator() -> bool:
     Beam then finds out itself, as slowly as before."""
     if not os.environ.get(EMULATOR_ENV):
         return False
-    import google.auth
-    from google.auth.exceptions import DefaultCredentialsError
-
-    try:
-        google.auth.default()
-    except DefaultCredentialsError:
-        pass
-    else:
+    if has_default_credentials():
         return False  # Beam finds them at its first try: nothing to wait for
     reason = misfit(RELIED_ON)
     if reason is not None:

@@ -1,5 +1,6 @@
-"""``streaming.local.gcs``: Beam's ``gs://`` client is anonymous at once on the GCS emulator
-when there are no Google credentials, and left to Beam otherwise."""
+"""``streaming.local.gcs``: a command on ``gs://`` without credentials or the emulator fails at
+once; on the GCS emulator without credentials Beam's ``gs://`` client is anonymous at once;
+otherwise Beam looks credentials up itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from apache_beam.internal.gcp import auth
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming.local.gcs import EMULATOR_ENV, anonymous_for_emulator
+from streaming.local.gcs import EMULATOR_ENV, anonymous_for_emulator, missing_credentials
 
 
 @pytest.fixture
@@ -64,3 +65,30 @@ def test_another_beam_is_left_to_find_out_itself_with_a_warning(no_lookup_yet, m
     assert "apache-beam 2.78.0" in caplog.text
     auth.get_service_credentials(PipelineOptions())
     assert no_lookup_yet == ["x"]
+
+
+def test_a_command_on_gs_without_credentials_or_emulator_fails_at_once(
+    no_lookup_yet, monkeypatch, capsys
+):
+    from streaming.cli import main
+
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    assert main(["promote", "--model_dir", "gs://acme/models", "--version", "v0001"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fraudstream promote: no Google credentials for gs://")
+    assert "gcloud auth application-default login" in err and EMULATOR_ENV in err
+    assert no_lookup_yet == []  # Beam never started its retries
+
+
+def test_what_stands_in_the_way_of_gs(no_lookup_yet, monkeypatch, tmp_path):
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    assert missing_credentials(["--model_dir", "/local/models"]) is None  # no gs:// at all
+    assert "no Google credentials" in missing_credentials(["--model_dir=gs://acme/models"])
+    monkeypatch.setenv(EMULATOR_ENV, "http://127.0.0.1:9")
+    assert missing_credentials(["--model_dir", "gs://acme/models"]) is None  # the emulator
+    monkeypatch.delenv(EMULATOR_ENV)
+    adc = tmp_path / "adc.json"
+    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c",
+                               "client_secret": "s", "refresh_token": "r"}))  # fmt: skip
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
+    assert missing_credentials(["--model_dir", "gs://acme/models"]) is None  # credentials

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def has_default_credentials() -> bool:
-    """Whether Google's Application Default Credentials find any (no network call where there is
-    no credentials file and no metadata server)."""
+    """Whether Google's Application Default Credentials find any (a file, gcloud's login, or a
+    metadata server)."""
     import google.auth
     from google.auth.exceptions import DefaultCredentialsError
 

@@ -9,6 +9,7 @@ import pytest
 
 from features.synthetic import transactions
 from streaming.cli import main
+from streaming.local import job_process as lj
 from streaming.local.replay import Publisher, messages, period, replay
 from streaming.schema import parse_label, parse_transaction
 
@@ -81,18 +82,7 @@ def test_replay_publishes_to_the_emulator(pubsub_emulator, unique_name, tmp_path
         "--pending_labels",
     ]
     assert main(args) == 0
-    received = {}
-    for kind, sub in subs.items():
-        got = []
-        for _ in range(20):
-            response = subscriber.pull(subscription=sub, max_messages=500, timeout=10)
-            if not response.received_messages:
-                break
-            got += [m.message for m in response.received_messages]
-            subscriber.acknowledge(
-                subscription=sub, ack_ids=[m.ack_id for m in response.received_messages]
-            )
-        received[kind] = got
+    received = {kind: lj.drain(sub, wait_s=10) for kind, sub in subs.items()}
     history = transactions(n=120, days=10)
     expected = int((history["TX_DATETIME"] >= "2018-04-03").sum())
     picked, seen = period(history, "2018-04-03", None, DELAY, pending_labels=True)

@@ -827,13 +827,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "beam_options", False):  # the rest are Beam's pipeline options
         args.pipeline_args = extra
     from features.table import InputError
-    from streaming.local.gcs import anonymous_for_emulator, missing_credentials
+    from streaming.local.gcs import anonymous_for_emulator, missing_credentials, names_gcs
 
-    missing = missing_credentials(list(argv if argv is not None else sys.argv[1:]))
-    if missing is not None:  # fail now, not after Beam's 30 s of retries and a refusal
-        print(f"fraudstream {args.command}: {missing}", file=sys.stderr)
-        return 1
-    anonymous_for_emulator()  # on the GCS emulator without credentials: no 30 s of retries
+    given = list(argv if argv is not None else sys.argv[1:])
+    if names_gcs(given):  # gs:// reaches a command through its arguments (or the gcp profile)
+        missing = missing_credentials(given)
+        if missing is not None:  # fail now, not after Beam's 30 s of retries and a refusal
+            print(f"fraudstream {args.command}: {missing}", file=sys.stderr)
+            return 1
+        anonymous_for_emulator()  # on the GCS emulator without credentials: no 30 s of retries
 
     try:
         return int(args.func(args) or 0)

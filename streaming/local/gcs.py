@@ -14,14 +14,20 @@ import logging
 import os
 from collections.abc import Sequence
 
-from streaming.local.runner.guard import Replaced, misfit
-
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-_AUTH = "apache_beam.internal.gcp.auth"
-RELIED_ON = (  # the once-per-process cache filled here: no lookup once it is initialised
-    Replaced(f"{_AUTH}:_Credentials.get_service_credentials", "6cfbe51f7d9bb251"),
+# The once-per-process cache filled here (no lookup once it is initialised), as the path and
+# source digest of a runner patch's ``Replaced``: the guard is imported only when needed, since
+# importing it loads every runner patch and Beam.
+_CACHE_CODE = (
+    "apache_beam.internal.gcp.auth:_Credentials.get_service_credentials",
+    "6cfbe51f7d9bb251",
 )
 log = logging.getLogger(__name__)
+
+
+def names_gcs(args: Sequence[str]) -> bool:
+    """Whether one of a command's ``args`` names a ``gs://`` URI."""
+    return any("gs://" in a for a in args)
 
 
 def has_default_credentials() -> bool:
@@ -42,7 +48,7 @@ def missing_credentials(args: Sequence[str]) -> str | None:
     ``STORAGE_EMULATOR_HOST`` is not set and there are no Application Default Credentials
     (Beam would retry for about 30 s, then reach the bucket anonymously and be refused).
     None when none of that stands in the way."""
-    if os.environ.get(EMULATOR_ENV) or not any("gs://" in a for a in args):
+    if os.environ.get(EMULATOR_ENV) or not names_gcs(args):
         return None
     if has_default_credentials():
         return None
@@ -61,7 +67,9 @@ def anonymous_for_emulator() -> bool:
         return False
     if has_default_credentials():
         return False  # Beam finds them at its first try: nothing to wait for
-    reason = misfit(RELIED_ON)
+    from streaming.local.runner.guard import Replaced, misfit
+
+    reason = misfit((Replaced(*_CACHE_CODE),))
     if reason is not None:
         log.warning("gs:// on the emulator waits for Beam's credential retries: %s", reason)
         return False

@@ -9,11 +9,16 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME
 from features.spec import FeatureSpec
 
 
 class InputError(ValueError):
     """An input table cannot be used; the message says which file, column and rows."""
+
+
+ID_COLUMNS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
+_EXACT_FLOAT_INTS = 2**53  # a float column's ids are exact below this
 
 
 Opener = Callable[[str], BinaryIO]
@@ -49,10 +54,13 @@ def read_transactions(
 def validate(
     df: pd.DataFrame, spec: FeatureSpec, source: str = "input", sort: bool = True
 ) -> pd.DataFrame:
-    """Check columns, types and ids; return ``df`` with parsed times, sorted by transaction id.
+    """Check columns, types, values and ids; return ``df`` with parsed times and int64 ids,
+    sorted by transaction id.
 
     Raises :class:`InputError` for missing columns, unparsable timestamps, missing or
-    non-finite values, and duplicate ``TRANSACTION_ID``.
+    non-finite values, values a message could not hold (:mod:`features.limits`: ids that are
+    not integers in [0, 2**63), amounts outside [0, ``MAX_AMOUNT``], ``TX_FRAUD`` other than 0
+    or 1, times outside [``MIN_TIME``, ``MAX_TIME``)), and duplicate ``TRANSACTION_ID``.
     """
     missing = [c for c in spec.input_columns if c not in df.columns]
     if missing:
@@ -81,6 +89,10 @@ def validate(
                 raise InputError(f"{source}: column {col} must be numeric, got {values.dtype}")
             if not np.isfinite(values.to_numpy(np.float64)).all():
                 raise InputError(f"{source}: non-finite values in {col}")
+        if col in ID_COLUMNS:
+            df[col] = _ids(values.to_numpy(), col, source)
+        else:
+            _check_range(values.to_numpy(), col, source)
     dup = df["TRANSACTION_ID"].duplicated(keep=False)
     if dup.any():
         ids = sorted(df.loc[dup, "TRANSACTION_ID"].unique().tolist())
@@ -88,6 +100,50 @@ def validate(
     if sort:
         df = df.sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
     return df
+
+
+def _ids(values: np.ndarray, col: str, source: str) -> np.ndarray:
+    """An id column as int64; ``InputError`` unless every id is an integer in [0, 2**63), as
+    in a message. Floats are taken where they are whole and exact (below 2**53): pandas
+    writes an integer column that once held a missing value as floats."""
+    kind = values.dtype.kind
+    if kind == "b":
+        raise InputError(f"{source}: {col} must hold integers, got booleans")
+    if kind == "f":
+        bad = (values != np.floor(values)) | (values < 0) | (values >= _EXACT_FLOAT_INTS)
+        _refuse(values, bad, col, source, "whole numbers in [0, 2**53) when stored as floats")
+        return values.astype(np.int64)
+    if kind == "u":
+        _refuse(values, values > MAX_ID, col, source, "in [0, 2**63)")
+    else:
+        _refuse(values, values < 0, col, source, "in [0, 2**63)")
+    return values.astype(np.int64, copy=False)
+
+
+def _check_range(values: np.ndarray, col: str, source: str) -> None:
+    """``InputError`` unless ``values`` of ``col`` are in the range a message may hold."""
+    if col == "TX_DATETIME":
+        lo, hi = np.datetime64(MIN_TIME, "ns"), np.datetime64(MAX_TIME, "ns")
+        _refuse(values, (values < lo) | (values >= hi), col, source,
+                f"in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d})")  # fmt: skip
+    elif col == "TX_AMOUNT":
+        bad = (values < 0) | (values > MAX_AMOUNT)
+        _refuse(values, bad, col, source, f"in [0, {MAX_AMOUNT:.0e}]")
+    elif col == "TX_FRAUD":
+        _refuse(values, (values != 0) & (values != 1), col, source, "0 or 1")
+
+
+def _refuse(values: np.ndarray, bad: np.ndarray, col: str, source: str, allowed: str) -> None:
+    n_bad = int(bad.sum())
+    if n_bad:
+        examples = pd.Series(values[bad][:3])
+        if examples.dtype.kind == "M":
+            examples = examples.astype(str)
+        rows = "1 row is" if n_bad == 1 else f"{n_bad} rows are"
+        raise InputError(
+            f"{source}: {col} must be {allowed}, as in a message the stream takes; {rows} "
+            f"not, e.g. {examples.tolist()}"
+        )
 
 
 def event_times_ns(df: pd.DataFrame) -> np.ndarray:

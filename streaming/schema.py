@@ -38,13 +38,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from features.incremental import Status
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME
 
 MAX_PAYLOAD_BYTES = 16 * 1024
-MAX_AMOUNT = 1e9  # above it, a typo or an attack; and float32 (the model's input) stays finite
-MIN_TIME = datetime(1970, 1, 1)  # event times the engine represents (int64 ns: 1677..2262),
-MAX_TIME = datetime(2200, 1, 1)  # kept to a plausible range
 _EPOCH = datetime(1970, 1, 1)
-_INT64_MAX = 2**63 - 1
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
@@ -193,7 +190,7 @@ def _int(doc: dict, name: str) -> int:
     value = doc[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if not 0 <= value <= _INT64_MAX:
+    if not 0 <= value <= MAX_ID:
         raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return value
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -7,6 +9,7 @@ from features import presets
 from features.synthetic import transactions
 from features.table import InputError, read_transactions, validate
 from streaming.cli import main
+from streaming.schema import parse_transaction
 
 SPEC = presets.BASELINE
 
@@ -62,6 +65,78 @@ def test_non_finite_amounts_are_rejected():
     df.loc[2, "TX_AMOUNT"] = float("inf")
     with pytest.raises(InputError, match="non-finite values in TX_AMOUNT"):
         validate(df, SPEC)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("TX_AMOUNT", -3.0, r"TX_AMOUNT must be in \[0, 1e\+09\].*1 row is not, e.g. \[-3.0\]"),
+        ("TX_AMOUNT", 2e9, r"TX_AMOUNT must be in \[0, 1e\+09\]"),
+        ("TX_FRAUD", 2, r"TX_FRAUD must be 0 or 1.*e.g. \[2\]"),
+        ("CUSTOMER_ID", -1, r"CUSTOMER_ID must be in \[0, 2\*\*63\).*e.g. \[-1\]"),
+        ("TRANSACTION_ID", -7, r"TRANSACTION_ID must be in \[0, 2\*\*63\)"),
+        ("TX_DATETIME", pd.Timestamp("1960-01-01"), r"TX_DATETIME must be in \[1970-01-01, 2200"),
+    ],
+)
+def test_values_the_stream_refuses_are_refused(column, value, message):
+    """A history row the stream would dead-letter would give training features the stream
+    never computes: the table is refused, naming the column, the rule and an example."""
+    df = transactions(n=10)
+    df.loc[4, column] = value
+    with pytest.raises(InputError, match=message):
+        validate(df, SPEC)
+
+
+def test_float_ids_are_taken_when_whole_and_refused_otherwise():
+    """pandas writes an integer column that once held a missing value as floats."""
+    df = transactions(n=10)
+    df["TERMINAL_ID"] = df["TERMINAL_ID"].astype(float)
+    out = validate(df, SPEC)
+    assert out["TERMINAL_ID"].dtype == "int64"
+    assert out["TERMINAL_ID"].tolist() == transactions(n=10)["TERMINAL_ID"].tolist()
+    df.loc[[2, 5], "TERMINAL_ID"] = [5.5, 2.0**60]
+    with pytest.raises(InputError, match=r"TERMINAL_ID must be whole numbers.*2 rows are not"):
+        validate(df, SPEC)
+
+
+def test_boolean_ids_are_refused_and_boolean_labels_taken():
+    df = transactions(n=10)
+    df["TX_FRAUD"] = df["TX_FRAUD"].astype(bool)
+    assert validate(df, SPEC)["TX_FRAUD"].tolist() == df["TX_FRAUD"].tolist()
+    df["CUSTOMER_ID"] = df["CUSTOMER_ID"] > 0
+    with pytest.raises(InputError, match="CUSTOMER_ID must hold integers, got booleans"):
+        validate(df, SPEC)
+
+
+def test_unsigned_ids_beyond_int64_are_refused():
+    df = transactions(n=10)
+    df["CUSTOMER_ID"] = df["CUSTOMER_ID"].astype("uint64")
+    assert validate(df, SPEC)["CUSTOMER_ID"].dtype == "int64"
+    df.loc[3, "CUSTOMER_ID"] = 2**63
+    with pytest.raises(InputError, match=r"CUSTOMER_ID must be in \[0, 2\*\*63\)"):
+        validate(df, SPEC)
+
+
+def test_the_stream_refuses_what_the_table_refuses():
+    """One rule for both: a message with each refused value is a dead letter too."""
+    df = transactions(n=1)
+    row = df.iloc[0]
+    good = {
+        "TRANSACTION_ID": int(row["TRANSACTION_ID"]),
+        "TX_DATETIME": row["TX_DATETIME"].isoformat(),
+        "CUSTOMER_ID": int(row["CUSTOMER_ID"]),
+        "TERMINAL_ID": int(row["TERMINAL_ID"]),
+        "TX_AMOUNT": float(row["TX_AMOUNT"]),
+    }
+    parse_transaction(json.dumps(good))
+    for field, value in [
+        ("TX_AMOUNT", -3.0),
+        ("TX_AMOUNT", 2e9),
+        ("CUSTOMER_ID", -1),
+        ("TX_DATETIME", "1960-01-01T00:00:00"),
+    ]:
+        with pytest.raises(ValueError, match=field):
+            parse_transaction(json.dumps({**good, field: value}))
 
 
 def test_cli_backfill_writes_features_and_reports_errors(parquet, tmp_path, capsys):

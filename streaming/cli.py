@@ -50,6 +50,20 @@ def _inputs(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _date(text: str) -> str:
+    """An option's date or time (``YYYY-MM-DD``, ISO 8601), checked as the commands read it
+    (pandas); returned as given. argparse names the option in the error."""
+    import pandas as pd
+
+    try:
+        ok = pd.Timestamp(text) is not pd.NaT
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} ({exc})") from None
+    if not ok:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r}")
+    return text
+
+
 def _presets() -> dict:
     from features.presets import PRESETS
 
@@ -227,7 +241,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "table.",
     )
     _inputs(p)
-    p.add_argument("--train_start", "--train-start", required=True, metavar="DATE",
+    p.add_argument("--train_start", "--train-start", required=True, type=_date, metavar="DATE",
                    help="the protocol's DATE")  # fmt: skip
     p.add_argument(
         "--train_days", "--train-days", type=int, default=84,
@@ -270,7 +284,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=text, description=text + " (see training/train.py).")
         _inputs(p)
         if name == "train":
-            p.add_argument("--train_end", "--train-end", required=True, metavar="DATE",
+            p.add_argument("--train_end", "--train-end", required=True, type=_date, metavar="DATE",
                            help="window end (excl.)")  # fmt: skip
         p.add_argument("--train_days", "--train-days", type=int, default=84,
                        help="window length in days (>= 21)")  # fmt: skip
@@ -327,8 +341,10 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
         "(events/s) or --speedup (times event time), with progress and a final count.",
     )
     _inputs(p)
-    p.add_argument("--start", default=None, metavar="DATE", help="first transaction time")
-    p.add_argument("--end", default=None, metavar="DATE", help="end (exclusive)")
+    p.add_argument(
+        "--start", default=None, type=_date, metavar="DATE", help="first transaction time"
+    )
+    p.add_argument("--end", default=None, type=_date, metavar="DATE", help="end (exclusive)")
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, default=None, metavar="EPS")
     pace.add_argument("--speedup", type=float, default=None, metavar="X")
@@ -382,7 +398,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--customers", type=int, default=5_000)
     p.add_argument("--terminals", type=int, default=10_000)
     p.add_argument("--days", type=int, default=183)
-    p.add_argument("--start", default="2018-04-01", metavar="DATE")
+    p.add_argument("--start", default="2018-04-01", type=_date, metavar="DATE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, metavar="PATH",
                    help="parquet file to write (path or gs://)")  # fmt: skip
@@ -440,7 +456,7 @@ def _add_batch_features(sub: argparse._SubParsersAction) -> None:
     )
     _inputs(p)
     _preset(p, "enriched")
-    p.add_argument("--as_of", metavar="DATE",
+    p.add_argument("--as_of", type=_date, metavar="DATE",
                    help="the last as-of day, YYYY-MM-DD (default: the day after the history's "
                    "last transaction)")  # fmt: skip
     p.add_argument("--days", type=int, default=1, help="as-of days ending at --as_of")
@@ -484,7 +500,9 @@ def _add_batch_features_beam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", action="append", required=True, metavar="PATH",
                    help="transactions parquet: a path, glob or gs:// URI (repeatable)")  # fmt: skip
     _preset(p, "enriched")
-    p.add_argument("--as_of", required=True, metavar="DATE", help="the last as-of day, YYYY-MM-DD")
+    p.add_argument(
+        "--as_of", required=True, type=_date, metavar="DATE", help="the last as-of day, YYYY-MM-DD"
+    )
     p.add_argument("--days", type=int, default=1, help="as-of days ending at --as_of")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--output_dir", metavar="DIR",

@@ -94,6 +94,29 @@ def test_presets_are_choices(command, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("train", "--train_end"), ("evaluate", "--train_start"), ("replay", "--start"),
+     ("simulate", "--start"), ("batch-features", "--as_of")],
+)  # fmt: skip
+def test_a_date_option_that_is_no_date_is_refused_by_name(command, option, capsys):
+    parser = build_parser()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args([command, "--input", "x", "--model_dir", "m", option, "2018-13-01"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(f"argument {option}(/[-a-z]+)?: not a date: '2018-13-01'", err)
+    assert "month must be in" in err
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, "--input", "x", option, "soon"])
+    assert "not a date: 'soon'" in capsys.readouterr().err
+
+
+def test_date_options_keep_what_was_given():
+    args = ["train", "--input", "x", "--model_dir", "m", "--train_end", "2018-05-15T00:00"]
+    assert build_parser().parse_args(args).train_end == "2018-05-15T00:00"
+
+
 def test_evaluate_trains_on_84_days_unless_told_and_says_how_to_get_the_handbooks(capsys):
     parser = build_parser()
     args = ["evaluate", "--input", "x", "--train_start", "2018-05-01"]

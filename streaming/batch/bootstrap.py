@@ -164,6 +164,8 @@ def run_bootstrap(
         table = StateTable.of(store.repo_config())
         table.read_info()
     df = read_transactions(inputs, spec)
+    if df.empty:  # a state file "up to 1970" would start a job from nothing all the same
+        raise ValueError(f"{' + '.join(map(str, inputs))}: no transactions to bootstrap from")
     ids = launch_pseudonymiser(id_key_secret) if pseudonymise_ids else None
     lateness = timedelta(hours=max_lateness_hours)
     info = bootstrap(df, spec, output, ids, lateness, progress=True, table=table)

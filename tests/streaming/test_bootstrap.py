@@ -100,6 +100,16 @@ def test_bootstrap_command_keys_states_by_the_jobs_pseudonyms(tmp_path, monkeypa
     assert read_info(out).id_key == ""
 
 
+def test_bootstrap_from_an_empty_history_is_refused_and_writes_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty.parquet"
+    _history(presets.BASELINE, n=10).iloc[:0].to_parquet(empty)
+    out = tmp_path / "states.parquet"
+    args = ["bootstrap", "--input", str(empty), "--output", str(out), "--pseudonymise_ids", "off"]
+    assert main(args) == 2
+    assert "empty.parquet: no transactions to bootstrap from" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_rewritten_state_file_is_read_again(tmp_path):
     """Workers share one read per process, but a new file at the same path (a new bootstrap,
     the demo's next run) is not answered from the old one."""

@@ -55,7 +55,9 @@ def validate(
     df: pd.DataFrame, spec: FeatureSpec, source: str = "input", sort: bool = True
 ) -> pd.DataFrame:
     """Check columns, types, values and ids; return ``df`` with parsed times and int64 ids,
-    sorted by transaction id.
+    sorted by transaction id. Times with a time zone (a BigQuery ``TIMESTAMP`` exported to
+    parquet, text with ``Z`` or one offset) become UTC, as the stream converts a message's;
+    naive times are taken as they are.
 
     Raises :class:`InputError` for missing columns, unparsable timestamps, missing or
     non-finite values, values a message could not hold (:mod:`features.limits`: ids that are
@@ -75,10 +77,8 @@ def validate(
                 f"{source}: {int(bad.sum())} unparsable TX_DATETIME values, e.g. {rows}"
             )
         df["TX_DATETIME"] = parsed
-    if getattr(df["TX_DATETIME"].dtype, "tz", None) is not None:
-        raise InputError(
-            f"{source}: TX_DATETIME must be naive (one time zone), got a tz-aware column"
-        )
+    if getattr(df["TX_DATETIME"].dtype, "tz", None) is not None:  # as the stream reads offsets
+        df["TX_DATETIME"] = df["TX_DATETIME"].dt.tz_convert("UTC").dt.tz_localize(None)
     df["TX_DATETIME"] = df["TX_DATETIME"].astype("datetime64[ns]")
     for col in spec.input_columns:
         values = df[col]

@@ -54,6 +54,32 @@ def test_string_timestamps_are_parsed():
     assert validate(df, SPEC)["TX_DATETIME"].dtype == "datetime64[ns]"
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Brussels"])
+def test_times_with_a_zone_are_read_in_utc_as_the_stream_reads_them(parquet, zone):
+    """A BigQuery TIMESTAMP exported to parquet is tz-aware (UTC); the stream converts a
+    message's offset to UTC, so the table's times are too."""
+    df = transactions(n=10)
+    naive = df["TX_DATETIME"]
+    df["TX_DATETIME"] = naive.dt.tz_localize("UTC").dt.tz_convert(zone)
+    out = read_transactions([parquet(df)], SPEC)
+    assert out["TX_DATETIME"].dtype == "datetime64[ns]"
+    assert out["TX_DATETIME"].tolist() == naive.tolist()
+    first = df["TX_DATETIME"].iloc[0]
+    message = {"TRANSACTION_ID": 0, "TX_DATETIME": first.isoformat(), "CUSTOMER_ID": 1,
+               "TERMINAL_ID": 2, "TX_AMOUNT": 1.0}  # fmt: skip
+    assert parse_transaction(json.dumps(message)).time_ns == naive.iloc[0].value
+
+
+def test_text_times_with_one_offset_are_read_in_utc_and_mixed_ones_refused():
+    df = transactions(n=3)
+    naive = df["TX_DATETIME"].copy()
+    df["TX_DATETIME"] = (naive + pd.Timedelta(hours=2)).dt.strftime("%Y-%m-%dT%H:%M:%S+02:00")
+    assert validate(df, SPEC)["TX_DATETIME"].tolist() == naive.tolist()
+    df.loc[1, "TX_DATETIME"] = naive[1].strftime("%Y-%m-%dT%H:%M:%S")  # no offset: which zone?
+    with pytest.raises(InputError, match="1 unparsable TX_DATETIME values"):
+        validate(df, SPEC)
+
+
 def test_duplicate_ids_across_files_are_rejected(parquet):
     df = transactions(n=20)
     with pytest.raises(InputError, match=r"duplicate TRANSACTION_IDs, e.g. \[0, 1, 2, 3, 4\]"):

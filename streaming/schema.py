@@ -15,10 +15,11 @@ Label message (fraud feedback, published after the transaction)::
 
 What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset (converted to
 UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
-by default); amounts as JSON integers or decimals; fields this version does not know, which
+by default); ids as JSON integers or as strings of their digits (proto3's JSON form of an
+int64); amounts as JSON integers or decimals; fields this version does not know, which
 are ignored and reported to an ``unknown`` callback (refused with ``strict_fields``). Refused,
-with a ``ValueError`` that names the field and the reason: ids that are not JSON integers
-(booleans, or floats such as ``5.0``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
+with a ``ValueError`` that names the field and the reason: ids that are neither (booleans,
+floats such as ``5.0``, ``"+5"``, ``"05"``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
 [1970, 2200), ``TX_FRAUD`` other than 0 or 1, payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
 
@@ -186,8 +187,24 @@ def _check_fields(
         unknown(extra)
 
 
-def _int(doc: dict, name: str) -> int:
+_DIGITS = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+"""An id as text: proto3's JSON mapping writes every int64 as a string of digits (Java's
+JsonFormat, Go's protojson, Python's MessageToJson), as do producers whose ids pass 2**53."""
+
+
+def _id(doc: dict, name: str) -> int:
+    """An id: a JSON integer, or a string of its digits, in [0, 2**63)."""
     value = doc[name]
+    if type(value) is str:
+        if not _DIGITS.match(value):
+            raise ValueError(f'{name} must be an integer or a string of its digits ("17"), got '
+                             f"str {value!r}")  # fmt: skip
+        value = int(value)
+    return _int(name, value)
+
+
+def _int(name: str, value: Any) -> int:
+    """A JSON integer field's ``value``, in [0, 2**63)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if not 0 <= value <= MAX_ID:
@@ -250,10 +267,10 @@ def parse_transaction(
     doc = _decode(payload)
     _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
     return Transaction(
-        transaction_id=_int(doc, "TRANSACTION_ID"),
+        transaction_id=_id(doc, "TRANSACTION_ID"),
         time_ns=_time(doc, "TX_DATETIME", contract.zone),
-        customer_id=_int(doc, "CUSTOMER_ID"),
-        terminal_id=_int(doc, "TERMINAL_ID"),
+        customer_id=_id(doc, "CUSTOMER_ID"),
+        terminal_id=_id(doc, "TERMINAL_ID"),
         amount=_amount(doc, "TX_AMOUNT"),
         received_at=received_at,
     )
@@ -268,7 +285,7 @@ def parse_label(
     """A :class:`Label` from a JSON payload; ``ValueError`` says what is wrong."""
     doc = _decode(payload)
     _check_fields(doc, LABEL_FIELDS, contract, unknown)
-    fraud = _int(doc, "TX_FRAUD")
+    fraud = _int("TX_FRAUD", doc["TX_FRAUD"])
     if fraud not in (0, 1):
         raise ValueError(f"TX_FRAUD must be 0 or 1, got {fraud}")
     tx_time = _time(doc, "TX_DATETIME", contract.zone)
@@ -276,9 +293,9 @@ def parse_label(
     if label_time < tx_time:
         raise ValueError("LABEL_DATETIME is before TX_DATETIME")
     return Label(
-        transaction_id=_int(doc, "TRANSACTION_ID"),
-        customer_id=_int(doc, "CUSTOMER_ID"),
-        terminal_id=_int(doc, "TERMINAL_ID"),
+        transaction_id=_id(doc, "TRANSACTION_ID"),
+        customer_id=_id(doc, "CUSTOMER_ID"),
+        terminal_id=_id(doc, "TERMINAL_ID"),
         time_ns=tx_time,
         label_time_ns=label_time,
         fraud=fraud,

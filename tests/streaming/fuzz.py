@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from streaming.schema import LABEL_FIELDS, MAX_PAYLOAD_BYTES, TRANSACTION_FIELDS
 
 INT64_MAX = 2**63 - 1
+_ID_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")  # an id as text, proto3's JSON form of an int64
 ID_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 # The schema accepts event times in [1970, 2200) (the engine holds int64 ns): odd valid times
 # stay inside, with room for the windows subtracted from them.
@@ -142,7 +144,7 @@ def _oversize(draw, docs) -> Message:
 
 def _wrong_id_values():
     return st.one_of(
-        st.text(max_size=8),
+        st.text(max_size=8).filter(lambda t: not _ID_TEXT.fullmatch(t)),  # "17" is an id
         st.floats(),  # 17.0 too: ids are JSON integers
         st.booleans(),
         st.none(),
@@ -332,7 +334,7 @@ def odd_valid_transactions(draw) -> Message:
     """Transactions the schema accepts although they look suspicious: large amounts (up to the
     schema's 1e9), times far in the past or future (inside [1970, 2200)), -0.0,
     integer amounts, RFC 3339's lenient forms, duplicate keys (the last wins), fields the
-    contract does not know (ignored). Their ids are
+    contract does not know (ignored), ids as strings of digits. Their ids are
     placeholders (0): the caller assigns unique, unknown ones with :func:`with_ids`."""
     doc = {"TRANSACTION_ID": 0, "TX_DATETIME": "", "CUSTOMER_ID": 0, "TERMINAL_ID": 0}
     doc["TX_DATETIME"] = draw(times).isoformat()
@@ -348,6 +350,7 @@ def odd_valid_transactions(draw) -> Message:
                 "lenient_time_form",
                 "duplicate_keys",
                 "added_fields",
+                "ids_as_text",
             ]
         )
     )
@@ -376,6 +379,8 @@ def odd_valid_transactions(draw) -> Message:
                 ]
             )
         )
+    elif category == "ids_as_text":  # proto3's JSON mapping writes an int64 as a string
+        doc |= {name: "0" for name in ID_FIELDS}
     elif category == "added_fields":  # a producer's upgrade: ignored, counted
         names = st.text(max_size=12).filter(lambda k: k not in TRANSACTION_FIELDS)
         doc |= draw(st.dictionaries(names, _JSON_VALUES, min_size=1, max_size=3))
@@ -394,6 +399,7 @@ def with_ids(message: Message, txid: int, customer: int, terminal: int) -> Messa
         ("TERMINAL_ID", terminal),
     ):
         raw = raw.replace(f'"{name}": 0', f'"{name}": {value}', 1)
+        raw = raw.replace(f'"{name}": "0"', f'"{name}": "{value}"', 1)
     return message._replace(payload=raw.encode())
 
 

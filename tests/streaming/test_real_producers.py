@@ -1,8 +1,9 @@
 """Producers nobody here wrote publish to the emulator and the job scores what they send: the
-``gcloud pubsub topics publish`` CLI, and a service written with Pub/Sub's official Node.js
-client (``tests/producers/node``). Every message of the wire contract's cases gets its alert
-(the job runs with threshold 0, so every scored transaction alerts) or its dead letter with
-the field and the reason.
+``gcloud pubsub topics publish`` CLI, a service written with Pub/Sub's official Node.js
+client (``tests/producers/node``), and a Python service that keeps its transactions as
+protobuf messages and publishes protobuf's own JSON form of them. Every message of the wire
+contract's cases gets its alert (the job runs with threshold 0, so every scored transaction
+alerts) or its dead letter with the field and the reason.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _wait_for(job, cases) -> tuple[dict[int, dict], dict[int, dict]]:
             alerts[alert["transaction_id"]] = alert
         for m in lj.drain(topics.subscriptions["dlq"], wait_s=2):
             letter = json.loads(m.data)
-            dead[json.loads(letter["payload"])["TRANSACTION_ID"]] = letter
+            dead[int(json.loads(letter["payload"])["TRANSACTION_ID"])] = letter
     return alerts, dead
 
 
@@ -159,3 +160,57 @@ def test_a_node_service_with_the_official_client_as_producer(job) -> None:
     assert len(json.loads(done.stdout)) == len(cases)
     alerts, dead = _wait_for(job, cases)
     _assert_per_message(cases, alerts, dead)
+
+
+def _protobuf_transaction_class() -> type:
+    """A service's ``payments.Transaction`` protobuf message, built as protoc would from::
+
+    message Transaction { int64 TRANSACTION_ID = 1; string TX_DATETIME = 2;
+      int64 CUSTOMER_ID = 3; int64 TERMINAL_ID = 4; double TX_AMOUNT = 5;
+      string CURRENCY = 6; }
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="payments/transaction.proto", package="payments", syntax="proto3"
+    )
+    message = proto.message_type.add(name="Transaction")
+    for number, (name, kind) in enumerate(
+        [("TRANSACTION_ID", field.TYPE_INT64), ("TX_DATETIME", field.TYPE_STRING),
+         ("CUSTOMER_ID", field.TYPE_INT64), ("TERMINAL_ID", field.TYPE_INT64),
+         ("TX_AMOUNT", field.TYPE_DOUBLE), ("CURRENCY", field.TYPE_STRING)],
+        start=1,
+    ):  # fmt: skip
+        message.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("payments.Transaction"))
+
+
+@pytest.mark.slow
+def test_a_service_publishing_protobufs_json_form_as_producer(job) -> None:
+    """proto3's JSON mapping writes every int64 as a string ("17"), and an id past 2**53 is
+    exact only so; the job reads them as the integers they are. A negative id (int64 allows
+    it) is a dead letter with the reason."""
+    from google.cloud import pubsub_v1
+    from google.protobuf import json_format
+
+    transaction = _protobuf_transaction_class()
+    base, big = 9_200_000, 2**62 + 12_345
+    ids = [(base, base, base), (base + 1, big, big + 1), (base + 2, base, base), (base + 3, -5, 1)]
+    extra = [{}, {}, {"CURRENCY": "EUR", "TX_DATETIME": "2018-08-15T12:02:00+02:00"}, {}]
+    reasons = [None, None, None, "CUSTOMER_ID must be an integer or a string of its digits"]
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(lj.PROJECT, job[0].topic_id("tx"))
+    published = []
+    for (tid, customer, terminal), fields, reason in zip(ids, extra, reasons, strict=True):
+        doc = {"TRANSACTION_ID": tid, "CUSTOMER_ID": customer, "TERMINAL_ID": terminal,
+               "TX_DATETIME": "2018-08-15T10:02:00Z", "TX_AMOUNT": 42.5} | fields  # fmt: skip
+        payload = json_format.MessageToJson(transaction(**doc), preserving_proto_field_name=True)
+        assert f'"TRANSACTION_ID": "{tid}"' in payload  # protobuf's JSON: a string
+        publisher.publish(topic, payload.encode()).result(timeout=60)
+        published.append((doc, {}, reason))
+    alerts, dead = _wait_for(job, published)
+    _assert_per_message(published, alerts, dead)
+    assert alerts[base + 1]["customer_id"] == big and alerts[base + 1]["terminal_id"] == big + 1

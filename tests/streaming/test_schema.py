@@ -37,7 +37,9 @@ def test_label_round_trip() -> None:
         (b"[1]", "JSON object"),
         (json.dumps({k: v for k, v in TX.items() if k != "TX_AMOUNT"}), "missing"),
         (json.dumps({**TX, "CUSTOMER_ID": 5.0}), "CUSTOMER_ID must be an integer"),
-        (json.dumps({**TX, "CUSTOMER_ID": "5"}), "CUSTOMER_ID must be an integer"),
+        (json.dumps({**TX, "CUSTOMER_ID": "5.0"}), "CUSTOMER_ID must be an integer or a string of"),
+        (json.dumps({**TX, "CUSTOMER_ID": "-5"}), r"its digits \(\"17\"\), got str '-5'"),
+        (json.dumps({**TX, "CUSTOMER_ID": str(2**63)}), r"must be in \[0, 2\*\*63\)"),
         (json.dumps({**TX, "CUSTOMER_ID": True}), "CUSTOMER_ID must be an integer"),
         (json.dumps({**TX, "TX_AMOUNT": -1}), "finite and >= 0"),
         (json.dumps({**TX, "TX_AMOUNT": float("nan")}), "finite and >= 0"),
@@ -50,6 +52,14 @@ def test_label_round_trip() -> None:
 def test_bad_transactions_say_why(payload: bytes | str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_transaction(payload)
+
+
+def test_ids_written_as_strings_of_digits_are_the_same_ids() -> None:
+    """proto3's JSON mapping writes every int64 as a string: the same transaction."""
+    as_text = {**TX, **{k: str(TX[k]) for k in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")}}
+    assert parse_transaction(json.dumps(as_text)) == parse_transaction(json.dumps(TX))
+    big = parse_transaction(json.dumps({**TX, "CUSTOMER_ID": str(2**63 - 1)}))
+    assert big.customer_id == 2**63 - 1
 
 
 def test_bad_label_fraud_flag() -> None:

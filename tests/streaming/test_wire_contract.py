@@ -3,7 +3,8 @@
 Each case is judged by the JSON Schema (jsonschema, draft 2020-12) and by the parser; they must
 reach the same verdict. JSON Schema cannot say two things the contract says, so those cases are
 listed in :data:`STRICTER_THAN_SCHEMA`: ids written as floats (``5.0`` is an integer to JSON
-Schema) and calendar-invalid dates (a pattern cannot know February has no 30th).
+Schema), ids written as 19 digits above 2**63 - 1 (a pattern bounds their length, not their
+value) and calendar-invalid dates (a pattern cannot know February has no 30th).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ CASES = [
     ("transaction", {**TX, "TX_AMOUNT": "57.16"}),
     ("transaction", {**TX, "CUSTOMER_ID": True}),
     ("transaction", {**TX, "CUSTOMER_ID": "5"}),
+    ("transaction", {**TX, "TRANSACTION_ID": "9223372036854775807"}),
+    ("transaction", {**TX, "TRANSACTION_ID": "9223372036854775808"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "05"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "+5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "-5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": " 5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "5.0"}),
+    ("transaction", {**TX, "CUSTOMER_ID": ""}),
+    ("label", {**LABEL, "TRANSACTION_ID": "17", "TERMINAL_ID": "33"}),
     ("transaction", {**TX, "CUSTOMER_ID": -5}),
     ("transaction", {**TX, "CUSTOMER_ID": 5.0}),
     ("transaction", {**TX, "TX_DATETIME": "2018-08-15"}),
@@ -72,6 +82,7 @@ CASES = [
 ]
 STRICTER_THAN_SCHEMA = {
     json.dumps({**TX, "CUSTOMER_ID": 5.0}),
+    json.dumps({**TX, "TRANSACTION_ID": "9223372036854775808"}),
     json.dumps({**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
 }
 

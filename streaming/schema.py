@@ -20,7 +20,7 @@ int64); amounts as JSON integers or decimals; fields this version does not know,
 are ignored and reported to an ``unknown`` callback (refused with ``strict_fields``). Refused,
 with a ``ValueError`` that names the field and the reason: ids that are neither (booleans,
 floats such as ``5.0``, ``"+5"``, ``"05"``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
-[1970, 2200), ``TX_FRAUD`` other than 0 or 1, payloads over :data:`MAX_PAYLOAD_BYTES`.
+[1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -285,9 +285,11 @@ def parse_label(
     """A :class:`Label` from a JSON payload; ``ValueError`` says what is wrong."""
     doc = _decode(payload)
     _check_fields(doc, LABEL_FIELDS, contract, unknown)
-    fraud = _int("TX_FRAUD", doc["TX_FRAUD"])
-    if fraud not in (0, 1):
-        raise ValueError(f"TX_FRAUD must be 0 or 1, got {fraud}")
+    fraud = doc["TX_FRAUD"]
+    if type(fraud) is bool:  # a boolean field's JSON (protobuf's, most serialisers')
+        fraud = int(fraud)
+    elif type(fraud) is not int or fraud not in (0, 1):
+        raise ValueError(f"TX_FRAUD must be 0 or 1 (or false or true), got {fraud!r}")
     tx_time = _time(doc, "TX_DATETIME", contract.zone)
     label_time = _time(doc, "LABEL_DATETIME", contract.zone)
     if label_time < tx_time:

@@ -287,7 +287,6 @@ def _bad_fraud(draw) -> Message:
     doc = draw(label_docs())
     doc["TX_FRAUD"] = draw(
         st.integers().filter(lambda v: v not in (0, 1))
-        | st.booleans()
         | st.floats()
         | st.none()
         | st.text(max_size=3)

@@ -64,5 +64,13 @@ def test_ids_written_as_strings_of_digits_are_the_same_ids() -> None:
 
 def test_bad_label_fraud_flag() -> None:
     label = json.loads(label_json(Label(1, 2, 3, 0, 0, 1)))
-    with pytest.raises(ValueError, match="0 or 1"):
-        parse_label(json.dumps({**label, "TX_FRAUD": 2}))
+    for bad in (2, 1.0, "1", None):
+        with pytest.raises(ValueError, match=r"TX_FRAUD must be 0 or 1 \(or false or true\)"):
+            parse_label(json.dumps({**label, "TX_FRAUD": bad}))
+
+
+def test_a_boolean_fraud_flag_is_the_same_label() -> None:
+    label = json.loads(label_json(Label(1, 2, 3, 0, 0, 1)))
+    assert parse_label(json.dumps({**label, "TX_FRAUD": True})).fraud == 1
+    assert parse_label(json.dumps({**label, "TX_FRAUD": False})).fraud == 0
+    assert type(parse_label(json.dumps({**label, "TX_FRAUD": True})).fraud) is int

@@ -154,11 +154,16 @@ class Label:
     received_at: float = 0.0
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode(payload: bytes | str) -> dict:
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    if payload.startswith(_BOM):  # RFC 8259 lets a parser ignore it; Windows tools write one
+        payload = payload[len(_BOM) :]
     try:
         doc = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as exc:

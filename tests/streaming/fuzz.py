@@ -86,7 +86,7 @@ def _not_utf8(draw, docs) -> Message:
 
 def _is_json(text: str) -> bool:
     try:
-        json.loads(text)
+        json.loads(text.removeprefix("\ufeff"))  # the parser ignores a leading BOM
     except (ValueError, RecursionError):
         return False
     return True

@@ -62,6 +62,17 @@ def test_ids_written_as_strings_of_digits_are_the_same_ids() -> None:
     assert big.customer_id == 2**63 - 1
 
 
+def test_a_leading_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore one; PowerShell's and some .NET writers' UTF-8 has one."""
+    payload = json.dumps(TX).encode()
+    assert parse_transaction(b"\xef\xbb\xbf" + payload) == parse_transaction(payload)
+    assert parse_transaction("\ufeff" + json.dumps(TX)) == parse_transaction(payload)
+    with pytest.raises(ValueError, match="not JSON"):  # only a leading one
+        parse_transaction(payload[:1] + b"\xef\xbb\xbf" + payload[1:])
+    with pytest.raises(ValueError, match="not UTF-8"):  # UTF-16 is not the contract
+        parse_transaction(json.dumps(TX).encode("utf-16"))
+
+
 def test_bad_label_fraud_flag() -> None:
     label = json.loads(label_json(Label(1, 2, 3, 0, 0, 1)))
     for bad in (2, 1.0, "1", None):

@@ -205,11 +205,6 @@ def _id(doc: dict, name: str) -> int:
             raise ValueError(f'{name} must be an integer or a string of its digits ("17"), got '
                              f"str {value!r}")  # fmt: skip
         value = int(value)
-    return _int(name, value)
-
-
-def _int(name: str, value: Any) -> int:
-    """A JSON integer field's ``value``, in [0, 2**63)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if not 0 <= value <= MAX_ID:

@@ -16,7 +16,8 @@ Label message (fraud feedback, published after the transaction)::
 What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset (converted to
 UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
 by default); ids as JSON integers or as strings of their digits (proto3's JSON form of an
-int64); amounts as JSON integers or decimals; fields this version does not know, which
+int64); amounts as JSON integers or decimals, or as decimal strings (``"57.16"``, what decimal
+types serialise to); fields this version does not know, which
 are ignored and reported to an ``unknown`` callback (refused with ``strict_fields``). Refused,
 with a ``ValueError`` that names the field and the reason: ids that are neither (booleans,
 floats such as ``5.0``, ``"+5"``, ``"05"``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
@@ -247,10 +248,20 @@ def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
     return time_ns(dt) + nanos
 
 
+_DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
+"""An amount as text, in JSON's number grammar without a sign: what decimal types serialise to
+(pydantic's ``Decimal``, Go's shopspring/decimal: ``"57.16"``, ``"1E+3"``)."""
+
+
 def _amount(doc: dict, name: str) -> float:
     value = doc[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if type(value) is str and _DECIMAL.match(value):
+        value = float(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f'{name} must be a number or a decimal string ("57.16"), got '
+            f"{type(value).__name__} {value!r}"
+        )
     value = float(value)
     if not math.isfinite(value) or not 0 <= value <= MAX_AMOUNT:
         raise ValueError(f"{name} must be finite and >= 0 (at most {MAX_AMOUNT:.0e}), got {value}")

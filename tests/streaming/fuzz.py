@@ -21,6 +21,7 @@ from streaming.schema import LABEL_FIELDS, MAX_PAYLOAD_BYTES, TRANSACTION_FIELDS
 
 INT64_MAX = 2**63 - 1
 _ID_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")  # an id as text, proto3's JSON form of an int64
+_DECIMAL_TEXT = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # an amount as text
 ID_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 # The schema accepts event times in [1970, 2200) (the engine holds int64 ns): odd valid times
 # stay inside, with room for the windows subtracted from them.
@@ -234,7 +235,12 @@ def _huge_int_literal(draw, docs) -> Message:
 def _wrong_amount(draw) -> Message:
     doc = draw(transaction_docs())
     doc["TX_AMOUNT"] = draw(
-        st.one_of(st.text(max_size=8), st.booleans(), st.none(), st.lists(amounts, max_size=2))
+        st.one_of(
+            st.text(max_size=8).filter(lambda t: not _DECIMAL_TEXT.fullmatch(t)),  # "5" is one
+            st.booleans(),
+            st.none(),
+            st.lists(amounts, max_size=2),
+        )
     )
     return Message(_dumps(doc), False, "wrong_amount_type", "TX_AMOUNT must be a number")
 
@@ -364,7 +370,7 @@ def odd_valid_transactions(draw) -> Message:
             st.datetimes(min_value=datetime(2100, 1, 1), max_value=ENGINE_MAX)
         ).isoformat()
     elif category == "odd_amount_form":
-        doc["TX_AMOUNT"] = draw(st.sampled_from([-0.0, 0, 0.0, 5e-324, 17]))
+        doc["TX_AMOUNT"] = draw(st.sampled_from([-0.0, 0, 0.0, 5e-324, 17, "57.16", "1E+3"]))
     elif category == "lenient_time_form":  # RFC 3339's forms: a space, Z, an offset, nanoseconds
         dt = draw(times).replace(microsecond=0)
         offset = timezone(timedelta(minutes=draw(st.integers(-23 * 60, 23 * 60))))

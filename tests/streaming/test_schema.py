@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -60,6 +61,30 @@ def test_ids_written_as_strings_of_digits_are_the_same_ids() -> None:
     assert parse_transaction(json.dumps(as_text)) == parse_transaction(json.dumps(TX))
     big = parse_transaction(json.dumps({**TX, "CUSTOMER_ID": str(2**63 - 1)}))
     assert big.customer_id == 2**63 - 1
+
+
+def test_an_amount_as_a_decimal_string_is_the_same_amount() -> None:
+    """pydantic's Decimal and Go's shopspring/decimal serialise to strings ("57.16", "1E+3")."""
+    from decimal import Decimal
+
+    from pydantic import BaseModel
+
+    class Payment(BaseModel):  # a FastAPI service's model
+        TRANSACTION_ID: int
+        TX_DATETIME: datetime
+        CUSTOMER_ID: int
+        TERMINAL_ID: int
+        TX_AMOUNT: Decimal
+
+    at = datetime(2018, 8, 15, 10, 2, tzinfo=UTC)
+    for amount in ("57.16", "1E+3", "0.00"):
+        payload = Payment(TRANSACTION_ID=17, TX_DATETIME=at, CUSTOMER_ID=5, TERMINAL_ID=33,
+                          TX_AMOUNT=Decimal(amount)).model_dump_json()  # fmt: skip
+        assert f'"TX_AMOUNT":"{amount}"' in payload
+        assert parse_transaction(payload).amount == float(amount)
+    for bad in ("-1", "57,16", "NaN", ".5", "2e9"):
+        with pytest.raises(ValueError, match="TX_AMOUNT"):
+            parse_transaction(json.dumps({**TX, "TX_AMOUNT": bad}))
 
 
 def test_a_leading_byte_order_mark_is_ignored() -> None:

@@ -3,8 +3,9 @@
 Each case is judged by the JSON Schema (jsonschema, draft 2020-12) and by the parser; they must
 reach the same verdict. JSON Schema cannot say two things the contract says, so those cases are
 listed in :data:`STRICTER_THAN_SCHEMA`: ids written as floats (``5.0`` is an integer to JSON
-Schema), ids written as 19 digits above 2**63 - 1 (a pattern bounds their length, not their
-value) and calendar-invalid dates (a pattern cannot know February has no 30th).
+Schema), ids written as 19 digits above 2**63 - 1 and amounts written as strings above 1e9 (a
+pattern bounds their form, not their value), and calendar-invalid dates (a pattern cannot know
+February has no 30th).
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ CASES = [
     ("transaction", {**TX, "TX_AMOUNT": -1}),
     ("transaction", {**TX, "TX_AMOUNT": 2e9}),
     ("transaction", {**TX, "TX_AMOUNT": "57.16"}),
+    ("transaction", {**TX, "TX_AMOUNT": "1E+3"}),
+    ("transaction", {**TX, "TX_AMOUNT": "0.00"}),
+    ("transaction", {**TX, "TX_AMOUNT": "2e9"}),
+    ("transaction", {**TX, "TX_AMOUNT": "-1"}),
+    ("transaction", {**TX, "TX_AMOUNT": "057.16"}),
+    ("transaction", {**TX, "TX_AMOUNT": "57,16"}),
+    ("transaction", {**TX, "TX_AMOUNT": " 57.16"}),
+    ("transaction", {**TX, "TX_AMOUNT": "NaN"}),
+    ("transaction", {**TX, "TX_AMOUNT": ".5"}),
     ("transaction", {**TX, "CUSTOMER_ID": True}),
     ("transaction", {**TX, "CUSTOMER_ID": "5"}),
     ("transaction", {**TX, "TRANSACTION_ID": "9223372036854775807"}),
@@ -86,6 +96,7 @@ CASES = [
 STRICTER_THAN_SCHEMA = {
     json.dumps({**TX, "CUSTOMER_ID": 5.0}),
     json.dumps({**TX, "TRANSACTION_ID": "9223372036854775808"}),
+    json.dumps({**TX, "TX_AMOUNT": "2e9"}),
     json.dumps({**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
 }
 

@@ -12,11 +12,13 @@ Semantics (the backfill gives the same float64 values for the same events in tim
   (status ``DUPLICATE``). The original is always still buffered when the copy is not too late,
   so every copy is caught.
 * Labels (transaction id, entity ids, transaction time, fraud) update the buffered transaction
-  they name. For stream == backfill a label must arrive no later than its transaction's time
-  plus the delay (at equal times, deliver labels first). A label for a transaction no longer
-  buffered (older than the state's horizon) is ignored with status ``LABEL_EXPIRED``; one for a
-  transaction the state has not seen with ``LABEL_UNMATCHED``; one for an entity without state
-  with ``LABEL_UNKNOWN_ENTITY``. Until its label arrives a transaction counts as not fraudulent.
+  they name: the same id, its time within a second of the label's copy of it (a case system may
+  keep times in milliseconds or seconds). For stream == backfill a label must arrive no later
+  than its transaction's time plus the delay (at equal times, deliver labels first). A label for
+  a transaction no longer buffered (older than the state's horizon) is ignored with status
+  ``LABEL_EXPIRED``; one for a transaction the state has not seen with ``LABEL_UNMATCHED``; one
+  for an entity without state with ``LABEL_UNKNOWN_ENTITY``. Until its label arrives a
+  transaction counts as not fraudulent.
 * State per entity holds the events of the last ``horizon + max_lateness`` (horizon = longest
   window plus its delay) and is compacted when its buffer fills or when it is exported.
 """

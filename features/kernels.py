@@ -649,6 +649,24 @@ def _find_buffered(times, txids, end, t, txid):
     return -1
 
 
+# How far a label's copy of its transaction's time may be from the time the transaction came
+# with: a case system that keeps times in milliseconds or seconds sends them truncated or
+# rounded. Within it a label finds its transaction by id (ids are unique, so no other can match).
+LABEL_TIME_SLACK_NS = 1_000_000_000
+
+
+@njit(cache=True, inline="always")
+def _find_labelled(times, txids, n, t, txid):
+    """Index of the buffered transaction ``txid`` whose time is within
+    :data:`LABEL_TIME_SLACK_NS` of t, or -1; searched from the newest of those back."""
+    k = _upper_bound_recent(times, n, t + LABEL_TIME_SLACK_NS) - 1
+    while k >= 0 and times[k] >= t - LABEL_TIME_SLACK_NS:
+        if txids[k] == txid:
+            return k
+        k -= 1
+    return -1
+
+
 @njit(cache=True, inline="always")
 def _apply_label(vals, ranges, acc, ext, ext_at, k, c, value):
     """Set column c (a label column) of buffered event k to ``value``.
@@ -838,8 +856,8 @@ def process(
     sums the features read, ``ext_at`` (:func:`extras_at`) where the extras are. A
     transaction older than the entity's newest by ``lateness_ns`` or more is rejected; a full
     buffer first drops the events ``keep_ns`` or more older than the newest (see
-    :func:`compact`). A label sets the ``label_columns`` of its buffered transaction (same time
-    and id) to its values.
+    :func:`compact`). A label sets the ``label_columns`` of its buffered transaction (same id,
+    its time within :data:`LABEL_TIME_SLACK_NS` of the label's) to its values.
 
     Returns the index of the first event not applied: ``len(event_kinds)`` when all were, else
     an event whose entity's buffer is full (the caller grows the arena and calls again).
@@ -873,12 +891,12 @@ def process(
         records, times, txids, vals = events_of(row, n_slots, n_cols, n_ext, cap)
 
         if kind == KIND_LABEL:
-            k = _find_buffered(times, txids, _upper_bound_recent(times, n, t), t, txid)
+            k = _find_labelled(times, txids, n, t, txid)
             if k >= 0:
                 for c in label_columns:
                     _apply_label(vals, ranges, acc, ext, ext_at, k, c, event_vals[j, c])
                 status[j] = ST_LABEL_APPLIED
-            elif n == 0 or t < times[0]:
+            elif n == 0 or t + LABEL_TIME_SLACK_NS < times[0]:  # older than the buffer
                 status[j] = ST_LABEL_EXPIRED
             else:
                 status[j] = ST_LABEL_UNMATCHED

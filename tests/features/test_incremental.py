@@ -156,6 +156,49 @@ def test_label_statuses(events, expected):
     assert status[-1] == expected
 
 
+@pytest.mark.parametrize(
+    ("shift_ns", "expected"),
+    [
+        (-123_456, Status.LABEL_APPLIED),  # the time cut to milliseconds
+        (-999_999_999, Status.LABEL_APPLIED),  # cut to seconds
+        (400_000_000, Status.LABEL_APPLIED),  # rounded up to a second
+        (1_000_000_001, Status.LABEL_UNMATCHED),  # another time
+        (-1_000_000_001, Status.LABEL_UNMATCHED),
+    ],
+)
+def test_a_label_finds_its_transaction_by_id_within_a_second_of_its_time(shift_ns, expected):
+    """A case system that keeps times in milliseconds or seconds sends its label with the
+    transaction's time cut or rounded; the label is its transaction's all the same."""
+    engine = IncrementalEngine(SPEC)
+    neighbours = batch((KIND_TX, 1, 0.0, 1, 5, 10.0, 0), (KIND_TX, 3, 0.0, 3, 5, 10.0, 0))
+    neighbours.time_ns[:] += [999_999_000, 999_999_000 - 500_000_000]  # 1 s apart, not 1
+    engine.process(neighbours)
+    label = batch((KIND_LABEL, 1, 0.0, 1, 5, 0.0, 1))
+    label.time_ns[:] = neighbours.time_ns[0] + shift_ns
+    _, st = engine.process(label)
+    assert st[0] == expected
+    f, _ = engine.process(batch((KIND_TX, 2, 7.5, 2, 5, 10.0, 0)))
+    applied = expected == Status.LABEL_APPLIED
+    assert col(f, "TERMINAL_ID_RISK_1DAY_WINDOW")[0] == (0.5 if applied else 0.0)
+
+
+def test_the_streaming_jobs_states_match_a_label_by_id_within_a_second_too():
+    from features.incremental import ExportedStates
+    from features.plan import EntityPlan
+
+    plan = EntityPlan.build(SPEC, TERMINAL)
+    assert plan.columns == ["TX_FRAUD"]
+    states = ExportedStates(plan, timedelta(days=1))
+    out = np.empty((1, plan.n_out + plan.since_prev))
+    t = T0 + 123_456_789  # a transaction with a fraction of a second
+    blob, code = states.apply(5, b"", KIND_TX, t, 1, np.array([[0.0]]), out)
+    assert code == Status.OK
+    _, code = states.apply(5, blob, KIND_LABEL, T0, 1, np.array([[1.0]]), out)  # in seconds
+    assert code == Status.LABEL_APPLIED
+    _, code = states.apply(5, blob, KIND_LABEL, t + 1_000_000_001, 1, np.array([[1.0]]), out)
+    assert code == Status.LABEL_UNMATCHED
+
+
 def test_state_is_bounded_by_the_horizon():
     engine = IncrementalEngine(SPEC, max_lateness=timedelta(days=1))
     days = np.arange(0, 200, 0.5)

@@ -82,6 +82,8 @@ def validate(
     df["TX_DATETIME"] = df["TX_DATETIME"].astype("datetime64[ns]")
     for col in spec.input_columns:
         values = df[col]
+        if pd.api.types.infer_dtype(values, skipna=True) == "decimal":  # parquet DECIMAL
+            df[col] = values = _from_decimals(values, col, source)
         if values.isna().any():
             raise InputError(f"{source}: {int(values.isna().sum())} missing values in {col}")
         if col != "TX_DATETIME":
@@ -100,6 +102,18 @@ def validate(
     if sort:
         df = df.sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
     return df
+
+
+def _from_decimals(values: pd.Series, col: str, source: str) -> pd.Series:
+    """A column of ``decimal.Decimal`` (a parquet ``DECIMAL``: BigQuery's ``NUMERIC``, the type
+    it advises for money) as float64, ids as int64 when every one is whole."""
+    if values.isna().any():
+        return values  # refused as missing values next
+    if col in ID_COLUMNS:
+        ok = values.map(lambda v: v == v.to_integral_value() and 0 <= v <= MAX_ID)
+        _refuse(values.to_numpy(), ~ok.to_numpy(bool), col, source, "whole numbers in [0, 2**63)")
+        return values.map(int).astype(np.int64)
+    return values.astype(np.float64)
 
 
 def _ids(values: np.ndarray, col: str, source: str) -> np.ndarray:

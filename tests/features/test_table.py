@@ -125,6 +125,33 @@ def test_float_ids_are_taken_when_whole_and_refused_otherwise():
         validate(df, SPEC)
 
 
+def test_decimal_columns_are_read_as_numbers(parquet):
+    """BigQuery advises NUMERIC for money; exported to parquet it is a DECIMAL column, which
+    pandas reads as Python decimals."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = transactions(n=20)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for name, kind in [("TX_AMOUNT", pa.decimal128(18, 2)), ("CUSTOMER_ID", pa.decimal128(38, 0))]:
+        column = pa.array([decimal.Decimal(f"{v:.2f}") for v in df[name]], kind)
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    path = parquet(df, "plain.parquet").with_name("decimal.parquet")
+    pq.write_table(table, path)
+    out = read_transactions([path], SPEC)
+    assert out["TX_AMOUNT"].dtype == "float64" and out["CUSTOMER_ID"].dtype == "int64"
+    assert out["TX_AMOUNT"].tolist() == [float(f"{v:.2f}") for v in df["TX_AMOUNT"]]
+    assert out["CUSTOMER_ID"].tolist() == df["CUSTOMER_ID"].tolist()
+    decimals = df.astype({"CUSTOMER_ID": object})
+    decimals["CUSTOMER_ID"] = [
+        decimal.Decimal(v) + decimal.Decimal("0.5") for v in df["CUSTOMER_ID"]
+    ]
+    with pytest.raises(InputError, match=r"CUSTOMER_ID must be whole numbers in \[0, 2\*\*63\)"):
+        validate(decimals, SPEC)
+
+
 def test_boolean_ids_are_refused_and_boolean_labels_taken():
     df = transactions(n=10)
     df["TX_FRAUD"] = df["TX_FRAUD"].astype(bool)

@@ -47,8 +47,10 @@ def read_transactions(
             except Exception as exc:  # pyarrow raises several types for a non-parquet file
                 raise InputError(f"{path}: cannot be read as parquet ({exc})") from exc
         frames.append(validate(frame, spec, source=str(path), sort=False))
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return validate(df, spec, source=" + ".join(map(str, paths)))
+    if len(frames) == 1:
+        return frames[0].sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
+    # each file is checked: what is left is an id in two files
+    return _unique(pd.concat(frames, ignore_index=True), " + ".join(map(str, paths)), sort=True)
 
 
 def validate(
@@ -95,6 +97,11 @@ def validate(
             df[col] = _ids(values.to_numpy(), col, source)
         else:
             _check_range(values.to_numpy(), col, source)
+    return _unique(df, source, sort)
+
+
+def _unique(df: pd.DataFrame, source: str, sort: bool) -> pd.DataFrame:
+    """``df`` (checked) refused for a duplicate ``TRANSACTION_ID``; sorted by it if ``sort``."""
     dup = df["TRANSACTION_ID"].duplicated(keep=False)
     if dup.any():
         ids = sorted(df.loc[dup, "TRANSACTION_ID"].unique().tolist())

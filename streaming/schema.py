@@ -269,13 +269,14 @@ def _amount(doc: dict, name: str) -> float:
 
 
 def parse_transaction(
-    payload: bytes | str,
+    payload: bytes | str | dict,
     received_at: float = 0.0,
     contract: WireContract = DEFAULT_CONTRACT,
     unknown: Unknown | None = None,
 ) -> Transaction:
-    """A :class:`Transaction` from a JSON payload; ``ValueError`` says what is wrong."""
-    doc = _decode(payload)
+    """A :class:`Transaction` from a JSON payload, or from the fields of one a schema decoder
+    has read (:mod:`streaming.pubsub_schemas`); ``ValueError`` says what is wrong."""
+    doc = payload if type(payload) is dict else _decode(payload)
     _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
     return Transaction(
         transaction_id=_id(doc, "TRANSACTION_ID"),
@@ -288,13 +289,14 @@ def parse_transaction(
 
 
 def parse_label(
-    payload: bytes | str,
+    payload: bytes | str | dict,
     received_at: float = 0.0,
     contract: WireContract = DEFAULT_CONTRACT,
     unknown: Unknown | None = None,
 ) -> Label:
-    """A :class:`Label` from a JSON payload; ``ValueError`` says what is wrong."""
-    doc = _decode(payload)
+    """A :class:`Label` from a JSON payload or a decoded one's fields (as
+    :func:`parse_transaction`); ``ValueError`` says what is wrong."""
+    doc = payload if type(payload) is dict else _decode(payload)
     _check_fields(doc, LABEL_FIELDS, contract, unknown)
     fraud = doc["TX_FRAUD"]
     if type(fraud) is bool:  # a boolean field's JSON (protobuf's, most serialisers')

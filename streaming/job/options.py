@@ -59,6 +59,13 @@ class FraudstreamOptions(PipelineOptions):
             help="dead-letter messages with fields the wire contract does not know (default: "
             "ignore them, counted per field name)",
         )
+        parser.add_argument(
+            "--pubsub_schemas",
+            action="store_true",
+            help="read each message's Pub/Sub schema attributes and decode Avro messages "
+            "(BINARY or JSON encoding) with the schema revision they were published in (the "
+            "workers need pubsub.schemas.get); messages without a schema are read as JSON",
+        )
         parser.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
         parser.add_argument(
             "--ordering",

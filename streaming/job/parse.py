@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming.job.common import NAMESPACE, BundleCounters, Clock, StageCpu
 from streaming.job.ids import PseudonymiseIds
+from streaming.pubsub_schemas import SCHEMA_ENCODING, SchemaDecoder
 
 DEAD_LETTER = "dead_letter"
 Parse = Callable[..., Any]
@@ -28,22 +29,35 @@ Parse = Callable[..., Any]
 log = logging.getLogger(__name__)
 
 
-def dead_letter(payload: bytes | str, error: str, stage: str, clock: Clock = time.time) -> dict:
-    """The dead-letter record: payload (text, or base64 when not UTF-8), reason, stage, time."""
+def dead_letter(
+    payload: bytes | str,
+    error: str,
+    stage: str,
+    clock: Clock = time.time,
+    attributes: Mapping[str, str] | None = None,
+) -> dict:
+    """The dead-letter record: payload (text, or base64 when not UTF-8 or when the
+    ``attributes`` say the schema's encoding is ``BINARY``), reason, stage, time, and the
+    message's ``attributes`` where given (a schema topic's name and revision, for a replay)."""
     if isinstance(payload, str):
         text, encoding = payload, "text"
+    elif attributes and attributes.get(SCHEMA_ENCODING) == "BINARY":
+        text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
     else:
         try:
             text, encoding = payload.decode("utf-8"), "text"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-    return {
+    letter = {
         "payload": text,
         "payload_encoding": encoding,
         "error": error,
         "stage": stage,
         "time": datetime.fromtimestamp(clock(), UTC).isoformat(),
     }
+    if attributes:
+        letter["attributes"] = dict(attributes)
+    return letter
 
 
 MAX_FIELD_COUNTERS = 50
@@ -61,7 +75,10 @@ class _Parse(beam.DoFn):
     A record leaves stamped with its own event time (a transaction's ``TX_DATETIME``, a label's
     ``LABEL_DATETIME``): the message attribute ``event_time`` is optional. In the global window
     (a Pub/Sub read's) it leaves as a ``WindowedValue`` in that window: a ``TimestampedValue``
-    would cost Beam an assignment to the same window per element."""
+    would cost Beam an assignment to the same window per element.
+
+    With ``schemas`` the elements are ``PubsubMessage``s (read with their attributes), decoded
+    by their Pub/Sub schema before the contract's parser reads them."""
 
     def __init__(
         self,
@@ -71,9 +88,10 @@ class _Parse(beam.DoFn):
         ids: PseudonymiseIds | None = None,
         key: Callable[[Any], int] | None = None,
         global_window: bool = False,
+        schemas: SchemaDecoder | None = None,
     ) -> None:
         self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
-        self.global_window = global_window
+        self.global_window, self.schemas = global_window, schemas
         self.counts = BundleCounters(
             {
                 "ok": Metrics.counter(NAMESPACE, f"{stage}_ok"),
@@ -97,14 +115,19 @@ class _Parse(beam.DoFn):
         self.counts.report()
         self.cpu.report()
 
-    def _parse(self, payload: bytes | str) -> Any:
+    def _parse(self, payload: Any) -> Any:
+        attributes = None
         try:
-            record = self.parse(payload, self.clock(), unknown=self._unknown)
+            if self.schemas is not None:
+                payload, attributes = payload.data, payload.attributes
+                fields = self.schemas(payload, attributes)
+                record = self.parse(fields, self.clock(), unknown=self._unknown)
+            else:
+                record = self.parse(payload, self.clock(), unknown=self._unknown)
         except ValueError as exc:  # the schema raises ValueError (UTF-8 and JSON errors too)
             self.counts.add("bad")
-            return beam.pvalue.TaggedOutput(
-                DEAD_LETTER, dead_letter(payload, str(exc), self.stage, self.clock)
-            )
+            letter = dead_letter(payload, str(exc), self.stage, self.clock, attributes)
+            return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
         self.counts.add("ok")
         if self.pseudonymise is not None:
             record = self.pseudonymise(record)
@@ -152,7 +175,9 @@ class ParseAndValidate(beam.PTransform):
 
     ``ids``: the records leave with pseudonymised ids; ``key``: as ``(key(record), record)``
     (an ``int`` key), the ids pseudonymised first. Both are done in this step: a step of its
-    own would cost the runner once more per element.
+    own would cost the runner once more per element. ``schemas``: the input is
+    ``PubsubMessage``s, decoded by their Pub/Sub schema first (:mod:`streaming.pubsub_schemas`);
+    their dead letters carry the message's attributes.
     """
 
     def __init__(
@@ -162,14 +187,16 @@ class ParseAndValidate(beam.PTransform):
         clock: Clock = time.time,
         ids: PseudonymiseIds | None = None,
         key: Callable[[Any], int] | None = None,
+        schemas: SchemaDecoder | None = None,
     ) -> None:
         super().__init__()
         self.parse, self.stage, self.clock, self.ids, self.key = parse, stage, clock, ids, key
+        self.schemas = schemas
 
     def expand(self, payloads):
         in_global = isinstance(payloads.windowing.windowfn, GlobalWindows)
         parse = beam.ParDo(
-            _Parse(self.parse, self.stage, self.clock, self.ids, self.key, in_global)
+            _Parse(self.parse, self.stage, self.clock, self.ids, self.key, in_global, self.schemas)
         )
         if self.key is not None:
             parse = parse.with_output_types(KV[int, Any])

@@ -36,6 +36,7 @@ from streaming.job.parse import DEAD_LETTER, ParseAndValidate, dead_letter
 from streaming.job.scoring import BoosterHandler, Score
 from streaming.job.sinks import WriteFeatures, WriteScored
 from streaming.monitoring.stage import MonitorWindows
+from streaming.pubsub_schemas import SchemaDecoder
 from streaming.schema import (
     DEFAULT_CONTRACT,
     WireContract,
@@ -70,7 +71,10 @@ class ScoreTransactions(beam.PTransform):
 
     ``lookup``: opens the reader of the spec's batch features (required when the spec has
     lookups): transactions go through :class:`EnrichFromFeatureStore` before the entity
-    states, and their rows carry the looked-up values."""
+    states, and their rows carry the looked-up values.
+
+    ``schemas``: the inputs are ``PubsubMessage``s (read with attributes), decoded by their
+    Pub/Sub schema where they have one (:mod:`streaming.pubsub_schemas`)."""
 
     def __init__(
         self,
@@ -83,6 +87,7 @@ class ScoreTransactions(beam.PTransform):
         initial: InitialStates | None = None,
         contract: WireContract = DEFAULT_CONTRACT,
         lookup: Callable[[], LookupReader] | None = None,
+        schemas: SchemaDecoder | None = None,
     ) -> None:
         super().__init__()
         if ordering not in ORDERINGS:
@@ -94,7 +99,7 @@ class ScoreTransactions(beam.PTransform):
             )
         self.spec, self.handler, self.max_lateness, self.clock = spec, handler, max_lateness, clock
         self.pseudonymise, self.ordering, self.initial = pseudonymise, ordering, initial
-        self.contract, self.lookup = contract, lookup
+        self.contract, self.lookup, self.schemas = contract, lookup, schemas
 
     def expand(self, inputs):
         # arrival ordering: parsed events go keyed straight to the entity chain, unless they
@@ -107,6 +112,7 @@ class ScoreTransactions(beam.PTransform):
             self.clock,
             self.pseudonymise,
             key,
+            self.schemas,
         )
         labels = inputs["labels"] | "ParseLabels" >> ParseAndValidate(
             functools.partial(parse_label, contract=self.contract),
@@ -114,6 +120,7 @@ class ScoreTransactions(beam.PTransform):
             self.clock,
             self.pseudonymise,
             key,
+            self.schemas,
         )
         # No dedupe stage: the entity states catch redelivered transactions, and applying a
         # label twice sets the same value (a zero delta).
@@ -172,12 +179,20 @@ class _SplitRejected(beam.DoFn):
             yield accepted
 
 
-def read_pubsub(p: beam.Pipeline, label: str, subscription: str | None, topic: str | None):
+def read_pubsub(
+    p: beam.Pipeline,
+    label: str,
+    subscription: str | None,
+    topic: str | None,
+    with_attributes: bool = False,
+):
+    """Payloads (``bytes``) of a subscription or topic; ``PubsubMessage``s ``with_attributes``."""
     if not (subscription or topic):
         raise ValueError(f"{label}: give a subscription or a topic")
     return p | label >> beam.io.ReadFromPubSub(
         subscription=subscription,
         topic=topic if not subscription else None,
+        with_attributes=with_attributes,
         timestamp_attribute="event_time",  # set by `fraudstream replay`; event time, not arrival
     )
 
@@ -227,11 +242,14 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
     )
     if local:
         handler.load_model()  # fail now, with the registry's reason, not on a worker
+    schemas = opts.pubsub_schemas
     inputs = {
         "transactions": read_pubsub(
-            p, "ReadTransactions", opts.transactions_subscription, opts.transactions_topic
+            p, "ReadTransactions", opts.transactions_subscription, opts.transactions_topic, schemas
         ),
-        "labels": read_pubsub(p, "ReadLabels", opts.labels_subscription, opts.labels_topic),
+        "labels": read_pubsub(
+            p, "ReadLabels", opts.labels_subscription, opts.labels_topic, schemas
+        ),
     }
     lateness = timedelta(hours=opts.max_lateness_hours)
     contract = WireContract(opts.naive_time_zone, opts.strict_fields)
@@ -254,6 +272,7 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
         initial=initial,
         contract=contract,
         lookup=lookup,
+        schemas=SchemaDecoder() if schemas else None,
     )
     out = inputs | "ScoreTransactions" >> core
     if opts.alerts_topic:

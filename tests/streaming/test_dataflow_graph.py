@@ -14,7 +14,8 @@ Checked on the translated pipeline, for both orderings:
 * every stateful ParDo (:mod:`streaming.job.arrival`, :mod:`streaming.job.event_time`,
   :mod:`streaming.job.join`) reads ``KV[int, ...]`` with a deterministic key coder (varint), not
   a pickled one;
-* the Pub/Sub reads take the event time from the ``event_time`` attribute;
+* the Pub/Sub reads take the event time from the ``event_time`` attribute, and read the
+  messages' attributes with ``--pubsub_schemas``;
 * no local-runner patch (:mod:`streaming.local.runner`) was applied, and the check sees one
   that was.
 
@@ -259,11 +260,12 @@ def registry(root: Path, preset: str) -> Path:
 class Launch:
     """A dry template launch: its translated pipeline and what its process held."""
 
-    def __init__(self, ordering: str, preset: str, out: Path) -> None:
+    def __init__(self, ordering: str, preset: str, schemas: bool, out: Path) -> None:
         models = registry(out / "models", preset)
-        params = {**PARAMETERS, "model_dir": str(models), "ordering": ordering, "preset": preset}
+        params = {**PARAMETERS, "model_dir": str(models), "ordering": ordering, "preset": preset,
+                  "pubsub_schemas": str(schemas).lower()}  # fmt: skip
         argv = [f"--{n}={v}" for n, v in params.items()] + LAUNCHER_FLAGS
-        self.ordering, self.preset = ordering, preset
+        self.ordering, self.preset, self.schemas = ordering, preset, schemas
         self.process = _child(out, "dry_run_in_this_process", json.dumps(argv))
         self.pipeline = beam_runner_api_pb2.Pipeline.FromString((out / "pipeline.pb").read_bytes())
         self.components = self.pipeline.components
@@ -299,14 +301,21 @@ class Launch:
                 if t.spec.urn == urn}  # fmt: skip
 
 
-LAUNCHES = [("arrival", SPEC.name), ("event_time", SPEC.name), ("arrival", "enriched")]
-"""(ordering, preset) of each launch: both orderings, and a preset with batch features."""
+LAUNCHES = [
+    ("arrival", SPEC.name, False),
+    ("event_time", SPEC.name, False),
+    ("arrival", "enriched", True),
+]
+"""(ordering, preset, pubsub_schemas) of each launch: both orderings, and a preset with batch
+features reading messages with their attributes (Pub/Sub schema topics)."""
 
 
-@pytest.fixture(scope="module", params=LAUNCHES, ids=["-".join(x) for x in LAUNCHES])
+@pytest.fixture(
+    scope="module", params=LAUNCHES, ids=[f"{o}-{p}{'-schemas' * s}" for o, p, s in LAUNCHES]
+)
 def launch(request, tmp_path_factory: pytest.TempPathFactory) -> Launch:
-    ordering, preset = request.param
-    return Launch(ordering, preset, tmp_path_factory.mktemp(f"{ordering}-{preset}"))
+    ordering, preset, schemas = request.param
+    return Launch(ordering, preset, schemas, tmp_path_factory.mktemp(f"{ordering}-{preset}"))
 
 
 # ---- the checks ----
@@ -346,10 +355,12 @@ def test_pubsub_reads_take_event_time_from_the_attribute_and_writes_hit_the_topi
         label.split("/")[0]: beam_runner_api_pb2.PubSubReadPayload.FromString(payload)
         for label, payload in launch.by_urn(common_urns.composites.PUBSUB_READ.urn).items()
     }
-    assert {k: (r.subscription, r.timestamp_attribute) for k, r in reads.items()} == {
-        "ReadTransactions": (SUBSCRIPTIONS["transactions_subscription"], "event_time"),
-        "ReadLabels": (SUBSCRIPTIONS["labels_subscription"], "event_time"),
-    }
+    attrs = launch.schemas
+    assert {k: (r.subscription, r.timestamp_attribute, r.with_attributes)
+            for k, r in reads.items()} == {
+        "ReadTransactions": (SUBSCRIPTIONS["transactions_subscription"], "event_time", attrs),
+        "ReadLabels": (SUBSCRIPTIONS["labels_subscription"], "event_time", attrs),
+    }  # fmt: skip
     writes = {
         label.split("/")[0]: beam_runner_api_pb2.PubSubWritePayload.FromString(payload).topic
         for label, payload in launch.by_urn(common_urns.composites.PUBSUB_WRITE.urn).items()

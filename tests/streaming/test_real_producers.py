@@ -112,20 +112,40 @@ def _assert_per_message(cases, alerts: dict, dead: dict) -> None:
             assert reason in dead[tid]["error"] and dead[tid]["stage"] == "parse_transactions"
 
 
-@pytest.mark.slow
-def test_the_gcloud_cli_as_producer(job, tmp_path: Path) -> None:
+def _gcloud_env(tmp_path: Path) -> dict[str, str]:
+    """The environment in which ``gcloud pubsub`` talks to the emulator."""
     if shutil.which("gcloud") is None:
         pytest.skip("gcloud not found on PATH (the Google Cloud SDK)")
-    topics = job[0]
     token = tmp_path / "token"
     token.write_text("emulator")  # the emulator takes any token; gcloud wants one
-    env = os.environ | {
+    return os.environ | {
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{os.environ['PUBSUB_EMULATOR_HOST']}/",
         "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token),
         "CLOUDSDK_CORE_PROJECT": lj.PROJECT,
         "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
         "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
     }
+
+
+def _node() -> str:
+    """``node``, with the producer's packages installed (``npm ci``), or the test skips."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        reason = "node and npm not found on PATH: the Node.js producer tests need them"
+        print(reason)
+        pytest.skip(reason)
+    modules = NODE_PRODUCER / "node_modules"
+    if not ((modules / "@google-cloud" / "pubsub").is_dir() and (modules / "avsc").is_dir()):
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_PRODUCER,
+                                   capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    return node
+
+
+@pytest.mark.slow
+def test_the_gcloud_cli_as_producer(job, tmp_path: Path) -> None:
+    env = _gcloud_env(tmp_path)
+    topics = job[0]
     cases = contract_cases(9_000_000)
     for message, attributes, _ in cases:
         command = ["gcloud", "pubsub", "topics", "publish", topics.topic_id("tx"),
@@ -141,15 +161,7 @@ def test_the_gcloud_cli_as_producer(job, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_node_service_with_the_official_client_as_producer(job) -> None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        reason = "node and npm not found on PATH: the Node.js producer test needs them"
-        print(reason)
-        pytest.skip(reason)
-    if not (NODE_PRODUCER / "node_modules" / "@google-cloud" / "pubsub").is_dir():
-        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_PRODUCER,
-                                   capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert installed.returncode == 0, installed.stderr[-2000:]
+    node = _node()
     topics = job[0]
     cases = contract_cases(9_100_000, floats_stay_floats=False)
     lines = "".join(json.dumps({"data": m, "attributes": a}) + "\n" for m, a, _ in cases)
@@ -214,3 +226,92 @@ def test_a_service_publishing_protobufs_json_form_as_producer(job) -> None:
     alerts, dead = _wait_for(job, published)
     _assert_per_message(published, alerts, dead)
     assert alerts[base + 1]["customer_id"] == big and alerts[base + 1]["terminal_id"] == big + 1
+
+
+def _schema_topic(env: dict, kind: str, avsc: Path, encoding: str, tag: str) -> tuple[str, str]:
+    """A schema, a topic with it in ``encoding`` and a subscription, made with ``gcloud``
+    as a team would; returns (schema name, subscription path)."""
+    schema, topic, sub = f"{kind}-schema-{tag}", f"{kind}-avro-{tag}", f"{kind}-avro-{tag}-sub"
+    for command in (
+        ["schemas", "create", schema, "--type=avro", f"--definition-file={avsc}"],
+        ["topics", "create", topic, f"--schema={schema}", f"--message-encoding={encoding}"],
+        ["subscriptions", "create", sub, f"--topic={topic}"],
+    ):
+        done = subprocess.run(["gcloud", "pubsub", *command], env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    return f"projects/{lj.PROJECT}/schemas/{schema}", f"projects/{lj.PROJECT}/subscriptions/{sub}"
+
+
+@pytest.mark.slow
+def test_a_node_service_publishing_avro_to_schema_topics(pubsub_emulator, model_dir, tmp_path):
+    """Topics with the published Avro schemas, made with ``gcloud`` (transactions in BINARY,
+    labels in JSON encoding); a Node.js service encodes records with avsc as Pub/Sub's own
+    sample does. The job (``--pubsub_schemas``) scores every valid transaction, of the first
+    revision and of a second one that adds a field; the contract's refusals (a negative id,
+    a label before its transaction) are dead letters naming the schema revision."""
+    import uuid
+
+    from streaming.schema import SCHEMAS
+
+    env, node = _gcloud_env(tmp_path), _node()
+    tag = uuid.uuid4().hex[:8]
+    tx_schema, tx_sub = _schema_topic(env, "tx", SCHEMAS / "transaction.avsc", "binary", tag)
+    _, label_sub = _schema_topic(env, "labels", SCHEMAS / "label.avsc", "json", tag)
+    topics = lj.Topics.create("schemas")
+    args = lj.job_args(topics, model_dir, SPEC.name, tmp_path / "scored",
+                       extra=["--transactions_subscription", tx_sub, "--labels_subscription",
+                              label_sub, "--pubsub_schemas", "--threshold", "0",
+                              "--pseudonymise_ids", "off", "--device", "cpu"])  # fmt: skip
+    process = lj.start(args, tmp_path / "job.log")
+    micros = 1_534_327_320_000_000  # 2018-08-15T10:02:00Z
+
+    def publish(topic: str, records: list[dict]) -> None:
+        lines = "".join(json.dumps({"record": r}) + "\n" for r in records)
+        done = subprocess.run([node, "publish_avro.mjs", lj.PROJECT, topic], input=lines,
+                              cwd=NODE_PRODUCER, capture_output=True, text=True, timeout=120,
+                              env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert len(json.loads(done.stdout)) == len(records)
+
+    def tx(tid: int, **fields) -> dict:
+        return {"TRANSACTION_ID": tid, "TX_DATETIME": micros, "CUSTOMER_ID": tid,
+                "TERMINAL_ID": tid, "TX_AMOUNT": 42.5} | fields  # fmt: skip
+
+    base = 9_300_000
+    try:
+        publish(f"tx-avro-{tag}", [tx(base), tx(base + 1, CUSTOMER_ID=2**52 + 1),
+                                   tx(base + 2, CUSTOMER_ID=-5)])  # fmt: skip
+        added = json.loads((SCHEMAS / "transaction.avsc").read_text())
+        added["fields"].append({"name": "CURRENCY", "type": "string", "default": ""})
+        (tmp_path / "tx2.avsc").write_text(json.dumps(added))
+        commit = ["gcloud", "pubsub", "schemas", "commit", tx_schema, "--type=avro",
+                  f"--definition-file={tmp_path / 'tx2.avsc'}"]  # fmt: skip
+        committed = subprocess.run(commit, env=env, capture_output=True, text=True, timeout=120)
+        assert committed.returncode == 0, committed.stderr
+        publish(f"tx-avro-{tag}", [tx(base + 3, CURRENCY="EUR")])
+        label = {"TRANSACTION_ID": base, "CUSTOMER_ID": base, "TERMINAL_ID": base,
+                 "TX_DATETIME": micros, "LABEL_DATETIME": micros - 1, "TX_FRAUD": True}  # fmt: skip
+        publish(f"labels-avro-{tag}", [label | {"LABEL_DATETIME": micros + 1}, label])
+        alerts, letters, deadline = {}, [], time.monotonic() + 180
+        while len(alerts) + len(letters) < 5:  # one outcome per message
+            assert process.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{alerts}, {letters}"
+            for m in lj.drain(topics.subscriptions["alerts"], wait_s=2):
+                alert = json.loads(m.data)
+                alerts[alert["transaction_id"]] = alert
+            letters += [json.loads(m.data) for m in lj.drain(topics.subscriptions["dlq"], 2)]
+    finally:
+        lj.stop(process)
+    assert sorted(alerts) == [base, base + 1, base + 3]
+    assert alerts[base + 1]["customer_id"] == 2**52 + 1
+    assert {a["event_time"] for a in alerts.values()} == {"2018-08-15T10:02:00"}
+    by_stage = {letter["stage"]: letter for letter in letters}
+    assert len(letters) == 2 and set(by_stage) == {"parse_transactions", "parse_labels"}
+    refused_tx, refused_label = by_stage["parse_transactions"], by_stage["parse_labels"]
+    assert refused_tx["error"] == "CUSTOMER_ID must be in [0, 2**63), got -5"
+    assert refused_tx["payload_encoding"] == "base64"
+    assert refused_tx["attributes"]["googclient_schemaname"] == tx_schema
+    assert refused_label["error"] == "LABEL_DATETIME is before TX_DATETIME"
+    assert refused_label["attributes"]["googclient_schemaencoding"] == "JSON"
+    assert json.loads(refused_label["payload"])["TX_FRAUD"] is True

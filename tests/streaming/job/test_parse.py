@@ -3,8 +3,10 @@ one -> a dead letter with the schema's reason and the stage; both counted per st
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from apache_beam import Create, DoFn, Map, ParDo
 from apache_beam.metrics.metric import MetricsFilter
@@ -203,3 +205,58 @@ def test_records_land_in_the_window_of_their_event_time_in_any_windowing() -> No
         txs = payloads | ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW)
         assert_that(txs.records | ParDo(_Window()), equal_to([(17, TX_NS // 1_000, expected)]))
         p.run().wait_until_finish()
+
+
+def test_with_schemas_messages_are_decoded_by_their_schema_and_dead_letters_keep_attributes():
+    """``schemas``: ``PubsubMessage``s in; an Avro record of a schema topic and a JSON message
+    of a topic without one are both records; a record the contract refuses (a negative id)
+    and bytes that are not a record of the schema are dead letters holding the payload (base64)
+    and the attributes naming the schema revision, to replay it."""
+    import io
+
+    import fastavro
+    from apache_beam.io import PubsubMessage
+
+    from streaming.pubsub_schemas import SchemaDecoder, SchemaRevision
+    from streaming.schema import SCHEMAS
+
+    avsc = (SCHEMAS / "transaction.avsc").read_text()
+    schema = fastavro.parse_schema(json.loads(avsc))
+
+    def avro(**fields) -> bytes:
+        out = io.BytesIO()
+        record = TX | {"TX_DATETIME": datetime(2018, 4, 1, 7, 19, 5, tzinfo=UTC)} | fields
+        fastavro.schemaless_writer(out, schema, record)
+        return out.getvalue()
+
+    attrs = {
+        "googclient_schemaname": "projects/p/schemas/tx",
+        "googclient_schemarevisionid": "r1",
+        "googclient_schemaencoding": "BINARY",
+    }
+    negative, garbage = avro(CUSTOMER_ID=-5), b"\x02"
+    no_schema = json.dumps(TX | {"TRANSACTION_ID": 18}).encode()
+    messages = [PubsubMessage(avro(), attrs), PubsubMessage(no_schema, {}),
+                PubsubMessage(negative, attrs), PubsubMessage(garbage, attrs)]  # fmt: skip
+    decoder = SchemaDecoder(functools.partial(SchemaRevision, type="AVRO", definition=avsc))
+    p = batch_pipeline()
+    txs = (
+        p
+        | Create(messages)
+        | ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW, schemas=decoder)
+    )
+    records = [Transaction(17, TX_NS, 5, 33, 57.16, received_at=NOW),
+               Transaction(18, TX_NS, 5, 33, 57.16, received_at=NOW)]  # fmt: skip
+    assert_that(txs.records, equal_to(records), label="Records")
+
+    def dead(payload: bytes, error: str) -> dict:
+        encoded = base64.b64encode(payload).decode()
+        return _dead(encoded, error, "parse_transactions", "base64") | {"attributes": attrs}
+
+    letters = [
+        dead(negative, "CUSTOMER_ID must be in [0, 2**63), got -5"),
+        dead(garbage, "payload is not Avro BINARY of schema projects/p/schemas/tx@r1 "
+                      "(EOFError: ends inside the record)"),
+    ]  # fmt: skip
+    assert_that(txs.dead_letter, equal_to(letters), label="DeadLetters")
+    p.run().wait_until_finish()

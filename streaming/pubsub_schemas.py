@@ -1,23 +1,27 @@
-"""Messages of Pub/Sub schema topics: Avro payloads decoded with the revision they were sent in.
+"""Messages of Pub/Sub schema topics: Avro or protobuf payloads decoded with the revision they
+were published in.
 
 A topic with a Pub/Sub schema stamps each message with the attributes
 ``googclient_schemaname``, ``googclient_schemarevisionid`` and ``googclient_schemaencoding``
 (``BINARY`` or ``JSON``). :class:`SchemaDecoder` reads that revision from Pub/Sub's schema
-service (once per worker and revision), decodes the payload with fastavro and hands the wire
-contract's parsers the record's fields, so one set of rules holds for every producer:
+service (once per revision on each worker thread), decodes the payload and hands the wire
+contract's parsers its fields, so one set of rules holds for every producer:
 
-* Avro ``BINARY`` payloads and Avro ``JSON`` ones (Avro's JSON encoding, unions written as
-  ``{"long": 5}``) are decoded with the revision's schema; the record must be the whole payload.
-* A time of a ``timestamp-millis``/``-micros`` field reaches the parser as RFC 3339 text (UTC); a
-  ``local-timestamp-*`` one as naive ISO 8601 (read in ``--naive_time_zone``); a ``decimal``
-  amount as a number.
+* Avro (fastavro): ``BINARY`` payloads and Avro's ``JSON`` encoding (unions written as
+  ``{"long": 5}``); the record must be the whole payload. A ``timestamp-millis``/``-micros``
+  time reaches the parser as RFC 3339 text (UTC), a ``local-timestamp-*`` one as naive ISO 8601
+  (read in ``--naive_time_zone``), a ``decimal`` amount as a number.
+* Protobuf: the revision's ``.proto`` text is compiled with protoc (grpcio-tools) and its one
+  top-level message reads ``BINARY`` payloads and proto3 ``JSON`` ones; the fields reach the
+  parser in proto3's JSON form (an ``int64`` as a string of digits), fields at their default
+  value included, as the binary form does not tell them from absent ones.
 * A message without the attributes (a topic without a schema) passes through as JSON.
 
 Refused with a ``ValueError`` (the job's dead letter): a payload that does not decode with its
-revision, a schema that is not an Avro record, a revision the service does not have or will not
-show (``NotFound``, ``PermissionDenied``: retried after :data:`RETRY_S`), a protobuf schema
-(see ``docs/known-limits.md``). Other errors of the schema service (unavailable, deadline)
-propagate, so the runner retries the bundle.
+revision, a schema the job cannot read (not an Avro record, a ``.proto`` that does not compile
+or has no single top-level message), a revision the service does not have or will not show
+(``NotFound``, ``PermissionDenied``: asked again after :data:`RETRY_S`). Other errors of the
+schema service (unavailable, deadline) propagate, so the runner retries the bundle.
 """
 
 from __future__ import annotations
@@ -25,12 +29,17 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -92,6 +101,7 @@ class SchemaDecoder:
         self, fetch: Fetch = fetch_from_pubsub, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.fetch, self.clock = fetch, clock
+        self._revisions: dict[str, SchemaRevision] = {}
         self._decoders: dict[tuple[str, str], Decode] = {}
         self._refused: dict[str, tuple[float, str]] = {}
 
@@ -110,19 +120,28 @@ class SchemaDecoder:
         return decode(data)
 
     def _decoder(self, name: str, encoding: str) -> Decode:
+        revision = self._revisions.get(name)
+        if revision is None:
+            revision = self._revisions[name] = self._fetch(name)
+        try:
+            if encoding not in ("BINARY", "JSON"):
+                raise ValueError(f"schema encoding {encoding!r} of {name} is not BINARY or JSON")
+            if revision.type == "PROTOCOL_BUFFER":
+                return protobuf_decoder(revision, encoding)
+            return avro_decoder(revision, encoding)
+        except ValueError as exc:  # a revision never changes: refused for good
+            return _refuse(str(exc))
+
+    def _fetch(self, name: str) -> SchemaRevision:
         refused = self._refused.get(name)
         if refused is not None and self.clock() < refused[0]:
             raise ValueError(refused[1])
         try:
-            revision = self.fetch(name)
+            return self.fetch(name)
         except LookupError as exc:
             reason = f"schema {name} cannot be read: {exc}"
             self._refused[name] = (self.clock() + RETRY_S, reason)
             raise ValueError(reason) from exc
-        try:
-            return avro_decoder(revision, encoding)
-        except ValueError as exc:  # a revision never changes: refused for good
-            return _refuse(str(exc))
 
     def __getstate__(self) -> dict:
         return {"fetch": self.fetch, "clock": self.clock}
@@ -132,15 +151,9 @@ class SchemaDecoder:
 
 
 def avro_decoder(revision: SchemaRevision, encoding: str) -> Decode:
-    """``decode(payload) -> fields`` for messages of ``revision`` in ``encoding``."""
+    """``decode(payload) -> fields`` for messages of an Avro ``revision`` in ``encoding``."""
     if revision.type != "AVRO":
-        raise ValueError(
-            f"schema {revision.name} is {revision.type}: the job reads Avro schema topics and "
-            "JSON messages (publish protobuf messages in the topic's JSON encoding, or without "
-            "a schema)"
-        )
-    if encoding not in ("BINARY", "JSON"):
-        raise ValueError(f"schema encoding {encoding!r} of {revision.name} is not BINARY or JSON")
+        raise ValueError(f"schema {revision.name} is {revision.type}, not AVRO or PROTOCOL_BUFFER")
     try:
         schema = fastavro.parse_schema(json.loads(revision.definition))
     except (ValueError, fastavro.schema.SchemaParseException) as exc:
@@ -189,3 +202,54 @@ def _plain(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
+
+
+def protobuf_decoder(revision: SchemaRevision, encoding: str) -> Decode:
+    """``decode(payload) -> fields`` for messages of a protobuf ``revision`` in ``encoding``."""
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+
+    message_class = _message_class(revision)
+    what = f"protobuf {encoding} of schema {revision.name}"
+
+    def decode(data: bytes) -> dict:
+        message = message_class()
+        try:
+            if encoding == "BINARY":
+                message.ParseFromString(data)
+            else:
+                json_format.Parse(data.decode("utf-8"), message)
+        except (DecodeError, json_format.ParseError, UnicodeDecodeError) as exc:
+            raise ValueError(f"payload is not {what} ({type(exc).__name__}: {exc})") from exc
+        return json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+
+    return decode
+
+
+def _message_class(revision: SchemaRevision) -> type:
+    """The class of the one top-level message of ``revision``'s ``.proto`` text, compiled by
+    protoc into a pool of its own (two revisions may define the same names)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "schema.proto").write_text(revision.definition)
+        well_known = resources.files("grpc_tools") / "_proto"
+        compiled = subprocess.run(
+            [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp}", f"-I{well_known}",
+             "--include_imports", f"--descriptor_set_out={tmp}/schema.pb", "schema.proto"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if compiled.returncode != 0:
+            error = compiled.stderr.strip().replace(f"{tmp}/", "")
+            raise ValueError(f"schema {revision.name} does not compile: {error}")
+        files = descriptor_pb2.FileDescriptorSet.FromString(Path(tmp, "schema.pb").read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:  # imports first, as protoc writes them
+        pool.Add(file)
+    messages = list(pool.FindFileByName("schema.proto").message_types_by_name.values())
+    if len(messages) != 1:
+        names = [m.name for m in messages]
+        raise ValueError(f"schema {revision.name} must define one top-level message, not {names}")
+    return message_factory.GetMessageClass(messages[0])

@@ -62,9 +62,10 @@ class FraudstreamOptions(PipelineOptions):
         parser.add_argument(
             "--pubsub_schemas",
             action="store_true",
-            help="read each message's Pub/Sub schema attributes and decode Avro messages "
-            "(BINARY or JSON encoding) with the schema revision they were published in (the "
-            "workers need pubsub.schemas.get); messages without a schema are read as JSON",
+            help="read each message's Pub/Sub schema attributes and decode Avro or protobuf "
+            "messages (BINARY or JSON encoding) with the schema revision they were published "
+            "in (the workers need pubsub.schemas.get); messages without a schema are read as "
+            "JSON",
         )
         parser.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
         parser.add_argument(

@@ -8,6 +8,7 @@ alerts) or its dead letter with the field and the reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from features.backfill import backfill
 from features.synthetic import transactions
 from features.table import validate
 from streaming.local import job_process as lj
+from streaming.schema import parse_transaction
 from training import model as models
 from training.registry import Registry, model_meta
 
@@ -315,3 +317,58 @@ def test_a_node_service_publishing_avro_to_schema_topics(pubsub_emulator, model_
     assert refused_label["error"] == "LABEL_DATETIME is before TX_DATETIME"
     assert refused_label["attributes"]["googclient_schemaencoding"] == "JSON"
     assert json.loads(refused_label["payload"])["TX_FRAUD"] is True
+
+
+TEAM_PROTO = """syntax = "proto3";
+package payments;
+message Transaction {
+  int64 TRANSACTION_ID = 1;
+  string TX_DATETIME = 2;
+  int64 CUSTOMER_ID = 3;
+  int64 TERMINAL_ID = 4;
+  double TX_AMOUNT = 5;
+  enum Channel { WEB = 0; POS = 1; }
+  Channel CHANNEL = 6;
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_node_service_encoding_protobuf_for_a_schema_topic(tmp_path: Path) -> None:
+    """Messages a Node.js service encodes with protobufjs for a topic with a protobuf schema
+    (Pub/Sub's sample for such topics), in both encodings, read by the job's decoder with that
+    ``.proto`` as the schema revision: an int64 past 2**53 exact, fields never set (proto3's
+    0: left out of both forms) read as 0, a negative id refused by the contract. The Pub/Sub
+    emulator does not implement protobuf schemas, so the schema service is a function here and
+    nothing is published."""
+    from streaming.pubsub_schemas import SchemaDecoder, SchemaRevision
+
+    node = _node()
+    (tmp_path / "transaction.proto").write_text(TEAM_PROTO)
+    big = 2**62 + 99
+    objects = [
+        {"TRANSACTION_ID": 9_400_000, "TX_DATETIME": "2018-08-15T10:02:00Z", "CUSTOMER_ID":
+         str(big), "TERMINAL_ID": 7, "TX_AMOUNT": 42.5, "CHANNEL": "POS"},
+        {"TX_DATETIME": "2018-08-15T12:02:00+02:00", "CUSTOMER_ID": 5, "TERMINAL_ID": 7},
+        {"TRANSACTION_ID": 9_400_002, "TX_DATETIME": "2018-08-15T10:02:00Z", "CUSTOMER_ID": -5,
+         "TERMINAL_ID": 7, "TX_AMOUNT": 1.5},
+    ]  # fmt: skip
+    lines = "".join(json.dumps(o) + "\n" for o in objects)
+    decode = SchemaDecoder(lambda name: SchemaRevision(name, "PROTOCOL_BUFFER", TEAM_PROTO))
+    for encoding in ("BINARY", "JSON"):
+        done = subprocess.run([node, "encode_protobuf.mjs", str(tmp_path / "transaction.proto"),
+                               "payments.Transaction", encoding], input=lines, cwd=NODE_PRODUCER,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        payloads = [base64.b64decode(line) for line in done.stdout.split()]
+        assert len(payloads) == len(objects)
+        assert b"TRANSACTION_ID" not in payloads[1]  # never set: not on the wire
+        attributes = {"googclient_schemaname": "projects/acme/schemas/transaction",
+                      "googclient_schemarevisionid": "r1",
+                      "googclient_schemaencoding": encoding}  # fmt: skip
+        first, zero = (parse_transaction(decode(p, attributes)) for p in payloads[:2])
+        assert (first.customer_id, first.amount) == (big, 42.5)
+        assert (zero.transaction_id, zero.amount) == (0, 0.0)
+        assert zero.time_ns == first.time_ns  # 12:02+02:00 is 10:02Z
+        with pytest.raises(ValueError, match="CUSTOMER_ID must be an integer or a string of its"):
+            parse_transaction(decode(payloads[2], attributes))

@@ -1,7 +1,15 @@
-"""Reading and validating transaction tables (columns of shared/data/transactions.parquet)."""
+"""Reading and validating transaction tables (columns of shared/data/transactions.parquet).
+
+A history is read from what warehouses and dataframes export, by file name: ``.csv``, ``.json``
+/ ``.jsonl`` / ``.ndjson`` (JSON lines), each optionally ``.gz``, ``.avro`` (an Avro container
+file), anything else parquet. BigQuery's exports are taken as written: ``TIMESTAMP`` as
+``2018-04-01 07:19:05 UTC`` in CSV and JSON, ``INT64`` as strings of digits in JSON,
+``NUMERIC`` as decimals (parquet, Avro) or decimal strings (JSON).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +35,8 @@ Opener = Callable[[str], BinaryIO]
 
 def open_local(path: str) -> BinaryIO:
     """A local file (the default :data:`Opener`; ``training.files`` opens ``gs://`` URIs)."""
+    if Path(path).is_dir():
+        raise InputError(f"{path}: is a directory; name its files, e.g. {path}/*.parquet")
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     return open(path, "rb")
@@ -35,22 +45,46 @@ def open_local(path: str) -> BinaryIO:
 def read_transactions(
     paths: Sequence[str | Path], spec: FeatureSpec, open_file: Opener = open_local
 ) -> pd.DataFrame:
-    """Read parquet files (each opened with ``open_file``), concatenate them and order by
-    ``TRANSACTION_ID`` (arrival order)."""
+    """Read files (each opened with ``open_file``, its format by its name: see the module),
+    concatenate them and order by ``TRANSACTION_ID`` (arrival order)."""
     if not paths:
         raise InputError("no input given")
     frames = []
     for path in paths:
+        kind, read = reader(str(path))
         with open_file(str(path)) as f:
             try:
-                frame = pd.read_parquet(f)
-            except Exception as exc:  # pyarrow raises several types for a non-parquet file
-                raise InputError(f"{path}: cannot be read as parquet ({exc})") from exc
+                frame = read(f)
+            except Exception as exc:  # each reader raises several types for a foreign file
+                raise InputError(f"{path}: cannot be read as {kind} ({exc})") from exc
         frames.append(validate(frame, spec, source=str(path), sort=False))
     if len(frames) == 1:
         return frames[0].sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
     # each file is checked: what is left is an id in two files
     return _unique(pd.concat(frames, ignore_index=True), " + ".join(map(str, paths)), sort=True)
+
+
+def reader(path: str) -> tuple[str, Callable[[BinaryIO], pd.DataFrame]]:
+    """The format of ``path`` (by its name) and the function that reads an open file of it."""
+    name = path.lower()
+    gz = name.endswith(".gz")
+    compression = "gzip" if gz else None
+    stem = name[:-3] if gz else name
+    if stem.endswith(".csv"):
+        return "CSV", lambda f: pd.read_csv(f, compression=compression)
+    if stem.endswith((".json", ".jsonl", ".ndjson")):
+        return "JSON lines", lambda f: pd.read_json(
+            f, lines=True, compression=compression, dtype=False, convert_dates=False
+        )
+    if stem.endswith(".avro"):
+        return "Avro", _read_avro
+    return "parquet", pd.read_parquet
+
+
+def _read_avro(f: BinaryIO) -> pd.DataFrame:
+    import fastavro
+
+    return pd.DataFrame.from_records(list(fastavro.reader(f)))
 
 
 def validate(
@@ -71,21 +105,17 @@ def validate(
         raise InputError(f"{source}: missing columns {missing} (has {list(df.columns)})")
     df = df.copy()
     if not pd.api.types.is_datetime64_any_dtype(df["TX_DATETIME"]):
-        parsed = pd.to_datetime(df["TX_DATETIME"], errors="coerce")
-        bad = parsed.isna() & df["TX_DATETIME"].notna()
-        if bad.any():
-            rows = df.loc[bad, "TX_DATETIME"].head(3).tolist()
-            raise InputError(
-                f"{source}: {int(bad.sum())} unparsable TX_DATETIME values, e.g. {rows}"
-            )
-        df["TX_DATETIME"] = parsed
+        df["TX_DATETIME"] = _times(df["TX_DATETIME"], source)
     if getattr(df["TX_DATETIME"].dtype, "tz", None) is not None:  # as the stream reads offsets
         df["TX_DATETIME"] = df["TX_DATETIME"].dt.tz_convert("UTC").dt.tz_localize(None)
     df["TX_DATETIME"] = df["TX_DATETIME"].astype("datetime64[ns]")
     for col in spec.input_columns:
         values = df[col]
-        if pd.api.types.infer_dtype(values, skipna=True) == "decimal":  # parquet DECIMAL
+        kind = pd.api.types.infer_dtype(values, skipna=True)
+        if kind == "decimal":  # parquet or Avro DECIMAL
             df[col] = values = _from_decimals(values, col, source)
+        elif kind == "string" and col != "TX_DATETIME":  # JSON exports: INT64, NUMERIC
+            df[col] = values = _from_text(values, col, source)
         if values.isna().any():
             raise InputError(f"{source}: {int(values.isna().sum())} missing values in {col}")
         if col != "TX_DATETIME":
@@ -109,6 +139,49 @@ def _unique(df: pd.DataFrame, source: str, sort: bool) -> pd.DataFrame:
     if sort:
         df = df.sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
     return df
+
+
+def _times(values: pd.Series, source: str) -> pd.Series:
+    """Text or object times as datetimes (UTC where an offset or BigQuery's `` UTC`` is given);
+    numbers are refused: their unit is not known."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise InputError(
+            f"{source}: TX_DATETIME holds {values.dtype} numbers, not times: export it as a "
+            "timestamp (a BigQuery export to Avro needs use_avro_logical_types)"
+        )
+    if pd.api.types.infer_dtype(values, skipna=True) == "string":
+        iso = values.str.replace(_BIGQUERY_UTC, "+00:00", regex=True)
+        zoned = iso.str.contains(_ZONE, na=False)
+        if zoned.all() or not zoned.any():  # naive among zoned: which zone? (refused below)
+            parsed = pd.to_datetime(iso, format="ISO8601", utc=True, errors="coerce")
+            if not (parsed.isna() & values.notna()).any():
+                return parsed if zoned.any() else parsed.dt.tz_localize(None)
+    parsed = pd.to_datetime(values, errors="coerce")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        rows = values[bad].head(3).tolist()
+        raise InputError(f"{source}: {int(bad.sum())} unparsable TX_DATETIME values, e.g. {rows}")
+    return parsed
+
+
+_BIGQUERY_UTC = r" UTC$"
+"""How BigQuery's CSV and JSON exports end a ``TIMESTAMP`` (``2018-04-01 07:19:05 UTC``)."""
+_ZONE = r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
+_DIGITS = re.compile(r"(0|[1-9][0-9]{0,18})")
+
+
+def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:
+    """A column of strings (a JSON export's ``INT64`` and ``NUMERIC``) as numbers: ids must be
+    digits, as in a message; other columns decimal numbers."""
+    if values.isna().any():
+        return values  # refused as missing values next
+    if col in ID_COLUMNS:
+        ok = values.map(lambda v: isinstance(v, str) and _DIGITS.fullmatch(v) is not None)
+        _refuse(values.to_numpy(), ~ok.to_numpy(bool), col, source, "strings of digits")
+        return values.map(int).astype(np.uint64)
+    numbers = pd.to_numeric(values, errors="coerce")
+    _refuse(values.to_numpy(), numbers.isna().to_numpy(), col, source, "numbers")
+    return numbers
 
 
 def _from_decimals(values: pd.Series, col: str, source: str) -> pd.Series:

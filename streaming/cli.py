@@ -46,7 +46,8 @@ def _inputs(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="PATH",
-        help="transactions parquet, a path or gs:// URI (repeatable)",
+        help="transactions: parquet, CSV, JSON lines or Avro (by the name's ending; .csv.gz "
+        "and .json.gz too), a path, glob or gs:// URI (repeatable)",
     )
 
 

@@ -3,6 +3,7 @@ the job read and write): the histories the batch commands read, the tables they 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -27,8 +28,28 @@ def open_file(path: str) -> BinaryIO:
 
 
 def read_transactions(paths: Sequence[str | Path], spec: FeatureSpec) -> pd.DataFrame:
-    """:func:`features.table.read_transactions` of local paths or URIs."""
-    return table.read_transactions(paths, spec, open_file)
+    """:func:`features.table.read_transactions` of local paths, URIs and globs of either."""
+    return table.read_transactions(expand(paths), spec, open_file)
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def expand(paths: Sequence[str | Path]) -> list[str]:
+    """Each path as given and each glob (``*``, ``?``, ``[...]``; local or ``gs://``, as a
+    sharded export such as BigQuery's names its files) as the files it matches, in name order;
+    :class:`InputError` for a glob that matches nothing."""
+    out: list[str] = []
+    for path in map(str, paths):
+        if not _GLOB.search(path):
+            out.append(path)
+            continue
+        (result,) = FileSystems.match([path])
+        matched = sorted(m.path for m in result.metadata_list)
+        if not matched:
+            raise InputError(f"{path}: matches no file")
+        out.extend(matched)
+    return out
 
 
 def create(path: str) -> BinaryIO:

@@ -204,3 +204,93 @@ def test_cli_backfill_writes_features_and_reports_errors(parquet, tmp_path, caps
     assert "missing columns ['CUSTOMER_ID']" in capsys.readouterr().err
     assert main(["backfill", "--input", str(tmp_path / "nope.parquet"), "--output", str(out)]) == 2
     assert main(["backfill", "--input", str(src), "--output", str(out), "--preset", "x"]) == 2
+
+
+def _bigquery_times(times: pd.Series) -> pd.Series:
+    """``TIMESTAMP`` as BigQuery's CSV and JSON exports write it: `` UTC`` at the end, a
+    fraction only where there is one."""
+    text = times.dt.strftime("%Y-%m-%d %H:%M:%S.%f").str.rstrip("0").str.rstrip(".")
+    return text + " UTC"
+
+
+def test_bigquery_exports_in_csv_json_and_avro_read_as_the_parquet(tmp_path):
+    """The same table exported as BigQuery writes each format (CSV, gzipped CSV, JSON lines
+    with ``INT64`` and ``NUMERIC`` as strings, an Avro container with timestamp-micros, a
+    decimal amount and nullable fields as unions) reads as its parquet does."""
+    import gzip
+    from decimal import Decimal
+
+    import fastavro
+
+    df = validate(transactions(n=400, customers=20, terminals=10, days=5), SPEC)
+    df.loc[::7, "TX_DATETIME"] += pd.Timedelta(microseconds=250_000)  # some with a fraction
+    df["TX_AMOUNT"] = df["TX_AMOUNT"].round(2)
+    df.to_parquet(tmp_path / "tx.parquet", index=False)
+    expected = read_transactions([tmp_path / "tx.parquet"], SPEC)
+
+    text = df.assign(TX_DATETIME=_bigquery_times(df["TX_DATETIME"]))
+    assert text["TX_DATETIME"].str.contains(r"\.25 UTC$").any()
+    text.to_csv(tmp_path / "tx.csv", index=False)
+    with gzip.open(tmp_path / "tx.csv.gz", "wt") as f:
+        text.to_csv(f, index=False)
+    columns = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID", "TX_FRAUD", "TX_AMOUNT")
+    as_strings = {c: text[c].astype(str) for c in columns}
+    text.assign(**as_strings).to_json(tmp_path / "tx.json", orient="records", lines=True)
+    first = (tmp_path / "tx.json").read_text().splitlines()[0]
+    assert '"TRANSACTION_ID":"' in first and " UTC" in first
+
+    nullable_long = ["null", "long"]
+    schema = {"type": "record", "name": "Root", "fields": [
+        {"name": "TRANSACTION_ID", "type": nullable_long},
+        {"name": "TX_DATETIME", "type": ["null", {"type": "long",
+                                                  "logicalType": "timestamp-micros"}]},
+        {"name": "CUSTOMER_ID", "type": nullable_long},
+        {"name": "TERMINAL_ID", "type": nullable_long},
+        {"name": "TX_AMOUNT", "type": ["null", {"type": "bytes", "logicalType": "decimal",
+                                                "precision": 38, "scale": 9}]},
+        {"name": "TX_FRAUD", "type": nullable_long},
+    ]}  # fmt: skip
+    records = [
+        {**row, "TX_DATETIME": row["TX_DATETIME"].tz_localize("UTC").to_pydatetime(),
+         "TX_AMOUNT": Decimal(str(row["TX_AMOUNT"]))}
+        for row in df[SPEC.input_columns].to_dict("records")
+    ]  # fmt: skip
+    with open(tmp_path / "tx.avro", "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records)
+
+    for name in ("tx.csv", "tx.csv.gz", "tx.json", "tx.avro"):
+        got = read_transactions([tmp_path / name], SPEC)
+        pd.testing.assert_frame_equal(got[SPEC.input_columns], expected[SPEC.input_columns])
+
+
+def test_what_a_text_export_cannot_mean_is_refused(tmp_path):
+    df = transactions(n=5)
+    with pytest.raises(InputError, match=r"TX_DATETIME holds int64 numbers, not times"):
+        validate(df.assign(TX_DATETIME=df["TX_DATETIME"].astype("int64") // 1000), SPEC)
+    ids = df.assign(CUSTOMER_ID=["1", "05", "-3", "4", "5"])
+    with pytest.raises(InputError, match=r"CUSTOMER_ID must be strings of digits.*2 rows"):
+        validate(ids, SPEC)
+    with pytest.raises(InputError, match=r"TX_AMOUNT must be numbers.*\['a lot'\]"):
+        validate(df.assign(TX_AMOUNT=["1.5", "2", "a lot", "3", "4"]), SPEC)
+    (tmp_path / "tx.csv").write_bytes(b"\x00\xff not a table")
+    with pytest.raises(InputError, match=r"tx.csv: (cannot be read as CSV|missing columns)"):
+        read_transactions([tmp_path / "tx.csv"], SPEC)
+    (tmp_path / "tx.avro").write_text("TRANSACTION_ID,TX_DATETIME\n")
+    with pytest.raises(InputError, match=r"tx.avro: cannot be read as Avro"):
+        read_transactions([tmp_path / "tx.avro"], SPEC)
+
+
+def test_globs_read_every_file_they_match_and_a_directory_is_named(parquet, tmp_path):
+    """A sharded export (``tx-*.parquet``, as BigQuery names its files past 1 GB) is read
+    whole through a glob; a glob matching nothing and a directory are clear errors."""
+    from training.files import read_transactions as read_files
+
+    df = transactions(n=300)
+    for i, part in enumerate((df.iloc[200:], df.iloc[:100], df.iloc[100:200])):
+        parquet(part, f"tx-{i:012d}.parquet")
+    out = read_files([str(tmp_path / "tx-*.parquet")], SPEC)
+    assert out["TRANSACTION_ID"].tolist() == list(range(300))
+    with pytest.raises(InputError, match=r"tx-\*.csv: matches no file"):
+        read_files([str(tmp_path / "tx-*.csv")], SPEC)
+    with pytest.raises(InputError, match=r"is a directory; name its files, e.g. .*/\*.parquet"):
+        read_files([str(tmp_path)], SPEC)

@@ -202,3 +202,26 @@ def test_a_bad_gcs_input_stops_the_launch_with_one_line(
         "no state file": "no such file",
     }[broken]
     assert expected in err
+
+
+def test_a_sharded_export_on_gcs_is_read_through_a_glob(gcs_bucket: str, tmp_path) -> None:
+    """``gs://.../tx-*.parquet``, as BigQuery writes an export past 1 GB: ``bootstrap`` reads
+    every shard (states for every card), as from the one file they came from."""
+    from streaming.job.initial_states import InitialStates
+
+    df = validate(transactions(n=900, customers=30, terminals=20, days=10), SPEC)
+    for i, part in enumerate((df.iloc[600:], df.iloc[:300], df.iloc[300:600])):
+        _upload(part, f"gs://{gcs_bucket}/export/tx-{i:012d}.parquet")
+    uri = f"gs://{gcs_bucket}/states/sharded.parquet"
+    argv = ["bootstrap", "--input", f"gs://{gcs_bucket}/export/tx-*.parquet", "--output", uri,
+            "--preset", SPEC.name, "--pseudonymise_ids", "off"]  # fmt: skip
+    assert main(argv) == 0
+    local = tmp_path / "states.parquet"
+    whole = tmp_path / "whole.parquet"
+    df.to_parquet(whole)
+    argv = ["bootstrap", "--input", str(whole), "--output", str(local), "--preset", SPEC.name,
+            "--pseudonymise_ids", "off"]  # fmt: skip
+    assert main(argv) == 0
+    sharded, single = InitialStates(uri, SPEC), InitialStates(str(local), SPEC)
+    for entity in SPEC.entities:
+        assert sharded.load(entity) == single.load(entity)

@@ -225,3 +225,34 @@ def test_a_sharded_export_on_gcs_is_read_through_a_glob(gcs_bucket: str, tmp_pat
     sharded, single = InitialStates(uri, SPEC), InitialStates(str(local), SPEC)
     for entity in SPEC.entities:
         assert sharded.load(entity) == single.load(entity)
+
+
+@pytest.mark.parametrize("name", ["tx.csv.gz", "tx.json", "tx.avro"])
+def test_exports_in_other_formats_are_read_from_gcs(gcs_bucket: str, name: str) -> None:
+    """A gzipped CSV, JSON lines and an Avro container on ``gs://`` read as the local file."""
+    import gzip
+    import io
+
+    import fastavro
+
+    from training.files import read_transactions
+
+    df = validate(transactions(n=200, customers=10, terminals=8, days=3), SPEC)
+    out = io.BytesIO()
+    if name == "tx.avro":
+        schema = {"type": "record", "name": "Root", "fields": [
+            {"name": c, "type": "long"} for c in ("TRANSACTION_ID", "CUSTOMER_ID",
+                                                  "TERMINAL_ID", "TX_FRAUD")
+        ] + [{"name": "TX_DATETIME", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+             {"name": "TX_AMOUNT", "type": "double"}]}  # fmt: skip
+        records = df.assign(TX_DATETIME=df["TX_DATETIME"].dt.tz_localize("UTC"))
+        fastavro.writer(out, fastavro.parse_schema(schema), records.to_dict("records"))
+    elif name == "tx.json":
+        df.to_json(out, orient="records", lines=True, date_format="iso")
+    else:
+        with gzip.GzipFile(fileobj=out, mode="wb") as f:
+            f.write(df.to_csv(index=False).encode())
+    uri = f"gs://{gcs_bucket}/exports/{name}"
+    _write(uri, out.getvalue())
+    got = read_transactions([uri], SPEC)
+    pd.testing.assert_frame_equal(got[SPEC.input_columns], df[SPEC.input_columns])

@@ -319,20 +319,6 @@ def test_a_node_service_publishing_avro_to_schema_topics(pubsub_emulator, model_
     assert json.loads(refused_label["payload"])["TX_FRAUD"] is True
 
 
-TEAM_PROTO = """syntax = "proto3";
-package payments;
-message Transaction {
-  int64 TRANSACTION_ID = 1;
-  string TX_DATETIME = 2;
-  int64 CUSTOMER_ID = 3;
-  int64 TERMINAL_ID = 4;
-  double TX_AMOUNT = 5;
-  enum Channel { WEB = 0; POS = 1; }
-  Channel CHANNEL = 6;
-}
-"""
-
-
 @pytest.mark.slow
 def test_a_node_service_encoding_protobuf_for_a_schema_topic(tmp_path: Path) -> None:
     """Messages a Node.js service encodes with protobufjs for a topic with a protobuf schema
@@ -342,6 +328,7 @@ def test_a_node_service_encoding_protobuf_for_a_schema_topic(tmp_path: Path) -> 
     emulator does not implement protobuf schemas, so the schema service is a function here and
     nothing is published."""
     from streaming.pubsub_schemas import SchemaDecoder, SchemaRevision
+    from tests.streaming.test_pubsub_schemas import PROTO as TEAM_PROTO  # a team's own .proto
 
     node = _node()
     (tmp_path / "transaction.proto").write_text(TEAM_PROTO)

@@ -9,7 +9,6 @@ file), anything else parquet. BigQuery's exports are taken as written: ``TIMESTA
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, spelling
 from features.spec import FeatureSpec
 
 
@@ -73,12 +72,20 @@ def reader(path: str) -> tuple[str, Callable[[BinaryIO], pd.DataFrame]]:
     if stem.endswith(".csv"):
         return "CSV", lambda f: pd.read_csv(f, compression=compression)
     if stem.endswith((".json", ".jsonl", ".ndjson")):
-        return "JSON lines", lambda f: pd.read_json(
-            f, lines=True, compression=compression, dtype=False, convert_dates=False
-        )
+        return "JSON lines", lambda f: _read_json_lines(f, compression)
     if stem.endswith(".avro"):
         return "Avro", _read_avro
     return "parquet", pd.read_parquet
+
+
+def _read_json_lines(f: BinaryIO, compression: str | None) -> pd.DataFrame:
+    """JSON lines with pyarrow's reader (C++; a column's type must be the same on every line,
+    as an export writes it)."""
+    import pyarrow as pa
+    import pyarrow.json
+
+    stream = pa.CompressedInputStream(f, compression) if compression else f
+    return pyarrow.json.read_json(stream).to_pandas()
 
 
 def _read_avro(f: BinaryIO) -> pd.DataFrame:
@@ -100,6 +107,8 @@ def validate(
     not integers in [0, 2**63), amounts outside [0, ``MAX_AMOUNT``], ``TX_FRAUD`` other than 0
     or 1, times outside [``MIN_TIME``, ``MAX_TIME``)), and duplicate ``TRANSACTION_ID``.
     """
+    if any(c not in df.columns for c in spec.input_columns):
+        df = _respelled(df, spec.input_columns, source)
     missing = [c for c in spec.input_columns if c not in df.columns]
     if missing:
         raise InputError(f"{source}: missing columns {missing} (has {list(df.columns)})")
@@ -141,6 +150,20 @@ def _unique(df: pd.DataFrame, source: str, sort: bool) -> pd.DataFrame:
     return df
 
 
+def _respelled(df: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
+    """``df`` with its columns named as ``columns`` where they are spelled otherwise
+    (:func:`features.limits.spelling`: ``transaction_id``, ``TransactionId``)."""
+    wanted = {spelling(c): c for c in columns}
+    names: dict[str, str] = {}
+    for column in df.columns:
+        name = wanted.get(spelling(column)) if isinstance(column, str) else None
+        if name is not None and name != column:
+            if name in df.columns or name in names.values():
+                raise InputError(f"{source}: column {name} given twice, in two spellings")
+            names[column] = name
+    return df.rename(columns=names)
+
+
 def _times(values: pd.Series, source: str) -> pd.Series:
     """Text or object times as datetimes (UTC where an offset or BigQuery's `` UTC`` is given);
     numbers are refused: their unit is not known."""
@@ -167,7 +190,7 @@ def _times(values: pd.Series, source: str) -> pd.Series:
 _BIGQUERY_UTC = r" UTC$"
 """How BigQuery's CSV and JSON exports end a ``TIMESTAMP`` (``2018-04-01 07:19:05 UTC``)."""
 _ZONE = r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
-_DIGITS = re.compile(r"(0|[1-9][0-9]{0,18})")
+_DIGITS = r"^(0|[1-9][0-9]{0,18})$"
 
 
 def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:
@@ -176,9 +199,13 @@ def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:
     if values.isna().any():
         return values  # refused as missing values next
     if col in ID_COLUMNS:
-        ok = values.map(lambda v: isinstance(v, str) and _DIGITS.fullmatch(v) is not None)
-        _refuse(values.to_numpy(), ~ok.to_numpy(bool), col, source, "strings of digits")
-        return values.map(int).astype(np.uint64)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        text = pa.array(values, type=pa.string())
+        ok = pc.match_substring_regex(text, _DIGITS).to_numpy(zero_copy_only=False)
+        _refuse(values.to_numpy(), ~ok, col, source, "strings of digits")
+        return pd.Series(pc.cast(text, pa.uint64()).to_numpy(), index=values.index)
     numbers = pd.to_numeric(values, errors="coerce")
     _refuse(values.to_numpy(), numbers.isna().to_numpy(), col, source, "numbers")
     return numbers

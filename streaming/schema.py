@@ -17,11 +17,14 @@ What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset
 UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
 by default); ids as JSON integers or as strings of their digits (proto3's JSON form of an
 int64); amounts as JSON integers or decimals, or as decimal strings (``"57.16"``, what decimal
-types serialise to); fields this version does not know, which
-are ignored and reported to an ``unknown`` callback (refused with ``strict_fields``). Refused,
+types serialise to); field names in another spelling (case and underscores aside:
+``transaction_id``, ``transactionId``, protobuf's ``TRANSACTIONID``); fields this version does
+not know, which are ignored and reported to an ``unknown`` callback (refused with
+``strict_fields``). Refused,
 with a ``ValueError`` that names the field and the reason: ids that are neither (booleans,
 floats such as ``5.0``, ``"+5"``, ``"05"``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
-[1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, payloads over :data:`MAX_PAYLOAD_BYTES`.
+[1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, a field given in two spellings,
+payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from features.incremental import Status
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, spelling
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 _EPOCH = datetime(1970, 1, 1)
@@ -180,17 +183,42 @@ def _decode(payload: bytes | str) -> dict:
 
 def _check_fields(
     doc: dict, fields: tuple[str, ...], contract: WireContract, unknown: Unknown | None
-) -> None:
-    missing = [f for f in fields if f not in doc]
-    if missing:
-        raise ValueError(f"missing field(s) {missing}")
+) -> dict:
+    """``doc`` with the contract's field names (respelled where a producer spelled one
+    otherwise); ``ValueError`` for a missing field or a field given twice."""
+    if any(f not in doc for f in fields):
+        doc = _respelled(doc, fields)
     if len(doc) == len(fields):
-        return
+        return doc
     extra = sorted(set(doc) - set(fields))
+    twice = [_SPELLINGS[spelling(e)] for e in extra if _SPELLINGS.get(spelling(e)) in fields]
+    if twice:
+        raise ValueError(f"field(s) {twice} given twice, in two spellings")
     if contract.strict_fields:
         raise ValueError(f"unexpected field(s) {extra} (--strict_fields)")
     if unknown is not None:
         unknown(extra)
+    return doc
+
+
+_SPELLINGS = {spelling(f): f for f in (*TRANSACTION_FIELDS, *LABEL_FIELDS)}
+"""A field's name in any case, with or without underscores -> the contract's
+(:func:`features.limits.spelling`)."""
+
+
+def _respelled(doc: dict, fields: tuple[str, ...]) -> dict:
+    out: dict = {}
+    for key, value in doc.items():
+        name = _SPELLINGS.get(spelling(key)) if type(key) is str else None
+        if name not in fields:
+            name = key
+        if name in out:
+            raise ValueError(f"field(s) {[name]} given twice, in two spellings")
+        out[name] = value
+    missing = [f for f in fields if f not in out]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    return out
 
 
 _DIGITS = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
@@ -277,7 +305,7 @@ def parse_transaction(
     """A :class:`Transaction` from a JSON payload, or from the fields of one a schema decoder
     has read (:mod:`streaming.pubsub_schemas`); ``ValueError`` says what is wrong."""
     doc = payload if type(payload) is dict else _decode(payload)
-    _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
+    doc = _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
     return Transaction(
         transaction_id=_id(doc, "TRANSACTION_ID"),
         time_ns=_time(doc, "TX_DATETIME", contract.zone),
@@ -297,7 +325,7 @@ def parse_label(
     """A :class:`Label` from a JSON payload or a decoded one's fields (as
     :func:`parse_transaction`); ``ValueError`` says what is wrong."""
     doc = payload if type(payload) is dict else _decode(payload)
-    _check_fields(doc, LABEL_FIELDS, contract, unknown)
+    doc = _check_fields(doc, LABEL_FIELDS, contract, unknown)
     fraud = doc["TX_FRAUD"]
     if type(fraud) is bool:  # a boolean field's JSON (protobuf's, most serialisers')
         fraud = int(fraud)

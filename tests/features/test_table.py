@@ -294,3 +294,19 @@ def test_globs_read_every_file_they_match_and_a_directory_is_named(parquet, tmp_
         read_files([str(tmp_path / "tx-*.csv")], SPEC)
     with pytest.raises(InputError, match=r"is a directory; name its files, e.g. .*/\*.parquet"):
         read_files([str(tmp_path)], SPEC)
+
+
+def test_columns_spelled_otherwise_are_read_under_the_contracts_names():
+    """``transaction_id`` (a warehouse's snake case) or ``TransactionId`` name the same column
+    as in a message; two spellings of one column are refused."""
+    df = transactions(n=20)
+    expected = validate(df, SPEC)
+    snake = df.rename(columns=str.lower)
+    pascal = df.rename(columns=lambda c: c.title().replace("_", ""))
+    assert "TransactionId" in pascal.columns
+    for spelled in (snake, pascal):
+        pd.testing.assert_frame_equal(validate(spelled, SPEC)[SPEC.input_columns],
+                                      expected[SPEC.input_columns])  # fmt: skip
+    twice = snake.assign(TRANSACTION_ID=snake["transaction_id"])
+    with pytest.raises(InputError, match="column TRANSACTION_ID given twice, in two spellings"):
+        validate(twice, SPEC)

@@ -131,6 +131,14 @@ def test_a_teams_own_schema_with_unions_decimals_and_local_times() -> None:
         parse_transaction(decode(avro_bytes(schema, record), attributes()))
 
 
+def test_a_schema_with_snake_case_names_is_read_under_the_contracts_names() -> None:
+    schema = TX_AVSC | {"fields": [f | {"name": f["name"].lower()} for f in TX_AVSC["fields"]]}
+    record = {name.lower(): value for name, value in TX.items()}
+    decode = SchemaDecoder(Service({"r1": schema}))
+    tx = parse_transaction(decode(avro_bytes(schema, record), attributes()))
+    assert (tx.transaction_id, tx.customer_id, tx.amount) == (17, 2**62 + 5, 57.16)
+
+
 def test_each_revision_is_fetched_once_and_decodes_its_own_messages() -> None:
     """A record of revision 2 (a field added) is read with revision 2: with revision 1's
     schema its added field would be bytes after the record."""

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from features.limits import spelling
 from streaming.schema import LABEL_FIELDS, MAX_PAYLOAD_BYTES, TRANSACTION_FIELDS
 
 INT64_MAX = 2**63 - 1
@@ -339,7 +340,8 @@ def odd_valid_transactions(draw) -> Message:
     """Transactions the schema accepts although they look suspicious: large amounts (up to the
     schema's 1e9), times far in the past or future (inside [1970, 2200)), -0.0,
     integer amounts, RFC 3339's lenient forms, duplicate keys (the last wins), fields the
-    contract does not know (ignored), ids as strings of digits. Their ids are
+    contract does not know (ignored), ids as strings of digits, field names in a producer's
+    spelling (``transaction_id``, ``transactionId``, ``TRANSACTIONID``). Their ids are
     placeholders (0): the caller assigns unique, unknown ones with :func:`with_ids`."""
     doc = {"TRANSACTION_ID": 0, "TX_DATETIME": "", "CUSTOMER_ID": 0, "TERMINAL_ID": 0}
     doc["TX_DATETIME"] = draw(times).isoformat()
@@ -356,6 +358,7 @@ def odd_valid_transactions(draw) -> Message:
                 "duplicate_keys",
                 "added_fields",
                 "ids_as_text",
+                "respelled_names",
             ]
         )
     )
@@ -387,12 +390,24 @@ def odd_valid_transactions(draw) -> Message:
     elif category == "ids_as_text":  # proto3's JSON mapping writes an int64 as a string
         doc |= {name: "0" for name in ID_FIELDS}
     elif category == "added_fields":  # a producer's upgrade: ignored, counted
-        names = st.text(max_size=12).filter(lambda k: k not in TRANSACTION_FIELDS)
+        names = st.text(max_size=12).filter(lambda k: spelling(k) not in _SPELLED_FIELDS)
         doc |= draw(st.dictionaries(names, _JSON_VALUES, min_size=1, max_size=3))
+    elif category == "respelled_names":  # what serialisers write by default
+        respell = draw(st.sampled_from([str.lower, _camel, lambda n: n.replace("_", "")]))
+        doc = {respell(name): value for name, value in doc.items()}
     raw = json.dumps(doc)
     if category == "duplicate_keys":
         raw = '{"TX_AMOUNT": "not this one", ' + raw[1:]
     return Message(raw.encode(), True, category)
+
+
+_SPELLED_FIELDS = {spelling(f) for f in (*TRANSACTION_FIELDS, *LABEL_FIELDS)}
+
+
+def _camel(name: str) -> str:
+    """``TRANSACTION_ID`` -> ``transactionId`` (Jackson's and JavaScript's spelling)."""
+    first, *rest = name.lower().split("_")
+    return first + "".join(part.title() for part in rest)
 
 
 def with_ids(message: Message, txid: int, customer: int, terminal: int) -> Message:
@@ -403,8 +418,9 @@ def with_ids(message: Message, txid: int, customer: int, terminal: int) -> Messa
         ("CUSTOMER_ID", customer),
         ("TERMINAL_ID", terminal),
     ):
-        raw = raw.replace(f'"{name}": 0', f'"{name}": {value}', 1)
-        raw = raw.replace(f'"{name}": "0"', f'"{name}": "{value}"', 1)
+        for spelled in (name, name.lower(), _camel(name), name.replace("_", "")):
+            raw = raw.replace(f'"{spelled}": 0', f'"{spelled}": {value}', 1)
+            raw = raw.replace(f'"{spelled}": "0"', f'"{spelled}": "{value}"', 1)
     return message._replace(payload=raw.encode())
 
 

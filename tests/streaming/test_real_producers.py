@@ -35,8 +35,9 @@ NODE_PRODUCER = Path(__file__).resolve().parents[1] / "producers" / "node"
 def contract_cases(base_id: int, floats_stay_floats: bool = True) -> list[tuple]:
     """(message, attributes, expected dead-letter reason or None for an alert): RFC 3339 with
     Z and with an offset, a naive time, an added field, an integer amount, no event_time
-    attribute; an id written as a float, a boolean id. ``floats_stay_floats``: False for a
-    JavaScript producer, whose JSON.stringify writes 5.0 as 5 (a valid id)."""
+    attribute, names in camelCase (a JavaScript object's); an id written as a float, a boolean
+    id. ``floats_stay_floats``: False for a JavaScript producer, whose JSON.stringify writes 5.0
+    as 5 (a valid id)."""
 
     def tx(i: int, **fields) -> dict:
         i += base_id
@@ -58,6 +59,7 @@ def contract_cases(base_id: int, floats_stay_floats: bool = True) -> list[tuple]
             "CUSTOMER_ID must be an integer" if floats_stay_floats else None,
         ),
         (tx(7, TERMINAL_ID=True), stamp, "TERMINAL_ID must be an integer"),
+        ({_camel(k): v for k, v in tx(8).items()}, stamp, None),  # a JavaScript object's keys
     ]
 
 
@@ -86,6 +88,16 @@ def job(pubsub_emulator, model_dir, tmp_path):
         lj.stop(process)
 
 
+def _camel(name: str) -> str:
+    first, *rest = name.lower().split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _tid(message: dict) -> int:
+    """A case's transaction id, whichever spelling its message uses."""
+    return int(message.get("TRANSACTION_ID", message.get("transactionId")))
+
+
 def _wait_for(job, cases) -> tuple[dict[int, dict], dict[int, dict]]:
     """Alerts and dead letters by transaction id, once every case has one."""
     topics, process, log = job
@@ -98,13 +110,13 @@ def _wait_for(job, cases) -> tuple[dict[int, dict], dict[int, dict]]:
             alerts[alert["transaction_id"]] = alert
         for m in lj.drain(topics.subscriptions["dlq"], wait_s=2):
             letter = json.loads(m.data)
-            dead[int(json.loads(letter["payload"])["TRANSACTION_ID"])] = letter
+            dead[_tid(json.loads(letter["payload"]))] = letter
     return alerts, dead
 
 
 def _assert_per_message(cases, alerts: dict, dead: dict) -> None:
     for message, _, reason in cases:
-        tid = message["TRANSACTION_ID"]
+        tid = _tid(message)
         if reason is None:
             assert tid in alerts and tid not in dead, (message, dead.get(tid))
             assert alerts[tid]["event_time"] == "2018-08-15T10:02:00", message  # in UTC

@@ -582,6 +582,56 @@ def _run_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_redrive(sub: argparse._SubParsersAction) -> None:
+    from streaming.redrive import DEFAULT_STAGES, STAGES
+
+    p = sub.add_parser(
+        "redrive",
+        help="republish dead letters to their input topic, once their cause is fixed",
+        description="Pull the dead-letter records of a subscription and republish the payload "
+        "of each selected one, as it was sent, to the topic of its stage (parse_transactions "
+        "and features: --transactions_topic; parse_labels: --labels_topic). A record is "
+        "acknowledged once its message is published; every other one is handed back to the "
+        "subscription. Attributes Pub/Sub reserves (goog...) are not republished: a schema "
+        "topic stamps them again.",
+    )
+    p.add_argument("--subscription", required=True,
+                   help="the dead-letter subscription, projects/P/subscriptions/S")  # fmt: skip
+    p.add_argument("--transactions_topic", help="projects/P/topics/T")
+    p.add_argument("--labels_topic", help="projects/P/topics/T")
+    p.add_argument("--stage", action="append", choices=STAGES,
+                   help=f"redrive this stage's letters (repeatable; default: "
+                   f"{', '.join(DEFAULT_STAGES)})")  # fmt: skip
+    p.add_argument("--error_contains", metavar="TEXT", help="only letters whose error has TEXT")
+    p.add_argument("--max", type=int, default=None, metavar="N", help="look at N letters at most")
+    p.add_argument("--dry_run", action="store_true", help="count what would be redriven; "
+                   "publish nothing, hand every letter back")  # fmt: skip
+    p.set_defaults(func=_run_redrive)
+
+
+def _run_redrive(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from streaming.redrive import DEFAULT_STAGES, Selection, redrive
+
+    if not (args.transactions_topic or args.labels_topic):
+        raise ValueError("give --transactions_topic, --labels_topic or both")
+    selection = Selection(tuple(args.stage or DEFAULT_STAGES), args.error_contains)
+    topics = {"transactions": args.transactions_topic, "labels": args.labels_topic}
+    with tqdm(desc="dead letters", unit=" letters", disable=None) as bar:
+        report = redrive(args.subscription, topics, selection, args.max, args.dry_run,
+                         progress=bar.update)  # fmt: skip
+    rows = report.rows()
+    width = max((len(action) for action, *_ in rows), default=8)
+    for action, stage, error, count in rows:
+        print(f"{count:>8,}  {action:<{width}}  {stage:<18}  {error}")
+    redriven = sum(report.redriven.values())
+    kept = sum(report.kept.values())
+    print(f"{redriven:,} redriven, {kept:,} handed back to {args.subscription}")
+    failed = sum(n for (why, *_), n in report.kept.items() if why.startswith("publish failed"))
+    return 1 if failed else 0
+
+
 def _add_emulators(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "emulators",
@@ -828,6 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_replay(sub)
     _add_simulate(sub)
+    _add_redrive(sub)
     _add_emulators(sub)
     return parser
 

@@ -371,3 +371,67 @@ def test_a_node_service_encoding_protobuf_for_a_schema_topic(tmp_path: Path) -> 
         assert zero.time_ns == first.time_ns  # 12:02+02:00 is 10:02Z
         with pytest.raises(ValueError, match="CUSTOMER_ID must be an integer or a string of its"):
             parse_transaction(decode(payloads[2], attributes))
+
+
+@pytest.mark.slow
+def test_avro_dead_letters_of_a_job_without_the_option_are_redriven(
+    pubsub_emulator, model_dir, tmp_path
+) -> None:
+    """A team turns on an Avro schema before the job is run with ``--pubsub_schemas``: its
+    messages become dead letters (without their attributes). Once the job runs with the option,
+    ``fraudstream redrive`` republishes them to the schema topic, Pub/Sub stamps the schema
+    attributes again and every transaction is scored."""
+    import io
+    import uuid
+
+    import fastavro
+    from google.cloud import pubsub_v1
+
+    from streaming.cli import main
+    from streaming.schema import SCHEMAS
+
+    env, tag = _gcloud_env(tmp_path), uuid.uuid4().hex[:8]
+    _, tx_sub = _schema_topic(env, "tx", SCHEMAS / "transaction.avsc", "binary", tag)
+    tx_topic = f"projects/{lj.PROJECT}/topics/tx-avro-{tag}"
+    topics = lj.Topics.create("redrive")
+    watch = f"{topics.subscriptions['dlq']}-watch"  # read here; redrive reads the job's own
+    pubsub_v1.SubscriberClient().create_subscription(name=watch, topic=topics.topics["dlq"])
+    schema = fastavro.parse_schema(json.loads((SCHEMAS / "transaction.avsc").read_text()))
+    publisher = pubsub_v1.PublisherClient()
+    ids = [9_500_000, 9_500_001]
+    for tid in ids:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, {"TRANSACTION_ID": tid, "CUSTOMER_ID": tid,
+                                                 "TERMINAL_ID": tid, "TX_AMOUNT": 42.5,
+                                                 "TX_DATETIME": 1_534_327_320_000_000})  # fmt: skip
+        publisher.publish(tx_topic, out.getvalue()).result(timeout=60)
+
+    def run(*flags: str):
+        extra = ["--transactions_subscription", tx_sub, "--threshold", "0",
+                 "--pseudonymise_ids", "off", "--device", "cpu", *flags]  # fmt: skip
+        args = lj.job_args(topics, model_dir, SPEC.name, tmp_path / "scored", extra=extra)
+        return lj.start(args, tmp_path / f"job{len(flags)}.log")
+
+    def wait(subscription: str, n: int, process) -> list:
+        got, deadline = [], time.monotonic() + 180
+        while len(got) < n:
+            assert process.poll() is None and time.monotonic() < deadline, got
+            got += lj.drain(subscription, wait_s=2)
+        return got
+
+    without = run()
+    try:
+        letters = [json.loads(m.data) for m in wait(watch, 2, without)]
+    finally:
+        lj.stop(without)
+    assert {letter["stage"] for letter in letters} == {"parse_transactions"}
+    assert all("not UTF-8" in x["error"] or "not JSON" in x["error"] for x in letters), letters
+    with_option = run("--pubsub_schemas")
+    try:
+        argv = ["redrive", "--subscription", topics.subscriptions["dlq"],
+                "--transactions_topic", tx_topic]  # fmt: skip
+        assert main(argv) == 0
+        alerts = wait(topics.subscriptions["alerts"], 2, with_option)
+    finally:
+        lj.stop(with_option)
+    assert sorted(json.loads(m.data)["transaction_id"] for m in alerts) == ids

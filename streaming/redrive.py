@@ -27,6 +27,9 @@ DEFAULT_STAGES = ("parse_transactions", "parse_labels")
 """What is redriven unless ``--stage`` says otherwise: a ``features`` dead letter is a
 duplicate or a transaction too late to apply, which a second delivery does not change."""
 PULL_MAX = 500
+HOLD_S = 600
+"""How long a letter kept by a run is held from other pulls (Pub/Sub's longest ack deadline);
+a run's end hands it back at once."""
 RESERVED_PREFIX = "goog"
 
 
@@ -118,9 +121,15 @@ def redrive(
             if max_messages is not None:
                 new = new[: max_messages - len(seen)]
             seen.update(m.message.message_id for m in new)
+            before = set(held)
             done = _handle(new, topics, selection, dry_run, publisher, report, held)
             if done:
                 subscriber.acknowledge(subscription=subscription, ack_ids=done)
+            kept = [held[i] for i in held.keys() - before]
+            if kept:  # held until the end, not redelivered to this run meanwhile
+                subscriber.modify_ack_deadline(
+                    subscription=subscription, ack_ids=kept, ack_deadline_seconds=HOLD_S
+                )
             if progress is not None:
                 progress(len(new))
     finally:

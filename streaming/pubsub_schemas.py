@@ -85,6 +85,21 @@ def fetch_from_pubsub(name: str) -> SchemaRevision:
     return SchemaRevision(name, schema.type_.name, schema.definition)
 
 
+def topic_schema(path: str, timeout_s: float = 10.0) -> tuple[str, str] | None:
+    """``(schema, encoding)`` of the topic that ``path`` (a subscription or a topic) reads, or
+    None when the topic has no schema; raises what the client raises when it cannot tell."""
+    from google.cloud import pubsub_v1
+
+    topic = path
+    if "/subscriptions/" in path:
+        subscriber = pubsub_v1.SubscriberClient()
+        topic = subscriber.get_subscription(subscription=path, timeout=timeout_s).topic
+    settings = pubsub_v1.PublisherClient().get_topic(topic=topic, timeout=timeout_s)
+    if not settings.schema_settings.schema:
+        return None
+    return settings.schema_settings.schema, settings.schema_settings.encoding.name
+
+
 Decode = Callable[[bytes], dict]
 
 _AVRO_ERRORS = (EOFError, ValueError, IndexError, KeyError, TypeError, struct.error, OverflowError)

@@ -36,7 +36,7 @@ from streaming.job.parse import DEAD_LETTER, ParseAndValidate, dead_letter
 from streaming.job.scoring import BoosterHandler, Score
 from streaming.job.sinks import WriteFeatures, WriteScored
 from streaming.monitoring.stage import MonitorWindows
-from streaming.pubsub_schemas import SchemaDecoder
+from streaming.pubsub_schemas import SchemaDecoder, topic_schema
 from streaming.schema import (
     DEFAULT_CONTRACT,
     WireContract,
@@ -219,6 +219,8 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
             cache_mb,
         )
     local = is_local(options.view_as(StandardOptions).runner)
+    if local and not opts.pubsub_schemas:
+        _check_schema_topics(opts)
     pseudonymise, id_key = None, ""  # id_key: the key's fingerprint, where known at launch
     if opts.pseudonymise_ids == "on":
         id_key = launch_pseudonymiser(opts.id_key_secret).fingerprint if local else None
@@ -307,6 +309,28 @@ def build(p: beam.Pipeline, options: PipelineOptions) -> dict:
             flush_s=opts.scored_flush_s,
         )
     return out
+
+
+def _check_schema_topics(opts: FraudstreamOptions) -> None:
+    """A local launch without ``--pubsub_schemas`` refuses an input whose topic has a Pub/Sub
+    schema in ``BINARY`` encoding (every message would be a dead letter) and warns of one in
+    ``JSON``; a lookup that fails (no permission to read the topic) says nothing."""
+    inputs = (opts.transactions_subscription or opts.transactions_topic,
+              opts.labels_subscription or opts.labels_topic)  # fmt: skip
+    for path in filter(None, inputs):
+        try:
+            found = topic_schema(path)
+        except Exception as exc:  # best effort: the job reports what it reads
+            log.debug("%s: its topic's schema is not known (%s)", path, exc)
+            continue
+        if found is None:
+            continue
+        schema, encoding = found
+        message = (f"{path} reads a topic with the Pub/Sub schema {schema} in {encoding} "
+                   "encoding: run the job with --pubsub_schemas")  # fmt: skip
+        if encoding == "BINARY":
+            raise ValueError(f"{message} (without it every message is a dead letter)")
+        log.warning("%s (Avro's JSON encoding of a union, for one, is not plain JSON)", message)
 
 
 def _monitor(opts: FraudstreamOptions, spec: FeatureSpec) -> MonitorWindows:

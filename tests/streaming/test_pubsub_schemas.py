@@ -332,3 +332,50 @@ def test_revisions_come_from_the_schema_service(pubsub_emulator, unique_name) ->
     decode = SchemaDecoder()
     fields = decode(avro_bytes(TX_AVSC, TX), attributes(created.revision_id, name=created.name))
     assert parse_transaction(fields).customer_id == 2**62 + 5
+
+
+@pytest.mark.emulator
+def test_a_local_launch_refuses_a_binary_schema_topic_without_the_option(
+    pubsub_emulator, unique_name, caplog
+) -> None:
+    """Without ``--pubsub_schemas`` every message of a ``BINARY`` schema topic would be a dead
+    letter: the launch says so at once; a ``JSON`` one is a warning, a plain topic nothing."""
+    import logging
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.types import Encoding, Schema
+
+    from streaming.job.pipeline import build
+    from streaming.pubsub_schemas import topic_schema
+
+    schemas, publisher = pubsub_v1.SchemaServiceClient(), pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    schema = schemas.create_schema(
+        parent=f"projects/{PROJECT}",
+        schema=Schema(type_=Schema.Type.AVRO, definition=json.dumps(TX_AVSC)),
+        schema_id=unique_name("launch-schema"),
+    )
+    subs = {}
+    for encoding in ("BINARY", "JSON", None):
+        topic = publisher.topic_path(PROJECT, unique_name(f"launch-{encoding}"))
+        settings = {"schema": schema.name, "encoding": Encoding[encoding]} if encoding else None
+        publisher.create_topic(request={"name": topic, "schema_settings": settings})
+        subs[encoding] = subscriber.subscription_path(PROJECT, unique_name(f"sub-{encoding}"))
+        subscriber.create_subscription(name=subs[encoding], topic=topic)
+    assert topic_schema(subs["BINARY"]) == (schema.name, "BINARY")
+    assert topic_schema(subs[None]) is None
+
+    def launch(tx: str, *flags: str) -> None:
+        options = PipelineOptions(["--model_dir", "/no/models", "--transactions_subscription",
+                                   tx, "--labels_subscription", subs[None], *flags])  # fmt: skip
+        build(beam.Pipeline(runner="DirectRunner", options=options), options)
+
+    with pytest.raises(ValueError, match=r"in BINARY encoding: run the job with --pubsub_sch"):
+        launch(subs["BINARY"])
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="no such model"):
+        launch(subs["JSON"], "--pseudonymise_ids", "off")  # gets past the topics' check
+    assert "in JSON encoding: run the job with --pubsub_schemas" in caplog.text
+    with pytest.raises(ValueError, match="no such model"):
+        launch(subs["BINARY"], "--pseudonymise_ids", "off", "--pubsub_schemas")

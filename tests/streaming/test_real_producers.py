@@ -374,13 +374,15 @@ def test_a_node_service_encoding_protobuf_for_a_schema_topic(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_avro_dead_letters_of_a_job_without_the_option_are_redriven(
+def test_avro_dead_letters_are_redriven_to_a_schema_topic(
     pubsub_emulator, model_dir, tmp_path
 ) -> None:
-    """A team turns on an Avro schema before the job is run with ``--pubsub_schemas``: its
-    messages become dead letters (without their attributes). Once the job runs with the option,
-    ``fraudstream redrive`` republishes them to the schema topic, Pub/Sub stamps the schema
-    attributes again and every transaction is scored."""
+    """A producer starts sending Avro to the job's plain topic: its messages become dead
+    letters. The team makes a topic with the Avro schema and runs the job on it with
+    ``--pubsub_schemas``; ``fraudstream redrive`` republishes the dead letters there, Pub/Sub
+    stamps the schema attributes on them and every transaction is scored. (A local launch
+    without the option on a ``BINARY`` schema topic is refused at once: its dead letters come
+    from a producer, or from a remote job, that did not know.)"""
     import io
     import uuid
 
@@ -404,10 +406,10 @@ def test_avro_dead_letters_of_a_job_without_the_option_are_redriven(
         fastavro.schemaless_writer(out, schema, {"TRANSACTION_ID": tid, "CUSTOMER_ID": tid,
                                                  "TERMINAL_ID": tid, "TX_AMOUNT": 42.5,
                                                  "TX_DATETIME": 1_534_327_320_000_000})  # fmt: skip
-        publisher.publish(tx_topic, out.getvalue()).result(timeout=60)
+        publisher.publish(topics.topics["tx"], out.getvalue()).result(timeout=60)
 
-    def run(*flags: str):
-        extra = ["--transactions_subscription", tx_sub, "--threshold", "0",
+    def run(sub: str, *flags: str):
+        extra = ["--transactions_subscription", sub, "--threshold", "0",
                  "--pseudonymise_ids", "off", "--device", "cpu", *flags]  # fmt: skip
         args = lj.job_args(topics, model_dir, SPEC.name, tmp_path / "scored", extra=extra)
         return lj.start(args, tmp_path / f"job{len(flags)}.log")
@@ -419,14 +421,14 @@ def test_avro_dead_letters_of_a_job_without_the_option_are_redriven(
             got += lj.drain(subscription, wait_s=2)
         return got
 
-    without = run()
+    without = run(topics.subscriptions["tx"])
     try:
         letters = [json.loads(m.data) for m in wait(watch, 2, without)]
     finally:
         lj.stop(without)
     assert {letter["stage"] for letter in letters} == {"parse_transactions"}
     assert all("not UTF-8" in x["error"] or "not JSON" in x["error"] for x in letters), letters
-    with_option = run("--pubsub_schemas")
+    with_option = run(tx_sub, "--pubsub_schemas")
     try:
         argv = ["redrive", "--subscription", topics.subscriptions["dlq"],
                 "--transactions_topic", tx_topic]  # fmt: skip

@@ -16,7 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, spelling
+from features.limits import ID_DIGITS, MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, respelled
 from features.spec import FeatureSpec
 
 
@@ -152,16 +152,11 @@ def _unique(df: pd.DataFrame, source: str, sort: bool) -> pd.DataFrame:
 
 def _respelled(df: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
     """``df`` with its columns named as ``columns`` where they are spelled otherwise
-    (:func:`features.limits.spelling`: ``transaction_id``, ``TransactionId``)."""
-    wanted = {spelling(c): c for c in columns}
-    names: dict[str, str] = {}
-    for column in df.columns:
-        name = wanted.get(spelling(column)) if isinstance(column, str) else None
-        if name is not None and name != column:
-            if name in df.columns or name in names.values():
-                raise InputError(f"{source}: column {name} given twice, in two spellings")
-            names[column] = name
-    return df.rename(columns=names)
+    (:func:`features.limits.respelled`: ``transaction_id``, ``TransactionId``)."""
+    renames, twice = respelled(df.columns, columns)
+    if twice:
+        raise InputError(f"{source}: column {', '.join(twice)} given twice, in two spellings")
+    return df.rename(columns=renames)
 
 
 def _times(values: pd.Series, source: str) -> pd.Series:
@@ -190,7 +185,7 @@ def _times(values: pd.Series, source: str) -> pd.Series:
 _BIGQUERY_UTC = r" UTC$"
 """How BigQuery's CSV and JSON exports end a ``TIMESTAMP`` (``2018-04-01 07:19:05 UTC``)."""
 _ZONE = r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
-_DIGITS = r"^(0|[1-9][0-9]{0,18})$"
+_DIGITS = f"^({ID_DIGITS})$"
 
 
 def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:

@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from features.incremental import Status
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, spelling
+from features.limits import ID_DIGITS, MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, respelled
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 _EPOCH = datetime(1970, 1, 1)
@@ -185,15 +185,21 @@ def _check_fields(
     doc: dict, fields: tuple[str, ...], contract: WireContract, unknown: Unknown | None
 ) -> dict:
     """``doc`` with the contract's field names (respelled where a producer spelled one
-    otherwise); ``ValueError`` for a missing field or a field given twice."""
-    if any(f not in doc for f in fields):
-        doc = _respelled(doc, fields)
+    otherwise: :func:`features.limits.respelled`); ``ValueError`` for a missing field or a
+    field given twice."""
+    if len(doc) == len(fields) and all(f in doc for f in fields):
+        return doc  # the contract's spelling, nothing added
+    renames, twice = respelled(doc, fields)
+    if twice:
+        raise ValueError(f"field(s) {twice} given twice, in two spellings")
+    if renames:
+        doc = {renames.get(k, k): v for k, v in doc.items()}
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
     if len(doc) == len(fields):
         return doc
     extra = sorted(set(doc) - set(fields))
-    twice = [_SPELLINGS[spelling(e)] for e in extra if _SPELLINGS.get(spelling(e)) in fields]
-    if twice:
-        raise ValueError(f"field(s) {twice} given twice, in two spellings")
     if contract.strict_fields:
         raise ValueError(f"unexpected field(s) {extra} (--strict_fields)")
     if unknown is not None:
@@ -201,27 +207,7 @@ def _check_fields(
     return doc
 
 
-_SPELLINGS = {spelling(f): f for f in (*TRANSACTION_FIELDS, *LABEL_FIELDS)}
-"""A field's name in any case, with or without underscores -> the contract's
-(:func:`features.limits.spelling`)."""
-
-
-def _respelled(doc: dict, fields: tuple[str, ...]) -> dict:
-    out: dict = {}
-    for key, value in doc.items():
-        name = _SPELLINGS.get(spelling(key)) if type(key) is str else None
-        if name not in fields:
-            name = key
-        if name in out:
-            raise ValueError(f"field(s) {[name]} given twice, in two spellings")
-        out[name] = value
-    missing = [f for f in fields if f not in out]
-    if missing:
-        raise ValueError(f"missing field(s) {missing}")
-    return out
-
-
-_DIGITS = re.compile(r"(0|[1-9][0-9]{0,18})\Z")
+_DIGITS = re.compile(f"({ID_DIGITS})\\Z")
 """An id as text: proto3's JSON mapping writes every int64 as a string of digits (Java's
 JsonFormat, Go's protojson, Python's MessageToJson), as do producers whose ids pass 2**53."""
 

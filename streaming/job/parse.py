@@ -116,14 +116,12 @@ class _Parse(beam.DoFn):
         self.cpu.report()
 
     def _parse(self, payload: Any) -> Any:
-        attributes = None
+        attributes, fields = None, payload
         try:
             if self.schemas is not None:
                 payload, attributes = payload.data, payload.attributes
                 fields = self.schemas(payload, attributes)
-                record = self.parse(fields, self.clock(), unknown=self._unknown)
-            else:
-                record = self.parse(payload, self.clock(), unknown=self._unknown)
+            record = self.parse(fields, self.clock(), unknown=self._unknown)
         except ValueError as exc:  # the schema raises ValueError (UTF-8 and JSON errors too)
             self.counts.add("bad")
             letter = dead_letter(payload, str(exc), self.stage, self.clock, attributes)

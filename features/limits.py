@@ -4,6 +4,9 @@ is refused too, so no training feature counts what the stream never would."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -11,9 +14,50 @@ MAX_AMOUNT = 1e9  # above it, a typo or an attack; and float32 (the model's inpu
 MIN_TIME = datetime(1970, 1, 1)  # event times the engine represents (int64 ns: 1677..2262),
 MAX_TIME = datetime(2200, 1, 1)  # kept to a plausible range
 MAX_ID = 2**63 - 1  # ids are int64 keys, never negative
-ID_DIGITS = "0|[1-9][0-9]{0,18}"
-"""An id written as text (proto3's JSON of an int64, a JSON export's INT64): digits, no sign or
-leading zero; its range is checked as a number's."""
+ID_DIGITS = "0|[1-9][0-9]*"
+"""An id written as a number in text (proto3's JSON of an int64, a JSON export's INT64): digits,
+no sign or leading zero; its range is checked as a number's."""
+MAX_TEXT_ID = 128
+TEXT_ID = (
+    r"^(?!(?:[+-][0-9]+|" + ID_DIGITS + r")$)(?!\s)(?![\s\S]*\s$)"
+    r"[^\u0000-\u001f\u007f]{1," + str(MAX_TEXT_ID) + "}$"
+)
+"""A text id (a card token, a UUID, a zero-padded terminal code ``"000123"``), as the JSON
+Schema's pattern: 1 to 128 characters, no control characters, no space at either end, neither
+an id's digits (a number) nor a signed number (ids are never negative)."""
+_NUMBER = re.compile(f"(?:{ID_DIGITS})\\Z")
+_TEXT = re.compile(TEXT_ID.replace("$", "\\Z"))  # Python's $ also matches before a final \n
+
+
+def text_key(text: str) -> int:
+    """The int64 key of a text id, what the engine keys its state by: the first 8 bytes of the
+    SHA-256 digest of its UTF-8 bytes, big-endian, top bit cleared. Any language and warehouse
+    can compute it (e.g. Node's ``createHash("sha256")``); among ``n`` text ids the chance that
+    two share a key is about ``n**2 / 2**64``."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & MAX_ID
+
+
+@functools.lru_cache(maxsize=1 << 16)  # cards and terminals recur: a hit costs a tenth
+def id_of_text(text: str) -> tuple[int, bool]:
+    """An id given as a string -> (its int64 key, whether it is a text id): digits are the
+    number they write, any other :data:`TEXT_ID` its :func:`text_key`. ``ValueError`` (a
+    reason, without the field's name) for a signed number, a number past 2**63 - 1, spaces at
+    either end, control characters, an empty or longer text."""
+    if _NUMBER.match(text):
+        if len(text) > 19 or int(text) > MAX_ID:
+            raise ValueError(f"must be in [0, 2**63), got {text}")
+        return int(text), False
+    if _TEXT.match(text):
+        return text_key(text), True
+    if not text:
+        raise ValueError("is empty")
+    if text[0] in "+-" and text[1:].isdigit():
+        raise ValueError(f"is a signed number ({text!r}): ids are never negative")
+    if text.strip() != text:
+        raise ValueError(f"has spaces at an end ({text!r})")
+    if len(text) > MAX_TEXT_ID:
+        raise ValueError(f"is {len(text)} characters long, more than {MAX_TEXT_ID}")
+    raise ValueError(f"holds control characters ({text!r})")
 
 
 def spelling(name: str) -> str:

@@ -4,11 +4,14 @@ A history is read from what warehouses and dataframes export, by file name: ``.c
 / ``.jsonl`` / ``.ndjson`` (JSON lines), each optionally ``.gz``, ``.avro`` (an Avro container
 file), anything else parquet. BigQuery's exports are taken as written: ``TIMESTAMP`` as
 ``2018-04-01 07:19:05 UTC`` in CSV and JSON, ``INT64`` as strings of digits in JSON,
-``NUMERIC`` as decimals (parquet, Avro) or decimal strings (JSON).
+``NUMERIC`` as decimals (parquet, Avro) or decimal strings (JSON). Ids held as text (a UUID, a
+card token, ``000123``) are keyed as a message's (:func:`features.limits.id_of_text`); a CSV's
+id columns are read as text, so a zero-padded code stays one.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -16,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from features.limits import ID_DIGITS, MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, respelled
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, id_of_text, respelled
 from features.spec import FeatureSpec
 
 
@@ -70,12 +73,22 @@ def reader(path: str) -> tuple[str, Callable[[BinaryIO], pd.DataFrame]]:
     compression = "gzip" if gz else None
     stem = name[:-3] if gz else name
     if stem.endswith(".csv"):
-        return "CSV", lambda f: pd.read_csv(f, compression=compression)
+        return "CSV", lambda f: _read_csv(f, compression)
     if stem.endswith((".json", ".jsonl", ".ndjson")):
         return "JSON lines", lambda f: _read_json_lines(f, compression)
     if stem.endswith(".avro"):
         return "Avro", _read_avro
     return "parquet", pd.read_parquet
+
+
+def _read_csv(f: BinaryIO, compression: str | None) -> pd.DataFrame:
+    """A CSV with its id columns (in any spelling) read as text, as a message's strings are:
+    ``000123`` is a text id, not 123; other columns' types are inferred."""
+    header = pd.read_csv(f, compression=compression, nrows=0).columns
+    f.seek(0)
+    renames, _ = respelled(header, ID_COLUMNS)
+    ids = {name: str for name in header if name in ID_COLUMNS or name in renames}
+    return pd.read_csv(f, compression=compression, dtype=ids)
 
 
 def _read_json_lines(f: BinaryIO, compression: str | None) -> pd.DataFrame:
@@ -123,7 +136,9 @@ def validate(
         kind = pd.api.types.infer_dtype(values, skipna=True)
         if kind == "decimal":  # parquet or Avro DECIMAL
             df[col] = values = _from_decimals(values, col, source)
-        elif kind == "string" and col != "TX_DATETIME":  # JSON exports: INT64, NUMERIC
+        elif col in ID_COLUMNS and values.dtype.kind not in "biufcmM" and not values.isna().any():
+            df[col] = values = _ids_of_objects(values, col, source)  # text ids, digits, mixed
+        elif kind == "string" and col != "TX_DATETIME":  # JSON exports: NUMERIC
             df[col] = values = _from_text(values, col, source)
         if values.isna().any():
             raise InputError(f"{source}: {int(values.isna().sum())} missing values in {col}")
@@ -185,25 +200,46 @@ def _times(values: pd.Series, source: str) -> pd.Series:
 _BIGQUERY_UTC = r" UTC$"
 """How BigQuery's CSV and JSON exports end a ``TIMESTAMP`` (``2018-04-01 07:19:05 UTC``)."""
 _ZONE = r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
-_DIGITS = f"^({ID_DIGITS})$"
 
 
 def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:
-    """A column of strings (a JSON export's ``INT64`` and ``NUMERIC``) as numbers: ids must be
-    digits, as in a message; other columns decimal numbers."""
+    """A column of strings (a JSON export's ``NUMERIC``) as numbers."""
     if values.isna().any():
         return values  # refused as missing values next
-    if col in ID_COLUMNS:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        text = pa.array(values, type=pa.string())
-        ok = pc.match_substring_regex(text, _DIGITS).to_numpy(zero_copy_only=False)
-        _refuse(values.to_numpy(), ~ok, col, source, "strings of digits")
-        return pd.Series(pc.cast(text, pa.uint64()).to_numpy(), index=values.index)
     numbers = pd.to_numeric(values, errors="coerce")
     _refuse(values.to_numpy(), numbers.isna().to_numpy(), col, source, "numbers")
     return numbers
+
+
+def _ids_of_objects(values: pd.Series, col: str, source: str) -> pd.Series:
+    """An id column of Python objects as int64 keys, each distinct value judged once as a message's
+    id would be: a string is its digits' number or a text id's key
+    (:func:`features.limits.id_of_text`), a UUID (Avro's ``uuid``) its text's, an integer
+    itself. ``InputError`` with the reason for the first refused value."""
+    codes, uniques = pd.factorize(values)
+    keys = np.empty(len(uniques), np.int64)
+    judge = id_of_text.__wrapped__  # distinct values: the stream's cache would only churn
+    bad = np.zeros(len(uniques), bool)
+    reason = ""
+    for i, value in enumerate(uniques.tolist()):
+        try:
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            if isinstance(value, str):
+                keys[i] = judge(value)[0]
+            elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+                keys[i] = value
+            else:
+                raise ValueError(f"is {type(value).__name__} {value!r}")
+        except ValueError as exc:
+            bad[i], reason = True, reason or str(exc)
+    if bad.any():
+        allowed = (
+            "integers in [0, 2**63), strings of their digits or text ids (1 to 128 characters, "
+            f"no control characters or space at an end, no sign; one {reason})"
+        )
+        _refuse(values.to_numpy(), bad[codes], col, source, allowed)
+    return pd.Series(keys[codes], index=values.index)
 
 
 def _from_decimals(values: pd.Series, col: str, source: str) -> pd.Series:

@@ -15,14 +15,16 @@ Label message (fraud feedback, published after the transaction)::
 
 What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset (converted to
 UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
-by default); ids as JSON integers or as strings of their digits (proto3's JSON form of an
-int64); amounts as JSON integers or decimals, or as decimal strings (``"57.16"``, what decimal
-types serialise to); field names in another spelling (case and underscores aside:
-``transaction_id``, ``transactionId``, protobuf's ``TRANSACTIONID``); fields this version does
-not know, which are ignored and reported to an ``unknown`` callback (refused with
-``strict_fields``). Refused,
-with a ``ValueError`` that names the field and the reason: ids that are neither (booleans,
-floats such as ``5.0``, ``"+5"``, ``"05"``), amounts outside [0, :data:`MAX_AMOUNT`], times outside
+by default); ids as JSON integers, as strings of their digits (proto3's JSON form of an int64)
+or as text ids (a card token, a UUID, a zero-padded code ``"000123"``: keyed by
+:func:`features.limits.text_key`, and echoed as sent in alerts); amounts as JSON integers or
+decimals, or as decimal strings (``"57.16"``, what decimal types serialise to); field names in
+another spelling (case and underscores aside: ``transaction_id``, ``transactionId``,
+protobuf's ``TRANSACTIONID``); fields this version does not know, which are ignored and
+reported to an ``unknown`` callback (refused with ``strict_fields``). Refused, with a
+``ValueError`` that names the field and the reason: ids that are none of these (booleans,
+floats such as ``5.0``, negative numbers and ``"-5"``, text with a space at an end or control
+characters, longer than 128 characters), amounts outside [0, :data:`MAX_AMOUNT`], times outside
 [1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, a field given in two spellings,
 payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
@@ -43,7 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from features.incremental import Status
-from features.limits import ID_DIGITS, MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, respelled
+from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, id_of_text, respelled
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 _EPOCH = datetime(1970, 1, 1)
@@ -63,6 +65,7 @@ _TIME = re.compile(_TRANSACTION_SCHEMA["$defs"]["time"]["pattern"])
 _YEAR = re.compile(r"^([0-9]{4})-")
 _FRACTION = re.compile(r"\.(\d{1,9})")
 
+ID_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 TRANSACTION_FIELDS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
 SCORED_COLUMNS = (
     "transaction_id",
@@ -139,10 +142,12 @@ class Transaction:
     terminal_id: int
     amount: float
     received_at: float = 0.0  # processing time (seconds since the epoch) when parsed
-    clear_ids: tuple[int, int] | None = None  # (customer, terminal) before pseudonymisation,
+    clear_ids: tuple[int | str, int | str] | None = None  # (customer, terminal) as sent,
     # kept only when clear ids are asked for in alerts (``--clear_ids_in_alerts``)
     lookups: tuple[float, ...] | None = None  # the spec's looked-up batch features
     # (``spec.lookup_names``), set by ``EnrichFromFeatureStore`` for presets with lookups
+    text_ids: tuple[str | None, str | None, str | None] | None = None  # the (transaction,
+    # customer, terminal) ids sent as text ids, for alerts; the ids above are their keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,24 +212,43 @@ def _check_fields(
     return doc
 
 
-_DIGITS = re.compile(f"({ID_DIGITS})\\Z")
-"""An id as text: proto3's JSON mapping writes every int64 as a string of digits (Java's
-JsonFormat, Go's protojson, Python's MessageToJson), as do producers whose ids pass 2**53."""
-
-
 def _id(doc: dict, name: str) -> int:
-    """An id: a JSON integer, or a string of its digits, in [0, 2**63)."""
+    """An id's int64 key: a JSON integer in [0, 2**63), or a string (:func:`_text_id`)."""
     value = doc[name]
     if type(value) is str:
-        if not _DIGITS.match(value):
-            raise ValueError(f'{name} must be an integer or a string of its digits ("17"), got '
-                             f"str {value!r}")  # fmt: skip
-        value = int(value)
+        return _text_id(value, name)[0]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+        raise ValueError(
+            f"{name} must be an integer or a string, got {type(value).__name__} {value!r}"
+        )
     if not 0 <= value <= MAX_ID:
         raise ValueError(f"{name} must be in [0, 2**63), got {value}")
     return value
+
+
+def _text_id(value: str, name: str) -> tuple[int, bool]:
+    """A string id -> (its key, whether it is a text id): the digits of a number (proto3's JSON
+    of an int64) or a text id, keyed by :func:`features.limits.text_key`."""
+    try:
+        return id_of_text(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
+
+
+def _string_ids(doc: dict) -> tuple[tuple[int, int, int], tuple[str | None, ...] | None]:
+    """The keys of ``doc``'s ids, of which one at least is a string, and those sent as text
+    ids (``None`` when all are numbers)."""
+    keys, texts = [], [None, None, None]
+    for i, name in enumerate(ID_FIELDS):
+        value = doc[name]
+        if type(value) is str:
+            key, is_text = _text_id(value, name)
+            if is_text:
+                texts[i] = value
+        else:
+            key = _id(doc, name)
+        keys.append(key)
+    return (keys[0], keys[1], keys[2]), None if texts == [None, None, None] else tuple(texts)
 
 
 def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
@@ -292,13 +316,23 @@ def parse_transaction(
     has read (:mod:`streaming.pubsub_schemas`); ``ValueError`` says what is wrong."""
     doc = payload if type(payload) is dict else _decode(payload)
     doc = _check_fields(doc, TRANSACTION_FIELDS, contract, unknown)
+    if (
+        str is type(doc["TRANSACTION_ID"])
+        or str is type(doc["CUSTOMER_ID"])
+        or str is type(doc["TERMINAL_ID"])
+    ):  # digits or text ids
+        (transaction, customer, terminal), texts = _string_ids(doc)
+    else:
+        transaction, texts = _id(doc, "TRANSACTION_ID"), None
+        customer, terminal = _id(doc, "CUSTOMER_ID"), _id(doc, "TERMINAL_ID")
     return Transaction(
-        transaction_id=_id(doc, "TRANSACTION_ID"),
+        transaction_id=transaction,
         time_ns=_time(doc, "TX_DATETIME", contract.zone),
-        customer_id=_id(doc, "CUSTOMER_ID"),
-        terminal_id=_id(doc, "TERMINAL_ID"),
+        customer_id=customer,
+        terminal_id=terminal,
         amount=_amount(doc, "TX_AMOUNT"),
         received_at=received_at,
+        text_ids=texts,  # type: ignore[arg-type]
     )
 
 

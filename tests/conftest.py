@@ -7,6 +7,8 @@ Tests that use an emulator fixture get the ``emulator`` marker automatically, te
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -17,6 +19,7 @@ from streaming.local import emulators as emu
 from streaming.local.gcs import anonymous_for_emulator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NODE_PRODUCER = REPO_ROOT / "tests" / "producers" / "node"
 _EMULATOR_FIXTURES = {"emulators", "pubsub_emulator", "bigtable_emulator", "gcs_emulator"}
 
 
@@ -142,3 +145,20 @@ def shared_data() -> Path:
     if not (path / "transactions.parquet").is_file():
         pytest.skip(f"reference data incomplete: {path / 'transactions.parquet'} is missing")
     return path
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """``node``, with the test producer's packages installed (``tests/producers/node``, ``npm
+    ci``), or the test skips (no ``node`` or ``npm`` on PATH)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        reason = "node and npm not found on PATH: the Node.js producer tests need them"
+        print(reason)
+        pytest.skip(reason)
+    modules = NODE_PRODUCER / "node_modules"
+    if not all((modules / name).is_dir() for name in ("@google-cloud/pubsub", "avsc", "ajv")):
+        installed = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_PRODUCER,
+                                   capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    return node

@@ -20,16 +20,18 @@ def _number(value: float) -> float | None:
 def alert_json(scored: Any, features: list[str], clock: Clock = time.time) -> dict:
     """The alert of a scored transaction (see :class:`streaming.job.scoring.Scored`).
 
-    ``features``: the model's input names, in the order of ``scored.features``. Latency is
-    processing time since the message was parsed; feature age since the features were
-    assembled (both in ms, both from ``clock``).
+    Ids are as the producer sent them (a text id as its text), but for pseudonymised card and
+    terminal ids. ``features``: the model's input names, in the order of ``scored.features``.
+    Latency is processing time since the message was parsed; feature age since the features
+    were assembled (both in ms, both from ``clock``).
     """
     tx = scored.tx
     now = clock()
+    texts = tx.text_ids or (None, None, None)  # text ids are echoed as sent, not as their keys
     return {
-        "transaction_id": tx.transaction_id,
-        "customer_id": tx.customer_id,
-        "terminal_id": tx.terminal_id,
+        "transaction_id": texts[0] or tx.transaction_id,
+        "customer_id": texts[1] or tx.customer_id,
+        "terminal_id": texts[2] or tx.terminal_id,
         "score": scored.score,
         "threshold": scored.threshold,
         "model_version": scored.model_version,

@@ -51,6 +51,11 @@ class WorkerPseudonyms:
         # the job's two records are built directly: dataclasses.replace takes twice as long
         if type(record) is Transaction:
             clear = (record.customer_id, record.terminal_id) if self.keep_clear else None
+            texts = record.text_ids
+            if texts is not None:  # the pseudonyms stand for the card and terminal from here
+                if clear is not None:
+                    clear = (texts[1] or record.customer_id, texts[2] or record.terminal_id)
+                texts = None if texts[0] is None else (texts[0], None, None)
             return Transaction(
                 transaction_id=record.transaction_id,
                 time_ns=record.time_ns,
@@ -60,6 +65,7 @@ class WorkerPseudonyms:
                 received_at=record.received_at,
                 clear_ids=clear or record.clear_ids,
                 lookups=record.lookups,
+                text_ids=texts,
             )
         if type(record) is Label:
             return Label(

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pandas as pd
 import pytest
 
 from features import presets
+from features.limits import text_key
 from features.synthetic import transactions
 from features.table import InputError, read_transactions, validate
 from streaming.cli import main
@@ -267,8 +269,8 @@ def test_what_a_text_export_cannot_mean_is_refused(tmp_path):
     df = transactions(n=5)
     with pytest.raises(InputError, match=r"TX_DATETIME holds int64 numbers, not times"):
         validate(df.assign(TX_DATETIME=df["TX_DATETIME"].astype("int64") // 1000), SPEC)
-    ids = df.assign(CUSTOMER_ID=["1", "05", "-3", "4", "5"])
-    with pytest.raises(InputError, match=r"CUSTOMER_ID must be strings of digits.*2 rows"):
+    ids = df.assign(CUSTOMER_ID=["1", "05", "-3", "4", "+5"])  # "05" is a text id
+    with pytest.raises(InputError, match=r"CUSTOMER_ID must be .*text ids.*2 rows are not"):
         validate(ids, SPEC)
     with pytest.raises(InputError, match=r"TX_AMOUNT must be numbers.*\['a lot'\]"):
         validate(df.assign(TX_AMOUNT=["1.5", "2", "a lot", "3", "4"]), SPEC)
@@ -310,3 +312,87 @@ def test_columns_spelled_otherwise_are_read_under_the_contracts_names():
     twice = snake.assign(TRANSACTION_ID=snake["transaction_id"])
     with pytest.raises(InputError, match="column TRANSACTION_ID given twice, in two spellings"):
         validate(twice, SPEC)
+
+
+TEXT_IDS = {
+    "TRANSACTION_ID": lambda i: str(uuid.UUID(int=int(i) + 1)),
+    "CUSTOMER_ID": lambda i: f"card_tok_{i:x}",
+    "TERMINAL_ID": lambda i: f"{i:06d}",  # zero-padded: text, not the number
+}
+
+
+def test_text_ids_are_keyed_as_the_stream_keys_them_in_every_format(tmp_path):
+    """A history keyed by UUIDs, card tokens and zero-padded terminal codes, exported to
+    parquet, CSV, JSON lines and Avro (a ``uuid`` logical type): every format gives each row
+    the keys a message with those ids gets, and digit strings are their numbers."""
+    import fastavro
+
+    df = transactions(n=40)
+    text = df.assign(**{c: df[c].map(f) for c, f in TEXT_IDS.items()})
+    messages = [
+        parse_transaction(json.dumps({c: row[c] for c in TEXT_IDS} | {
+            "TX_DATETIME": row["TX_DATETIME"].isoformat(), "TX_AMOUNT": row["TX_AMOUNT"]}))
+        for row in text.to_dict("records")
+    ]  # fmt: skip
+    expected = sorted((m.transaction_id, m.customer_id, m.terminal_id) for m in messages)
+    text[SPEC.input_columns].to_parquet(tmp_path / "tx.parquet")
+    text[SPEC.input_columns].to_csv(tmp_path / "tx.csv", index=False)
+    text[SPEC.input_columns].to_json(tmp_path / "tx.jsonl", orient="records", lines=True,
+                                     date_format="iso")  # fmt: skip
+    schema = {"type": "record", "name": "Tx", "fields": [
+        {"name": "TRANSACTION_ID", "type": {"type": "string", "logicalType": "uuid"}},
+        {"name": "TX_DATETIME", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "CUSTOMER_ID", "type": "string"}, {"name": "TERMINAL_ID", "type": "string"},
+        {"name": "TX_AMOUNT", "type": "double"}, {"name": "TX_FRAUD", "type": "int"}]}  # fmt: skip
+    records = [
+        r | {"TRANSACTION_ID": uuid.UUID(r["TRANSACTION_ID"]),
+             "TX_DATETIME": r["TX_DATETIME"].tz_localize("UTC").to_pydatetime()}
+        for r in text[SPEC.input_columns].to_dict("records")
+    ]  # fmt: skip
+    with open(tmp_path / "tx.avro", "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records)
+    for name in ("tx.parquet", "tx.csv", "tx.jsonl", "tx.avro"):
+        got = read_transactions([tmp_path / name], SPEC)
+        keys = sorted(zip(*(got[c] for c in TEXT_IDS), strict=True))
+        assert keys == expected, name
+        assert got["TERMINAL_ID"].dtype == "int64"
+    csv_terminals = set(read_transactions([tmp_path / "tx.csv"], SPEC)["TERMINAL_ID"])
+    assert csv_terminals == set(map(text_key, text["TERMINAL_ID"]))  # "000123", never 123
+    digits = validate(df.assign(CUSTOMER_ID=df["CUSTOMER_ID"].astype(str)), SPEC)
+    assert digits["CUSTOMER_ID"].tolist() == validate(df, SPEC)["CUSTOMER_ID"].tolist()
+
+
+def test_a_csv_keeps_zero_padded_ids_as_text_in_any_spelling(tmp_path):
+    df = transactions(n=10)
+    padded = df.assign(TERMINAL_ID=df["TERMINAL_ID"].map(lambda i: f"{i:05d}"))
+    padded.rename(columns=str.lower).to_csv(tmp_path / "tx.csv.gz", index=False)
+    got = read_transactions([tmp_path / "tx.csv.gz"], SPEC)
+    assert sorted(got["TERMINAL_ID"]) == sorted(map(text_key, padded["TERMINAL_ID"]))
+    assert got["CUSTOMER_ID"].tolist() == validate(df, SPEC)["CUSTOMER_ID"].tolist()  # numbers
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("-5", "is a signed number"), (" 5", "has spaces at an end"),
+     ("a\tb", "holds control characters"), ("x" * 129, "is 129 characters long"),
+     ("9" * 20, r"must be in \[0, 2\*\*63\)"), (True, "is bool"), (5.5, "is float")],
+)  # fmt: skip
+def test_an_id_the_stream_refuses_is_refused_with_the_reason(value, reason):
+    df = transactions(n=5)
+    ids = df["CUSTOMER_ID"].astype(object).map(lambda i: f"card_{i}")
+    ids[3] = value
+    with pytest.raises(InputError, match=rf"CUSTOMER_ID must be .*; one {reason}.*1 row is not"):
+        validate(df.assign(CUSTOMER_ID=ids), SPEC)
+    if isinstance(value, str):
+        with pytest.raises(ValueError, match=f"CUSTOMER_ID {reason}"):
+            parse_transaction(json.dumps({"TRANSACTION_ID": 1, "TX_DATETIME": "2018-04-01T00:00:00",
+                                          "CUSTOMER_ID": value, "TERMINAL_ID": 2,
+                                          "TX_AMOUNT": 1.0}))  # fmt: skip
+
+
+def test_a_column_mixing_numbers_and_text_ids_keys_each_as_a_message_would():
+    df = transactions(n=4)
+    mixed = df.assign(CUSTOMER_ID=pd.Series([7, "card_7", "7", 2**62], dtype=object))
+    got = validate(mixed, SPEC).sort_index()
+    by_tx = dict(zip(got["TRANSACTION_ID"], got["CUSTOMER_ID"], strict=True))
+    assert [by_tx[t] for t in df["TRANSACTION_ID"]] == [7, text_key("card_7"), 7, 2**62]

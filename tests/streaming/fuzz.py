@@ -21,7 +21,6 @@ from features.limits import spelling
 from streaming.schema import LABEL_FIELDS, MAX_PAYLOAD_BYTES, TRANSACTION_FIELDS
 
 INT64_MAX = 2**63 - 1
-_ID_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")  # an id as text, proto3's JSON form of an int64
 _DECIMAL_TEXT = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # an amount as text
 ID_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 # The schema accepts event times in [1970, 2200) (the engine holds int64 ns): odd valid times
@@ -144,9 +143,27 @@ def _oversize(draw, docs) -> Message:
     return Message(payload, False, "oversize", "exceeds")
 
 
+def _wrong_id_texts():
+    """Strings that are no id: a signed number, a number past 2**63 - 1, text with a space at
+    an end or a control character, empty, longer than 128 characters (any other string is a
+    text id, and digits are a number)."""
+    word = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF), max_size=6)
+    control = st.characters(max_codepoint=31) | st.just("\x7f")
+    return st.one_of(
+        st.from_regex(r"[+-][0-9]{1,19}", fullmatch=True),
+        st.from_regex(r"[1-9][0-9]{19,24}", fullmatch=True),
+        st.tuples(word, st.sampled_from(" \u00a0\u3000"), st.booleans()).map(
+            lambda t: t[1] + t[0] if t[2] else t[0] + t[1]
+        ),
+        st.tuples(word, control, word).map("".join),
+        st.just(""),
+        st.integers(129, 300).map(lambda n: "x" * n),
+    )
+
+
 def _wrong_id_values():
     return st.one_of(
-        st.text(max_size=8).filter(lambda t: not _ID_TEXT.fullmatch(t)),  # "17" is an id
+        _wrong_id_texts(),  # "17" and "card_5" are ids
         st.floats(),  # 17.0 too: ids are JSON integers
         st.booleans(),
         st.none(),

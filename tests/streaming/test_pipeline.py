@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from apache_beam.testing.test_stream import TestStream as _TestStream  # not a t
 from features import batch, presets
 from features.backfill import backfill
 from features.incremental import Status
+from features.limits import text_key
 from features.spec import FeatureSpec
 from features.synthetic import transactions
 from features.table import validate
@@ -34,14 +36,19 @@ SPEC = presets.BASELINE
 OPTIONS = PipelineOptions([])
 
 
+def _id(value: object) -> int | str:
+    return value if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+
+
 def to_payloads(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The transactions and labels of ``df`` as messages (ids as numbers, or text as given)."""
     txs, labels = [], []
     for row in df.itertuples(index=False):
         tx = {
-            "TRANSACTION_ID": int(row.TRANSACTION_ID),
+            "TRANSACTION_ID": _id(row.TRANSACTION_ID),
             "TX_DATETIME": row.TX_DATETIME.isoformat(),
-            "CUSTOMER_ID": int(row.CUSTOMER_ID),
-            "TERMINAL_ID": int(row.TERMINAL_ID),
+            "CUSTOMER_ID": _id(row.CUSTOMER_ID),
+            "TERMINAL_ID": _id(row.TERMINAL_ID),
             "TX_AMOUNT": float(row.TX_AMOUNT),
         }
         txs.append(json.dumps(tx))
@@ -159,6 +166,39 @@ def test_every_transaction_gets_the_backfill_features_and_the_offline_score(worl
     for alert in alerts:
         assert alert["model_version"] == "v0001" and alert["threshold"] == 0.5
         assert len(alert["reasons"]) == 3 and alert["score"] >= 0.5
+
+
+@pytest.mark.slow
+def test_text_ids_get_the_features_of_their_history_and_alerts_carry_them(world):
+    """A producer keying payments by UUID, cards by token and terminals by a zero-padded code:
+    the history of those texts (read as a table) and the stream of them give every transaction
+    the same features and score, bit for bit, labels included; alerts carry the texts."""
+    df, _, booster, root = world
+    namespace = uuid.UUID("9b2f0c1e-4a8d-4c57-9e3a-2f6d1b7c8e90")
+    text = df.assign(
+        TRANSACTION_ID=[str(uuid.uuid5(namespace, str(i))) for i in df["TRANSACTION_ID"]],
+        CUSTOMER_ID=[f"card_tok_{i:x}" for i in df["CUSTOMER_ID"]],
+        TERMINAL_ID=[f"{i:06d}" for i in df["TERMINAL_ID"]],
+    )
+    keyed = validate(text, SPEC)
+    X = backfill(keyed, SPEC)[SPEC.names].to_numpy()
+    assert X[:, [SPEC.names.index(n) for n in SPEC.label_names]].any()  # labels found their tx
+    txs, labels = to_payloads(text)
+    got = run_core(txs, labels, root)
+    scored = {s.tx.transaction_id: s for s in got["scored"]}
+    assert len(scored) == len(df) and not got["dead_letter"]
+    np.testing.assert_array_equal(
+        np.stack([scored[i].features for i in keyed["TRANSACTION_ID"]]), X
+    )
+    offline = models.predict(booster, X.astype(np.float32))
+    by_key = dict(zip(keyed["TRANSACTION_ID"], offline, strict=True))
+    texts = {text_key(t): t for t in text["TRANSACTION_ID"]}
+    expected = {texts[k] for k, score in by_key.items() if score >= 0.5}
+    assert {a["transaction_id"] for a in got["alerts"]} == expected and expected
+    sent = text.set_index("TRANSACTION_ID")
+    for alert in got["alerts"]:
+        row = sent.loc[alert["transaction_id"]]
+        assert (alert["customer_id"], alert["terminal_id"]) == (row.CUSTOMER_ID, row.TERMINAL_ID)
 
 
 @pytest.mark.slow

@@ -331,8 +331,9 @@ def test_every_copy_of_the_job_step_shares_the_process_memo(
 def test_the_jobs_pseudonymiser_changes_the_ids_and_nothing_else(
     pz: Pseudonymiser, keep_clear: bool
 ) -> None:
-    """Every other field as it was (a transaction's looked-up features and clear ids too);
-    ``keep_clear``: a transaction keeps its clear ids, a label has none to keep."""
+    """Every other field as it was (a transaction's looked-up features, clear ids and text
+    transaction id too); ``keep_clear``: a transaction keeps its clear ids, a label has none
+    to keep."""
     import dataclasses
 
     from streaming.job import ids
@@ -345,7 +346,9 @@ def test_the_jobs_pseudonymiser_changes_the_ids_and_nothing_else(
         note: str = "kept"
 
     step = ids.WorkerPseudonyms(pz, {}, {}, keep_clear=keep_clear)
-    tx = Transaction(5, 10**18, 7, 107, 12.5, received_at=3.25, lookups=(1.0, 2.0))
+    tx = Transaction(
+        5, 10**18, 7, 107, 12.5, received_at=3.25, lookups=(1.0, 2.0), text_ids=("tx-5", None, None)
+    )  # a transaction id sent as text stays for the alert
     earlier = dataclasses.replace(tx, clear_ids=(70, 170))  # clear ids set before
     label = Label(5, 7, 107, 10**18, 10**18 + 9, 1, received_at=4.5)
     for record in (tx, label):  # a field added to the records must be set here, and kept

@@ -127,8 +127,38 @@ def test_a_teams_own_schema_with_unions_decimals_and_local_times() -> None:
         assert tx.time_ns == time_ns(datetime(2018, 8, 15, 10, 2)) and tx.amount == 57.16
     assert unknown == [["CHANNEL"], ["CHANNEL"]]
     record["CUSTOMER_ID"] = None
-    with pytest.raises(ValueError, match="CUSTOMER_ID must be an integer, got NoneType"):
+    with pytest.raises(
+        ValueError, match="CUSTOMER_ID must be an integer or a string, got NoneType"
+    ):
         parse_transaction(decode(avro_bytes(schema, record), attributes()))
+
+
+def test_a_schema_with_uuid_and_string_ids_gives_text_ids() -> None:
+    """A team whose schema keys payments by a ``uuid`` (Avro's logical type) and cards and
+    terminals by strings: the ids are text ids, keyed by their text, kept for the alert."""
+    from uuid import UUID
+
+    from features.limits import text_key
+
+    text = {"type": "string"}
+    fields = {"TRANSACTION_ID": {"type": "string", "logicalType": "uuid"}, "CUSTOMER_ID": text,
+              "TERMINAL_ID": text}  # fmt: skip
+    schema = TX_AVSC | {
+        "fields": [f | {"type": fields.get(f["name"], f["type"])} for f in TX_AVSC["fields"]]
+    }
+    tid = UUID("9b2f0c1e-4a8d-4c57-9e3a-2f6d1b7c8e90")
+    record = TX | {"TRANSACTION_ID": tid, "CUSTOMER_ID": "card_tok_17", "TERMINAL_ID": "0033"}
+    decode = SchemaDecoder(Service({"r1": schema}))
+    for encoding in ("BINARY", "JSON"):
+        if encoding == "BINARY":
+            data = avro_bytes(schema, record)
+        else:
+            out = io.StringIO()
+            fastavro.json_writer(out, fastavro.parse_schema(schema), [record])
+            data = out.getvalue().encode()
+        tx = parse_transaction(decode(data, attributes(encoding=encoding)))
+        assert tx.text_ids == (str(tid), "card_tok_17", "0033")
+        assert (tx.transaction_id, tx.customer_id) == (text_key(str(tid)), text_key("card_tok_17"))
 
 
 def test_a_schema_with_snake_case_names_is_read_under_the_contracts_names() -> None:

@@ -38,8 +38,8 @@ def test_label_round_trip() -> None:
         (b"[1]", "JSON object"),
         (json.dumps({k: v for k, v in TX.items() if k != "TX_AMOUNT"}), "missing"),
         (json.dumps({**TX, "CUSTOMER_ID": 5.0}), "CUSTOMER_ID must be an integer"),
-        (json.dumps({**TX, "CUSTOMER_ID": "5.0"}), "CUSTOMER_ID must be an integer or a string of"),
-        (json.dumps({**TX, "CUSTOMER_ID": "-5"}), r"its digits \(\"17\"\), got str '-5'"),
+        (json.dumps({**TX, "CUSTOMER_ID": None}), "CUSTOMER_ID must be an integer or a string"),
+        (json.dumps({**TX, "CUSTOMER_ID": "-5"}), "CUSTOMER_ID is a signed number"),
         (json.dumps({**TX, "CUSTOMER_ID": str(2**63)}), r"must be in \[0, 2\*\*63\)"),
         (json.dumps({**TX, "CUSTOMER_ID": True}), "CUSTOMER_ID must be an integer"),
         (json.dumps({**TX, "TX_AMOUNT": -1}), "finite and >= 0"),
@@ -61,6 +61,45 @@ def test_ids_written_as_strings_of_digits_are_the_same_ids() -> None:
     assert parse_transaction(json.dumps(as_text)) == parse_transaction(json.dumps(TX))
     big = parse_transaction(json.dumps({**TX, "CUSTOMER_ID": str(2**63 - 1)}))
     assert big.customer_id == 2**63 - 1
+
+
+def test_a_services_uuid_and_token_ids_are_text_ids_keyed_alike_in_labels() -> None:
+    """A FastAPI service's model with a UUID transaction id, a card token and a terminal code:
+    pydantic writes each as a string; the job keys them by their text and keeps it for the
+    alert, and the service's label of that transaction carries the same keys."""
+    from uuid import UUID, uuid4
+
+    from pydantic import BaseModel
+
+    from features.limits import text_key
+
+    class Payment(BaseModel):
+        transaction_id: UUID
+        tx_datetime: datetime
+        customer_id: str
+        terminal_id: str
+        tx_amount: float
+
+    class Outcome(BaseModel):
+        transaction_id: UUID
+        customer_id: str
+        terminal_id: str
+        tx_datetime: datetime
+        label_datetime: datetime
+        tx_fraud: bool
+
+    at, tid = datetime(2018, 8, 15, 10, 2, tzinfo=UTC), uuid4()
+    ids = {"transaction_id": tid, "customer_id": "card_1NqL8e2eZvKYlo2C", "terminal_id": "00042"}
+    tx = parse_transaction(Payment(**ids, tx_datetime=at, tx_amount=12.5).model_dump_json())
+    assert tx.text_ids == (str(tid), "card_1NqL8e2eZvKYlo2C", "00042")
+    assert (tx.transaction_id, tx.customer_id, tx.terminal_id) == tuple(map(text_key, tx.text_ids))
+    label = parse_label(
+        Outcome(**ids, tx_datetime=at, label_datetime=at, tx_fraud=True).model_dump_json()
+    )
+    assert (label.transaction_id, label.customer_id, label.terminal_id, label.fraud) == (
+        tx.transaction_id, tx.customer_id, tx.terminal_id, 1,
+    )  # fmt: skip
+    assert UUID(tx.text_ids[0]) == tid
 
 
 def test_an_amount_as_a_decimal_string_is_the_same_amount() -> None:

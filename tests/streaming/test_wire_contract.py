@@ -12,12 +12,15 @@ February has no 30th) and a field given in two spellings. The other way round,
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
+from features.limits import TEXT_ID, text_key
 from streaming.schema import (
     LABEL_FIELDS,
     TRANSACTION_FIELDS,
@@ -35,6 +38,7 @@ REGISTRY = Registry().with_resources(
 )
 VALIDATORS = {k: Draft202012Validator(s, registry=REGISTRY) for k, s in SCHEMAS.items()}
 PARSERS = {"transaction": parse_transaction, "label": parse_label}
+NODE_PRODUCER = Path(__file__).resolve().parents[1] / "producers" / "node"
 
 TX = {"TRANSACTION_ID": 17, "TX_DATETIME": "2018-08-15T10:02:00", "CUSTOMER_ID": 5,
       "TERMINAL_ID": 33, "TX_AMOUNT": 57.16}  # fmt: skip
@@ -54,6 +58,18 @@ SPELLED = [
                "txFraud": True}),
 ]  # fmt: skip
 """Accepted with each field under another spelling of its name (case and underscores aside)."""
+TEXT_IDS = [
+    ("transaction", {**TX, "TRANSACTION_ID": "9b2f0c1e-4a8d-4c57-9e3a-2f6d1b7c8e90",
+                     "CUSTOMER_ID": "card_1NqL8e2eZvKYlo2C", "TERMINAL_ID": "000123"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "05"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "5.0"}),
+    ("transaction", {**TX, "TERMINAL_ID": "Caf\u00e9 du Coin #7"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "x" * 128}),
+    ("label", {**LABEL, "TRANSACTION_ID": "9b2f0c1e-4a8d-4c57-9e3a-2f6d1b7c8e90",
+               "CUSTOMER_ID": "card_1NqL8e2eZvKYlo2C", "TERMINAL_ID": "000123"}),
+]  # fmt: skip
+"""Accepted with text ids: a UUID, a card token, a zero-padded code (text, not 123), any text
+that is not a number's digits."""
 
 CASES = [
     ("transaction", TX),
@@ -80,12 +96,16 @@ CASES = [
     ("transaction", {**TX, "CUSTOMER_ID": "5"}),
     ("transaction", {**TX, "TRANSACTION_ID": "9223372036854775807"}),
     ("transaction", {**TX, "TRANSACTION_ID": "9223372036854775808"}),
-    ("transaction", {**TX, "CUSTOMER_ID": "05"}),
+    *TEXT_IDS,
     ("transaction", {**TX, "CUSTOMER_ID": "+5"}),
     ("transaction", {**TX, "CUSTOMER_ID": "-5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "-05"}),
     ("transaction", {**TX, "CUSTOMER_ID": " 5"}),
-    ("transaction", {**TX, "CUSTOMER_ID": "5.0"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "card 5 "}),
+    ("transaction", {**TX, "CUSTOMER_ID": "card\t5"}),
+    ("transaction", {**TX, "CUSTOMER_ID": "x" * 129}),
     ("transaction", {**TX, "CUSTOMER_ID": ""}),
+    ("transaction", {**TX, "CUSTOMER_ID": "123456789012345678901"}),
     ("label", {**LABEL, "TRANSACTION_ID": "17", "TERMINAL_ID": "33"}),
     ("transaction", {**TX, "CUSTOMER_ID": -5}),
     ("transaction", {**TX, "CUSTOMER_ID": 5.0}),
@@ -196,3 +216,54 @@ def test_unknown_fields_are_reported_or_with_strict_fields_refused() -> None:
     assert len(seen) == 1  # nothing reported for a message without unknown fields
     with pytest.raises(ValueError, match=r"unexpected field\(s\) \['CHANNEL', 'CURRENCY'\]"):
         parse_transaction(payload, contract=WireContract(strict_fields=True))
+
+
+def test_a_text_id_is_keyed_by_its_sha256_and_kept_as_sent_while_digits_are_numbers() -> None:
+    _, doc = TEXT_IDS[0]
+    tx = parse_transaction(json.dumps(doc))
+    texts = (doc["TRANSACTION_ID"], doc["CUSTOMER_ID"], doc["TERMINAL_ID"])
+    assert (tx.transaction_id, tx.customer_id, tx.terminal_id) == tuple(map(text_key, texts))
+    assert tx.text_ids == texts
+    assert text_key("000123") != 123 and 0 <= text_key("000123") < 2**63
+    label = parse_label(json.dumps(TEXT_IDS[-1][1]))  # the same ids in a label: the same keys
+    assert (label.transaction_id, label.customer_id, label.terminal_id) == tuple(
+        map(text_key, texts)
+    )
+    mixed = parse_transaction(json.dumps({**TX, "TRANSACTION_ID": "17", "CUSTOMER_ID": "05"}))
+    assert mixed.transaction_id == 17 and mixed.text_ids == (None, "05", None)
+    assert parse_transaction(json.dumps({**TX, "CUSTOMER_ID": "5"})).text_ids is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("-5", "CUSTOMER_ID is a signed number"), (" 5", "CUSTOMER_ID has spaces at an end"),
+     ("a\tb", "CUSTOMER_ID holds control characters"), ("", "CUSTOMER_ID is empty"),
+     ("x" * 129, "CUSTOMER_ID is 129 characters long, more than 128"),
+     ("9" * 20, r"CUSTOMER_ID must be in \[0, 2\*\*63\)")],
+)  # fmt: skip
+def test_a_string_that_is_no_id_is_refused_with_the_reason(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_transaction(json.dumps({**TX, "CUSTOMER_ID": text}))
+
+
+def test_the_schema_states_the_text_id_rule_the_parser_applies() -> None:
+    patterns = [a.get("pattern") for a in SCHEMAS["transaction"]["$defs"]["id"]["oneOf"]]
+    assert TEXT_ID in patterns
+
+
+def test_a_node_producers_own_validator_and_hash_agree_with_the_contract(node: str) -> None:
+    """Ajv (ECMAScript regular expressions, as a JavaScript service validates) reaches the
+    Python validator's verdict on every case, and node:crypto computes the key a text id gets
+    from the rule the schema states."""
+    texts = sorted({v for _, doc in TEXT_IDS for v in doc.values() if isinstance(v, str)} - {
+        TX["TX_DATETIME"], LABEL["TX_DATETIME"], LABEL["LABEL_DATETIME"]})  # fmt: skip
+    request = {"schemas": SCHEMAS, "cases": [{"kind": k, "doc": d} for k, d in CASES],
+               "texts": texts}  # fmt: skip
+    done = subprocess.run([node, "wire_contract.mjs"], input=json.dumps(request), cwd=NODE_PRODUCER,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    python = [VALIDATORS[kind].is_valid(doc) for kind, doc in CASES]
+    assert answer["valid"] == python
+    assert sum(python) > len(TEXT_IDS)  # accepted and refused cases alike
+    assert [int(k) for k in answer["keys"]] == [text_key(t) for t in texts]

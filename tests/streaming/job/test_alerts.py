@@ -24,10 +24,13 @@ def _scored(
     transaction_id: int,
     score: float,
     status: Status = Status.OK,
-    clear_ids: tuple[int, int] | None = None,
+    clear_ids: tuple[int | str, int | str] | None = None,
+    text_ids: tuple[str | None, str | None, str | None] | None = None,
 ) -> Scored:
     """Parsed 0.5 s and assembled 0.25 s before ``NOW``; the second feature NaN."""
-    tx = Transaction(transaction_id, time_ns(EVENT), 5, 33, 57.16, NOW - 0.5, clear_ids)
+    tx = Transaction(
+        transaction_id, time_ns(EVENT), 5, 33, 57.16, NOW - 0.5, clear_ids, text_ids=text_ids
+    )
     reasons = (("TX_AMOUNT", 57.16, 1.5), ("CUSTOMER_ID_NB_TX_1DAY_WINDOW", float("nan"), 0.25))
     return Scored(
         tx=tx,
@@ -42,7 +45,7 @@ def _scored(
     )
 
 
-def _alert(transaction_id: int, score: float) -> dict:
+def _alert(transaction_id: int | str, score: float) -> dict:
     return {
         "transaction_id": transaction_id,
         "customer_id": 5,
@@ -73,12 +76,16 @@ def test_alerts_at_or_above_the_threshold_for_accepted_transactions_only() -> No
         _scored(4, 0.7, Status.LATE),  # late but accepted: alerts
         _scored(5, 0.99, Status.TOO_LATE),  # rejected: never alerts
         _scored(6, 0.8, clear_ids=(105, 133)),  # the clear ids the job kept for investigators
+        _scored(7, 0.8, text_ids=("txn-7", None, "0033")),  # text ids: echoed as sent
+        _scored(8, 0.8, clear_ids=("card_tok", 133), text_ids=("txn-8", None, None)),
     ]
     expected = [
         _alert(1, 0.9),
         _alert(2, 0.5),
         _alert(4, 0.7),
         _alert(6, 0.8) | {"customer_id_clear": 105, "terminal_id_clear": 133},
+        _alert("txn-7", 0.8) | {"terminal_id": "0033"},
+        _alert("txn-8", 0.8) | {"customer_id_clear": "card_tok", "terminal_id_clear": 133},
     ]
     with batch_pipeline() as p:
         alerts = p | Create([scored[:2], scored[2:]]) | Alerts(FEATURES, clock=lambda: NOW)

@@ -183,6 +183,50 @@ def test_with_ids_records_leave_pseudonymised_and_dead_letters_keep_the_payload(
     p.run().wait_until_finish()
 
 
+def test_text_ids_are_pseudonymised_by_their_keys_and_kept_as_sent_for_alerts(
+    monkeypatch,
+) -> None:
+    """A card token and a zero-padded terminal code become the pseudonyms of their keys, as a
+    label's do; the clear ids kept for investigators are the text, and the transaction's own
+    text id stays for its alert (it is never pseudonymised)."""
+    from features.limits import text_key
+    from streaming.job.ids import PseudonymiseIds
+    from streaming.pseudonymise import ENV_KEY, ENV_KEY_SECRET, Pseudonymiser
+
+    key = bytes(range(32))
+    monkeypatch.delenv(ENV_KEY_SECRET, raising=False)
+    monkeypatch.setenv(ENV_KEY, key.hex())
+    pz = Pseudonymiser(key)
+    texts = {"TRANSACTION_ID": "txn-8f14e45f", "CUSTOMER_ID": "card_tok_9Xq", "TERMINAL_ID": "0033"}
+    p = batch_pipeline()
+    for keep_clear in (False, True):
+        ids = PseudonymiseIds(keep_clear=keep_clear)
+        txs = (
+            p
+            | f"Transactions{keep_clear}" >> Create([json.dumps(TX | texts)])
+            | f"ParseTransactions{keep_clear}"
+            >> ParseAndValidate(parse_transaction, "parse_transactions", lambda: NOW, ids)
+        )
+        customer, terminal = pz.customer(text_key("card_tok_9Xq")), pz.terminal(text_key("0033"))
+        expected = Transaction(
+            text_key("txn-8f14e45f"), TX_NS, customer, terminal, 57.16, received_at=NOW,
+            clear_ids=("card_tok_9Xq", "0033") if keep_clear else None,
+            text_ids=("txn-8f14e45f", None, None),
+        )  # fmt: skip
+        assert_that(txs.records, equal_to([expected]), label=f"Transactions{keep_clear}")
+    labels = (
+        p
+        | "Labels" >> Create([json.dumps(LABEL | texts)])
+        | "ParseLabels" >> ParseAndValidate(parse_label, "parse_labels", lambda: NOW, ids)
+    )
+    assert_that(
+        labels.records | Map(lambda r: (r.transaction_id, r.customer_id, r.terminal_id)),
+        equal_to([(text_key("txn-8f14e45f"), customer, terminal)]),
+        label="Labels",
+    )
+    p.run().wait_until_finish()
+
+
 def test_records_land_in_the_window_of_their_event_time_in_any_windowing() -> None:
     """In the global window (a Pub/Sub read's) and in event-time windows of the input: a record
     is assigned by its own time, not by the payload's."""

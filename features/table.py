@@ -117,8 +117,9 @@ def validate(
 
     Raises :class:`InputError` for missing columns, unparsable timestamps, missing or
     non-finite values, values a message could not hold (:mod:`features.limits`: ids that are
-    not integers in [0, 2**63), amounts outside [0, ``MAX_AMOUNT``], ``TX_FRAUD`` other than 0
-    or 1, times outside [``MIN_TIME``, ``MAX_TIME``)), and duplicate ``TRANSACTION_ID``.
+    neither integers in [0, 2**63) nor text ids, amounts outside [0, ``MAX_AMOUNT``],
+    ``TX_FRAUD`` other than 0 or 1, times outside [``MIN_TIME``, ``MAX_TIME``)), and duplicate
+    ``TRANSACTION_ID`` (named as the table has them). Text ids become their keys.
     """
     if any(c not in df.columns for c in spec.input_columns):
         df = _respelled(df, spec.input_columns, source)
@@ -131,6 +132,7 @@ def validate(
     if getattr(df["TX_DATETIME"].dtype, "tz", None) is not None:  # as the stream reads offsets
         df["TX_DATETIME"] = df["TX_DATETIME"].dt.tz_convert("UTC").dt.tz_localize(None)
     df["TX_DATETIME"] = df["TX_DATETIME"].astype("datetime64[ns]")
+    as_given = df["TRANSACTION_ID"]  # for the error of a duplicate: a text id, not its key
     for col in spec.input_columns:
         values = df[col]
         kind = pd.api.types.infer_dtype(values, skipna=True)
@@ -151,14 +153,18 @@ def validate(
             df[col] = _ids(values.to_numpy(), col, source)
         else:
             _check_range(values.to_numpy(), col, source)
-    return _unique(df, source, sort)
+    return _unique(df, source, sort, as_given)
 
 
-def _unique(df: pd.DataFrame, source: str, sort: bool) -> pd.DataFrame:
-    """``df`` (checked) refused for a duplicate ``TRANSACTION_ID``; sorted by it if ``sort``."""
+def _unique(
+    df: pd.DataFrame, source: str, sort: bool, as_given: pd.Series | None = None
+) -> pd.DataFrame:
+    """``df`` (checked) refused for a duplicate ``TRANSACTION_ID`` (shown as in ``as_given``,
+    the column before its ids were keyed); sorted by it if ``sort``."""
     dup = df["TRANSACTION_ID"].duplicated(keep=False)
     if dup.any():
-        ids = sorted(df.loc[dup, "TRANSACTION_ID"].unique().tolist())
+        shown = df["TRANSACTION_ID"] if as_given is None else as_given
+        ids = sorted(shown[dup].unique().tolist(), key=lambda v: (type(v) is str, v))
         raise InputError(f"{source}: {len(ids)} duplicate TRANSACTION_IDs, e.g. {ids[:5]}")
     if sort:
         df = df.sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)

@@ -396,3 +396,10 @@ def test_a_column_mixing_numbers_and_text_ids_keys_each_as_a_message_would():
     got = validate(mixed, SPEC).sort_index()
     by_tx = dict(zip(got["TRANSACTION_ID"], got["CUSTOMER_ID"], strict=True))
     assert [by_tx[t] for t in df["TRANSACTION_ID"]] == [7, text_key("card_7"), 7, 2**62]
+
+
+def test_a_duplicate_text_id_is_named_as_the_table_has_it():
+    df = transactions(n=4)
+    ids = pd.Series(["tx-a", "tx-b", "tx-a", "tx-c"], dtype=object)
+    with pytest.raises(InputError, match=r"1 duplicate TRANSACTION_IDs, e.g. \['tx-a'\]"):
+        validate(df.assign(TRANSACTION_ID=ids), SPEC)

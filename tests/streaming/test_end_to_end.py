@@ -47,7 +47,7 @@ BAD = [
     json.dumps({"TRANSACTION_ID": 10**7}).encode(),
     json.dumps({"TRANSACTION_ID": 10**7 + 1, "TX_DATETIME": "2018-04-05T00:00:00",
                 "CUSTOMER_ID": 1, "TERMINAL_ID": 2, "TX_AMOUNT": -5.0}).encode(),
-    json.dumps({"TRANSACTION_ID": "x", "TX_DATETIME": "2018-04-05T00:00:00",
+    json.dumps({"TRANSACTION_ID": "x ", "TX_DATETIME": "2018-04-05T00:00:00",
                 "CUSTOMER_ID": 1, "TERMINAL_ID": 2, "TX_AMOUNT": 5.0}).encode(),
     b'{"TRANSACTION_ID": 10000002, "TX_DATETIME": "2018-04-05T00:00:00", "CUSTOMER_ID": 1, '
     b'"TERMINAL_ID": 2, "TX_AMOUNT": NaN}',

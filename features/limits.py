@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -58,6 +59,39 @@ def id_of_text(text: str) -> tuple[int, bool]:
     if len(text) > MAX_TEXT_ID:
         raise ValueError(f"is {len(text)} characters long, more than {MAX_TEXT_ID}")
     raise ValueError(f"holds control characters ({text!r})")
+
+
+EPOCH_UNITS = ((1e11, 10**9), (1e14, 10**6), (1e17, 10**3), (math.inf, 1))
+"""A time given as a number since the epoch (UTC): its unit told by its size, as (below this,
+nanoseconds per unit): seconds, milliseconds, microseconds, nanoseconds. The times of
+[:data:`MIN_EPOCH_NS`, :data:`MAX_TIME`) lie in a range of their own in each unit, so the size
+is never ambiguous."""
+MIN_EPOCH_NS = 10**17  # 1973-03-03T09:46:40Z: 1e8 s, 1e11 ms, 1e14 µs, 1e17 ns
+MAX_TIME_NS = (MAX_TIME - datetime(1970, 1, 1)).days * 86_400 * 10**9
+
+
+def epoch_ns(value: int | float) -> int:
+    """Nanoseconds since the epoch of a time given as a number (:data:`EPOCH_UNITS`): exact for
+    an integer, to the microsecond for a fraction (``1534327320.123``, what ``time.time()`` and
+    Jackson's ``Instant`` write). ``ValueError`` (a reason) outside [1973-03-03, 2200)."""
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(_EPOCH_RANGE + f", got {value!r}")
+    unit = next(ns for below, ns in EPOCH_UNITS if value < below)
+    if type(value) is int:
+        ns = value * unit
+    elif unit >= 1_000:
+        ns = round(value * (unit // 1_000)) * 1_000  # exact for up to 6 decimals of a second
+    else:
+        ns = round(value)
+    if not MIN_EPOCH_NS <= ns < MAX_TIME_NS:
+        raise ValueError(_EPOCH_RANGE + f", got {value!r}")
+    return ns
+
+
+_EPOCH_RANGE = (
+    "must be a time since the epoch in [1973-03-03, 2200), in seconds, milliseconds, "
+    "microseconds or nanoseconds"
+)
 
 
 def spelling(name: str) -> str:

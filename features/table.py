@@ -19,7 +19,17 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, id_of_text, respelled
+from features.limits import (
+    EPOCH_UNITS,
+    MAX_AMOUNT,
+    MAX_ID,
+    MAX_TIME,
+    MAX_TIME_NS,
+    MIN_EPOCH_NS,
+    MIN_TIME,
+    id_of_text,
+    respelled,
+)
 from features.spec import FeatureSpec
 
 
@@ -182,13 +192,15 @@ def _respelled(df: pd.DataFrame, columns: Sequence[str], source: str) -> pd.Data
 
 def _times(values: pd.Series, source: str) -> pd.Series:
     """Text or object times as datetimes (UTC where an offset or BigQuery's `` UTC`` is given);
-    numbers are refused: their unit is not known."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        raise InputError(
-            f"{source}: TX_DATETIME holds {values.dtype} numbers, not times: export it as a "
-            "timestamp (a BigQuery export to Avro needs use_avro_logical_types)"
-        )
+    numbers (or strings of their digits) as times since the epoch, as a message's
+    (:func:`_from_epoch`)."""
+    if pd.api.types.is_bool_dtype(values):
+        raise InputError(f"{source}: TX_DATETIME holds booleans, not times")
+    if pd.api.types.is_numeric_dtype(values):
+        return _from_epoch(values, source)
     if pd.api.types.infer_dtype(values, skipna=True) == "string":
+        if not values.isna().any() and values.str.fullmatch(_EPOCH_DIGITS).all():
+            return _from_epoch(values.astype(np.int64), source)  # proto3's JSON of an int64
         iso = values.str.replace(_BIGQUERY_UTC, "+00:00", regex=True)
         zoned = iso.str.contains(_ZONE, na=False)
         if zoned.all() or not zoned.any():  # naive among zoned: which zone? (refused below)
@@ -203,9 +215,37 @@ def _times(values: pd.Series, source: str) -> pd.Series:
     return parsed
 
 
+def _from_epoch(values: pd.Series, source: str) -> pd.Series:
+    """Numbers since the epoch as naive UTC datetimes, each read as a message's
+    (:func:`features.limits.epoch_ns`: the unit by the size, a fraction to the microsecond);
+    ``InputError`` for those outside [1973-03-03, 2200)."""
+    if values.isna().any():
+        raise InputError(f"{source}: {int(values.isna().sum())} missing values in TX_DATETIME")
+    v = values.to_numpy()
+    sizes = [v < below for below, _ in EPOCH_UNITS[:-1]]
+    unit = np.select(sizes, [ns for _, ns in EPOCH_UNITS[:-1]], 1).astype(np.int64)
+    if v.dtype.kind == "f":  # as epoch_ns: to the microsecond, or the nanosecond in ns
+        bad = ~np.isfinite(v) | (v < 0) | (v >= MAX_TIME_NS)
+        v = np.where(bad, 0.0, v)
+        micro = unit >= 1_000
+        whole = np.rint(np.where(micro, v * (unit // 1_000), v)).astype(np.int64)
+        ns = whole * np.where(micro, 1_000, 1)
+    else:
+        bad = (v < 0) | (v >= MAX_TIME_NS)  # before the product, which could overflow
+        ns = np.where(bad, 0, v).astype(np.int64) * unit
+    bad |= (ns < MIN_EPOCH_NS) | (ns >= MAX_TIME_NS)
+    allowed = (
+        "a time since the epoch in [1973-03-03, 2200) (in seconds, milliseconds, microseconds "
+        "or nanoseconds, told by its size)"
+    )
+    _refuse(values.to_numpy(), bad, "TX_DATETIME", source, allowed)
+    return pd.Series(ns.astype("datetime64[ns]"), index=values.index)
+
+
 _BIGQUERY_UTC = r" UTC$"
 """How BigQuery's CSV and JSON exports end a ``TIMESTAMP`` (``2018-04-01 07:19:05 UTC``)."""
 _ZONE = r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"
+_EPOCH_DIGITS = r"[1-9][0-9]{8,18}"  # the wire contract's time as a string of digits
 
 
 def _from_text(values: pd.Series, col: str, source: str) -> pd.Series:

@@ -14,19 +14,19 @@ Label message (fraud feedback, published after the transaction)::
      "TX_FRAUD": 1}
 
 What real producers write is accepted: times in RFC 3339 with ``Z`` or an offset (converted to
-UTC, up to nanoseconds) or naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC
-by default); ids as JSON integers, as strings of their digits (proto3's JSON form of an int64)
-or as text ids (a card token, a UUID, a zero-padded code ``"000123"``: keyed by
-:func:`features.limits.text_key`, and echoed as sent in alerts); amounts as JSON integers or
-decimals, or as decimal strings (``"57.16"``, what decimal types serialise to); field names in
-another spelling (case and underscores aside: ``transaction_id``, ``transactionId``,
-protobuf's ``TRANSACTIONID``); fields this version does not know, which are ignored and
-reported to an ``unknown`` callback (refused with ``strict_fields``). Refused, with a
-``ValueError`` that names the field and the reason: ids that are none of these (booleans,
-floats such as ``5.0``, negative numbers and ``"-5"``, text with a space at an end or control
-characters, longer than 128 characters), amounts outside [0, :data:`MAX_AMOUNT`], times outside
-[1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, a field given in two spellings,
-payloads over :data:`MAX_PAYLOAD_BYTES`.
+UTC, up to nanoseconds), naive ISO 8601 (read in :attr:`WireContract.naive_time_zone`, UTC by
+default) or as numbers since the epoch in any unit (:func:`features.limits.epoch_ns`); ids as
+JSON integers, as strings of their digits (proto3's JSON form of an int64) or as text ids (a
+card token, a UUID, a zero-padded code ``"000123"``: keyed by :func:`features.limits.text_key`,
+and echoed as sent in alerts); amounts as JSON integers or decimals, or as decimal strings
+(``"57.16"``, what decimal types serialise to); field names in another spelling (case and
+underscores aside: ``transaction_id``, ``transactionId``, protobuf's ``TRANSACTIONID``); fields
+this version does not know, which are ignored and reported to an ``unknown`` callback (refused
+with ``strict_fields``). Refused, with a ``ValueError`` that names the field and the reason: ids
+that are none of these (booleans, floats such as ``5.0``, negative numbers and ``"-5"``, text
+with a space at an end or control characters, longer than 128 characters), amounts outside [0,
+:data:`MAX_AMOUNT`], times outside [1970, 2200), ``TX_FRAUD`` other than 0, 1, false or true, a
+field given in two spellings, payloads over :data:`MAX_PAYLOAD_BYTES`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 from features.incremental import Status
-from features.limits import MAX_AMOUNT, MAX_ID, MAX_TIME, MIN_TIME, id_of_text, respelled
+from features.limits import (
+    MAX_AMOUNT,
+    MAX_ID,
+    MAX_TIME,
+    MIN_TIME,
+    epoch_ns,
+    id_of_text,
+    respelled,
+)
 
 MAX_PAYLOAD_BYTES = 16 * 1024
 _EPOCH = datetime(1970, 1, 1)
@@ -61,7 +69,9 @@ def load_schema(kind: str) -> dict:
 _TRANSACTION_SCHEMA = load_schema("transaction")
 WIRE_VERSION: str = _TRANSACTION_SCHEMA["version"]
 """The version of the wire contract (both schemas carry it)."""
-_TIME = re.compile(_TRANSACTION_SCHEMA["$defs"]["time"]["pattern"])
+_TIME_FORMS = _TRANSACTION_SCHEMA["$defs"]["time"]["oneOf"]
+_TIME = re.compile(_TIME_FORMS[0]["pattern"])
+_EPOCH_DIGITS = re.compile(_TIME_FORMS[2]["pattern"].replace("$", r"\Z"))
 _YEAR = re.compile(r"^([0-9]{4})-")
 _FRACTION = re.compile(r"\.(\d{1,9})")
 
@@ -252,11 +262,20 @@ def _string_ids(doc: dict) -> tuple[tuple[int, int, int], tuple[str | None, ...]
 
 
 def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
-    """Epoch nanoseconds (UTC) of an RFC 3339 or naive ISO 8601 time (see the schemas)."""
+    """Epoch nanoseconds (UTC) of an RFC 3339 or naive ISO 8601 time, or of a number since the
+    epoch (its unit told by its size, :func:`features.limits.epoch_ns`; also as a string of
+    digits, proto3's JSON of an ``int64``)."""
     value = doc[name]
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be an RFC 3339 time string, got {type(value).__name__}")
+    if type(value) is not str:
+        if type(value) is int or type(value) is float:
+            return _epoch(value, name)
+        raise ValueError(
+            f"{name} must be an RFC 3339 time or a number since the epoch, got "
+            f"{type(value).__name__} {value!r}"
+        )
     if not _TIME.match(value):
+        if _EPOCH_DIGITS.match(value):
+            return _epoch(int(value), name)
         year = _YEAR.match(value)
         if year and not MIN_TIME.year <= int(year.group(1)) < MAX_TIME.year:
             raise ValueError(
@@ -284,6 +303,13 @@ def _time(doc: dict, name: str, zone: ZoneInfo | None) -> int:
             f"{name} must be in [{MIN_TIME:%Y-%m-%d}, {MAX_TIME:%Y-%m-%d}) UTC, got {doc[name]!r}"
         )
     return time_ns(dt) + nanos
+
+
+def _epoch(value: int | float, name: str) -> int:
+    try:
+        return epoch_ns(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")

@@ -267,8 +267,8 @@ def test_bigquery_exports_in_csv_json_and_avro_read_as_the_parquet(tmp_path):
 
 def test_what_a_text_export_cannot_mean_is_refused(tmp_path):
     df = transactions(n=5)
-    with pytest.raises(InputError, match=r"TX_DATETIME holds int64 numbers, not times"):
-        validate(df.assign(TX_DATETIME=df["TX_DATETIME"].astype("int64") // 1000), SPEC)
+    with pytest.raises(InputError, match=r"TX_DATETIME must be a time since the epoch in "):
+        validate(df.assign(TX_DATETIME=df["TX_DATETIME"].astype("int64") // 10**11), SPEC)
     ids = df.assign(CUSTOMER_ID=["1", "05", "-3", "4", "+5"])  # "05" is a text id
     with pytest.raises(InputError, match=r"CUSTOMER_ID must be .*text ids.*2 rows are not"):
         validate(ids, SPEC)
@@ -403,3 +403,45 @@ def test_a_duplicate_text_id_is_named_as_the_table_has_it():
     ids = pd.Series(["tx-a", "tx-b", "tx-a", "tx-c"], dtype=object)
     with pytest.raises(InputError, match=r"1 duplicate TRANSACTION_IDs, e.g. \['tx-a'\]"):
         validate(df.assign(TRANSACTION_ID=ids), SPEC)
+
+
+def test_times_since_the_epoch_are_read_in_the_unit_their_size_tells_as_in_a_message(tmp_path):
+    """Seconds, milliseconds, microseconds (a BigQuery export to Avro without logical types),
+    nanoseconds, fractional seconds, and digits as text (JSON lines): each row's time is the
+    one a message with that number gets."""
+    import fastavro
+
+    df = transactions(n=30)
+    df["TX_DATETIME"] = df["TX_DATETIME"].dt.floor("us")
+    ns = df["TX_DATETIME"].astype("int64")
+    expected = validate(df, SPEC)
+    forms = {
+        "s": ns // 10**9,
+        "ms": ns // 10**6,
+        "us": ns // 10**3,
+        "ns": ns,
+        "float s": ns / 1e9,
+        "digits": (ns // 10**6).astype(str),
+    }
+    for form, values in forms.items():
+        got = validate(df.assign(TX_DATETIME=values), SPEC)
+        stream = [
+            parse_transaction(json.dumps({"TRANSACTION_ID": 1, "TX_DATETIME": v, "CUSTOMER_ID": 1,
+                                          "TERMINAL_ID": 1, "TX_AMOUNT": 1.0})).time_ns
+            for v in values.tolist()
+        ]  # fmt: skip
+        assert got["TX_DATETIME"].astype("int64").tolist() == stream, form
+    got = validate(df.assign(TX_DATETIME=forms["us"]), SPEC)
+    pd.testing.assert_series_equal(got["TX_DATETIME"], expected["TX_DATETIME"])
+    schema = {"type": "record", "name": "Tx", "fields": [
+        {"name": c, "type": "double" if c == "TX_AMOUNT" else "long"} for c in SPEC.input_columns
+    ]}  # fmt: skip
+    records = df[SPEC.input_columns].assign(TX_DATETIME=forms["us"]).to_dict("records")
+    with open(tmp_path / "tx.avro", "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records)
+    pd.testing.assert_series_equal(
+        read_transactions([tmp_path / "tx.avro"], SPEC)["TX_DATETIME"], expected["TX_DATETIME"]
+    )
+    for bad in (ns // 10**11, -(ns // 10**9), (ns // 10**9) * 20):  # 1970, < 0, 2940 in seconds
+        with pytest.raises(InputError, match="TX_DATETIME must be a time since the epoch"):
+            validate(df.assign(TX_DATETIME=bad), SPEC)

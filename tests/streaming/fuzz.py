@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -21,6 +21,7 @@ from features.limits import spelling
 from streaming.schema import LABEL_FIELDS, MAX_PAYLOAD_BYTES, TRANSACTION_FIELDS
 
 INT64_MAX = 2**63 - 1
+_EPOCH_TEXT = re.compile(r"[1-9][0-9]{8,18}")  # a time since the epoch, proto3's int64 JSON
 _DECIMAL_TEXT = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")  # an amount as text
 ID_FIELDS = ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID")
 # The schema accepts event times in [1970, 2200) (the engine holds int64 ns): odd valid times
@@ -189,14 +190,29 @@ def _not_iso(text: str) -> bool:
     return False
 
 
+_MAX_EPOCH_S = 7_258_118_400  # 2200-01-01, in seconds
+
+
+def _wrong_epochs():
+    """Numbers that are no time since the epoch: negative, before 1973-03-03 in every unit,
+    in the gaps between the units' ranges, past 2200 in nanoseconds, not finite."""
+    gaps = [(-(2**70), 10**8 - 1)] + [(_MAX_EPOCH_S * 10**k, 10 ** (11 + k) - 1) for k in (0, 3, 6)]
+    return st.one_of(
+        *(st.integers(lo, hi) for lo, hi in gaps),
+        st.integers(_MAX_EPOCH_S * 10**9, 2**70),
+        st.floats(max_value=1e8, exclude_max=True),
+        st.floats(_MAX_EPOCH_S * 1.0, 1e11, exclude_max=True),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+    )
+
+
 def _wrong_time_values():
     return st.one_of(
-        st.integers(),  # epoch numbers are not ISO strings
-        st.floats(),
+        _wrong_epochs(),
         st.none(),
         st.booleans(),
         st.lists(st.text(max_size=4), max_size=2),
-        st.text(max_size=24).filter(_not_iso),
+        st.text(max_size=24).filter(lambda t: _not_iso(t) and not _EPOCH_TEXT.fullmatch(t)),
         # out of Python's datetime range (year 0 or > 9999), or impossible dates and times
         st.sampled_from(
             [
@@ -356,7 +372,8 @@ def bad_labels() -> st.SearchStrategy[Message]:
 def odd_valid_transactions(draw) -> Message:
     """Transactions the schema accepts although they look suspicious: large amounts (up to the
     schema's 1e9), times far in the past or future (inside [1970, 2200)), -0.0,
-    integer amounts, RFC 3339's lenient forms, duplicate keys (the last wins), fields the
+    integer amounts, RFC 3339's lenient forms, times since the epoch (seconds, a fraction,
+    milliseconds, microseconds, nanoseconds, digits), duplicate keys (the last wins), fields the
     contract does not know (ignored), ids as strings of digits, field names in a producer's
     spelling (``transaction_id``, ``transactionId``, ``TRANSACTIONID``). Their ids are
     placeholders (0): the caller assigns unique, unknown ones with :func:`with_ids`."""
@@ -376,6 +393,7 @@ def odd_valid_transactions(draw) -> Message:
                 "added_fields",
                 "ids_as_text",
                 "respelled_names",
+                "epoch_time",
             ]
         )
     )
@@ -401,6 +419,20 @@ def odd_valid_transactions(draw) -> Message:
                     dt.isoformat() + "Z",
                     dt.replace(tzinfo=offset).isoformat(),
                     dt.isoformat() + ".123456789Z",
+                ]
+            )
+        )
+    elif category == "epoch_time":  # time.time(), Date.now(), Go's UnixNano, protobuf's int64
+        seconds = draw(times).replace(tzinfo=UTC).timestamp()
+        doc["TX_DATETIME"] = draw(
+            st.sampled_from(
+                [
+                    int(seconds),
+                    seconds + 0.25,
+                    int(seconds) * 1_000 + 7,
+                    int(seconds) * 1_000_000,
+                    int(seconds) * 10**9 + 123,
+                    str(int(seconds) * 1_000),
                 ]
             )
         )

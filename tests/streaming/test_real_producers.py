@@ -36,7 +36,8 @@ def contract_cases(base_id: int, floats_stay_floats: bool = True) -> list[tuple]
     """(message, attributes, expected dead-letter reason or None for an alert): RFC 3339 with
     Z and with an offset, a naive time, an added field, an integer amount, no event_time
     attribute, names in camelCase (a JavaScript object's), text ids (a token, a zero-padded
-    code); an id written as a float, a boolean id, a text id ending in a space.
+    code), times since the epoch (milliseconds, seconds); an id written as a float, a boolean
+    id, a text id ending in a space, a number between the seconds' and the milliseconds' range.
     ``floats_stay_floats``: False for a JavaScript producer, whose JSON.stringify writes 5.0
     as 5 (a valid id)."""
 
@@ -65,6 +66,9 @@ def contract_cases(base_id: int, floats_stay_floats: bool = True) -> list[tuple]
             TERMINAL_ID=f"{base_id + 9:012d}"), stamp, None),  # text ids: echoed in the alert
         (tx(10, TRANSACTION_ID=f"txn-{base_id + 10}", TERMINAL_ID=f"T{base_id} "), stamp,
          "TERMINAL_ID has spaces at an end"),
+        (tx(11, TX_DATETIME=1534327320000), stamp, None),  # Date.now(): epoch milliseconds
+        (tx(12, TX_DATETIME=1534327320), stamp, None),  # Go's Unix(): epoch seconds
+        (tx(13, TX_DATETIME=15343273200), stamp, "TX_DATETIME must be a time since the epoch"),
     ]  # fmt: skip
 
 

@@ -58,6 +58,16 @@ SPELLED = [
                "txFraud": True}),
 ]  # fmt: skip
 """Accepted with each field under another spelling of its name (case and underscores aside)."""
+EPOCHS = [
+    ("transaction", {**TX, "TX_DATETIME": 1534327320}),  # time.time() // 1, Go's Unix()
+    ("transaction", {**TX, "TX_DATETIME": 1534327320.123456}),  # time.time(), Jackson Instant
+    ("transaction", {**TX, "TX_DATETIME": 1534327320123}),  # Date.now(), Jackson's Date
+    ("transaction", {**TX, "TX_DATETIME": 1534327320123456}),  # BigQuery's TIMESTAMP micros
+    ("transaction", {**TX, "TX_DATETIME": 1534327320123456789}),  # Go's UnixNano()
+    ("transaction", {**TX, "TX_DATETIME": "1534327320123"}),  # protobuf's int64 JSON
+    ("transaction", {**TX, "TX_DATETIME": 100_000_000}),  # 1973-03-03T09:46:40Z
+]
+"""Accepted: times since the epoch, their unit told by their size."""
 TEXT_IDS = [
     ("transaction", {**TX, "TRANSACTION_ID": "9b2f0c1e-4a8d-4c57-9e3a-2f6d1b7c8e90",
                      "CUSTOMER_ID": "card_1NqL8e2eZvKYlo2C", "TERMINAL_ID": "000123"}),
@@ -114,7 +124,15 @@ CASES = [
     ("transaction", {**TX, "TX_DATETIME": "2018-08-15T10:02"}),
     ("transaction", {**TX, "TX_DATETIME": "1969-12-31T23:59:59Z"}),
     ("transaction", {**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
-    ("transaction", {**TX, "TX_DATETIME": 1534327320}),
+    *EPOCHS,
+    ("transaction", {**TX, "TX_DATETIME": 99_999_999}),  # 1973-03-03: the smallest
+    ("transaction", {**TX, "TX_DATETIME": 7_258_118_400}),  # 2200 in seconds
+    ("transaction", {**TX, "TX_DATETIME": 99_999_999_999}),  # between seconds and ms
+    ("transaction", {**TX, "TX_DATETIME": -1534327320}),
+    ("transaction", {**TX, "TX_DATETIME": True}),
+    ("transaction", {**TX, "TX_DATETIME": "01534327320"}),
+    ("transaction", {**TX, "TX_DATETIME": "99999999999"}),  # digits: the form, not the range
+    ("label", {**LABEL, "LABEL_DATETIME": 1534932120000}),
     ("transaction", {k: v for k, v in TX.items() if k != "TERMINAL_ID"}),
     ("label", LABEL),
     ("label", {**LABEL, "SOURCE": "chargeback"}),
@@ -142,6 +160,7 @@ STRICTER_THAN_SCHEMA = {
     json.dumps({**TX, "TRANSACTION_ID": "9223372036854775808"}),
     json.dumps({**TX, "TX_AMOUNT": "2e9"}),
     json.dumps({**TX, "TX_DATETIME": "2018-02-30T10:02:00Z"}),
+    json.dumps({**TX, "TX_DATETIME": "99999999999"}),
 }
 
 
@@ -267,3 +286,22 @@ def test_a_node_producers_own_validator_and_hash_agree_with_the_contract(node: s
     assert answer["valid"] == python
     assert sum(python) > len(TEXT_IDS)  # accepted and refused cases alike
     assert [int(k) for k in answer["keys"]] == [text_key(t) for t in texts]
+
+
+def test_a_time_since_the_epoch_is_read_in_the_unit_its_size_tells() -> None:
+    at = time_ns(datetime(2018, 8, 15, 10, 2))
+    expected = [
+        at,
+        at + 123_456_000,
+        at + 123_000_000,
+        at + 123_456_000,
+        at + 123_456_789,
+        at + 123_000_000,
+    ]
+    for (_, doc), ns in zip(EPOCHS, expected, strict=False):
+        assert parse_transaction(json.dumps(doc)).time_ns == ns, doc
+    iso = parse_transaction(json.dumps({**TX, "TX_DATETIME": "2018-08-15T10:02:00.123Z"}))
+    ms = parse_transaction(json.dumps({**TX, "TX_DATETIME": 1534327320123}))
+    assert iso.time_ns == ms.time_ns
+    paris = WireContract(naive_time_zone="Europe/Paris")  # a number is UTC, whatever the zone
+    assert parse_transaction(json.dumps(EPOCHS[0][1]), contract=paris).time_ns == at

@@ -11,6 +11,7 @@ id columns are read as text, so a zero-padded code stays one.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,8 +22,10 @@ import pandas as pd
 
 from features.limits import (
     EPOCH_UNITS,
+    ID_DIGITS,
     MAX_AMOUNT,
     MAX_ID,
+    MAX_TEXT_ID,
     MAX_TIME,
     MAX_TIME_NS,
     MIN_EPOCH_NS,
@@ -264,10 +267,13 @@ def _ids_of_objects(values: pd.Series, col: str, source: str) -> pd.Series:
     itself. ``InputError`` with the reason for the first refused value."""
     codes, uniques = pd.factorize(values)
     keys = np.empty(len(uniques), np.int64)
+    items = np.asarray(uniques, dtype=object)  # Python objects, a categorical's too
+    unjudged = _plain_ids(items, keys)
     judge = id_of_text.__wrapped__  # distinct values: the stream's cache would only churn
     bad = np.zeros(len(uniques), bool)
     reason = ""
-    for i, value in enumerate(uniques.tolist()):
+    for i in np.flatnonzero(unjudged):  # in order of first appearance: the reason is the first
+        value = items[i]
         try:
             if isinstance(value, uuid.UUID):
                 value = str(value)
@@ -286,6 +292,62 @@ def _ids_of_objects(values: pd.Series, col: str, source: str) -> pd.Series:
         )
         _refuse(values.to_numpy(), bad[codes], col, source, allowed)
     return pd.Series(keys[codes], index=values.index)
+
+
+_SHORT_DIGITS = r"^(0|[1-9][0-9]{0,17})$"  # the digits of a number below 10**18 < 2**63
+_NUMBER = f"^([+-][0-9]+|{ID_DIGITS})$"  # a signed number, or digits judged one by one
+_PLAIN = r"^[!-~]([^\x00-\x1f\x7f]*[!-~])?$"  # printable ASCII at both ends, no control
+
+
+def _plain_ids(items: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Write into ``keys`` the key of each of ``items`` that is plainly an id as
+    :func:`features.limits.id_of_text` would key it, vectorised (pyarrow's RE2, hashlib in one
+    pass): a ``str`` of fewer than 19 digits, or a text id of printable ASCII, not a space, at
+    both ends, no control character, at most ``MAX_TEXT_ID`` characters, and not a signed
+    number (a subset of what ``id_of_text`` takes: Unicode spaces are left to it). Returns the
+    mask of the others (non-ASCII or spaces at an end, over-long, refused, not ``str``), which
+    the caller judges one by one with ``id_of_text``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    unjudged = np.ones(len(items), bool)
+    if pd.api.types.infer_dtype(items, skipna=False) == "string":  # the usual case, in C
+        text, strings = np.ones(len(items), bool), items
+    else:
+        text = np.fromiter((isinstance(v, str) for v in items), bool, len(items))
+        strings = items[text]
+    try:
+        arrow = pa.array(strings, type=pa.string())
+    except UnicodeEncodeError:  # a lone surrogate: id_of_text refuses it with the reason
+        return unjudged
+
+    def matches(pattern: str) -> np.ndarray:
+        return pc.match_substring_regex(arrow, pattern).to_numpy(zero_copy_only=False)
+
+    digits = matches(_SHORT_DIGITS)
+    plain = matches(_PLAIN) & ~matches(_NUMBER) & (pc.utf8_length(arrow).to_numpy() <= MAX_TEXT_ID)
+    found = np.zeros(len(strings), np.int64)
+    if digits.any():
+        found[digits] = pc.cast(arrow.filter(pa.array(digits)), pa.int64()).to_numpy()
+    if plain.any():
+        found[plain] = _text_keys(strings if plain.all() else strings[plain])
+    done = digits | plain
+    if strings is items:
+        keys[done] = found[done]
+        unjudged = ~done
+    else:
+        where = np.flatnonzero(text)[done]
+        keys[where] = found[done]
+        unjudged[where] = False
+    return unjudged
+
+
+def _text_keys(texts: np.ndarray) -> np.ndarray:
+    """:func:`features.limits.text_key` of each of ``texts`` (``str``) as int64: the SHA-256
+    digests in one pass, their first 8 bytes read big-endian, the top bit cleared."""
+    digests = b"".join([hashlib.sha256(t.encode()).digest() for t in texts])
+    first = np.frombuffer(digests, np.uint8).reshape(-1, 32)[:, :8].copy().view(">u8")
+    return (first.ravel() & np.uint64(MAX_ID)).astype(np.int64)
 
 
 def _from_decimals(values: pd.Series, col: str, source: str) -> pd.Series:

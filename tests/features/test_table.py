@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features import presets
-from features.limits import text_key
+from features.limits import id_of_text, text_key
 from features.synthetic import transactions
 from features.table import InputError, read_transactions, validate
 from streaming.cli import main
@@ -445,3 +448,62 @@ def test_times_since_the_epoch_are_read_in_the_unit_their_size_tells_as_in_a_mes
     for bad in (ns // 10**11, -(ns // 10**9), (ns // 10**9) * 20):  # 1970, < 0, 2940 in seconds
         with pytest.raises(InputError, match="TX_DATETIME must be a time since the epoch"):
             validate(df.assign(TX_DATETIME=bad), SPEC)
+
+
+TRICKY_IDS = [
+    "000123", "05", "0", "17", str(2**63 - 1), str(10**18), str(2**63), "9" * 20, "x", "a b",
+    "+a", "-", "é", "naïve", "tok_é", "é" * 128, "é" * 129, "x" * 128, "\u00a0x", "x\u2003",
+    "a\nb", "a\x7fb", "+5", "-0", "", "\ud800", str(uuid.UUID(int=7)),
+]  # fmt: skip
+
+
+def _check_keyed_as_the_stream_keys(values: list[str]) -> None:
+    """``values`` as a CUSTOMER_ID column: each key is what ``id_of_text`` (the stream's
+    rule) gives it, or the table is refused with the reason for the first it refuses."""
+    df = transactions(n=len(values)).assign(CUSTOMER_ID=pd.Series(values, dtype=object))
+    reasons = []
+    for value in values:
+        try:
+            id_of_text.__wrapped__(value)
+        except ValueError as exc:
+            reasons.append(str(exc))
+    if reasons:
+        with pytest.raises(
+            InputError, match=f"CUSTOMER_ID must be .*; one {re.escape(reasons[0])}"
+        ):
+            validate(df, SPEC, sort=False)
+    else:
+        got = validate(df, SPEC, sort=False)["CUSTOMER_ID"].tolist()
+        assert got == [id_of_text.__wrapped__(v)[0] for v in values]
+
+
+@pytest.mark.parametrize("value", TRICKY_IDS)
+def test_each_id_is_keyed_or_refused_as_the_stream_would(value):
+    """The vectorised path (digits, plain ASCII text ids) and the one-by-one path (non-ASCII
+    or spaces at an end, long digits, refusals) agree with ``id_of_text`` at their borders,
+    alone and among plain ids."""
+    _check_keyed_as_the_stream_keys([value])
+    _check_keyed_as_the_stream_keys(["tok_1", value, "42", value, str(uuid.UUID(int=9))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=130),
+            st.text(alphabet="0123456789+- \t\u00a0\u2003ab\x7fé", max_size=22),
+            st.from_regex(r"[+-]?[0-9]{1,21}", fullmatch=True),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_strings_are_keyed_or_refused_as_the_stream_would(values):
+    _check_keyed_as_the_stream_keys(values)
+
+
+def test_a_categorical_id_column_is_keyed_by_its_values():
+    df = transactions(n=6)
+    ids = pd.Series([3, "000123", 3, "tok", 2**62, "000123"], dtype="category")
+    got = validate(df.assign(TERMINAL_ID=ids), SPEC, sort=False)["TERMINAL_ID"].tolist()
+    assert got == [3, text_key("000123"), 3, text_key("tok"), 2**62, text_key("000123")]

@@ -95,13 +95,14 @@ def reader(path: str) -> tuple[str, Callable[[BinaryIO], pd.DataFrame]]:
 
 
 def _read_csv(f: BinaryIO, compression: str | None) -> pd.DataFrame:
-    """A CSV with its id columns (in any spelling) read as text, as a message's strings are:
-    ``000123`` is a text id, not 123; other columns' types are inferred."""
+    """A CSV with its id columns (in any spelling) read as the text they hold, as a message's
+    strings are: ``000123`` is a text id, not 123, and ``NA`` one too, not a missing value (an
+    empty field is an empty id); other columns' types and missing values are pandas'."""
     header = pd.read_csv(f, compression=compression, nrows=0).columns
     f.seek(0)
     renames, _ = respelled(header, ID_COLUMNS)
     ids = {name: str for name in header if name in ID_COLUMNS or name in renames}
-    return pd.read_csv(f, compression=compression, dtype=ids)
+    return pd.read_csv(f, compression=compression, converters=ids)
 
 
 def _read_json_lines(f: BinaryIO, compression: str | None) -> pd.DataFrame:

@@ -368,10 +368,15 @@ def test_text_ids_are_keyed_as_the_stream_keys_them_in_every_format(tmp_path):
 def test_a_csv_keeps_zero_padded_ids_as_text_in_any_spelling(tmp_path):
     df = transactions(n=10)
     padded = df.assign(TERMINAL_ID=df["TERMINAL_ID"].map(lambda i: f"{i:05d}"))
+    padded.loc[:1, "TERMINAL_ID"] = ["NA", "null"]  # ids, not pandas' missing-value markers
     padded.rename(columns=str.lower).to_csv(tmp_path / "tx.csv.gz", index=False)
     got = read_transactions([tmp_path / "tx.csv.gz"], SPEC)
     assert sorted(got["TERMINAL_ID"]) == sorted(map(text_key, padded["TERMINAL_ID"]))
     assert got["CUSTOMER_ID"].tolist() == validate(df, SPEC)["CUSTOMER_ID"].tolist()  # numbers
+    padded.loc[3, "TERMINAL_ID"] = ""
+    padded.to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(InputError, match=r"TERMINAL_ID must be .*one is empty.*1 row is not"):
+        read_transactions([tmp_path / "empty.csv"], SPEC)
 
 
 @pytest.mark.parametrize(

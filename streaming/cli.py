@@ -442,6 +442,51 @@ def _run_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features",
+        help="what the online store holds for a card or terminal, by the id it was sent with",
+        description="Read a card's or a terminal's current features through Feast's "
+        "get_online_features, asked for by the id as the producer sent it (digits or a text "
+        "id): keyed and, with $FRAUDSTREAM_ID_KEY (or $FRAUDSTREAM_ID_KEY_SECRET) set, "
+        "pseudonymised as the job does. Prints JSON.",
+    )
+    p.add_argument("--customer_id", metavar="ID", help="the card, as sent (17, tok_9Xq, ...)")
+    p.add_argument("--terminal_id", metavar="ID", help="the terminal, as sent")
+    _preset(p, "default")
+    _local_store(p)
+    p.set_defaults(func=_run_features)
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    import json
+
+    from features import presets
+    from features.table import InputError
+    from streaming.pseudonymise import Pseudonymiser
+    from streaming.store.feast_store import FeastFeatureStore
+    from streaming.store.inspect import entity_features
+
+    given = {"customer": args.customer_id, "terminal": args.terminal_id}
+    ids = {name: value for name, value in given.items() if value is not None}
+    if not ids:
+        raise InputError("name a card (--customer_id) or a terminal (--terminal_id)")
+    spec = presets.get(args.preset)
+    pseudonyms = Pseudonymiser.from_env()
+    try:
+        found = entity_features(
+            spec,
+            ids,
+            lambda: FeastFeatureStore.open(spec, args.feature_store_profile, args.feature_repo),
+            pseudonyms,
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    key = pseudonyms.fingerprint if pseudonyms is not None else "none (clear ids)"
+    print(json.dumps({"preset": spec.name, "id_key": key} | found, indent=2))
+    return 0
+
+
 def _add_batch_features(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
@@ -871,6 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_promote(sub)
     _add_materialize(sub)
+    _add_features(sub)
     _add_batch_features(sub)
     _add_batch_features_beam(sub)
     _add_monitor(sub)

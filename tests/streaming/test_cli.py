@@ -22,8 +22,8 @@ from streaming.local import emulators as emu
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("backfill", "bootstrap", "demo", "parity", "evaluate", "train", "retrain", "promote",
-            "materialize", "batch-features", "batch-features-beam", "monitor", "setup", "replay",
-            "simulate", "emulators")  # fmt: skip
+            "materialize", "features", "batch-features", "batch-features-beam", "monitor",
+            "setup", "replay", "simulate", "emulators")  # fmt: skip
 
 
 def _help(command: str, capsys: pytest.CaptureFixture[str]) -> str:

@@ -243,6 +243,44 @@ def test_materialize_loads_the_newest_backfilled_values(local_repo: Path, tmp_pa
     assert result.exit_code == 0, result.output
 
 
+def test_features_finds_a_card_by_the_text_id_its_producer_sent(
+    local_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A history keyed by card tokens and zero-padded terminal codes, materialized with ids
+    pseudonymised: ``fraudstream features`` asked for a card's token and a terminal's code prints
+    their newest features as the backfill has them; an unknown card is not found; an id the job
+    would refuse is a usage error with the reason."""
+    import json
+
+    monkeypatch.setenv("FRAUDSTREAM_ID_KEY", "a5" * 32)
+    df = _recent_history()
+    text = df.assign(CUSTOMER_ID=df["CUSTOMER_ID"].map(lambda i: f"tok_{i:x}"),
+                     TERMINAL_ID=df["TERMINAL_ID"].map(lambda i: f"{i:06d}"))  # fmt: skip
+    text.to_csv(tmp_path / "tx.csv", index=False)
+    store = ["--feature_store_profile", "local", "--feature_repo", str(local_repo)]
+    assert main(["materialize", "--input", str(tmp_path / "tx.csv"), *store]) == 0
+    newest = entity_tables(df, backfill(df, SPEC), SPEC, latest_only=True)
+    card = newest["customer"].iloc[0]
+    terminal = newest["terminal"].iloc[-1]
+    capsys.readouterr()
+    argv = ["features", "--customer_id", f"tok_{int(card['CUSTOMER_ID']):x}",
+            "--terminal_id", f"{int(terminal['TERMINAL_ID']):06d}", *store]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["id_key"] != "none (clear ids)"
+    for entity, row in (("customer", card), ("terminal", terminal)):
+        got = out[entity]
+        assert got["found"] and got["stored_as"] != got["key"]  # pseudonymised
+        names = SPEC.entity_names(CUSTOMER if entity == "customer" else TERMINAL)
+        expected = [None if v != v else v for v in row[names].astype(float).tolist()]
+        assert list(got["features"].values()) == expected
+    assert main(["features", "--customer_id", "tok_never_seen", *store]) == 0
+    unknown = json.loads(capsys.readouterr().out)["customer"]
+    assert not unknown["found"] and set(unknown["features"].values()) == {None}
+    assert main(["features", "--customer_id", "-5", *store]) == 2
+    assert "customer id is a signed number" in capsys.readouterr().err
+
+
 def test_materialize_asks_for_feast_apply_first(tmp_path: Path):
     from feast import FeatureStore
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -211,6 +212,14 @@ def test_cli_backfill_writes_features_and_reports_errors(parquet, tmp_path, caps
     assert main(["backfill", "--input", str(src), "--output", str(out), "--preset", "x"]) == 2
 
 
+def _write_avro(path: Path, schema: dict, records: list[dict]) -> None:
+    """An Avro container file of ``records``, as a warehouse export writes one."""
+    import fastavro
+
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records)
+
+
 def _bigquery_times(times: pd.Series) -> pd.Series:
     """``TIMESTAMP`` as BigQuery's CSV and JSON exports write it: `` UTC`` at the end, a
     fraction only where there is one."""
@@ -224,8 +233,6 @@ def test_bigquery_exports_in_csv_json_and_avro_read_as_the_parquet(tmp_path):
     decimal amount and nullable fields as unions) reads as its parquet does."""
     import gzip
     from decimal import Decimal
-
-    import fastavro
 
     df = validate(transactions(n=400, customers=20, terminals=10, days=5), SPEC)
     df.loc[::7, "TX_DATETIME"] += pd.Timedelta(microseconds=250_000)  # some with a fraction
@@ -260,8 +267,7 @@ def test_bigquery_exports_in_csv_json_and_avro_read_as_the_parquet(tmp_path):
          "TX_AMOUNT": Decimal(str(row["TX_AMOUNT"]))}
         for row in df[SPEC.input_columns].to_dict("records")
     ]  # fmt: skip
-    with open(tmp_path / "tx.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(schema), records)
+    _write_avro(tmp_path / "tx.avro", schema, records)
 
     for name in ("tx.csv", "tx.csv.gz", "tx.json", "tx.avro"):
         got = read_transactions([tmp_path / name], SPEC)
@@ -328,7 +334,6 @@ def test_text_ids_are_keyed_as_the_stream_keys_them_in_every_format(tmp_path):
     """A history keyed by UUIDs, card tokens and zero-padded terminal codes, exported to
     parquet, CSV, JSON lines and Avro (a ``uuid`` logical type): every format gives each row
     the keys a message with those ids gets, and digit strings are their numbers."""
-    import fastavro
 
     df = transactions(n=40)
     text = df.assign(**{c: df[c].map(f) for c, f in TEXT_IDS.items()})
@@ -352,8 +357,7 @@ def test_text_ids_are_keyed_as_the_stream_keys_them_in_every_format(tmp_path):
              "TX_DATETIME": r["TX_DATETIME"].tz_localize("UTC").to_pydatetime()}
         for r in text[SPEC.input_columns].to_dict("records")
     ]  # fmt: skip
-    with open(tmp_path / "tx.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(schema), records)
+    _write_avro(tmp_path / "tx.avro", schema, records)
     for name in ("tx.parquet", "tx.csv", "tx.jsonl", "tx.avro"):
         got = read_transactions([tmp_path / name], SPEC)
         keys = sorted(zip(*(got[c] for c in TEXT_IDS), strict=True))
@@ -417,7 +421,6 @@ def test_times_since_the_epoch_are_read_in_the_unit_their_size_tells_as_in_a_mes
     """Seconds, milliseconds, microseconds (a BigQuery export to Avro without logical types),
     nanoseconds, fractional seconds, and digits as text (JSON lines): each row's time is the
     one a message with that number gets."""
-    import fastavro
 
     df = transactions(n=30)
     df["TX_DATETIME"] = df["TX_DATETIME"].dt.floor("us")
@@ -445,8 +448,7 @@ def test_times_since_the_epoch_are_read_in_the_unit_their_size_tells_as_in_a_mes
         {"name": c, "type": "double" if c == "TX_AMOUNT" else "long"} for c in SPEC.input_columns
     ]}  # fmt: skip
     records = df[SPEC.input_columns].assign(TX_DATETIME=forms["us"]).to_dict("records")
-    with open(tmp_path / "tx.avro", "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(schema), records)
+    _write_avro(tmp_path / "tx.avro", schema, records)
     pd.testing.assert_series_equal(
         read_transactions([tmp_path / "tx.avro"], SPEC)["TX_DATETIME"], expected["TX_DATETIME"]
     )

@@ -54,6 +54,15 @@ def avro_bytes(schema: dict, record: dict) -> bytes:
     return out.getvalue()
 
 
+def avro_payload(schema: dict, record: dict, encoding: str) -> bytes:
+    """``record`` as a producer publishes it to a topic in ``encoding`` (BINARY or JSON)."""
+    if encoding == "BINARY":
+        return avro_bytes(schema, record)
+    text = io.StringIO()
+    fastavro.json_writer(text, fastavro.parse_schema(schema), [record])
+    return text.getvalue().encode()
+
+
 class Service:
     """Schema revisions by ``name@revision``, as the schema service keeps them; counts fetches."""
 
@@ -115,12 +124,8 @@ def test_a_teams_own_schema_with_unions_decimals_and_local_times() -> None:
     decode = SchemaDecoder(Service({"r1": schema}))
     unknown: list[list[str]] = []
     for encoding in ("BINARY", "JSON"):
-        if encoding == "BINARY":
-            data = avro_bytes(schema, record)
-        else:
-            text = io.StringIO()
-            fastavro.json_writer(text, fastavro.parse_schema(schema), [record])
-            data = text.getvalue().encode()
+        data = avro_payload(schema, record, encoding)
+        if encoding == "JSON":
             assert b'{"long": 17}' in data
         tx = parse_transaction(decode(data, attributes(encoding=encoding)), contract=paris,
                                unknown=unknown.append)  # fmt: skip
@@ -150,12 +155,7 @@ def test_a_schema_with_uuid_and_string_ids_gives_text_ids() -> None:
     record = TX | {"TRANSACTION_ID": tid, "CUSTOMER_ID": "card_tok_17", "TERMINAL_ID": "0033"}
     decode = SchemaDecoder(Service({"r1": schema}))
     for encoding in ("BINARY", "JSON"):
-        if encoding == "BINARY":
-            data = avro_bytes(schema, record)
-        else:
-            out = io.StringIO()
-            fastavro.json_writer(out, fastavro.parse_schema(schema), [record])
-            data = out.getvalue().encode()
+        data = avro_payload(schema, record, encoding)
         tx = parse_transaction(decode(data, attributes(encoding=encoding)))
         assert tx.text_ids == (str(tid), "card_tok_17", "0033")
         assert (tx.transaction_id, tx.customer_id) == (text_key(str(tid)), text_key("card_tok_17"))

@@ -9,6 +9,7 @@ and the Feast-backed reader and writer.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -250,35 +251,58 @@ def test_features_finds_a_card_by_the_text_id_its_producer_sent(
     pseudonymised: ``fraudstream features`` asked for a card's token and a terminal's code prints
     their newest features as the backfill has them; an unknown card is not found; an id the job
     would refuse is a usage error with the reason."""
-    import json
+    _features_by_text_ids("local", local_repo, tmp_path, monkeypatch, capsys)
+    store = ["--feature_store_profile", "local", "--feature_repo", str(local_repo)]
+    assert main(["features", "--customer_id", "tok_never_seen", *store]) == 0
+    unknown = json.loads(capsys.readouterr().out)["customer"]
+    assert not unknown["found"] and set(unknown["features"].values()) == {None}
+    assert main(["features", "--customer_id", "-5", *store]) == 2
+    assert "customer id is a signed number" in capsys.readouterr().err
 
+
+def test_features_reads_a_card_from_bigtable_by_its_text_id(
+    bigtable_emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The same on the emulator profile: our Bigtable online store behind Feast."""
+    from uuid import uuid4
+
+    from streaming.store.feast_store import apply_repo
+
+    repo = scratch_repo(tmp_path / "repo", f"fs_{uuid4().hex[:8]}")
+    store = apply_repo("emulator", repo)
+    try:
+        _features_by_text_ids("emulator", repo, tmp_path, monkeypatch, capsys)
+    finally:
+        store.teardown()
+
+
+def _features_by_text_ids(
+    profile: str, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Materialize a CSV history of text ids under a key, then ask for one card and one
+    terminal by the ids as sent: the printed features are the backfill's newest."""
     monkeypatch.setenv("FRAUDSTREAM_ID_KEY", "a5" * 32)
     df = _recent_history()
     text = df.assign(CUSTOMER_ID=df["CUSTOMER_ID"].map(lambda i: f"tok_{i:x}"),
                      TERMINAL_ID=df["TERMINAL_ID"].map(lambda i: f"{i:06d}"))  # fmt: skip
     text.to_csv(tmp_path / "tx.csv", index=False)
-    store = ["--feature_store_profile", "local", "--feature_repo", str(local_repo)]
+    store = ["--feature_store_profile", profile, "--feature_repo", str(repo)]
     assert main(["materialize", "--input", str(tmp_path / "tx.csv"), *store]) == 0
     newest = entity_tables(df, backfill(df, SPEC), SPEC, latest_only=True)
-    card = newest["customer"].iloc[0]
-    terminal = newest["terminal"].iloc[-1]
+    card, terminal = newest["customer"].iloc[0], newest["terminal"].iloc[-1]
     capsys.readouterr()
     argv = ["features", "--customer_id", f"tok_{int(card['CUSTOMER_ID']):x}",
             "--terminal_id", f"{int(terminal['TERMINAL_ID']):06d}", *store]  # fmt: skip
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["id_key"] != "none (clear ids)"
-    for entity, row in (("customer", card), ("terminal", terminal)):
-        got = out[entity]
+    for entity, row in ((CUSTOMER, card), (TERMINAL, terminal)):
+        got = out[entity.name]
         assert got["found"] and got["stored_as"] != got["key"]  # pseudonymised
-        names = SPEC.entity_names(CUSTOMER if entity == "customer" else TERMINAL)
+        names = SPEC.entity_names(entity)
+        assert list(got["features"]) == names
         expected = [None if v != v else v for v in row[names].astype(float).tolist()]
         assert list(got["features"].values()) == expected
-    assert main(["features", "--customer_id", "tok_never_seen", *store]) == 0
-    unknown = json.loads(capsys.readouterr().out)["customer"]
-    assert not unknown["found"] and set(unknown["features"].values()) == {None}
-    assert main(["features", "--customer_id", "-5", *store]) == 2
-    assert "customer id is a signed number" in capsys.readouterr().err
 
 
 def test_materialize_asks_for_feast_apply_first(tmp_path: Path):

@@ -114,7 +114,6 @@ def _run_backfill(args: argparse.Namespace) -> int:
 
 
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
-    from streaming.store.names import PROFILES, REPO
 
     p = sub.add_parser(
         "bootstrap",
@@ -135,16 +134,29 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
         "instance (replacing what it held), for `run --initial_state store`",
     )
     _preset(p, "default")
+    _job_ids(p, "key the states by")
+    p.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
+    _job_store(p, "with --to_store: the job's Feast settings (as `run` takes them)")
+    p.set_defaults(func=_run_bootstrap)
+
+
+def _job_ids(p: argparse.ArgumentParser, what: str) -> None:
+    """``--pseudonymise_ids`` and ``--id_key_secret``, as the job takes them."""
     p.add_argument(
         "--pseudonymise_ids",
         default="on",
         choices=("on", "off"),
-        help="key the states by the job's pseudonyms (same key as `run`: $FRAUDSTREAM_ID_KEY "
-        "or --id_key_secret); off for a job run with --pseudonymise_ids off",
+        help=f"{what} the job's pseudonyms (same key as `run`: $FRAUDSTREAM_ID_KEY or "
+        "--id_key_secret); off for a job run with --pseudonymise_ids off",
     )
     p.add_argument("--id_key_secret", help="Secret Manager version of the id key")
-    p.add_argument("--max_lateness_hours", type=float, default=DEFAULT_MAX_LATENESS / HOUR)
-    store = p.add_argument_group("with --to_store: the job's Feast settings (as `run` takes them)")
+
+
+def _job_store(p: argparse.ArgumentParser, title: str) -> None:
+    """The Feast settings of the job's online store, as ``run`` takes them."""
+    from streaming.store.names import PROFILES, REPO
+
+    store = p.add_argument_group(title)
     store.add_argument("--feature_store_profile", default="emulator", choices=PROFILES,
                        help="feature_repo profile: emulator or gcp (Bigtable)")  # fmt: skip
     store.add_argument("--feature_repo", default=str(REPO), metavar="PATH",
@@ -152,7 +164,6 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     store.add_argument("--feast_registry", help="the Feast registry (overrides the profile's)")
     store.add_argument("--bigtable_project", help="GCP project of Bigtable (overrides)")
     store.add_argument("--bigtable_instance", help="Bigtable instance (overrides)")
-    p.set_defaults(func=_run_bootstrap)
 
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
@@ -448,13 +459,13 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
         help="what the online store holds for a card or terminal, by the id it was sent with",
         description="Read a card's or a terminal's current features through Feast's "
         "get_online_features, asked for by the id as the producer sent it (digits or a text "
-        "id): keyed and, with $FRAUDSTREAM_ID_KEY (or $FRAUDSTREAM_ID_KEY_SECRET) set, "
-        "pseudonymised as the job does. Prints JSON.",
+        "id), keyed and pseudonymised as the job does. Prints JSON.",
     )
     p.add_argument("--customer_id", metavar="ID", help="the card, as sent (17, tok_9Xq, ...)")
     p.add_argument("--terminal_id", metavar="ID", help="the terminal, as sent")
     _preset(p, "default")
-    _local_store(p)
+    _job_ids(p, "ask for")
+    _job_store(p, "the job's Feast settings (as `run` takes them)")
     p.set_defaults(func=_run_features)
 
 
@@ -463,7 +474,7 @@ def _run_features(args: argparse.Namespace) -> int:
 
     from features import presets
     from features.table import InputError
-    from streaming.pseudonymise import Pseudonymiser
+    from streaming.job.pipeline import launch_pseudonymiser, store_settings
     from streaming.store.feast_store import FeastFeatureStore
     from streaming.store.inspect import entity_features
 
@@ -472,13 +483,11 @@ def _run_features(args: argparse.Namespace) -> int:
     if not ids:
         raise InputError("name a card (--customer_id) or a terminal (--terminal_id)")
     spec = presets.get(args.preset)
-    pseudonyms = Pseudonymiser.from_env()
+    on = args.pseudonymise_ids == "on"
+    pseudonyms = launch_pseudonymiser(args.id_key_secret) if on else None
     try:
         found = entity_features(
-            spec,
-            ids,
-            lambda: FeastFeatureStore.open(spec, args.feature_store_profile, args.feature_repo),
-            pseudonyms,
+            spec, ids, lambda: FeastFeatureStore.open(spec, store_settings(args)), pseudonyms
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

@@ -19,6 +19,7 @@ import pytest
 
 from features import presets
 from features.backfill import backfill
+from features.limits import text_key
 from features.spec import CUSTOMER, TERMINAL
 from features.synthetic import transactions
 from features.table import validate
@@ -258,6 +259,13 @@ def test_features_finds_a_card_by_the_text_id_its_producer_sent(
     assert not unknown["found"] and set(unknown["features"].values()) == {None}
     assert main(["features", "--customer_id", "-5", *store]) == 2
     assert "customer id is a signed number" in capsys.readouterr().err
+    assert main(["features", "--customer_id", "tok_1", "--pseudonymise_ids", "off", *store]) == 0
+    clear = json.loads(capsys.readouterr().out)
+    assert clear["id_key"] == "none (clear ids)"
+    assert clear["customer"]["stored_as"] == clear["customer"]["key"] == text_key("tok_1")
+    monkeypatch.delenv("FRAUDSTREAM_ID_KEY")
+    assert main(["features", "--customer_id", "tok_1", *store]) != 0  # the job's key, or off
+    assert "--pseudonymise_ids off" in capsys.readouterr().err
 
 
 def test_features_reads_a_card_from_bigtable_by_its_text_id(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,10 +59,14 @@ def open_local(path: str) -> BinaryIO:
 
 
 def read_transactions(
-    paths: Sequence[str | Path], spec: FeatureSpec, open_file: Opener = open_local
+    paths: Sequence[str | Path],
+    spec: FeatureSpec,
+    open_file: Opener = open_local,
+    naive_time_zone: str = "UTC",
 ) -> pd.DataFrame:
     """Read files (each opened with ``open_file``, its format by its name: see the module),
-    concatenate them and order by ``TRANSACTION_ID`` (arrival order)."""
+    concatenate them and order by ``TRANSACTION_ID`` (arrival order); naive times are in
+    ``naive_time_zone`` (:func:`validate`)."""
     if not paths:
         raise InputError("no input given")
     frames = []
@@ -72,7 +77,7 @@ def read_transactions(
                 frame = read(f)
             except Exception as exc:  # each reader raises several types for a foreign file
                 raise InputError(f"{path}: cannot be read as {kind} ({exc})") from exc
-        frames.append(validate(frame, spec, source=str(path), sort=False))
+        frames.append(validate(frame, spec, str(path), False, naive_time_zone))
     if len(frames) == 1:
         return frames[0].sort_values("TRANSACTION_ID", kind="stable", ignore_index=True)
     # each file is checked: what is left is an id in two files
@@ -122,12 +127,17 @@ def _read_avro(f: BinaryIO) -> pd.DataFrame:
 
 
 def validate(
-    df: pd.DataFrame, spec: FeatureSpec, source: str = "input", sort: bool = True
+    df: pd.DataFrame,
+    spec: FeatureSpec,
+    source: str = "input",
+    sort: bool = True,
+    naive_time_zone: str = "UTC",
 ) -> pd.DataFrame:
-    """Check columns, types, values and ids; return ``df`` with parsed times and int64 ids,
-    sorted by transaction id. Times with a time zone (a BigQuery ``TIMESTAMP`` exported to
-    parquet, text with ``Z`` or one offset) become UTC, as the stream converts a message's;
-    naive times are taken as they are.
+    """Check columns, types, values and ids; return ``df`` with parsed times (naive UTC) and
+    int64 ids, sorted by transaction id. Times with a time zone (a BigQuery ``TIMESTAMP``
+    exported to parquet, text with ``Z`` or one offset) and numbers since the epoch become UTC;
+    naive times are read in ``naive_time_zone``, each as the stream reads a message's with the
+    same ``--naive_time_zone`` (:func:`_naive_to_utc`).
 
     Raises :class:`InputError` for missing columns, unparsable timestamps, missing or
     non-finite values, values a message could not hold (:mod:`features.limits`: ids that are
@@ -145,6 +155,8 @@ def validate(
         df["TX_DATETIME"] = _times(df["TX_DATETIME"], source)
     if getattr(df["TX_DATETIME"].dtype, "tz", None) is not None:  # as the stream reads offsets
         df["TX_DATETIME"] = df["TX_DATETIME"].dt.tz_convert("UTC").dt.tz_localize(None)
+    elif naive_time_zone not in ("UTC", "Etc/UTC"):
+        df["TX_DATETIME"] = _naive_to_utc(df["TX_DATETIME"], naive_time_zone, source)
     df["TX_DATETIME"] = df["TX_DATETIME"].astype("datetime64[ns]")
     as_given = df["TRANSACTION_ID"]  # for the error of a duplicate: a text id, not its key
     for col in spec.input_columns:
@@ -243,7 +255,37 @@ def _from_epoch(values: pd.Series, source: str) -> pd.Series:
         "or nanoseconds, told by its size)"
     )
     _refuse(values.to_numpy(), bad, "TX_DATETIME", source, allowed)
-    return pd.Series(ns.astype("datetime64[ns]"), index=values.index)
+    return pd.Series(ns.astype("datetime64[ns]"), index=values.index).dt.tz_localize("UTC")
+
+
+def _naive_to_utc(times: pd.Series, zone_name: str, source: str) -> pd.Series:
+    """Naive local times of ``zone_name`` as naive UTC, as the stream reads a naive message
+    time (``datetime.replace(tzinfo=zone)``: in a repeated hour the first, summer offset; in a
+    skipped one the offset before the change). Vectorised but for the times in a change."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InputError(f"--naive_time_zone {zone_name!r}: not an IANA time zone") from exc
+    local = times.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    utc = local.dt.tz_convert("UTC").dt.tz_localize(None)
+    changes = (local.isna() & times.notna()).to_numpy()
+    if changes.any():  # a repeated or skipped hour: zoneinfo's offset for fold 0, as the stream
+        ns = times.to_numpy("datetime64[ns]").view(np.int64)[changes]
+        offsets = [
+            int(
+                zone.utcoffset(
+                    datetime(1970, 1, 1) + timedelta(microseconds=t // 1_000)
+                ).total_seconds()
+            )
+            for t in ns.tolist()
+        ]
+        fixed = ns - np.array(offsets, np.int64) * 10**9
+        values = utc.to_numpy("datetime64[ns]").copy()
+        values[changes] = fixed.astype("datetime64[ns]")
+        utc = pd.Series(values, index=times.index)
+    return utc
 
 
 _BIGQUERY_UTC = r" UTC$"

@@ -49,6 +49,13 @@ def _inputs(p: argparse.ArgumentParser) -> None:
         help="transactions: parquet, CSV, JSON lines or Avro (by the name's ending; .csv.gz "
         "and .json.gz too), a path, glob or gs:// URI (repeatable)",
     )
+    p.add_argument(
+        "--naive_time_zone",
+        default="UTC",
+        metavar="ZONE",
+        help="the zone of the history's times that carry none, as the job's option of that name "
+        "reads messages' (e.g. Europe/Paris; default UTC)",
+    )
 
 
 def _date(text: str) -> str:
@@ -109,7 +116,7 @@ def _add_backfill(sub: argparse._SubParsersAction) -> None:
 def _run_backfill(args: argparse.Namespace) -> int:
     from streaming.batch.backfill import run_backfill
 
-    run_backfill(args.input, args.output, args.preset)
+    run_backfill(args.input, args.output, args.preset, args.naive_time_zone)
     return 0
 
 
@@ -181,6 +188,7 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
         args.id_key_secret,
         args.max_lateness_hours,
         store=store,
+        naive_time_zone=args.naive_time_zone,
     )
     return 0
 
@@ -284,6 +292,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         tune_grid=not args.no_tune,
         feedback=not args.no_feedback,
         compare=args.compare,
+        naive_time_zone=args.naive_time_zone,
     )
     return 0
 
@@ -311,8 +320,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from training.train import newest_train_end, run_train
 
-    end = getattr(args, "train_end", None) or newest_train_end(args.input, args.preset)
-    run_train(args.input, end, args.train_days, args.model_dir, args.preset, args.cards_per_day)
+    zone = args.naive_time_zone
+    end = getattr(args, "train_end", None) or newest_train_end(args.input, args.preset, zone)
+    run_train(args.input, end, args.train_days, args.model_dir, args.preset, args.cards_per_day,
+              naive_time_zone=zone)  # fmt: skip
     return 0
 
 
@@ -396,6 +407,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         args.label_delay_days,
         args.ordering_key,
         args.pending_labels,
+        args.naive_time_zone,
     )
     return 0
 
@@ -447,7 +459,11 @@ def _run_materialize(args: argparse.Namespace) -> int:
     from streaming.store.materialize import run_materialize
 
     summary = run_materialize(
-        args.input, args.preset, args.feature_store_profile, args.feature_repo
+        args.input,
+        args.preset,
+        args.feature_store_profile,
+        args.feature_repo,
+        naive_time_zone=args.naive_time_zone,
     )
     _print_summary(summary)
     return 0
@@ -532,6 +548,7 @@ def _run_batch_features(args: argparse.Namespace) -> int:
         args.feature_store_profile,
         args.feature_repo,
         args.materialize,
+        naive_time_zone=args.naive_time_zone,
     )
     _print_summary(summary, width=40)
     return 0

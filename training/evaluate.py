@@ -203,18 +203,19 @@ def run_evaluate(
     tune_grid: bool = True,
     feedback: bool = True,
     compare: Sequence[str] = (),
+    naive_time_zone: str = "UTC",
 ) -> dict:
     """Evaluate ``preset``, and each preset of ``compare`` beside it (same data, split and
     tuning; their metrics under ``compared``)."""
     spec = presets.get(preset)
-    df = read_transactions(inputs, spec)
+    df = read_transactions(inputs, spec, naive_time_zone=naive_time_zone)
     grid = models.GRID if tune_grid else models.GRID[:1]
     result = evaluate(df, spec, train_start, train_days, grid, feedback=feedback)
     result["compared"] = {}
     for name in compare:
         other = presets.get(name)
-        theirs = evaluate(read_transactions(inputs, other), other, train_start, train_days, grid,
-                          feedback=False)  # fmt: skip
+        table = read_transactions(inputs, other, naive_time_zone=naive_time_zone)
+        theirs = evaluate(table, other, train_start, train_days, grid, feedback=False)
         keep = ("auc", "ap", "cp_at_100", "spec_fingerprint", "test_features_equal_backfill")
         result["compared"][name] = {k: theirs[k] for k in keep} | {"params": theirs["model"]}
     print(render(result))

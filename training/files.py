@@ -27,9 +27,12 @@ def open_file(path: str) -> BinaryIO:
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def read_transactions(paths: Sequence[str | Path], spec: FeatureSpec) -> pd.DataFrame:
-    """:func:`features.table.read_transactions` of local paths, URIs and globs of either."""
-    return table.read_transactions(expand(paths), spec, open_file)
+def read_transactions(
+    paths: Sequence[str | Path], spec: FeatureSpec, naive_time_zone: str = "UTC"
+) -> pd.DataFrame:
+    """:func:`features.table.read_transactions` of local paths, URIs and globs of either (naive
+    times in ``naive_time_zone``)."""
+    return table.read_transactions(expand(paths), spec, open_file, naive_time_zone)
 
 
 _GLOB = re.compile(r"[*?\[]")

@@ -104,11 +104,12 @@ def run_train(
     preset: str = "default",
     cards_per_day: int = 100,
     params: models.Params | None = None,
+    naive_time_zone: str = "UTC",
 ) -> dict:
     """Train, validate, gate, save and report one version; returns its metadata."""
     registry = Registry(model_dir)
     spec: FeatureSpec = presets.get(preset)
-    df = read_transactions(inputs, spec)
+    df = read_transactions(inputs, spec, naive_time_zone=naive_time_zone)
     end = pd.Timestamp(train_end).normalize()
     if train_days < 21:
         raise ValueError(
@@ -180,8 +181,8 @@ def run_train(
     return meta
 
 
-def newest_train_end(inputs: list[str], preset: str) -> str:
+def newest_train_end(inputs: list[str], preset: str, naive_time_zone: str = "UTC") -> str:
     """The newest window end whose labels are all known: the day after the data, minus the delay."""
-    df = read_transactions(inputs, presets.get(preset))
+    df = read_transactions(inputs, presets.get(preset), naive_time_zone=naive_time_zone)
     last = df["TX_DATETIME"].max().normalize() + DAY
     return str((last - LABEL_DELAY_DAYS * DAY).date())

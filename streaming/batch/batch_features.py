@@ -43,6 +43,7 @@ def run_batch_features(
     repo: str | Path = REPO,
     materialize: bool = False,
     store: Any = None,
+    naive_time_zone: str = "UTC",
 ) -> dict[str, Any]:
     """Compute and write the batch views of ``preset`` for ``days`` as-of midnights ending at
     ``as_of`` (a date, ``YYYY-MM-DD``; default: the day after the history's last transaction);
@@ -60,7 +61,7 @@ def run_batch_features(
         store = open_store(profile, repo)
     views = registered_views(store, [batch_view_name(spec, e) for e in batch_entities(spec)])
     t0 = time.perf_counter()
-    df = read_transactions(list(inputs), spec)
+    df = read_transactions(list(inputs), spec, naive_time_zone=naive_time_zone)
     id_key = pseudonymise_keys(df, spec)
     first, last = as_of_days(snapshot_days(event_times_ns(df))[1], as_of, days)
     tables = snapshots(df, spec, (first, last))

@@ -149,6 +149,7 @@ def run_bootstrap(
     id_key_secret: str | None = None,
     max_lateness_hours: float = DEFAULT_MAX_LATENESS / HOUR,
     store: StoreSettings | None = None,
+    naive_time_zone: str = "UTC",
 ) -> StateFileInfo:
     """``fraudstream bootstrap``: replay a history, write every entity's state for ``run
     --initial_state`` to ``output`` and/or the state table of ``store`` (see
@@ -163,7 +164,7 @@ def run_bootstrap(
     if store is not None:  # before the replay: a profile without Bigtable, an unreachable one
         table = StateTable.of(store.repo_config())
         table.read_info()
-    df = read_transactions(inputs, spec)
+    df = read_transactions(inputs, spec, naive_time_zone=naive_time_zone)
     if df.empty:  # a state file "up to 1970" would start a job from nothing all the same
         raise ValueError(f"{' + '.join(map(str, inputs))}: no transactions to bootstrap from")
     ids = launch_pseudonymiser(id_key_secret) if pseudonymise_ids else None

@@ -73,7 +73,7 @@ def encode(
         events.values["TX_AMOUNT"].tolist(),
         strict=True,
     ):
-        tx_time = pd.Timestamp(t).isoformat()
+        tx_time = pd.Timestamp(t).isoformat() + "Z"  # UTC, whatever the job's --naive_time_zone
         body = {
             "TRANSACTION_ID": txid,
             "TX_DATETIME": tx_time,
@@ -85,7 +85,7 @@ def encode(
             arrival = t
         else:
             arrival = t + delay_ns
-            body["LABEL_DATETIME"] = pd.Timestamp(arrival).isoformat()
+            body["LABEL_DATETIME"] = pd.Timestamp(arrival).isoformat() + "Z"
             body["TX_FRAUD"] = int(fraud[txid])
         attrs = {"event_time": pd.Timestamp(arrival).isoformat() + "Z", "id": str(txid)}
         yield ("tx" if kind == KIND_TX else "label"), json.dumps(body).encode(), attrs, arrival
@@ -146,6 +146,7 @@ def run_replay(
     label_delay_days: float,
     ordering_key: str | None = None,
     pending_labels: bool = False,
+    naive_time_zone: str = "UTC",
 ) -> dict[str, int]:
     """The CLI: read, select the period, publish with the Pub/Sub client (emulator aware), in
     order under ``ordering_key`` when one is given (see :class:`Publisher`).
@@ -156,7 +157,7 @@ def run_replay(
     themselves are not published again.
     """
     delay = timedelta(days=label_delay_days)
-    history = read_transactions(inputs, presets.BASELINE)
+    history = read_transactions(inputs, presets.BASELINE, naive_time_zone=naive_time_zone)
     df, seen = period(history, start, end, delay, pending_labels)
     publisher = Publisher(project, ordering_key=ordering_key)
     counts = replay(df, publisher, topic, labels_topic, delay, rate, speedup, seen=seen)

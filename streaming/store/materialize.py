@@ -57,6 +57,7 @@ def run_materialize(
     profile: str = "local",
     repo: str | Path = REPO,
     store: Any = None,
+    naive_time_zone: str = "UTC",
 ) -> dict[str, Any]:
     """Backfill ``inputs``, write the offline tables, materialize; returns a summary.
 
@@ -70,7 +71,7 @@ def run_materialize(
     """
     spec = presets.get(preset)
     t0 = time.perf_counter()
-    df = read_transactions(list(inputs), spec)
+    df = read_transactions(list(inputs), spec, naive_time_zone=naive_time_zone)
     id_key = pseudonymise_keys(df, spec)
     days = snapshot_days(event_times_ns(df))
     lookups = snapshots(df, spec, days) if spec.lookups else {}

@@ -212,6 +212,25 @@ def test_cli_backfill_writes_features_and_reports_errors(parquet, tmp_path, caps
     assert main(["backfill", "--input", str(src), "--output", str(out), "--preset", "x"]) == 2
 
 
+def test_cli_backfill_reads_a_local_time_history_in_its_zone(tmp_path, capsys):
+    """A warehouse keeping Paris wall-clock times: ``--naive_time_zone Europe/Paris`` gives the
+    features of the same history exported in UTC; an unknown zone is a usage error."""
+    df = transactions(n=300)
+    paris = df["TX_DATETIME"].dt.tz_localize("UTC").dt.tz_convert("Europe/Paris")
+    df.assign(TX_DATETIME=paris.dt.tz_localize(None)).to_csv(tmp_path / "local.csv", index=False)
+    df.to_csv(tmp_path / "utc.csv", index=False)
+    for name, zone in (("local", "Europe/Paris"), ("utc", "UTC")):
+        out = str(tmp_path / f"{name}.parquet")
+        argv = ["backfill", "--input", str(tmp_path / f"{name}.csv"), "--preset", "default",
+                "--output", out, "--naive_time_zone", zone]  # fmt: skip
+        assert main(argv) == 0
+    got, want = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("local", "utc"))
+    pd.testing.assert_frame_equal(got, want)
+    argv[-1] = "Mars/Olympus"
+    assert main(argv) == 2
+    assert "--naive_time_zone 'Mars/Olympus': not an IANA time zone" in capsys.readouterr().err
+
+
 def _write_avro(path: Path, schema: dict, records: list[dict]) -> None:
     """An Avro container file of ``records``, as a warehouse export writes one."""
     import fastavro
@@ -514,3 +533,32 @@ def test_a_categorical_id_column_is_keyed_by_its_values():
     ids = pd.Series([3, "000123", 3, "tok", 2**62, "000123"], dtype="category")
     got = validate(df.assign(TERMINAL_ID=ids), SPEC, sort=False)["TERMINAL_ID"].tolist()
     assert got == [3, text_key("000123"), 3, text_key("tok"), 2**62, text_key("000123")]
+
+
+@pytest.mark.parametrize("zone", ["Europe/Paris", "America/New_York", "Australia/Lord_Howe"])
+def test_naive_times_are_read_in_the_zone_the_job_reads_messages_in(zone):
+    """Each naive time, in the hours clocks skip or repeat too (Lord Howe's by 30 minutes), is
+    the UTC time a message with it gets from a job run with that ``--naive_time_zone``; times
+    with a zone or since the epoch are UTC whatever the option."""
+    from streaming.schema import WireContract
+
+    spring = pd.date_range("2018-03-24", "2018-04-02", freq="7min13s123456789ns")
+    autumn = pd.date_range("2018-10-06", "2018-11-05", freq="23min7s987654321ns")
+    times = pd.Series(spring.append(autumn))
+    df = transactions(n=len(times)).assign(TX_DATETIME=times)
+    got = validate(df, SPEC, sort=False, naive_time_zone=zone)["TX_DATETIME"]
+    contract = WireContract(naive_time_zone=zone)
+    stream = [
+        parse_transaction(json.dumps({"TRANSACTION_ID": 1, "TX_DATETIME": t.isoformat(),
+                                      "CUSTOMER_ID": 1, "TERMINAL_ID": 1, "TX_AMOUNT": 1.0}),
+                          contract=contract).time_ns
+        for t in times
+    ]  # fmt: skip
+    assert got.astype("int64").tolist() == stream
+    assert (got != times).all()  # every time moved by its offset
+    utc = df.assign(TX_DATETIME=times.dt.tz_localize("UTC"))
+    assert validate(utc, SPEC, sort=False, naive_time_zone=zone)["TX_DATETIME"].equals(times)
+    epoch = df.assign(TX_DATETIME=times.astype("int64"))
+    assert validate(epoch, SPEC, sort=False, naive_time_zone=zone)["TX_DATETIME"].equals(times)
+    with pytest.raises(InputError, match="--naive_time_zone 'Mars/Olympus': not an IANA"):
+        validate(df, SPEC, naive_time_zone="Mars/Olympus")
